@@ -1,0 +1,224 @@
+//! The loader: an epoch is a list of [`Row`]s (a sample and which of its modalities to zero);
+//! batches are assembled in parallel with rayon and prefetched on a background thread.
+//!
+//! Determinism: each row draws its augmentation from its own stream, seeded by
+//! `(seed, epoch, position of the row in the epoch plan)`, so results do not depend on thread
+//! scheduling, and copies of one sample get fresh augmentation.
+
+use crate::cache::PackedCache;
+use crate::manifest::{Manifest, Split};
+use crate::recipe::{Decoded, Recipe};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+/// One row of an epoch: which sample, and which modalities are zeroed (resampled copies keep one
+/// modality and zero the others).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub sample: usize,
+    pub zeroed: Vec<bool>,
+}
+
+impl Row {
+    pub fn full(sample: usize, modalities: usize) -> Row {
+        Row {
+            sample,
+            zeroed: vec![false; modalities],
+        }
+    }
+}
+
+/// A batch, on the CPU. `keep[b][m]` is 0.0 where modality `m` of row `b` is zeroed.
+pub struct Batch {
+    /// One tensor per modality, `(B, ...input_shape)`.
+    pub inputs: Vec<Tensor>,
+    /// `(B,)` u32.
+    pub labels: Tensor,
+    /// `(B, M)` f32, 1 = keep, 0 = zero this modality's feature.
+    pub keep: Tensor,
+    pub rows: Vec<Row>,
+}
+
+/// A manifest, its recipes, and where decoded items come from.
+pub struct Dataset {
+    pub manifest: Manifest,
+    pub recipes: Vec<Recipe>,
+    cache: Option<PackedCache>,
+}
+
+/// A seeded random stream for `(seed, epoch, key)`.
+pub fn stream(seed: u64, epoch: u64, key: u64) -> ChaCha8Rng {
+    let mut z = seed ^ 0x9E37_79B9_7F4A_7C15;
+    for v in [epoch, key] {
+        z = (z ^ v).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z ^= z >> 31;
+    }
+    ChaCha8Rng::seed_from_u64(z)
+}
+
+impl Dataset {
+    /// Decodes on the fly (no cache).
+    pub fn new(manifest: Manifest, recipes: Vec<Recipe>) -> Result<Dataset> {
+        if recipes.len() != manifest.modalities.len() {
+            bail!(
+                "dataset {} has {} modalities ({:?}) but {} recipes were given",
+                manifest.name,
+                manifest.modalities.len(),
+                manifest.modalities,
+                recipes.len()
+            );
+        }
+        Ok(Dataset {
+            manifest,
+            recipes,
+            cache: None,
+        })
+    }
+
+    /// Uses the packed cache at `path`, building it first when absent. A cache stamped with
+    /// another recipe is an error, never silently rebuilt.
+    pub fn with_cache(manifest: Manifest, recipes: Vec<Recipe>, path: &Path) -> Result<Dataset> {
+        let mut ds = Dataset::new(manifest, recipes)?;
+        if !path.exists() {
+            PackedCache::build(path, &ds.manifest, &ds.recipes)?;
+        }
+        ds.cache = Some(PackedCache::open(path, &ds.manifest, &ds.recipes)?);
+        Ok(ds)
+    }
+
+    pub fn num_modalities(&self) -> usize {
+        self.recipes.len()
+    }
+
+    pub fn decoded(&self, sample: usize, modality: usize) -> Result<Decoded> {
+        match &self.cache {
+            Some(c) => c.read(sample, modality),
+            None => {
+                let s = &self.manifest.samples[sample];
+                self.recipes[modality]
+                    .decode(&s.sources[modality])
+                    .with_context(|| format!("sample `{}`", s.id))
+            }
+        }
+    }
+
+    /// Checks that every sample of the manifest decodes; returns one message per failure.
+    pub fn check_all(&self) -> Vec<String> {
+        (0..self.manifest.samples.len())
+            .into_par_iter()
+            .flat_map_iter(|i| {
+                (0..self.num_modalities()).filter_map(move |m| {
+                    self.decoded(i, m).err().map(|e| {
+                        format!(
+                            "{} [{}]: {e:#}",
+                            self.manifest.samples[i].id, self.manifest.modalities[m]
+                        )
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// Plain rows of a split, in manifest order.
+    pub fn rows(&self, split: Split) -> Vec<Row> {
+        self.manifest
+            .indices(split)
+            .into_iter()
+            .map(|i| Row::full(i, self.num_modalities()))
+            .collect()
+    }
+
+    /// Builds one batch from rows; `augment_key` = `Some((seed, epoch, first position))` for
+    /// training augmentation, `None` for deterministic evaluation transforms.
+    pub fn batch(&self, rows: &[Row], augment_key: Option<(u64, u64, usize)>) -> Result<Batch> {
+        let per_row: Vec<Vec<Vec<f32>>> = rows
+            .par_iter()
+            .enumerate()
+            .map(|(k, row)| {
+                let mut rng =
+                    augment_key.map(|(seed, epoch, start)| stream(seed, epoch, (start + k) as u64));
+                (0..self.num_modalities())
+                    .map(|m| {
+                        let item = self.decoded(row.sample, m)?;
+                        self.recipes[m]
+                            .finish(&item, rng.as_mut())
+                            .with_context(|| {
+                                format!("sample `{}`", self.manifest.samples[row.sample].id)
+                            })
+                    })
+                    .collect()
+            })
+            .collect::<Result<_>>()?;
+        let b = rows.len();
+        let mut inputs = Vec::new();
+        for (m, recipe) in self.recipes.iter().enumerate() {
+            let shape = recipe.input_shape();
+            let n: usize = shape.iter().product();
+            let mut flat = Vec::with_capacity(b * n);
+            for (k, r) in per_row.iter().enumerate() {
+                if r[m].len() != n {
+                    bail!(
+                        "sample `{}` modality {}: {} values, recipe expects {:?}",
+                        self.manifest.samples[rows[k].sample].id,
+                        self.manifest.modalities[m],
+                        r[m].len(),
+                        shape
+                    );
+                }
+                flat.extend_from_slice(&r[m]);
+            }
+            let mut dims = vec![b];
+            dims.extend(shape);
+            inputs.push(Tensor::from_vec(flat, dims, &Device::Cpu)?);
+        }
+        let labels: Vec<u32> = rows
+            .iter()
+            .map(|r| self.manifest.samples[r.sample].label as u32)
+            .collect();
+        let keep: Vec<f32> = rows
+            .iter()
+            .flat_map(|r| r.zeroed.iter().map(|&z| if z { 0.0 } else { 1.0 }))
+            .collect();
+        Ok(Batch {
+            inputs,
+            labels: Tensor::from_vec(labels, b, &Device::Cpu)?,
+            keep: Tensor::from_vec(keep, (b, self.num_modalities()), &Device::Cpu)?,
+            rows: rows.to_vec(),
+        })
+    }
+}
+
+/// Shuffles an epoch's rows with the stream of `(seed, epoch)`.
+pub fn shuffle_rows(rows: &mut [Row], seed: u64, epoch: u64) {
+    rows.shuffle(&mut stream(seed, epoch, u64::MAX));
+}
+
+/// Iterates over the batches of `rows`, built `prefetch` batches ahead on a background thread.
+/// Every row is served exactly once; the last batch may be smaller.
+pub fn batches(
+    dataset: Arc<Dataset>,
+    rows: Vec<Row>,
+    batch_size: usize,
+    augment: Option<(u64, u64)>,
+    prefetch: usize,
+) -> impl Iterator<Item = Result<Batch>> {
+    let (tx, rx) = mpsc::sync_channel(prefetch.max(1));
+    std::thread::spawn(move || {
+        for (i, chunk) in rows.chunks(batch_size.max(1)).enumerate() {
+            let key = augment.map(|(seed, epoch)| (seed, epoch, i * batch_size));
+            let b = dataset.batch(chunk, key);
+            let failed = b.is_err();
+            if tx.send(b).is_err() || failed {
+                return; // receiver dropped, or the error was delivered
+            }
+        }
+    });
+    rx.into_iter()
+}

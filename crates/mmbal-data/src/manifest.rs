@@ -1,0 +1,318 @@
+//! Dataset manifests: samples (id, label, split) with any number of named modalities.
+//!
+//! A dataset on disk is a folder with a `dataset.toml` card and a split file:
+//!
+//! ```toml
+//! name = "grid-s1"
+//! classes = ["zero", "one"]
+//! split_file = "split.csv"          # lines: id,label,split[,source per modality]
+//! [[modality]]
+//! name = "audio"
+//! source = "audio/{id}.wav"         # template under the data root, or a column of the split file
+//! [[modality]]
+//! name = "visual"
+//! source = "visual/{id}"            # a folder of frames
+//! ```
+//!
+//! A source is a WAV file, a folder of frames, an `.npy` array, or an image inside an IDX file
+//! written `file.gz#index`.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train,
+    Val,
+    Test,
+}
+
+impl Split {
+    pub const ALL: [Split; 3] = [Split::Train, Split::Val, Split::Test];
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Val => "val",
+            Split::Test => "test",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Split> {
+        Split::ALL.into_iter().find(|x| x.name() == s)
+    }
+}
+
+/// Where one modality of one sample comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Source {
+    /// A WAV file, an `.npy` array, or a folder of frames.
+    Path(PathBuf),
+    /// Image `index` of an IDX image file (MNIST).
+    IdxImage { path: PathBuf, index: usize },
+}
+
+impl Source {
+    fn parse(root: &Path, text: &str) -> Result<Source> {
+        if let Some((file, idx)) = text.rsplit_once('#') {
+            let index = idx
+                .parse()
+                .map_err(|_| anyhow!("`{text}`: expected FILE#INDEX with a number after #"))?;
+            return Ok(Source::IdxImage {
+                path: root.join(file),
+                index,
+            });
+        }
+        Ok(Source::Path(root.join(text)))
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            Source::Path(p) => p,
+            Source::IdxImage { path, .. } => path,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub id: String,
+    pub label: usize,
+    pub split: Split,
+    /// One source per modality, in the manifest's modality order.
+    pub sources: Vec<Source>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModalityCard {
+    pub name: String,
+    /// `{id}` template relative to the data root; when absent, the split file has a column
+    /// named after the modality.
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+/// The `dataset.toml` card.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetCard {
+    pub name: String,
+    pub classes: Vec<String>,
+    pub split_file: String,
+    #[serde(rename = "modality")]
+    pub modalities: Vec<ModalityCard>,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub name: String,
+    pub classes: Vec<String>,
+    pub modalities: Vec<String>,
+    pub samples: Vec<Sample>,
+}
+
+impl Manifest {
+    /// Reads `card_dir/dataset.toml` and its split file; sources resolve under `data_root`.
+    pub fn load(card_dir: &Path, data_root: &Path) -> Result<Manifest> {
+        let card_path = card_dir.join("dataset.toml");
+        let text = std::fs::read_to_string(&card_path)
+            .with_context(|| format!("{}: cannot read dataset card", card_path.display()))?;
+        let card: DatasetCard = toml::from_str(&text)
+            .with_context(|| format!("{}: invalid dataset card", card_path.display()))?;
+        let split_path = card_dir.join(&card.split_file);
+        let split_text = std::fs::read_to_string(&split_path)
+            .with_context(|| format!("{}: cannot read split file", split_path.display()))?;
+        Manifest::from_split_text(&card, &split_text, &split_path, data_root)
+    }
+
+    /// Parses split lines `id,label,split[,extra columns]`; the first line is the header.
+    /// Every error names the file and line.
+    pub fn from_split_text(
+        card: &DatasetCard,
+        text: &str,
+        file: &Path,
+        data_root: &Path,
+    ) -> Result<Manifest> {
+        if card.modalities.is_empty() {
+            bail!("{}: dataset card lists no modality", file.display());
+        }
+        let mut lines = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty());
+        let (_, header) = lines
+            .next()
+            .ok_or_else(|| anyhow!("{}: empty split file", file.display()))?;
+        let cols: Vec<&str> = header.split(',').map(str::trim).collect();
+        if cols.len() < 3 || cols[..3] != ["id", "label", "split"] {
+            bail!(
+                "{}:1: header must start with `id,label,split`, found `{header}`",
+                file.display()
+            );
+        }
+        let column_of = |name: &str| cols.iter().position(|c| *c == name);
+        let mut modality_cols = Vec::new();
+        for m in &card.modalities {
+            match (&m.source, column_of(&m.name)) {
+                (Some(t), _) => modality_cols.push(Err(t.clone())),
+                (None, Some(c)) => modality_cols.push(Ok(c)),
+                (None, None) => bail!(
+                    "{}:1: modality `{}` has no source template and no column of that name",
+                    file.display(),
+                    m.name
+                ),
+            }
+        }
+        let mut samples = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (i, line) in lines {
+            let at = || format!("{}:{}", file.display(), i + 1);
+            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+            if fields.len() != cols.len() {
+                bail!(
+                    "{}: expected {} comma-separated fields ({}), found {}",
+                    at(),
+                    cols.len(),
+                    header,
+                    fields.len()
+                );
+            }
+            let id = fields[0].to_string();
+            if id.is_empty() {
+                bail!("{}: empty id", at());
+            }
+            if !seen.insert(id.clone()) {
+                bail!("{}: duplicate id `{id}`", at());
+            }
+            let label = card
+                .classes
+                .iter()
+                .position(|c| c == fields[1])
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{}: unknown label `{}` (classes: {})",
+                        at(),
+                        fields[1],
+                        card.classes.join(" ")
+                    )
+                })?;
+            let split = Split::parse(fields[2]).ok_or_else(|| {
+                anyhow!(
+                    "{}: unknown split `{}` (train, val or test)",
+                    at(),
+                    fields[2]
+                )
+            })?;
+            let sources = modality_cols
+                .iter()
+                .map(|c| match c {
+                    Err(t) => Source::parse(data_root, &t.replace("{id}", &id)),
+                    Ok(c) => Source::parse(data_root, fields[*c]),
+                })
+                .collect::<Result<Vec<_>>>()
+                .with_context(at)?;
+            samples.push(Sample {
+                id,
+                label,
+                split,
+                sources,
+            });
+        }
+        Ok(Manifest {
+            name: card.name.clone(),
+            classes: card.classes.clone(),
+            modalities: card.modalities.iter().map(|m| m.name.clone()).collect(),
+            samples,
+        })
+    }
+
+    pub fn indices(&self, split: Split) -> Vec<usize> {
+        (0..self.samples.len())
+            .filter(|&i| self.samples[i].split == split)
+            .collect()
+    }
+
+    pub fn modality_index(&self, name: &str) -> Result<usize> {
+        self.modalities
+            .iter()
+            .position(|m| m == name)
+            .ok_or_else(|| {
+                anyhow!(
+                    "dataset {} has no modality `{name}` ({:?})",
+                    self.name,
+                    self.modalities
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn card() -> DatasetCard {
+        toml::from_str(
+            r#"
+            name = "t"
+            classes = ["a", "b"]
+            split_file = "split.csv"
+            [[modality]]
+            name = "audio"
+            source = "audio/{id}.wav"
+            [[modality]]
+            name = "image"
+            "#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn parses_templates_and_columns() {
+        let text = "id,label,split,image\nx1,a,train,m.gz#3\nx2,b,test,m.gz#4\n";
+        let m =
+            Manifest::from_split_text(&card(), text, Path::new("s.csv"), Path::new("/r")).unwrap();
+        assert_eq!(m.samples.len(), 2);
+        assert_eq!(m.samples[1].label, 1);
+        assert_eq!(
+            m.samples[0].sources[0],
+            Source::Path("/r/audio/x1.wav".into())
+        );
+        assert_eq!(
+            m.samples[1].sources[1],
+            Source::IdxImage {
+                path: "/r/m.gz".into(),
+                index: 4
+            }
+        );
+        assert_eq!(m.indices(Split::Test), vec![1]);
+    }
+
+    #[test]
+    fn bad_lines_name_file_and_line() {
+        let err = |t: &str| {
+            format!(
+                "{:#}",
+                Manifest::from_split_text(&card(), t, Path::new("s.csv"), Path::new("/r"))
+                    .unwrap_err()
+            )
+        };
+        let e = err("id,label,split,image\nx1,a,train,m#1\nx2,zebra,train,m#2\n");
+        assert!(
+            e.contains("s.csv:3") && e.contains("unknown label `zebra`"),
+            "{e}"
+        );
+        let e = err("id,label,split,image\nx1,a,train\n");
+        assert!(e.contains("s.csv:2") && e.contains("expected 4"), "{e}");
+        let e = err("id,label,split,image\nx1,a,holdout,m#1\n");
+        assert!(e.contains("s.csv:2") && e.contains("unknown split"), "{e}");
+        let e = err("id,label,split,image\nx1,a,train,m#one\n");
+        assert!(e.contains("s.csv:2") && e.contains("FILE#INDEX"), "{e}");
+        let e = err("id,label,split,image\nx1,a,train,m#1\nx1,a,train,m#1\n");
+        assert!(e.contains("s.csv:3") && e.contains("duplicate"), "{e}");
+        let e = err("name,label,split\n");
+        assert!(e.contains("s.csv:1"), "{e}");
+    }
+}
