@@ -1,0 +1,178 @@
+//! Tests on real data from the shared folder (MMBAL_SHARED_DATA) and on bad inputs.
+
+use mmbal_data::audio::Fbank;
+use mmbal_data::loader::{batches, Dataset, Row};
+use mmbal_data::manifest::{DatasetCard, Manifest, Split};
+use mmbal_data::preprocess::{preprocess_video, PreprocessOptions};
+use mmbal_data::recipe::{AudioRecipe, FramesRecipe, FrontEnd, Recipe};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+fn shared() -> Option<PathBuf> {
+    // A relative path is taken from the workspace root, where the README's command runs.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    match std::env::var("MMBAL_SHARED_DATA").map(|p| root.join(p)) {
+        Ok(p) if p.is_dir() => Some(p),
+        _ => {
+            eprintln!("MMBAL_SHARED_DATA is not set or not a folder: real-data checks not run");
+            None
+        }
+    }
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mmbal-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn av_card() -> DatasetCard {
+    toml::from_str(
+        "name = \"t\"\nclasses = [\"zero\", \"one\", \"two\", \"three\", \"four\", \"five\", \"six\", \"seven\", \"eight\", \"nine\"]\nsplit_file = \"split.csv\"\n[[modality]]\nname = \"audio\"\nsource = \"audio/{id}.wav\"\n[[modality]]\nname = \"visual\"\nsource = \"visual/{id}\"\n",
+    )
+    .unwrap()
+}
+
+fn recipes() -> Vec<Recipe> {
+    vec![
+        Recipe::Audio(AudioRecipe {
+            sample_rate: 16000,
+            clip_seconds: None,
+            remove_mean: true,
+            front_end: FrontEnd::Fbank(Fbank {
+                num_mel_bins: 40,
+                ..Fbank::default()
+            }),
+            frames: 300,
+            norm_mean: 0.0,
+            norm_std: 1.0,
+        }),
+        Recipe::Frames(FramesRecipe {
+            count: 4,
+            height: 32,
+            width: 48,
+            crop: Some([0.5, 0.25, 0.5, 0.5]),
+            cache_height: None,
+            cache_width: None,
+            grey: false,
+            crop_scale: (0.5, 1.0),
+            flip: true,
+            augment: true,
+        }),
+    ]
+}
+
+#[test]
+fn grid_clip_preprocessed_cached_and_batched() {
+    let Some(shared) = shared() else { return };
+    let out = tmp("grid");
+    let opts = PreprocessOptions {
+        fps: 5.0,
+        sample_rate: 16000,
+        jpeg_quality: 3,
+    };
+    let ids = ["bbaf2n", "bbaf3s"];
+    for id in ids {
+        preprocess_video(&shared.join(format!("grid-s1/{id}.mpg")), &out, id, &opts).unwrap();
+    }
+    // 3 s at 5 fps.
+    let n = std::fs::read_dir(out.join("visual/bbaf2n"))
+        .unwrap()
+        .count();
+    assert!((14..=16).contains(&n), "{n} frames");
+    let split = "id,label,split\nbbaf2n,two,train\nbbaf3s,three,val\n";
+    let m = Manifest::from_split_text(&av_card(), split, Path::new("split.csv"), &out).unwrap();
+    let cache = out.join("cache.mmbc");
+    let ds = Arc::new(Dataset::with_cache(m.clone(), recipes(), &cache).unwrap());
+    let rows = vec![
+        Row::full(0, 2),
+        Row {
+            sample: 1,
+            zeroed: vec![false, true],
+        },
+    ];
+    let b = ds.batch(&rows, None).unwrap();
+    assert_eq!(b.inputs[0].dims(), &[2, 1, 300, 40]);
+    assert_eq!(b.inputs[1].dims(), &[2, 4, 3, 32, 48]);
+    assert_eq!(b.labels.to_vec1::<u32>().unwrap(), vec![2, 3]);
+    assert_eq!(
+        b.keep.to_vec2::<f32>().unwrap(),
+        vec![vec![1.0, 1.0], vec![1.0, 0.0]]
+    );
+    // Speech is present: the fbank is not flat.
+    let a = b.inputs[0].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (lo, hi) = a
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+    assert!(hi - lo > 5.0, "fbank range {lo}..{hi}");
+    // Cached equals decoded on the fly, and augmentation follows the seed.
+    let live = Dataset::new(m.clone(), recipes()).unwrap();
+    let x = |d: &Dataset, key| {
+        d.batch(&rows, key).unwrap().inputs[1]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    assert_eq!(x(&ds, None), x(&live, None));
+    assert_eq!(x(&ds, Some((1, 0, 0))), x(&ds, Some((1, 0, 0))));
+    assert_ne!(x(&ds, Some((1, 0, 0))), x(&ds, Some((1, 1, 0))));
+    // The prefetching iterator serves every row once, in order.
+    let served: Vec<usize> = batches(
+        ds.clone(),
+        vec![Row::full(1, 2), Row::full(0, 2), Row::full(1, 2)],
+        2,
+        None,
+        2,
+    )
+    .flat_map(|b| b.unwrap().rows.into_iter().map(|r| r.sample))
+    .collect();
+    assert_eq!(served, vec![1, 0, 1]);
+    // A cache made with another recipe is refused.
+    let mut other = recipes();
+    if let Recipe::Frames(f) = &mut other[1] {
+        f.count = 3;
+    }
+    let err = format!("{:#}", Dataset::with_cache(m, other, &cache).err().unwrap());
+    assert!(err.contains("another recipe"), "{err}");
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[test]
+fn bad_files_are_reported_with_their_path() {
+    let dir = tmp("bad");
+    std::fs::create_dir_all(dir.join("visual/ok")).unwrap();
+    std::fs::create_dir_all(dir.join("visual/corrupt")).unwrap();
+    std::fs::create_dir_all(dir.join("audio")).unwrap();
+    let wave = mmbal_data::audio::Waveform {
+        samples: vec![0.1; 8000],
+        sample_rate: 16000,
+    };
+    mmbal_data::audio::write_wav(&dir.join("audio/ok.wav"), &wave).unwrap();
+    // A truncated WAV: header of the good file, half its data.
+    let bytes = std::fs::read(dir.join("audio/ok.wav")).unwrap();
+    std::fs::write(dir.join("audio/corrupt.wav"), &bytes[..bytes.len() / 2 + 1]).unwrap();
+    image::RgbImage::new(20, 20)
+        .save(dir.join("visual/ok/frame_00001.jpg"))
+        .unwrap();
+    std::fs::write(
+        dir.join("visual/corrupt/frame_00001.jpg"),
+        b"\xff\xd8\xff not a jpeg",
+    )
+    .unwrap();
+    let split = "id,label,split\nok,one,train\ncorrupt,two,train\nmissing,three,test\n";
+    let m = Manifest::from_split_text(&av_card(), split, Path::new("split.csv"), &dir).unwrap();
+    let ds = Dataset::new(m, recipes()).unwrap();
+    let problems = ds.check_all();
+    assert_eq!(problems.len(), 4, "{problems:#?}");
+    let has = |needle: &str| problems.iter().any(|p| p.contains(needle));
+    assert!(has("audio/corrupt.wav"), "{problems:#?}");
+    assert!(has("visual/corrupt/frame_00001.jpg"), "{problems:#?}");
+    assert!(
+        has("audio/missing.wav") && has("visual/missing"),
+        "{problems:#?}"
+    );
+    assert_eq!(ds.manifest.indices(Split::Test), vec![2]);
+    let _ = std::fs::remove_dir_all(dir);
+}
