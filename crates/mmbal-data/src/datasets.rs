@@ -11,6 +11,9 @@ use rand::Rng;
 use std::fmt::Write as _;
 use std::path::Path;
 
+/// The seed of the committed split files under `datasets/`.
+pub const SPLIT_SEED: u64 = 20261122;
+
 pub const DIGITS: [&str; 10] = [
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
 ];

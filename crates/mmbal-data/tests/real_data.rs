@@ -176,3 +176,109 @@ fn bad_files_are_reported_with_their_path() {
     assert_eq!(ds.manifest.indices(Split::Test), vec![2]);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn committed_splits_are_reproducible() {
+    let Some(shared) = shared() else { return };
+    let mut ids: Vec<String> = std::fs::read_dir(shared.join("grid-s1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter_map(|f| f.strip_suffix(".mpg").map(str::to_string))
+        .collect();
+    ids.sort();
+    let grid = mmbal_data::datasets::grid_split(&ids, mmbal_data::datasets::SPLIT_SEED).unwrap();
+    let committed =
+        std::fs::read_to_string(workspace().join("datasets/grid-s1/split.csv")).unwrap();
+    assert_eq!(
+        grid, committed,
+        "datasets/grid-s1/split.csv is not what make_splits writes"
+    );
+    let av =
+        mmbal_data::datasets::avmnist_split(&shared, mmbal_data::datasets::SPLIT_SEED).unwrap();
+    let committed =
+        std::fs::read_to_string(workspace().join("datasets/avmnist/split.csv")).unwrap();
+    assert_eq!(
+        av, committed,
+        "datasets/avmnist/split.csv is not what make_splits writes"
+    );
+}
+
+#[test]
+fn avmnist_pairs_decode_with_matching_labels() {
+    let Some(shared) = shared() else { return };
+    let m = Manifest::load(&workspace().join("datasets/avmnist"), &shared).unwrap();
+    assert_eq!(m.modalities, vec!["audio", "image"]);
+    assert_eq!(m.indices(Split::Test).len(), 500);
+    assert!(m
+        .samples
+        .iter()
+        .filter(|s| s.split == Split::Test)
+        .all(|s| s.id.contains("_yweweler_")));
+    let recipes = vec![
+        Recipe::Audio(AudioRecipe {
+            sample_rate: 8000,
+            clip_seconds: None,
+            remove_mean: true,
+            front_end: FrontEnd::Fbank(Fbank {
+                num_mel_bins: 40,
+                ..Fbank::default()
+            }),
+            frames: 64,
+            norm_mean: 0.0,
+            norm_std: 1.0,
+        }),
+        Recipe::Image(mmbal_data::recipe::ImageRecipe {
+            height: 28,
+            width: 28,
+            mean: 0.1307,
+            std: 0.3081,
+        }),
+    ];
+    let ds = Dataset::new(m, recipes).unwrap();
+    let rows: Vec<Row> = ds.rows(Split::Test).into_iter().take(8).collect();
+    let b = ds.batch(&rows, None).unwrap();
+    assert_eq!(b.inputs[0].dims(), &[8, 1, 64, 40]);
+    assert_eq!(b.inputs[1].dims(), &[8, 1, 28, 28]);
+    // The paired MNIST image carries the recording's digit (checked against the IDX labels).
+    let labels =
+        mmbal_data::recipe::read_idx_labels(&shared.join("mnist/t10k-labels-idx1-ubyte.gz"))
+            .unwrap();
+    for r in &rows {
+        let s = &ds.manifest.samples[r.sample];
+        let mmbal_data::manifest::Source::IdxImage { index, .. } = &s.sources[1] else {
+            panic!()
+        };
+        assert_eq!(labels[*index] as usize, s.label, "{}", s.id);
+    }
+}
+
+#[test]
+fn synthetic_dataset_generates_and_loads() {
+    let dir = tmp("synthetic");
+    mmbal_data::datasets::generate_synthetic(&dir, 4, 10, 5).unwrap();
+    let m = Manifest::load(&dir, &dir).unwrap();
+    assert_eq!((m.samples.len(), m.classes.len()), (40, 4));
+    assert_eq!(m.indices(Split::Train).len(), 24);
+    let mut r = recipes();
+    if let Recipe::Audio(a) = &mut r[0] {
+        a.sample_rate = 8000;
+        a.frames = 48;
+    }
+    let ds = Dataset::new(m, r).unwrap();
+    assert!(ds.check_all().is_empty());
+    let b = ds.batch(&ds.rows(Split::Val), Some((1, 0, 0))).unwrap();
+    assert_eq!(b.inputs[1].dims(), &[8, 4, 3, 32, 48]);
+    // Generation is deterministic.
+    let again = tmp("synthetic2");
+    mmbal_data::datasets::generate_synthetic(&again, 4, 10, 5).unwrap();
+    assert_eq!(
+        std::fs::read(dir.join("audio/c1_003.wav")).unwrap(),
+        std::fs::read(again.join("audio/c1_003.wav")).unwrap()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(again);
+}
