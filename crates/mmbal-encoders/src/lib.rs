@@ -1,0 +1,46 @@
+//! # mmbal-encoders
+//!
+//! Encoder building blocks for candle. Today: [`conv2d`], a 2-D convolution whose backward pass
+//! is right for every input shape. candle 0.11.1 computes one output padding from the height and
+//! reuses it for the width in its conv2d backward, so a stride-2 convolution of a 257x188
+//! spectrogram (the OGM-GE CREMA-D shape) fails; this version pads explicitly and keeps only the
+//! input rows and columns the windows reach, so the transposed convolution of the backward pass
+//! needs no output padding.
+//!
+//! ```
+//! use candle_core::{Device, Tensor, Var};
+//! let x = Var::ones((1, 1, 257, 188), candle_core::DType::F32, &Device::Cpu).unwrap();
+//! let w = Var::ones((4, 1, 7, 7), candle_core::DType::F32, &Device::Cpu).unwrap();
+//! let y = mmbal_encoders::conv2d(x.as_tensor(), w.as_tensor(), 2, 3).unwrap();
+//! assert_eq!(y.dims(), &[1, 4, 129, 94]);
+//! let grads = y.sum_all().unwrap().backward().unwrap();
+//! assert_eq!(grads.get(&x).unwrap().dims(), &[1, 1, 257, 188]);
+//! ```
+
+use candle_core::{Result, Tensor};
+
+/// `conv2d(x, w)` with square stride and padding, no dilation, one group. `x`: (N, C, H, W),
+/// `w`: (O, C, K, K').
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    if stride == 1 {
+        // Stride 1 needs no output padding in backward: candle's own path is exact.
+        return x.conv2d(w, padding, 1, 1, 1);
+    }
+    let (_, _, h, wd) = x.dims4()?;
+    let (_, _, kh, kw) = w.dims4()?;
+    let used = |n: usize, k: usize| -> Result<usize> {
+        if n + 2 * padding < k {
+            candle_core::bail!(
+                "conv2d: input {n} + 2 * padding {padding} is smaller than kernel {k}"
+            );
+        }
+        let out = (n + 2 * padding - k) / stride + 1;
+        Ok((out - 1) * stride + k)
+    };
+    let (uh, uw) = (used(h, kh)?, used(wd, kw)?);
+    let x = x
+        .pad_with_zeros(2, padding, padding)?
+        .pad_with_zeros(3, padding, padding)?;
+    let x = x.narrow(2, 0, uh)?.narrow(3, 0, uw)?;
+    x.conv2d(w, 0, stride, 1, 1)
+}
