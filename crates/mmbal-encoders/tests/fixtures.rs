@@ -50,3 +50,40 @@ fn candle_own_backward_still_fails_on_mixed_parity() {
         "candle's conv2d backward now handles mixed parity"
     );
 }
+
+#[test]
+fn stem_max_pool_matches_pytorch() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/maxpool_3x3_s2_p1.safetensors");
+    let f: HashMap<String, Tensor> = safetensors::load(&path, &Device::Cpu).unwrap();
+    let x = Var::from_tensor(&f["x"]).unwrap();
+    let y = mmbal_encoders::max_pool2d(x.as_tensor(), 3, 2, 1).unwrap();
+    assert_eq!(y.dims(), &[2, 3, 4, 3]);
+    assert!(max_rel_diff(&y, &f["y"]) < 1e-7);
+    let g = (y * &f["upstream"])
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(max_rel_diff(g.get(&x).unwrap(), &f["dx"]) < 1e-6);
+}
+
+#[test]
+fn max_pool_ties_send_the_gradient_to_the_first_maximum() {
+    // All-equal input: every window's gradient goes to its first (top-left) element, as in PyTorch.
+    let x = Var::ones((1, 1, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let y = mmbal_encoders::max_pool2d(x.as_tensor(), 2, 2, 0).unwrap();
+    let g = y.sum_all().unwrap().backward().unwrap();
+    let dx = g
+        .get(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(
+        dx,
+        vec![1., 0., 1., 0., 0., 0., 0., 0., 1., 0., 1., 0., 0., 0., 0., 0.]
+    );
+}

@@ -1,0 +1,126 @@
+//! Max-pool with PyTorch's semantics in both passes (padding counts as -inf; the gradient goes to
+//! the first maximum of each window in scan order). candle 0.11.1's max-pool has no padding and its
+//! backward is only right when the kernel equals the stride, which the ResNet stem (3x3, stride 2,
+//! padding 1) is not. CPU only for now; the CUDA path comes with the cuDNN ops.
+
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+
+#[derive(Debug, Clone, Copy)]
+struct MaxPool {
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl MaxPool {
+    fn out_dims(&self, h: usize, w: usize) -> (usize, usize) {
+        let o = |n: usize| (n + 2 * self.padding - self.kernel) / self.stride + 1;
+        (o(h), o(w))
+    }
+
+    /// Calls `visit(out_index, in_index_of_max)` for every output element of one (N*C) plane set.
+    fn for_each_argmax(
+        &self,
+        x: &[f32],
+        planes: usize,
+        h: usize,
+        w: usize,
+        mut visit: impl FnMut(usize, usize),
+    ) {
+        let (oh, ow) = self.out_dims(h, w);
+        for p in 0..planes {
+            let plane = &x[p * h * w..(p + 1) * h * w];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut best = (f32::NEG_INFINITY, usize::MAX);
+                    for ky in 0..self.kernel {
+                        let iy = (oy * self.stride + ky) as isize - self.padding as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        for kx in 0..self.kernel {
+                            let ix = (ox * self.stride + kx) as isize - self.padding as isize;
+                            if ix < 0 || ix >= w as isize {
+                                continue;
+                            }
+                            let i = iy as usize * w + ix as usize;
+                            // Strictly greater keeps the first maximum; NaN propagates as PyTorch does.
+                            if plane[i] > best.0 || plane[i].is_nan() || best.1 == usize::MAX {
+                                best = (plane[i], i);
+                            }
+                        }
+                    }
+                    visit((p * oh + oy) * ow + ox, p * h * w + best.1);
+                }
+            }
+        }
+    }
+}
+
+fn f32_input<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], usize, usize, usize)> {
+    let (n, c, h, w) = l.shape().dims4()?;
+    let Some((start, end)) = l.contiguous_offsets() else {
+        bail!("max_pool2d: input must be contiguous")
+    };
+    Ok((&s.as_slice::<f32>()?[start..end], n * c, h, w))
+}
+
+impl CustomOp1 for MaxPool {
+    fn name(&self) -> &'static str {
+        "mmbal-max-pool2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, planes, h, w) = f32_input(s, l)?;
+        let (oh, ow) = self.out_dims(h, w);
+        let mut y = vec![0f32; planes * oh * ow];
+        self.for_each_argmax(x, planes, h, w, |o, i| y[o] = x[i]);
+        let (n, c, _, _) = l.shape().dims4()?;
+        Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &MaxPoolBackward(*self),
+        )?))
+    }
+}
+
+struct MaxPoolBackward(MaxPool);
+
+impl CustomOp2 for MaxPoolBackward {
+    fn name(&self) -> &'static str {
+        "mmbal-max-pool2d-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, planes, h, w) = f32_input(s1, l1)?;
+        let Some((start, end)) = l2.contiguous_offsets() else {
+            bail!("max_pool2d backward: grad must be contiguous")
+        };
+        let g = &s2.as_slice::<f32>()?[start..end];
+        let mut dx = vec![0f32; x.len()];
+        self.0
+            .for_each_argmax(x, planes, h, w, |o, i| dx[i] += g[o]);
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// Max-pool over `(N, C, H, W)` f32 with a square kernel, stride and padding (padding < kernel).
+pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    if kernel == 0 || stride == 0 || 2 * padding > kernel {
+        bail!("max_pool2d: need kernel >= 1, stride >= 1 and padding <= kernel / 2");
+    }
+    x.contiguous()?.apply_op1(MaxPool {
+        kernel,
+        stride,
+        padding,
+    })
+}
