@@ -1,6 +1,7 @@
 //! # mmbal-encoders
 //!
-//! Encoder building blocks for candle. Today: [`max_pool2d`] with padding and PyTorch's backward
+//! Encoder building blocks for candle. Today: [`BatchNorm2d`] with PyTorch's training and
+//! evaluation semantics, [`max_pool2d`] with padding and PyTorch's backward
 //! (the ResNet stem pool, 3x3 stride 2 padding 1), and [`conv2d`], a 2-D convolution whose backward pass
 //! is right for every input shape. candle 0.11.1 computes one output padding from the height and
 //! reuses it for the width in its conv2d backward, so a stride-2 convolution of a 257x188
@@ -20,7 +21,9 @@
 
 use candle_core::{Result, Tensor};
 
+mod batch_norm;
 mod pool;
+pub use batch_norm::BatchNorm2d;
 pub use pool::max_pool2d;
 
 /// `conv2d(x, w)` with square stride and padding, no dilation, one group. `x`: (N, C, H, W),

@@ -87,3 +87,37 @@ fn max_pool_ties_send_the_gradient_to_the_first_maximum() {
         vec![1., 0., 1., 0., 0., 0., 0., 0., 1., 0., 1., 0., 0., 0., 0., 0.]
     );
 }
+
+#[test]
+fn batch_norm_train_and_eval_match_pytorch() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/batchnorm.safetensors");
+    let f: HashMap<String, Tensor> = safetensors::load(&path, &Device::Cpu).unwrap();
+    let bn = mmbal_encoders::BatchNorm2d::new(3, &Device::Cpu).unwrap();
+    bn.weight.set(&f["weight"]).unwrap();
+    bn.bias.set(&f["bias"]).unwrap();
+    let x = Var::from_tensor(&f["x"]).unwrap();
+    let y = bn.forward(x.as_tensor(), true).unwrap();
+    assert!(max_rel_diff(&y, &f["y_train"]) < 1e-5);
+    let g = (y * &f["upstream"])
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(max_rel_diff(g.get(&x).unwrap(), &f["dx"]) < 1e-4);
+    assert!(max_rel_diff(g.get(&bn.weight).unwrap(), &f["dweight"]) < 1e-5);
+    assert!(max_rel_diff(g.get(&bn.bias).unwrap(), &f["dbias"]) < 1e-5);
+    let (rm, rv) = bn.running_stats();
+    assert!(max_rel_diff(&rm, &f["running_mean"]) < 1e-6);
+    assert!(
+        max_rel_diff(&rv, &f["running_var"]) < 1e-6,
+        "running variance must use the unbiased batch variance"
+    );
+    let y_eval = bn.forward(x.as_tensor(), false).unwrap();
+    assert!(max_rel_diff(&y_eval, &f["y_eval"]) < 1e-5);
+    assert!(
+        max_rel_diff(&y_eval, &f["y_train"]) > 1e-3,
+        "eval mode must differ from train mode"
+    );
+}

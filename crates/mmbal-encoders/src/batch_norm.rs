@@ -1,0 +1,71 @@
+//! BatchNorm2d as PyTorch computes it: training mode normalises with the biased batch variance
+//! and updates the running statistics with momentum (default 0.1) and the unbiased variance;
+//! evaluation mode uses the running statistics. The running statistics are plain tensors kept
+//! outside any optimizer.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use std::sync::Mutex;
+
+pub struct BatchNorm2d {
+    pub weight: Var,
+    pub bias: Var,
+    running: Mutex<(Tensor, Tensor)>,
+    pub eps: f64,
+    pub momentum: f64,
+}
+
+impl BatchNorm2d {
+    /// Weight 1, bias 0, running mean 0 and variance 1, eps 1e-5, momentum 0.1.
+    pub fn new(channels: usize, device: &Device) -> Result<BatchNorm2d> {
+        Ok(BatchNorm2d {
+            weight: Var::ones(channels, DType::F32, device)?,
+            bias: Var::zeros(channels, DType::F32, device)?,
+            running: Mutex::new((
+                Tensor::zeros(channels, DType::F32, device)?,
+                Tensor::ones(channels, DType::F32, device)?,
+            )),
+            eps: 1e-5,
+            momentum: 0.1,
+        })
+    }
+
+    /// `(running_mean, running_var)`.
+    pub fn running_stats(&self) -> (Tensor, Tensor) {
+        self.running.lock().unwrap().clone()
+    }
+
+    pub fn set_running_stats(&self, mean: Tensor, var: Tensor) {
+        *self.running.lock().unwrap() = (mean, var);
+    }
+
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let c = self.weight.dim(0)?;
+        let shape = (1, c, 1, 1);
+        let (mean, var) = if train {
+            let (n, _, h, w) = x.dims4()?;
+            let count = (n * h * w) as f64;
+            let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
+            let centred = x.broadcast_sub(&mean)?;
+            let var = centred
+                .sqr()?
+                .mean_keepdim(0)?
+                .mean_keepdim(2)?
+                .mean_keepdim(3)?;
+            let mut running = self.running.lock().unwrap();
+            let m = self.momentum;
+            let new_mean = ((&running.0 * (1.0 - m))? + (mean.flatten_all()?.detach() * m)?)?;
+            let unbiased = (var.flatten_all()?.detach() * (count / (count - 1.0).max(1.0)))?;
+            let new_var = ((&running.1 * (1.0 - m))? + (unbiased * m)?)?;
+            *running = (new_mean, new_var);
+            (mean, var)
+        } else {
+            let running = self.running.lock().unwrap();
+            (running.0.reshape(shape)?, running.1.reshape(shape)?)
+        };
+        let xhat = x
+            .broadcast_sub(&mean)?
+            .broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        xhat.broadcast_mul(&self.weight.reshape(shape)?)?
+            .broadcast_add(&self.bias.reshape(shape)?)
+    }
+}
