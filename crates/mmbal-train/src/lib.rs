@@ -1,0 +1,18 @@
+//! # mmbal-train
+//!
+//! Training pieces for candle that match PyTorch exactly. Today: the optimizers ([`optim`]).
+//! The gradient store is passed in, so a balancing method can read, rescale or noise any
+//! gradient between `backward()` and `step()`.
+//!
+//! ```
+//! use candle_core::{Device, Tensor, Var};
+//! use mmbal_train::optim::{Optimizer, Sgd};
+//! let w = Var::new(&[1.0f32, -2.0], &Device::Cpu).unwrap();
+//! let mut opt = Sgd::new(vec![w.clone()], 0.1, 0.9, 0.0);
+//! let loss = w.as_tensor().sqr().unwrap().sum_all().unwrap(); // gradient 2w
+//! let grads = loss.backward().unwrap();
+//! opt.step(&grads).unwrap();
+//! assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), vec![0.8, -1.6]);
+//! ```
+
+pub mod optim;
