@@ -79,7 +79,7 @@ pub struct Adam {
 }
 
 impl Adam {
-    pub fn adam(params: Vec<Var>, lr: f64, weight_decay: f64) -> Adam {
+    pub fn new(params: Vec<Var>, lr: f64, weight_decay: f64) -> Adam {
         let n = params.len();
         Adam {
             params,
@@ -95,7 +95,7 @@ impl Adam {
     pub fn adamw(params: Vec<Var>, lr: f64, weight_decay: f64) -> Adam {
         Adam {
             decoupled: true,
-            ..Adam::adam(params, lr, weight_decay)
+            ..Adam::new(params, lr, weight_decay)
         }
     }
 }

@@ -40,6 +40,6 @@ fn optimizers_match_pytorch() {
     run(&f, "sgd_plain", |p| {
         Box::new(Sgd::new(vec![p], 0.1, 0.0, 0.0))
     });
-    run(&f, "adam", |p| Box::new(Adam::adam(vec![p], 1e-2, 1e-4)));
+    run(&f, "adam", |p| Box::new(Adam::new(vec![p], 1e-2, 1e-4)));
     run(&f, "adamw", |p| Box::new(Adam::adamw(vec![p], 1e-2, 1e-2)));
 }
