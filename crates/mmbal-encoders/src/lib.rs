@@ -1,6 +1,7 @@
 //! # mmbal-encoders
 //!
-//! Encoder building blocks for candle. Today: [`BatchNorm2d`] with PyTorch's training and
+//! Encoders for candle: a trainable [`ResNet18`] (torchvision names, width multiplier, frames
+//! folded into the batch), built from [`BatchNorm2d`] with PyTorch's training and
 //! evaluation semantics, [`max_pool2d`] with padding and PyTorch's backward
 //! (the ResNet stem pool, 3x3 stride 2 padding 1), and [`conv2d`], a 2-D convolution whose backward pass
 //! is right for every input shape. candle 0.11.1 computes one output padding from the height and
@@ -23,8 +24,10 @@ use candle_core::{Result, Tensor};
 
 mod batch_norm;
 mod pool;
+mod resnet;
 pub use batch_norm::BatchNorm2d;
 pub use pool::max_pool2d;
+pub use resnet::ResNet18;
 
 /// `conv2d(x, w)` with square stride and padding, no dilation, one group. `x`: (N, C, H, W),
 /// `w`: (O, C, K, K').

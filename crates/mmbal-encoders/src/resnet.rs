@@ -1,0 +1,164 @@
+//! Trainable ResNet-18 (BasicBlock [2, 2, 2, 2], 7x7/2 conv + 3x3/2 max-pool stem) without the
+//! average pool and classifier: `forward` returns the layer4 map. Parameter names follow
+//! torchvision (`conv1.weight`, `layer1.0.bn1.weight`, `layer2.0.downsample.0.weight`, ...), so
+//! ImageNet weights map by name. Init: conv Kaiming normal, fan_out, ReLU gain; BN weight 1, bias 0.
+
+use crate::{conv2d, max_pool2d, BatchNorm2d};
+use candle_core::{DType, Device, Result, Tensor, Var};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+
+/// Conv kernel (O, I, K, K) with Kaiming normal fan_out init from a seeded stream.
+fn kaiming(out: usize, inp: usize, k: usize, rng: &mut ChaCha8Rng, dev: &Device) -> Result<Var> {
+    let std = (2.0 / (out * k * k) as f64).sqrt();
+    let normal = Normal::new(0.0, std).unwrap();
+    let data: Vec<f32> = (0..out * inp * k * k)
+        .map(|_| normal.sample(rng) as f32)
+        .collect();
+    Var::from_tensor(&Tensor::from_vec(data, (out, inp, k, k), dev)?)
+}
+
+struct BasicBlock {
+    conv1: Var,
+    bn1: BatchNorm2d,
+    conv2: Var,
+    bn2: BatchNorm2d,
+    downsample: Option<(Var, BatchNorm2d)>,
+    stride: usize,
+}
+
+impl BasicBlock {
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self
+            .bn1
+            .forward(&conv2d(x, self.conv1.as_tensor(), self.stride, 1)?, train)?
+            .relu()?;
+        let y = self
+            .bn2
+            .forward(&conv2d(&y, self.conv2.as_tensor(), 1, 1)?, train)?;
+        let skip = match &self.downsample {
+            Some((w, bn)) => bn.forward(&conv2d(x, w.as_tensor(), self.stride, 0)?, train)?,
+            None => x.clone(),
+        };
+        (y + skip)?.relu()
+    }
+}
+
+pub struct ResNet18 {
+    conv1: Var,
+    bn1: BatchNorm2d,
+    blocks: Vec<(String, BasicBlock)>,
+    out_channels: usize,
+}
+
+impl ResNet18 {
+    /// `in_channels` 1 (audio), 2 (flow) or 3 (RGB); `width` scales the channel counts
+    /// (1.0 = 64/128/256/512; 0.125 for small CPU runs).
+    pub fn new(in_channels: usize, width: f64, seed: u64, dev: &Device) -> Result<ResNet18> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let ch = |c: usize| ((c as f64 * width).round() as usize).max(1);
+        let conv1 = kaiming(ch(64), in_channels, 7, &mut rng, dev)?;
+        let bn1 = BatchNorm2d::new(ch(64), dev)?;
+        let mut blocks = Vec::new();
+        let mut inp = ch(64);
+        for (li, c) in [64, 128, 256, 512].into_iter().enumerate() {
+            let out = ch(c);
+            for b in 0..2 {
+                let stride = if li > 0 && b == 0 { 2 } else { 1 };
+                let downsample = if stride != 1 || inp != out {
+                    Some((
+                        kaiming(out, inp, 1, &mut rng, dev)?,
+                        BatchNorm2d::new(out, dev)?,
+                    ))
+                } else {
+                    None
+                };
+                let block = BasicBlock {
+                    conv1: kaiming(out, inp, 3, &mut rng, dev)?,
+                    bn1: BatchNorm2d::new(out, dev)?,
+                    conv2: kaiming(out, out, 3, &mut rng, dev)?,
+                    bn2: BatchNorm2d::new(out, dev)?,
+                    downsample,
+                    stride,
+                };
+                blocks.push((format!("layer{}.{b}", li + 1), block));
+                inp = out;
+            }
+        }
+        Ok(ResNet18 {
+            conv1,
+            bn1,
+            blocks,
+            out_channels: inp,
+        })
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.out_channels
+    }
+
+    /// `(N, C, H, W)` to the layer4 map `(N, C4, H/32, W/32)`.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self
+            .bn1
+            .forward(&conv2d(x, self.conv1.as_tensor(), 2, 3)?, train)?
+            .relu()?;
+        let mut y = max_pool2d(&y, 3, 2, 1)?;
+        for (_, b) in &self.blocks {
+            y = b.forward(&y, train)?;
+        }
+        Ok(y)
+    }
+
+    /// Pooled feature: frames `(N, T, C, H, W)` are folded into the batch and averaged over T
+    /// and space; `(N, C, H, W)` is averaged over space. Returns `(N, C4)`.
+    pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match x.rank() {
+            5 => {
+                let (n, t, c, h, w) = x.dims5()?;
+                let y = self.forward(&x.reshape((n * t, c, h, w))?, train)?;
+                let f = y.mean(3)?.mean(2)?; // (N*T, C4)
+                f.reshape((n, t, self.out_channels))?.mean(1)
+            }
+            4 => self.forward(x, train)?.mean(3)?.mean(2),
+            r => candle_core::bail!("ResNet18 input must be 4-D or 5-D, got rank {r}"),
+        }
+    }
+
+    /// Trainable parameters with torchvision names.
+    pub fn params(&self) -> Vec<(String, Var)> {
+        let mut out = vec![
+            ("conv1.weight".to_string(), self.conv1.clone()),
+            ("bn1.weight".to_string(), self.bn1.weight.clone()),
+            ("bn1.bias".to_string(), self.bn1.bias.clone()),
+        ];
+        for (name, b) in &self.blocks {
+            out.push((format!("{name}.conv1.weight"), b.conv1.clone()));
+            out.push((format!("{name}.bn1.weight"), b.bn1.weight.clone()));
+            out.push((format!("{name}.bn1.bias"), b.bn1.bias.clone()));
+            out.push((format!("{name}.conv2.weight"), b.conv2.clone()));
+            out.push((format!("{name}.bn2.weight"), b.bn2.weight.clone()));
+            out.push((format!("{name}.bn2.bias"), b.bn2.bias.clone()));
+            if let Some((w, bn)) = &b.downsample {
+                out.push((format!("{name}.downsample.0.weight"), w.clone()));
+                out.push((format!("{name}.downsample.1.weight"), bn.weight.clone()));
+                out.push((format!("{name}.downsample.1.bias"), bn.bias.clone()));
+            }
+        }
+        out
+    }
+
+    /// The 4-D convolution kernels (what OGM-GE modulates), downsample convs included.
+    pub fn conv_kernels(&self) -> Vec<Var> {
+        self.params()
+            .into_iter()
+            .filter(|(_, v)| v.rank() == 4)
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.conv1.dtype()
+    }
+}
