@@ -160,34 +160,30 @@ impl Recipe {
         match self {
             Recipe::Audio(a) => decode_audio(a, source.path()),
             Recipe::Frames(f) => decode_frames(f, source.path()),
-            Recipe::Image(r) => match source {
-                Source::IdxImage { path, index } => {
-                    let (h, w, pixels) = read_idx_image(path, *index)?;
-                    let img = Image {
-                        channels: 1,
-                        height: h,
-                        width: w,
-                        data: pixels.iter().map(|&p| p as f32 / 255.0).collect(),
-                    };
-                    let img = if (h, w) == (r.height, r.width) {
-                        img
-                    } else {
-                        img.resample(img.full(), r.height, r.width, false)
-                    };
-                    Ok(Decoded {
-                        shape: vec![1, r.height, r.width],
-                        data: DecodedData::U8(to_bytes(&img.data)),
-                    })
-                }
-                Source::Path(p) => {
-                    let img = video::read_image(p, true)?;
-                    let img = img.resample(img.full(), r.height, r.width, false);
-                    Ok(Decoded {
-                        shape: vec![1, r.height, r.width],
-                        data: DecodedData::U8(to_bytes(&img.data)),
-                    })
-                }
-            },
+            Recipe::Image(r) => {
+                let img = match source {
+                    Source::IdxImage { path, index } => {
+                        let (h, w, pixels) = read_idx_image(path, *index)?;
+                        let data = pixels.iter().map(|&p| p as f32 / 255.0).collect();
+                        Image {
+                            channels: 1,
+                            height: h,
+                            width: w,
+                            data,
+                        }
+                    }
+                    Source::Path(p) => video::read_image(p, true)?,
+                };
+                let img = if (img.height, img.width) == (r.height, r.width) {
+                    img
+                } else {
+                    img.resample(img.full(), r.height, r.width, false)
+                };
+                Ok(Decoded {
+                    shape: vec![1, r.height, r.width],
+                    data: DecodedData::U8(to_bytes(&img.data)),
+                })
+            }
         }
     }
 

@@ -34,20 +34,25 @@ fn av_card() -> DatasetCard {
     .unwrap()
 }
 
+/// Kaldi fbank with 40 mel bins, mean removed, padded or cut to `frames`.
+fn fbank_recipe(sample_rate: u32, frames: usize) -> Recipe {
+    Recipe::Audio(AudioRecipe {
+        sample_rate,
+        clip_seconds: None,
+        remove_mean: true,
+        front_end: FrontEnd::Fbank(Fbank {
+            num_mel_bins: 40,
+            ..Fbank::default()
+        }),
+        frames,
+        norm_mean: 0.0,
+        norm_std: 1.0,
+    })
+}
+
 fn recipes() -> Vec<Recipe> {
     vec![
-        Recipe::Audio(AudioRecipe {
-            sample_rate: 16000,
-            clip_seconds: None,
-            remove_mean: true,
-            front_end: FrontEnd::Fbank(Fbank {
-                num_mel_bins: 40,
-                ..Fbank::default()
-            }),
-            frames: 300,
-            norm_mean: 0.0,
-            norm_std: 1.0,
-        }),
+        fbank_recipe(16000, 300),
         Recipe::Frames(FramesRecipe {
             count: 4,
             height: 32,
@@ -219,18 +224,7 @@ fn avmnist_pairs_decode_with_matching_labels() {
         .filter(|s| s.split == Split::Test)
         .all(|s| s.id.contains("_yweweler_")));
     let recipes = vec![
-        Recipe::Audio(AudioRecipe {
-            sample_rate: 8000,
-            clip_seconds: None,
-            remove_mean: true,
-            front_end: FrontEnd::Fbank(Fbank {
-                num_mel_bins: 40,
-                ..Fbank::default()
-            }),
-            frames: 64,
-            norm_mean: 0.0,
-            norm_std: 1.0,
-        }),
+        fbank_recipe(8000, 64),
         Recipe::Image(mmbal_data::recipe::ImageRecipe {
             height: 28,
             width: 28,
@@ -264,10 +258,7 @@ fn synthetic_dataset_generates_and_loads() {
     assert_eq!((m.samples.len(), m.classes.len()), (40, 4));
     assert_eq!(m.indices(Split::Train).len(), 24);
     let mut r = recipes();
-    if let Recipe::Audio(a) = &mut r[0] {
-        a.sample_rate = 8000;
-        a.frames = 48;
-    }
+    r[0] = fbank_recipe(8000, 48);
     let ds = Dataset::new(m, r).unwrap();
     assert!(ds.check_all().is_empty());
     let b = ds.batch(&ds.rows(Split::Val), Some((1, 0, 0))).unwrap();

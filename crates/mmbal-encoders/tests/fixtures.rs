@@ -4,6 +4,22 @@
 use candle_core::{safetensors, Device, Tensor, Var};
 use std::collections::HashMap;
 
+fn fixture(name: &str) -> HashMap<String, Tensor> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../../tests/fixtures/{name}.safetensors"));
+    safetensors::load(&path, &Device::Cpu).unwrap()
+}
+
+/// Gradients of `sum(y * upstream)`, as the fixtures' backward passes were made.
+fn backward_against(y: &Tensor, upstream: &Tensor) -> candle_core::backprop::GradStore {
+    (y * upstream)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap()
+}
+
 fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
     let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -17,9 +33,7 @@ fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 #[test]
 fn stride2_forward_and_backward_match_pytorch() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/conv2d_stride2.safetensors");
-    let f: HashMap<String, Tensor> = safetensors::load(&path, &Device::Cpu).unwrap();
+    let f = fixture("conv2d_stride2");
     for (tag, stride, padding) in [("odd_even", 2, 1), ("cremad_stem", 2, 3)] {
         let x = Var::from_tensor(&f[&format!("{tag}_x")]).unwrap();
         let w = Var::from_tensor(&f[&format!("{tag}_w")]).unwrap();
@@ -53,19 +67,12 @@ fn candle_own_backward_still_fails_on_mixed_parity() {
 
 #[test]
 fn stem_max_pool_matches_pytorch() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/maxpool_3x3_s2_p1.safetensors");
-    let f: HashMap<String, Tensor> = safetensors::load(&path, &Device::Cpu).unwrap();
+    let f = fixture("maxpool_3x3_s2_p1");
     let x = Var::from_tensor(&f["x"]).unwrap();
     let y = mmbal_encoders::max_pool2d(x.as_tensor(), 3, 2, 1).unwrap();
     assert_eq!(y.dims(), &[2, 3, 4, 3]);
     assert!(max_rel_diff(&y, &f["y"]) < 1e-7);
-    let g = (y * &f["upstream"])
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let g = backward_against(&y, &f["upstream"]);
     assert!(max_rel_diff(g.get(&x).unwrap(), &f["dx"]) < 1e-6);
 }
 
@@ -90,21 +97,14 @@ fn max_pool_ties_send_the_gradient_to_the_first_maximum() {
 
 #[test]
 fn batch_norm_train_and_eval_match_pytorch() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/batchnorm.safetensors");
-    let f: HashMap<String, Tensor> = safetensors::load(&path, &Device::Cpu).unwrap();
+    let f = fixture("batchnorm");
     let bn = mmbal_encoders::BatchNorm2d::new(3, &Device::Cpu).unwrap();
     bn.weight.set(&f["weight"]).unwrap();
     bn.bias.set(&f["bias"]).unwrap();
     let x = Var::from_tensor(&f["x"]).unwrap();
     let y = bn.forward(x.as_tensor(), true).unwrap();
     assert!(max_rel_diff(&y, &f["y_train"]) < 1e-5);
-    let g = (y * &f["upstream"])
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let g = backward_against(&y, &f["upstream"]);
     assert!(max_rel_diff(g.get(&x).unwrap(), &f["dx"]) < 1e-4);
     assert!(max_rel_diff(g.get(&bn.weight).unwrap(), &f["dweight"]) < 1e-5);
     assert!(max_rel_diff(g.get(&bn.bias).unwrap(), &f["dbias"]) < 1e-5);
