@@ -69,3 +69,19 @@ impl BatchNorm2d {
             .broadcast_add(&self.bias.reshape(shape)?)
     }
 }
+
+/// Sets `running_mean` or `running_var` of `bn` by its PyTorch name.
+pub(crate) fn set_named_stat(bn: &BatchNorm2d, stat: &str, value: Tensor) -> Result<()> {
+    let (mean, var) = bn.running_stats();
+    let want = mean.dims().to_vec();
+    if value.dims() != want.as_slice() {
+        candle_core::bail!("{stat}: shape {:?}, expected {want:?}", value.dims());
+    }
+    let value = value.to_device(mean.device())?.to_dtype(mean.dtype())?;
+    match stat {
+        "running_mean" => bn.set_running_stats(value, var),
+        "running_var" => bn.set_running_stats(mean, value),
+        _ => candle_core::bail!("unknown BatchNorm buffer `{stat}`"),
+    }
+    Ok(())
+}

@@ -1,7 +1,9 @@
 //! # mmbal-encoders
 //!
-//! Encoders for candle: a trainable [`ResNet18`] (torchvision names, width multiplier, frames
-//! folded into the batch), built from [`BatchNorm2d`] with PyTorch's training and
+//! Encoders for candle behind one [`Encoder`] trait (run stage by stage, then pooled): a
+//! trainable [`ResNet18`] (torchvision names, width multiplier, frames folded into the batch,
+//! ImageNet weights from safetensors or the hf-hub cache via [`load_resnet18_weights`]) and a
+//! [`SmallCnn`] for 28x28 images and small spectrograms, built from [`BatchNorm2d`] with PyTorch's training and
 //! evaluation semantics, [`max_pool2d`] with padding and PyTorch's backward
 //! (the ResNet stem pool, 3x3 stride 2 padding 1), and [`conv2d`], a 2-D convolution whose backward pass
 //! is right for every input shape. candle 0.11.1 computes one output padding from the height and
@@ -23,11 +25,17 @@
 use candle_core::{Result, Tensor};
 
 mod batch_norm;
+mod encoder;
 mod pool;
+mod pretrained;
 mod resnet;
+mod small_cnn;
 pub use batch_norm::BatchNorm2d;
-pub use pool::max_pool2d;
+pub use encoder::{fold_frames, pool_map, Encoder};
+pub use pool::{max_pool2d, max_pool2d_composite};
+pub use pretrained::{load_resnet18_weights, resolve_weights, torchvision_name, LoadReport};
 pub use resnet::ResNet18;
+pub use small_cnn::SmallCnn;
 
 /// `conv2d(x, w)` with square stride and padding, no dilation, one group. `x`: (N, C, H, W),
 /// `w`: (O, C, K, K').

@@ -1,7 +1,8 @@
 //! Max-pool with PyTorch's semantics in both passes (padding counts as -inf; the gradient goes to
 //! the first maximum of each window in scan order). candle 0.11.1's max-pool has no padding and its
 //! backward is only right when the kernel equals the stride, which the ResNet stem (3x3, stride 2,
-//! padding 1) is not. CPU only for now; the CUDA path comes with the cuDNN ops.
+//! padding 1) is not. On the CPU this is a custom op; on other devices the same result is built
+//! from basic ops (strided window views and `maximum`), whose backward candle gets right.
 
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
@@ -118,9 +119,58 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
     if kernel == 0 || stride == 0 || 2 * padding > kernel {
         bail!("max_pool2d: need kernel >= 1, stride >= 1 and padding <= kernel / 2");
     }
-    x.contiguous()?.apply_op1(MaxPool {
+    if x.device().is_cpu() {
+        return x.contiguous()?.apply_op1(MaxPool {
+            kernel,
+            stride,
+            padding,
+        });
+    }
+    max_pool2d_composite(x, kernel, stride, padding)
+}
+
+/// The same pool from basic ops, for devices without the custom op. Each of the `k * k` window
+/// offsets is a strided view of the padded input (taken by reshaping rows into `(i, stride)`
+/// pairs); the result is their elementwise maximum. Padding must act as -inf: the input is shifted
+/// to be non-negative first (by its detached minimum) so zero padding never wins, then shifted
+/// back. Ties between equal maxima are a measure-zero case for real inputs; after a ReLU the
+/// tied zeros get no gradient anyway.
+pub fn max_pool2d_composite(
+    x: &Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (k, s, p) = (kernel, stride, padding);
+    let (oh, ow) = MaxPool {
         kernel,
         stride,
         padding,
-    })
+    }
+    .out_dims(h, w);
+    let low = x.flatten_all()?.min(0)?.detach();
+    let y = x.broadcast_sub(&low)?;
+    let extra = k.div_ceil(s);
+    let (lh, lw) = (s * (oh + extra), s * (ow + extra));
+    let y = y
+        .pad_with_zeros(2, p, lh - h - p)?
+        .pad_with_zeros(3, p, lw - w - p)?;
+    let rows = y.reshape((n, c, oh + extra, s, lw))?;
+    let mut best: Option<Tensor> = None;
+    for dy in 0..k {
+        let r = rows
+            .narrow(2, dy / s, oh)?
+            .narrow(3, dy % s, 1)?
+            .squeeze(3)?
+            .reshape((n, c, oh, ow + extra, s))?;
+        for dx in 0..k {
+            let v = r.narrow(3, dx / s, ow)?.narrow(4, dx % s, 1)?.squeeze(4)?;
+            best = Some(match best {
+                None => v,
+                Some(b) => b.maximum(&v)?,
+            });
+        }
+    }
+    best.expect("kernel >= 1").broadcast_add(&low)
 }

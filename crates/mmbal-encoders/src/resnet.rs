@@ -3,14 +3,21 @@
 //! torchvision (`conv1.weight`, `layer1.0.bn1.weight`, `layer2.0.downsample.0.weight`, ...), so
 //! ImageNet weights map by name. Init: conv Kaiming normal, fan_out, ReLU gain; BN weight 1, bias 0.
 
-use crate::{conv2d, max_pool2d, BatchNorm2d};
-use candle_core::{DType, Device, Result, Tensor, Var};
+use crate::batch_norm::set_named_stat;
+use crate::{conv2d, max_pool2d, BatchNorm2d, Encoder};
+use candle_core::{bail, DType, Device, Result, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 /// Conv kernel (O, I, K, K) with Kaiming normal fan_out init from a seeded stream.
-fn kaiming(out: usize, inp: usize, k: usize, rng: &mut ChaCha8Rng, dev: &Device) -> Result<Var> {
+pub(crate) fn kaiming(
+    out: usize,
+    inp: usize,
+    k: usize,
+    rng: &mut ChaCha8Rng,
+    dev: &Device,
+) -> Result<Var> {
     let std = (2.0 / (out * k * k) as f64).sqrt();
     let normal = Normal::new(0.0, std).unwrap();
     let data: Vec<f32> = (0..out * inp * k * k)
@@ -100,34 +107,28 @@ impl ResNet18 {
 
     /// `(N, C, H, W)` to the layer4 map `(N, C4, H/32, W/32)`.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self
-            .bn1
-            .forward(&conv2d(x, self.conv1.as_tensor(), 2, 3)?, train)?
-            .relu()?;
-        let mut y = max_pool2d(&y, 3, 2, 1)?;
-        for (_, b) in &self.blocks {
-            y = b.forward(&y, train)?;
+        let mut y = x.clone();
+        for i in 0..5 {
+            y = self.stage(i, &y, train)?;
         }
         Ok(y)
     }
 
-    /// Pooled feature: frames `(N, T, C, H, W)` are folded into the batch and averaged over T
-    /// and space; `(N, C, H, W)` is averaged over space. Returns `(N, C4)`.
-    pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        match x.rank() {
-            5 => {
-                let (n, t, c, h, w) = x.dims5()?;
-                let y = self.forward(&x.reshape((n * t, c, h, w))?, train)?;
-                let f = y.mean(3)?.mean(2)?; // (N*T, C4)
-                f.reshape((n, t, self.out_channels))?.mean(1)
+    /// BatchNorm layers with their torchvision prefixes.
+    fn batch_norms(&self) -> Vec<(String, &BatchNorm2d)> {
+        let mut out = vec![("bn1".to_string(), &self.bn1)];
+        for (name, b) in &self.blocks {
+            out.push((format!("{name}.bn1"), &b.bn1));
+            out.push((format!("{name}.bn2"), &b.bn2));
+            if let Some((_, bn)) = &b.downsample {
+                out.push((format!("{name}.downsample.1"), bn));
             }
-            4 => self.forward(x, train)?.mean(3)?.mean(2),
-            r => candle_core::bail!("ResNet18 input must be 4-D or 5-D, got rank {r}"),
         }
+        out
     }
 
     /// Trainable parameters with torchvision names.
-    pub fn params(&self) -> Vec<(String, Var)> {
+    fn params_named(&self) -> Vec<(String, Var)> {
         let mut out = vec![
             ("conv1.weight".to_string(), self.conv1.clone()),
             ("bn1.weight".to_string(), self.bn1.weight.clone()),
@@ -149,16 +150,55 @@ impl ResNet18 {
         out
     }
 
-    /// The 4-D convolution kernels (what OGM-GE modulates), downsample convs included.
-    pub fn conv_kernels(&self) -> Vec<Var> {
-        self.params()
-            .into_iter()
-            .filter(|(_, v)| v.rank() == 4)
-            .map(|(_, v)| v)
-            .collect()
-    }
-
     pub fn dtype(&self) -> DType {
         self.conv1.dtype()
+    }
+}
+
+impl Encoder for ResNet18 {
+    fn out_dim(&self) -> usize {
+        self.out_channels
+    }
+    fn num_stages(&self) -> usize {
+        5
+    }
+    /// Stage 0 is the stem (7x7/2 conv, BN, ReLU, 3x3/2 max-pool); stages 1-4 are layer1-layer4.
+    fn stage(&self, i: usize, x: &Tensor, train: bool) -> Result<Tensor> {
+        if i == 0 {
+            let y = self
+                .bn1
+                .forward(&conv2d(x, self.conv1.as_tensor(), 2, 3)?, train)?
+                .relu()?;
+            return max_pool2d(&y, 3, 2, 1);
+        }
+        if i > 4 {
+            bail!("ResNet18 has 5 stages, asked for stage {i}");
+        }
+        let mut y = x.clone();
+        for (_, b) in &self.blocks[2 * (i - 1)..2 * i] {
+            y = b.forward(&y, train)?;
+        }
+        Ok(y)
+    }
+    fn params(&self) -> Vec<(String, Var)> {
+        self.params_named()
+    }
+    fn buffers(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (name, bn) in self.batch_norms() {
+            let (m, v) = bn.running_stats();
+            out.push((format!("{name}.running_mean"), m));
+            out.push((format!("{name}.running_var"), v));
+        }
+        out
+    }
+    fn set_buffer(&self, name: &str, value: Tensor) -> Result<()> {
+        let Some((prefix, stat)) = name.rsplit_once('.') else {
+            bail!("ResNet18 has no buffer `{name}`")
+        };
+        match self.batch_norms().into_iter().find(|(n, _)| n == prefix) {
+            Some((_, bn)) => set_named_stat(bn, stat, value),
+            None => bail!("ResNet18 has no buffer `{name}`"),
+        }
     }
 }

@@ -1,5 +1,5 @@
 use candle_core::{Device, Tensor};
-use mmbal_encoders::ResNet18;
+use mmbal_encoders::{Encoder, ResNet18};
 
 #[test]
 fn resnet18_shapes_params_and_gradients() {

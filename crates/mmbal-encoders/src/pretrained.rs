@@ -1,0 +1,165 @@
+//! ImageNet weights for [`ResNet18`] from a safetensors file: torchvision and timm names (the
+//! same scheme, with or without a `module.` / `model.` prefix) and Hugging Face transformers names
+//! (`resnet.embedder...`, `resnet.encoder.stages...`) are mapped to torchvision names. The
+//! classifier (`fc`, `classifier`) and `num_batches_tracked` are not used. A 3-channel stem is
+//! adapted to 1 or 2 input channels as timm does (summed for 1; repeated, cut and scaled by
+//! `3 / C` otherwise).
+//!
+//! Files come from a plain path or from hf-hub's local cache (`hf:owner/name[/file]`); nothing is
+//! downloaded here, so offline machines work and the error says where the file was looked for.
+
+use crate::{Encoder, ResNet18};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// What a load did: tensors set, and checkpoint tensors that were not used (classifier etc.).
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub loaded: usize,
+    pub unused: Vec<String>,
+}
+
+/// Maps one checkpoint name to its torchvision name; `None` for tensors the encoder has no use for.
+pub fn torchvision_name(name: &str) -> Option<String> {
+    let mut n = name;
+    for prefix in ["module.", "model.", "backbone."] {
+        n = n.strip_prefix(prefix).unwrap_or(n);
+    }
+    if n.ends_with("num_batches_tracked") || n.starts_with("fc.") || n.starts_with("classifier.") {
+        return None;
+    }
+    if let Some(rest) = n.strip_prefix("resnet.embedder.embedder.") {
+        return Some(match rest.strip_prefix("convolution.") {
+            Some(p) => format!("conv1.{p}"),
+            None => format!("bn1.{}", rest.strip_prefix("normalization.")?),
+        });
+    }
+    if let Some(rest) = n.strip_prefix("resnet.encoder.stages.") {
+        // {s}.layers.{b}.layer.{i}.{convolution|normalization}.{p} or {s}.layers.{b}.shortcut...
+        let parts: Vec<&str> = rest.split('.').collect();
+        let stage: usize = parts.first()?.parse().ok()?;
+        let block = parts.get(2)?;
+        let prefix = format!("layer{}.{block}", stage + 1);
+        return match parts.get(3..)? {
+            ["layer", i, kind, p] => {
+                let i: usize = i.parse().ok()?;
+                let what = if *kind == "convolution" { "conv" } else { "bn" };
+                Some(format!("{prefix}.{what}{}.{p}", i + 1))
+            }
+            ["shortcut", kind, p] => {
+                let idx = if *kind == "convolution" { 0 } else { 1 };
+                Some(format!("{prefix}.downsample.{idx}.{p}"))
+            }
+            _ => None,
+        };
+    }
+    if n.starts_with("resnet.") || n.starts_with("pooler") {
+        return None;
+    }
+    Some(n.to_string())
+}
+
+/// Adapts a `(O, 3, K, K)` stem kernel to `channels` inputs (timm's `adapt_input_conv`).
+fn adapt_stem(w: &Tensor, channels: usize) -> Result<Tensor> {
+    let (_, c, _, _) = w.dims4()?;
+    if c == channels {
+        return Ok(w.clone());
+    }
+    if c != 3 {
+        bail!("stem kernel has {c} input channels; only 3-channel kernels are adapted");
+    }
+    if channels == 1 {
+        return Ok(w.sum_keepdim(1)?);
+    }
+    let reps = channels.div_ceil(3);
+    let rep = Tensor::cat(&vec![w.clone(); reps], 1)?.narrow(1, 0, channels)?;
+    Ok((rep * (3.0 / channels as f64))?)
+}
+
+impl ResNet18 {
+    /// Sets every parameter and BatchNorm buffer from `tensors` (any of the supported naming
+    /// schemes). Every parameter of the model must be present with the right shape.
+    pub fn load_pretrained(&self, tensors: &HashMap<String, Tensor>) -> Result<LoadReport> {
+        let mut by_name = HashMap::new();
+        let mut report = LoadReport::default();
+        for (k, v) in tensors {
+            match torchvision_name(k) {
+                Some(n) => {
+                    by_name.insert(n, v);
+                }
+                None => report.unused.push(k.clone()),
+            }
+        }
+        for (name, var) in self.params() {
+            let Some(&src) = by_name.get(&name) else {
+                bail!("pretrained weights have no tensor for `{name}`")
+            };
+            let mut t = src.to_dtype(DType::F32)?.to_device(var.device())?;
+            if name == "conv1.weight" {
+                t = adapt_stem(&t, var.dim(1)?)?;
+            }
+            if t.dims() != var.dims() {
+                bail!(
+                    "pretrained `{name}` has shape {:?}, the model {:?} (width multiplier must be 1)",
+                    t.dims(),
+                    var.dims()
+                );
+            }
+            var.set(&t)?;
+            by_name.remove(&name);
+            report.loaded += 1;
+        }
+        for (name, _) in self.buffers() {
+            if let Some(src) = by_name.remove(&name) {
+                self.set_buffer(&name, src.to_dtype(DType::F32)?)
+                    .with_context(|| format!("pretrained buffer `{name}`"))?;
+                report.loaded += 1;
+            }
+        }
+        report.unused.extend(by_name.into_keys());
+        report.unused.sort();
+        Ok(report)
+    }
+}
+
+/// Where a weights file is: an existing path, or `hf:owner/name[/file]` in hf-hub's local cache
+/// (`HF_HOME` / `~/.cache/huggingface/hub`, or `cache_dir` when given). The file defaults to
+/// `model.safetensors`.
+pub fn resolve_weights(spec: &str, cache_dir: Option<&Path>) -> Result<PathBuf> {
+    let Some(repo_spec) = spec.strip_prefix("hf:") else {
+        let p = PathBuf::from(spec);
+        if !p.is_file() {
+            bail!("weights file {} does not exist", p.display());
+        }
+        return Ok(p);
+    };
+    let parts: Vec<&str> = repo_spec.splitn(3, '/').collect();
+    let (repo, file) = match parts.as_slice() {
+        [o, n] => (format!("{o}/{n}"), "model.safetensors"),
+        [o, n, f] => (format!("{o}/{n}"), *f),
+        _ => bail!("`{spec}`: expected hf:owner/name or hf:owner/name/file"),
+    };
+    let cache = match cache_dir {
+        Some(d) => hf_hub::Cache::new(d.to_path_buf()),
+        None => hf_hub::Cache::from_env(),
+    };
+    match cache.model(repo.clone()).get(file) {
+        Some(p) => Ok(p),
+        None => bail!(
+            "{file} of {repo} is not in the hf-hub cache at {} (this machine is offline: download it elsewhere, \
+             e.g. `huggingface-cli download {repo} {file}`, and copy the cache, or pass a path)",
+            cache.path().display()
+        ),
+    }
+}
+
+/// Loads ImageNet weights into `net` from `spec` (see [`resolve_weights`]).
+pub fn load_resnet18_weights(net: &ResNet18, spec: &str) -> Result<LoadReport> {
+    let path = resolve_weights(spec, None)?;
+    let tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
+        .with_context(|| format!("reading {}", path.display()))?;
+    net.load_pretrained(&tensors)
+        .with_context(|| format!("loading {}", path.display()))
+}
