@@ -1,0 +1,257 @@
+//! Fusion heads: pooled features of every modality in, fused logits and per-modality
+//! ("unimodal") logits out.
+//!
+//! * concat: `out = [f_1; ...; f_M] W^T + b`; the unimodal logits slice the same head,
+//!   `out_m = f_m W[:, D_m]^T + b / M`, so they add up to the fused logits.
+//! * sum: `out = sum_m (f_m W_m^T + b_m)`; `out_m = f_m W_m^T + b_m`.
+//! * FiLM (two modalities): `[gamma, beta] = split(Linear(f_1))`, `out = Linear(gamma * f_2 + beta)`.
+//! * gated (two modalities): `out = Linear(sigmoid(Linear(f_1)) * Linear(f_2))`.
+//!
+//! FiLM and gated mix the modalities before the classifier, so no slice of the head belongs to
+//! one modality; their unimodal logits are defined as the head run with every other modality's
+//! feature set to zero (the same masking Shapley valuation uses).
+
+use candle_core::{bail, Device, Result, Tensor, Var};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FusionKind {
+    Concat,
+    Sum,
+    Film,
+    Gated,
+}
+
+/// How linear layers start: PyTorch's default (weight and bias uniform in +-1/sqrt(fan_in); the
+/// valuation paper's code) or Xavier normal weights with zero bias (OGM-GE's code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinearInit {
+    #[default]
+    Pytorch,
+    XavierNormal,
+}
+
+/// `(out, in)` weight and `(out,)` bias drawn from `rng` as `init` says.
+fn uniform_or_normal(
+    out: usize,
+    inp: usize,
+    init: LinearInit,
+    rng: &mut ChaCha8Rng,
+    dev: &Device,
+) -> Result<(Var, Var)> {
+    let (w, b): (Vec<f32>, Vec<f32>) = match init {
+        LinearInit::Pytorch => {
+            let bound = 1.0 / (inp as f64).sqrt();
+            let mut draw = |n: usize| -> Vec<f32> {
+                (0..n)
+                    .map(|_| rng.random_range(-bound..bound) as f32)
+                    .collect()
+            };
+            (draw(out * inp), draw(out))
+        }
+        LinearInit::XavierNormal => {
+            let std = (2.0 / (inp + out) as f64).sqrt();
+            let normal = Normal::new(0.0, std).unwrap();
+            (
+                (0..out * inp).map(|_| normal.sample(rng) as f32).collect(),
+                vec![0.0; out],
+            )
+        }
+    };
+    Ok((
+        Var::from_tensor(&Tensor::from_vec(w, (out, inp), dev)?)?,
+        Var::from_tensor(&Tensor::from_vec(b, out, dev)?)?,
+    ))
+}
+
+/// `x W^T + b` with named parameters.
+pub struct Linear {
+    pub weight: Var,
+    pub bias: Var,
+}
+
+impl Linear {
+    pub fn new(
+        inp: usize,
+        out: usize,
+        init: LinearInit,
+        rng: &mut ChaCha8Rng,
+        dev: &Device,
+    ) -> Result<Linear> {
+        let (weight, bias) = uniform_or_normal(out, inp, init, rng, dev)?;
+        Ok(Linear { weight, bias })
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+    }
+}
+
+/// Fused and per-modality logits, each `(B, C)`.
+pub struct HeadOut {
+    pub fused: Tensor,
+    pub unimodal: Vec<Tensor>,
+}
+
+pub struct FusionHead {
+    pub kind: FusionKind,
+    dims: Vec<usize>,
+    /// concat: one layer over all features; sum: one per modality; FiLM: [film, fc];
+    /// gated: [fx, fy, fc].
+    layers: Vec<(String, Linear)>,
+}
+
+impl FusionHead {
+    /// `dims[m]` is modality `m`'s feature width; `classes` output logits; seeded init.
+    pub fn new(
+        kind: FusionKind,
+        dims: &[usize],
+        classes: usize,
+        init: LinearInit,
+        seed: u64,
+        dev: &Device,
+    ) -> Result<FusionHead> {
+        use rand::SeedableRng;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        if dims.is_empty() {
+            bail!("a fusion head needs at least one modality");
+        }
+        if matches!(kind, FusionKind::Film | FusionKind::Gated) && dims.len() != 2 {
+            bail!(
+                "{kind:?} fusion is defined for exactly two modalities (the first conditions the second); got {}",
+                dims.len()
+            );
+        }
+        let mut lin = |name: &str, i: usize, o: usize| -> Result<(String, Linear)> {
+            Ok((name.to_string(), Linear::new(i, o, init, &mut rng, dev)?))
+        };
+        let layers = match kind {
+            FusionKind::Concat => vec![lin("fc", dims.iter().sum(), classes)?],
+            FusionKind::Sum => dims
+                .iter()
+                .enumerate()
+                .map(|(m, &d)| lin(&format!("fc.{m}"), d, classes))
+                .collect::<Result<_>>()?,
+            FusionKind::Film => vec![
+                lin("film", dims[0], 2 * dims[1])?,
+                lin("fc", dims[1], classes)?,
+            ],
+            FusionKind::Gated => vec![
+                lin("fc_x", dims[0], dims[1])?,
+                lin("fc_y", dims[1], dims[1])?,
+                lin("fc", dims[1], classes)?,
+            ],
+        };
+        Ok(FusionHead {
+            kind,
+            dims: dims.to_vec(),
+            layers,
+        })
+    }
+
+    pub fn num_modalities(&self) -> usize {
+        self.dims.len()
+    }
+
+    /// Parameters named `<layer>.weight` / `<layer>.bias`.
+    pub fn params(&self) -> Vec<(String, Var)> {
+        self.layers
+            .iter()
+            .flat_map(|(n, l)| {
+                [
+                    (format!("{n}.weight"), l.weight.clone()),
+                    (format!("{n}.bias"), l.bias.clone()),
+                ]
+            })
+            .collect()
+    }
+
+    /// Fused logits only, from (already masked) features.
+    fn fused(&self, f: &[Tensor]) -> Result<Tensor> {
+        let l = |i: usize| &self.layers[i].1;
+        match self.kind {
+            FusionKind::Concat => l(0).forward(&Tensor::cat(f, 1)?),
+            FusionKind::Sum => {
+                let mut out = l(0).forward(&f[0])?;
+                for (m, x) in f.iter().enumerate().skip(1) {
+                    out = (out + l(m).forward(x)?)?;
+                }
+                Ok(out)
+            }
+            FusionKind::Film => {
+                let gb = l(0).forward(&f[0])?;
+                let d = self.dims[1];
+                let (gamma, beta) = (gb.narrow(1, 0, d)?, gb.narrow(1, d, d)?);
+                l(1).forward(&((gamma * &f[1])? + beta)?)
+            }
+            FusionKind::Gated => {
+                let gate = candle_nn::ops::sigmoid(&l(0).forward(&f[0])?)?;
+                l(2).forward(&(gate * l(1).forward(&f[1])?)?)
+            }
+        }
+    }
+
+    /// Fused and unimodal logits. `keep`: optional `(B, M)` with 0 where a modality's feature is
+    /// zeroed for that row (resampled copies, Shapley coalitions).
+    pub fn forward(&self, features: &[Tensor], keep: Option<&Tensor>) -> Result<HeadOut> {
+        let m_count = self.dims.len();
+        if features.len() != m_count {
+            bail!(
+                "fusion head built for {m_count} modalities got {}",
+                features.len()
+            );
+        }
+        let f: Vec<Tensor> = match keep {
+            None => features.to_vec(),
+            Some(k) => features
+                .iter()
+                .enumerate()
+                .map(|(m, x)| x.broadcast_mul(&k.narrow(1, m, 1)?.to_dtype(x.dtype())?))
+                .collect::<Result<_>>()?,
+        };
+        let fused = self.fused(&f)?;
+        let unimodal = match self.kind {
+            FusionKind::Concat => {
+                let (w, b) = (
+                    self.layers[0].1.weight.as_tensor(),
+                    self.layers[0].1.bias.as_tensor(),
+                );
+                let shared_bias = (b / m_count as f64)?;
+                let mut start = 0;
+                let mut out = Vec::with_capacity(m_count);
+                for (x, &d) in f.iter().zip(&self.dims) {
+                    let wm = w.narrow(1, start, d)?;
+                    out.push(x.matmul(&wm.t()?)?.broadcast_add(&shared_bias)?);
+                    start += d;
+                }
+                out
+            }
+            FusionKind::Sum => f
+                .iter()
+                .enumerate()
+                .map(|(m, x)| self.layers[m].1.forward(x))
+                .collect::<Result<_>>()?,
+            FusionKind::Film | FusionKind::Gated => (0..m_count)
+                .map(|m| {
+                    let only: Vec<Tensor> = f
+                        .iter()
+                        .enumerate()
+                        .map(|(j, x)| {
+                            if j == m {
+                                Ok(x.clone())
+                            } else {
+                                x.zeros_like()
+                            }
+                        })
+                        .collect::<Result<_>>()?;
+                    self.fused(&only)
+                })
+                .collect::<Result<_>>()?,
+        };
+        Ok(HeadOut { fused, unimodal })
+    }
+}

@@ -1,0 +1,28 @@
+//! # mmbal-fusion
+//!
+//! Fusion heads ([`FusionHead`]: concat, sum, FiLM, gated) that return fused and per-modality
+//! logits, and the [`MultimodalModel`] they close: one [`mmbal_encoders::Encoder`] per modality,
+//! optional blocks between encoder stages ([`StageMixer`], for MMTM), per-row feature masking,
+//! and [`ParamGroup`]s for methods that edit gradients of one part of the model.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use mmbal_fusion::{EncoderSpec, FusionKind, LinearInit, MultimodalModel};
+//! let dev = Device::Cpu;
+//! let names = vec!["audio".to_string(), "image".to_string()];
+//! let enc = EncoderSpec::SmallCnn { in_channels: 1, width: 4 };
+//! let model = MultimodalModel::new(&names, &[enc.clone(), enc], FusionKind::Concat,
+//!     LinearInit::Pytorch, 10, 7, &dev).unwrap();
+//! let x = Tensor::randn(0f32, 1.0, (2, 1, 28, 28), &dev).unwrap();
+//! let out = model.forward(&[x.clone(), x], None, false).unwrap();
+//! assert_eq!(out.fused_logits.dims(), &[2, 10]);
+//! // concat: the per-modality logits add up to the fused logits.
+//! let sum = (&out.unimodal_logits[0] + &out.unimodal_logits[1]).unwrap();
+//! let diff = (sum - &out.fused_logits).unwrap().abs().unwrap().max_all().unwrap();
+//! assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+//! ```
+
+mod head;
+mod model;
+pub use head::{FusionHead, FusionKind, HeadOut, Linear, LinearInit};
+pub use model::{EncoderSpec, ForwardOut, MultimodalModel, ParamGroup, StageMixer};

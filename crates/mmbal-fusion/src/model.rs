@@ -1,0 +1,314 @@
+//! [`MultimodalModel`]: one encoder per modality, optional blocks between encoder stages, and a
+//! fusion head. What every balancing method reads comes out of one forward pass
+//! ([`ForwardOut`]); what methods modify is published as [`ParamGroup`]s, so no method parses
+//! parameter names.
+
+use crate::head::{FusionHead, FusionKind, LinearInit};
+use candle_core::{bail, Device, Result, Tensor, Var};
+use mmbal_encoders::{fold_frames, pool_map, Encoder, ResNet18, SmallCnn};
+use serde::{Deserialize, Serialize};
+
+/// Which encoder a modality gets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum EncoderSpec {
+    /// ResNet-18; `width` scales channels (1.0 = 512-d features), `in_channels` 1, 2 or 3;
+    /// `pretrained`: a safetensors path or `hf:owner/name` in the hf-hub cache (width 1 only).
+    Resnet18 {
+        in_channels: usize,
+        #[serde(default = "one")]
+        width: f64,
+        #[serde(default)]
+        pretrained: Option<String>,
+    },
+    /// [`SmallCnn`] with `width` first-stage channels (features are `4 * width`).
+    SmallCnn { in_channels: usize, width: usize },
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Blocks run between encoder stages over all modalities at once (MMTM). `after_stages` lists
+/// the stage indices after which [`StageMixer::mix`] is called.
+pub trait StageMixer: Send + Sync {
+    fn after_stages(&self) -> Vec<usize>;
+    /// `maps[m]` is modality m's map after `stage`, `(B * frames[m], C, H, W)`.
+    fn mix(
+        &self,
+        stage: usize,
+        maps: &[Tensor],
+        frames: &[usize],
+        train: bool,
+    ) -> Result<Vec<Tensor>>;
+    fn params(&self) -> Vec<(String, Var)>;
+}
+
+/// What one forward pass gives a method.
+pub struct ForwardOut {
+    /// Pooled per-modality features `(B, D_m)`, before masking.
+    pub features: Vec<Tensor>,
+    /// Per-modality logits `(B, C)` (see [`crate::FusionHead`]).
+    pub unimodal_logits: Vec<Tensor>,
+    /// `(B, C)`.
+    pub fused_logits: Tensor,
+}
+
+/// Named parameter sets that methods act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamGroup {
+    /// Every parameter of modality m's encoder.
+    Encoder(usize),
+    /// Only the 4-D convolution kernels of modality m's encoder (OGM-GE).
+    EncoderConvKernels(usize),
+    /// The fusion head.
+    Head,
+    /// Blocks between encoder stages.
+    Mixer,
+}
+
+pub struct MultimodalModel {
+    pub modalities: Vec<String>,
+    encoders: Vec<Box<dyn Encoder>>,
+    pub head: FusionHead,
+    mixer: Option<Box<dyn StageMixer>>,
+    device: Device,
+}
+
+impl MultimodalModel {
+    /// Builds encoders (seeded `seed + m`) and a head (seeded `seed + 1000`); loads pretrained
+    /// weights where a spec names them.
+    pub fn new(
+        modalities: &[String],
+        encoders: &[EncoderSpec],
+        fusion: FusionKind,
+        head_init: LinearInit,
+        classes: usize,
+        seed: u64,
+        device: &Device,
+    ) -> anyhow::Result<MultimodalModel> {
+        if modalities.len() != encoders.len() {
+            anyhow::bail!(
+                "{} modalities ({modalities:?}) but {} encoder specs",
+                modalities.len(),
+                encoders.len()
+            );
+        }
+        let mut built: Vec<Box<dyn Encoder>> = Vec::new();
+        for (m, spec) in encoders.iter().enumerate() {
+            let s = seed.wrapping_add(m as u64);
+            built.push(match spec {
+                EncoderSpec::Resnet18 {
+                    in_channels,
+                    width,
+                    pretrained,
+                } => {
+                    let net = ResNet18::new(*in_channels, *width, s, device)?;
+                    if let Some(p) = pretrained {
+                        mmbal_encoders::load_resnet18_weights(&net, p).map_err(|e| {
+                            e.context(format!("pretrained weights for `{}`", modalities[m]))
+                        })?;
+                    }
+                    Box::new(net)
+                }
+                EncoderSpec::SmallCnn { in_channels, width } => {
+                    Box::new(SmallCnn::new(*in_channels, *width, s, device)?)
+                }
+            });
+        }
+        let dims: Vec<usize> = built.iter().map(|e| e.out_dim()).collect();
+        let head = FusionHead::new(
+            fusion,
+            &dims,
+            classes,
+            head_init,
+            seed.wrapping_add(1000),
+            device,
+        )?;
+        Ok(MultimodalModel {
+            modalities: modalities.to_vec(),
+            encoders: built,
+            head,
+            mixer: None,
+            device: device.clone(),
+        })
+    }
+
+    /// A model from encoders built elsewhere (any [`Encoder`] implementation) and a head.
+    pub fn from_parts(
+        modalities: Vec<String>,
+        encoders: Vec<Box<dyn Encoder>>,
+        head: FusionHead,
+        device: &Device,
+    ) -> Result<MultimodalModel> {
+        if modalities.len() != encoders.len() || head.num_modalities() != encoders.len() {
+            bail!(
+                "{} modalities, {} encoders and a head for {} modalities",
+                modalities.len(),
+                encoders.len(),
+                head.num_modalities()
+            );
+        }
+        Ok(MultimodalModel {
+            modalities,
+            encoders,
+            head,
+            mixer: None,
+            device: device.clone(),
+        })
+    }
+
+    /// Inserts blocks between encoder stages (MMTM).
+    pub fn set_mixer(&mut self, mixer: Box<dyn StageMixer>) {
+        self.mixer = Some(mixer);
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn num_modalities(&self) -> usize {
+        self.encoders.len()
+    }
+
+    pub fn encoder(&self, m: usize) -> &dyn Encoder {
+        self.encoders[m].as_ref()
+    }
+
+    /// Pooled features of every modality, stage by stage so a mixer can see all maps.
+    pub fn encode(&self, inputs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
+        if inputs.len() != self.encoders.len() {
+            bail!(
+                "model has {} modalities, got {} inputs",
+                self.encoders.len(),
+                inputs.len()
+            );
+        }
+        let Some(mixer) = &self.mixer else {
+            return self
+                .encoders
+                .iter()
+                .zip(inputs)
+                .map(|(e, x)| e.features(x, train))
+                .collect();
+        };
+        let mut maps = Vec::new();
+        let mut frames = Vec::new();
+        for x in inputs {
+            let (y, t) = fold_frames(x)?;
+            maps.push(y);
+            frames.push(t);
+        }
+        let mix_after = mixer.after_stages();
+        let stages = self
+            .encoders
+            .iter()
+            .map(|e| e.num_stages())
+            .max()
+            .unwrap_or(0);
+        for s in 0..stages {
+            for (m, e) in self.encoders.iter().enumerate() {
+                if s < e.num_stages() {
+                    maps[m] = e.stage(s, &maps[m], train)?;
+                }
+            }
+            if mix_after.contains(&s) {
+                maps = mixer.mix(s, &maps, &frames, train)?;
+            }
+        }
+        maps.iter()
+            .zip(&frames)
+            .map(|(y, &t)| pool_map(y, t))
+            .collect()
+    }
+
+    /// Encoders, then the head. `keep` `(B, M)` zeroes features per row (0 = dropped).
+    pub fn forward(
+        &self,
+        inputs: &[Tensor],
+        keep: Option<&Tensor>,
+        train: bool,
+    ) -> Result<ForwardOut> {
+        let features = self.encode(inputs, train)?;
+        let out = self.head.forward(&features, keep)?;
+        Ok(ForwardOut {
+            features,
+            unimodal_logits: out.unimodal,
+            fused_logits: out.fused,
+        })
+    }
+
+    /// Inputs with dropped modalities zeroed (the input-masking route, for intermediate fusion).
+    pub fn mask_inputs(inputs: &[Tensor], keep: &Tensor) -> Result<Vec<Tensor>> {
+        inputs
+            .iter()
+            .enumerate()
+            .map(|(m, x)| {
+                let mut shape = vec![x.dim(0)?];
+                shape.extend(std::iter::repeat_n(1, x.rank() - 1));
+                let k = keep.narrow(1, m, 1)?.reshape(shape)?.to_dtype(x.dtype())?;
+                x.broadcast_mul(&k)
+            })
+            .collect()
+    }
+
+    /// Every trainable parameter: `encoders.<modality>.<name>`, `head.<name>`, `mixer.<name>`.
+    pub fn named_params(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        for (m, e) in self.encoders.iter().enumerate() {
+            for (n, v) in e.params() {
+                out.push((format!("encoders.{}.{n}", self.modalities[m]), v));
+            }
+        }
+        for (n, v) in self.head.params() {
+            out.push((format!("head.{n}"), v));
+        }
+        if let Some(mx) = &self.mixer {
+            for (n, v) in mx.params() {
+                out.push((format!("mixer.{n}"), v));
+            }
+        }
+        out
+    }
+
+    pub fn params(&self) -> Vec<Var> {
+        self.named_params().into_iter().map(|(_, v)| v).collect()
+    }
+
+    pub fn group(&self, g: ParamGroup) -> Vec<Var> {
+        match g {
+            ParamGroup::Encoder(m) => self.encoders[m]
+                .params()
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect(),
+            ParamGroup::EncoderConvKernels(m) => self.encoders[m].conv_kernels(),
+            ParamGroup::Head => self.head.params().into_iter().map(|(_, v)| v).collect(),
+            ParamGroup::Mixer => self
+                .mixer
+                .as_ref()
+                .map(|mx| mx.params().into_iter().map(|(_, v)| v).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// BatchNorm running statistics: `encoders.<modality>.<name>`.
+    pub fn buffers(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (m, e) in self.encoders.iter().enumerate() {
+            for (n, t) in e.buffers() {
+                out.push((format!("encoders.{}.{n}", self.modalities[m]), t));
+            }
+        }
+        out
+    }
+
+    pub fn set_buffer(&self, name: &str, value: Tensor) -> Result<()> {
+        for (m, e) in self.encoders.iter().enumerate() {
+            if let Some(rest) = name.strip_prefix(&format!("encoders.{}.", self.modalities[m])) {
+                return e.set_buffer(rest, value);
+            }
+        }
+        bail!("model has no buffer `{name}`")
+    }
+}

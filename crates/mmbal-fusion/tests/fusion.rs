@@ -1,0 +1,300 @@
+use candle_core::{Device, Tensor};
+use mmbal_fusion::{EncoderSpec, FusionHead, FusionKind, LinearInit, MultimodalModel, ParamGroup};
+
+fn dev() -> Device {
+    Device::Cpu
+}
+
+fn t2(v: &[f32], r: usize, c: usize) -> Tensor {
+    Tensor::from_vec(v.to_vec(), (r, c), &dev()).unwrap()
+}
+
+fn rows(t: &Tensor) -> Vec<Vec<f32>> {
+    t.to_vec2::<f32>().unwrap()
+}
+
+fn close(a: &Tensor, b: &Tensor) -> bool {
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
+    d.to_scalar::<f32>().unwrap() < 1e-5
+}
+
+fn set(head: &FusionHead, name: &str, t: Tensor) {
+    let (_, v) = head.params().into_iter().find(|(n, _)| n == name).unwrap();
+    v.set(&t).unwrap();
+}
+
+#[test]
+fn concat_unimodal_logits_add_up_for_two_and_three_modalities() {
+    for dims in [vec![3, 2], vec![3, 2, 4]] {
+        let head =
+            FusionHead::new(FusionKind::Concat, &dims, 5, LinearInit::Pytorch, 1, &dev()).unwrap();
+        let f: Vec<Tensor> = dims
+            .iter()
+            .map(|&d| Tensor::randn(0f32, 1.0, (4, d), &dev()).unwrap())
+            .collect();
+        let out = head.forward(&f, None).unwrap();
+        let mut sum = out.unimodal[0].clone();
+        for u in &out.unimodal[1..] {
+            sum = (sum + u).unwrap();
+        }
+        assert!(close(&sum, &out.fused), "M = {}", dims.len());
+    }
+}
+
+#[test]
+fn concat_head_by_hand_with_masking() {
+    // W = [[1, 2 | 3], [0, -1 | 1]], b = [0.5, -1]; audio (2-d), visual (1-d).
+    let head = FusionHead::new(
+        FusionKind::Concat,
+        &[2, 1],
+        2,
+        LinearInit::Pytorch,
+        1,
+        &dev(),
+    )
+    .unwrap();
+    set(&head, "fc.weight", t2(&[1., 2., 3., 0., -1., 1.], 2, 3));
+    set(
+        &head,
+        "fc.bias",
+        Tensor::new(&[0.5f32, -1.], &dev()).unwrap(),
+    );
+    let a = t2(&[1., 1., 2., 0.], 2, 2);
+    let v = t2(&[2., -1.], 2, 1);
+    let out = head.forward(&[a.clone(), v.clone()], None).unwrap();
+    // row 0: audio 1+2=3, -1 ; visual 6, 2 ; bias/2 = 0.25, -0.5
+    assert_eq!(
+        rows(&out.unimodal[0]),
+        vec![vec![3.25, -1.5], vec![2.25, -0.5]]
+    );
+    assert_eq!(
+        rows(&out.unimodal[1]),
+        vec![vec![6.25, 1.5], vec![-2.75, -1.5]]
+    );
+    assert_eq!(rows(&out.fused), vec![vec![9.5, 0.0], vec![-0.5, -2.0]]);
+    // Row 0 drops visual, row 1 drops audio.
+    let keep = t2(&[1., 0., 0., 1.], 2, 2);
+    let out = head.forward(&[a, v], Some(&keep)).unwrap();
+    assert_eq!(rows(&out.fused), vec![vec![3.5, -2.0], vec![-2.5, -2.0]]);
+    assert_eq!(
+        rows(&out.unimodal[1]),
+        vec![vec![0.25, -0.5], vec![-2.75, -1.5]]
+    );
+}
+
+#[test]
+fn sum_film_and_gated_by_hand() {
+    let a = t2(&[1., 2.], 1, 2);
+    let v = t2(&[3., -1.], 1, 2);
+    // sum: fc.0 = [[1, 0], [0, 1]] + [1, 1]; fc.1 = [[1, 1], [2, 0]] + [0, -1]
+    let sum = FusionHead::new(FusionKind::Sum, &[2, 2], 2, LinearInit::Pytorch, 1, &dev()).unwrap();
+    set(&sum, "fc.0.weight", t2(&[1., 0., 0., 1.], 2, 2));
+    set(&sum, "fc.0.bias", Tensor::new(&[1f32, 1.], &dev()).unwrap());
+    set(&sum, "fc.1.weight", t2(&[1., 1., 2., 0.], 2, 2));
+    set(
+        &sum,
+        "fc.1.bias",
+        Tensor::new(&[0f32, -1.], &dev()).unwrap(),
+    );
+    let out = sum.forward(&[a.clone(), v.clone()], None).unwrap();
+    assert_eq!(rows(&out.unimodal[0]), vec![vec![2., 3.]]);
+    assert_eq!(rows(&out.unimodal[1]), vec![vec![2., 5.]]);
+    assert_eq!(rows(&out.fused), vec![vec![4., 8.]]);
+
+    // FiLM: film = Linear(2 -> 4): gamma = [a0, a1], beta = [1, 0]; fc = identity, bias 0.
+    let film =
+        FusionHead::new(FusionKind::Film, &[2, 2], 2, LinearInit::Pytorch, 1, &dev()).unwrap();
+    set(
+        &film,
+        "film.weight",
+        t2(&[1., 0., 0., 1., 0., 0., 0., 0.], 4, 2),
+    );
+    set(
+        &film,
+        "film.bias",
+        Tensor::new(&[0f32, 0., 1., 0.], &dev()).unwrap(),
+    );
+    set(&film, "fc.weight", t2(&[1., 0., 0., 1.], 2, 2));
+    set(&film, "fc.bias", Tensor::new(&[0f32, 0.], &dev()).unwrap());
+    let out = film.forward(&[a.clone(), v.clone()], None).unwrap();
+    // gamma * v + beta = [1*3 + 1, 2*-1 + 0]
+    assert_eq!(rows(&out.fused), vec![vec![4., -2.]]);
+    // audio only: v = 0 -> beta; visual only: a = 0 -> gamma = 0, beta = [1, 0].
+    assert_eq!(rows(&out.unimodal[0]), vec![vec![1., 0.]]);
+    assert_eq!(rows(&out.unimodal[1]), vec![vec![1., 0.]]);
+
+    // gated: fc_x = 0 weights, bias [0, ln 3] -> gate [0.5, 0.75]; fc_y identity; fc identity.
+    let gated = FusionHead::new(
+        FusionKind::Gated,
+        &[2, 2],
+        2,
+        LinearInit::Pytorch,
+        1,
+        &dev(),
+    )
+    .unwrap();
+    set(&gated, "fc_x.weight", t2(&[0.; 4], 2, 2));
+    set(
+        &gated,
+        "fc_x.bias",
+        Tensor::new(&[0f32, 3f32.ln()], &dev()).unwrap(),
+    );
+    for n in ["fc_y", "fc"] {
+        set(&gated, &format!("{n}.weight"), t2(&[1., 0., 0., 1.], 2, 2));
+        set(
+            &gated,
+            &format!("{n}.bias"),
+            Tensor::new(&[0f32, 0.], &dev()).unwrap(),
+        );
+    }
+    let out = gated.forward(&[a, v], None).unwrap();
+    assert!(close(&out.fused, &t2(&[1.5, -0.75], 1, 2)));
+    assert!(close(&out.unimodal[0], &t2(&[0., 0.], 1, 2)));
+
+    let three = FusionHead::new(
+        FusionKind::Film,
+        &[2, 2, 2],
+        2,
+        LinearInit::Pytorch,
+        1,
+        &dev(),
+    );
+    assert!(three.is_err());
+}
+
+#[test]
+fn linear_inits_follow_pytorch_and_xavier() {
+    let head = FusionHead::new(
+        FusionKind::Concat,
+        &[100, 300],
+        50,
+        LinearInit::Pytorch,
+        3,
+        &dev(),
+    )
+    .unwrap();
+    let w = head.params()[0]
+        .1
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let bound = 1.0 / 400f32.sqrt();
+    assert!(w.iter().all(|x| x.abs() <= bound));
+    assert!(w.iter().any(|x| x.abs() > 0.9 * bound));
+    let head = FusionHead::new(
+        FusionKind::Concat,
+        &[100, 300],
+        50,
+        LinearInit::XavierNormal,
+        3,
+        &dev(),
+    )
+    .unwrap();
+    let p = head.params();
+    let w = p[0]
+        .1
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let std = (w.iter().map(|x| x * x).sum::<f32>() / w.len() as f32).sqrt();
+    assert!(
+        (std / (2.0f32 / 450.0).sqrt() - 1.0).abs() < 0.05,
+        "std {std}"
+    );
+    assert_eq!(p[1].1.as_tensor().to_vec1::<f32>().unwrap(), vec![0.0; 50]);
+}
+
+#[test]
+fn model_groups_masks_and_buffers() {
+    let names: Vec<String> = ["audio", "visual", "flow"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let specs = vec![
+        EncoderSpec::SmallCnn {
+            in_channels: 1,
+            width: 2,
+        },
+        EncoderSpec::Resnet18 {
+            in_channels: 3,
+            width: 0.0625,
+            pretrained: None,
+        },
+        EncoderSpec::SmallCnn {
+            in_channels: 2,
+            width: 2,
+        },
+    ];
+    let model = MultimodalModel::new(
+        &names,
+        &specs,
+        FusionKind::Concat,
+        LinearInit::Pytorch,
+        4,
+        1,
+        &dev(),
+    )
+    .unwrap();
+    let inputs = vec![
+        Tensor::randn(0f32, 1.0, (3, 1, 16, 12), &dev()).unwrap(),
+        Tensor::randn(0f32, 1.0, (3, 2, 3, 32, 32), &dev()).unwrap(),
+        Tensor::randn(0f32, 1.0, (3, 2, 16, 16), &dev()).unwrap(),
+    ];
+    let out = model.forward(&inputs, None, true).unwrap();
+    assert_eq!(out.features[1].dims(), &[3, 32]);
+    assert_eq!(out.unimodal_logits.len(), 3);
+    assert_eq!(model.group(ParamGroup::EncoderConvKernels(1)).len(), 20);
+    assert_eq!(model.group(ParamGroup::EncoderConvKernels(0)).len(), 3);
+    assert_eq!(model.group(ParamGroup::Head).len(), 2);
+    assert!(model.group(ParamGroup::Mixer).is_empty());
+    let n = model.named_params();
+    assert!(n
+        .iter()
+        .any(|(k, _)| k == "encoders.visual.layer4.1.bn2.bias"));
+    assert_eq!(n.len(), 12 + 60 + 12 + 2);
+    // Input masking zeroes exactly the dropped rows.
+    let keep = t2(&[1., 0., 1., 0., 1., 1., 1., 1., 0.], 3, 3);
+    let masked = MultimodalModel::mask_inputs(&inputs, &keep).unwrap();
+    let row_sum = |t: &Tensor, r: usize| {
+        t.get(r)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert_eq!(row_sum(&masked[1], 0), 0.0);
+    assert_eq!(row_sum(&masked[0], 1), 0.0);
+    assert_eq!(row_sum(&masked[2], 2), 0.0);
+    assert!(row_sum(&masked[1], 1) > 0.0);
+    // Buffers round-trip by model-level name.
+    let bufs = model.buffers();
+    let (name, t) = &bufs[bufs.len() - 1];
+    assert!(name.starts_with("encoders.flow."));
+    model.set_buffer(name, t.zeros_like().unwrap()).unwrap();
+    assert!(model
+        .buffers()
+        .last()
+        .unwrap()
+        .1
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .all(|x| *x == 0.0));
+    assert!(model
+        .set_buffer("encoders.sound.bn0.running_mean", t.clone())
+        .is_err());
+}
