@@ -27,6 +27,6 @@ pub mod preprocess;
 pub mod recipe;
 pub mod video;
 
-pub use loader::{Batch, Dataset, Row};
+pub use loader::{batches, shuffle_rows, Batch, Dataset, Row};
 pub use manifest::{Manifest, Split};
 pub use recipe::Recipe;

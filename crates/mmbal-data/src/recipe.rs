@@ -28,7 +28,7 @@ pub enum DecodedData {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "front_end", rename_all = "lowercase")]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum FrontEnd {
     Stft(Stft),
     Fbank(Fbank),
@@ -45,7 +45,7 @@ pub struct AudioRecipe {
     /// Subtract the waveform mean first (the Kaldi fbank recipes do).
     #[serde(default)]
     pub remove_mean: bool,
-    #[serde(flatten)]
+    /// `[... .front_end]` table with `kind = "stft"` or `"fbank"` and its parameters.
     pub front_end: FrontEnd,
     /// Pad with zeros or cut the time axis to this many frames.
     pub frames: usize,

@@ -1,7 +1,10 @@
 //! # mmbal-train
 //!
-//! Training pieces for candle that match PyTorch exactly. Today: the optimizers ([`optim`]).
-//! The gradient store is passed in, so a balancing method can read, rescale or noise any
+//! The training loop ([`Trainer`]) that composes a dataset, a [`mmbal_fusion::MultimodalModel`]
+//! and a [`mmbal_methods::BalanceMethod`], with the pieces it needs, each usable alone:
+//! PyTorch-exact optimizers ([`optim`]), per-epoch schedules ([`schedule`]), metrics
+//! ([`metrics`]), safetensors checkpoints ([`checkpoint`]) and the TOML config ([`config`]).
+//! The gradient store is passed to the optimizer, so a method can read, rescale or noise any
 //! gradient between `backward()` and `step()`.
 //!
 //! ```
@@ -15,4 +18,11 @@
 //! assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), vec![0.8, -1.6]);
 //! ```
 
+pub mod checkpoint;
+pub mod config;
+pub mod metrics;
 pub mod optim;
+pub mod schedule;
+mod trainer;
+pub use config::TrainConfig;
+pub use trainer::{parse_device, EpochRecord, Events, Quiet, RunSummary, SplitMetrics, Trainer};

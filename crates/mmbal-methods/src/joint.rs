@@ -1,0 +1,19 @@
+//! Joint training: cross-entropy of the fused logits, one step per batch. Every hook keeps its
+//! default; this file is the template for a new method.
+
+use crate::BalanceMethod;
+use anyhow::Result;
+
+pub struct Joint;
+
+impl BalanceMethod for Joint {
+    fn name(&self) -> &'static str {
+        "joint"
+    }
+}
+
+/// Joint training has no options.
+pub fn build(options: &toml::Table) -> Result<Box<dyn BalanceMethod>> {
+    crate::registry::no_options("joint", options)?;
+    Ok(Box::new(Joint))
+}

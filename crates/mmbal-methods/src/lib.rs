@@ -1,0 +1,39 @@
+//! # mmbal-methods
+//!
+//! Balancing methods behind one trait, [`BalanceMethod`]: hooks at the places where methods
+//! differ from joint training (epoch plan of rows, loss, gradient edits between backward and the
+//! optimizer step, steps per batch, epoch-end passes, prediction, diagnostics), each defaulting to
+//! joint training. A method is one file plus one line in [`METHODS`].
+//!
+//! Using a method without the trainer: run the model, ask the method for its loss, back-propagate,
+//! let it edit the gradients, then step an optimizer of your choice.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use mmbal_fusion::{EncoderSpec, FusionKind, LinearInit, MultimodalModel};
+//! use mmbal_methods::{build_method, Grads, StepCtx};
+//! let dev = Device::Cpu;
+//! let names = vec!["audio".to_string(), "image".to_string()];
+//! let enc = EncoderSpec::SmallCnn { in_channels: 1, width: 2 };
+//! let model = MultimodalModel::new(&names, &[enc.clone(), enc], FusionKind::Concat,
+//!     LinearInit::Pytorch, 3, 0, &dev).unwrap();
+//! let x = Tensor::randn(0f32, 1.0, (4, 1, 12, 12), &dev).unwrap();
+//! let labels = Tensor::new(&[0u32, 1, 2, 0], &dev).unwrap();
+//! let keep = Tensor::ones((4, 2), candle_core::DType::F32, &dev).unwrap();
+//! let mut method = build_method("joint", &Default::default()).unwrap();
+//! let out = model.forward(&[x.clone(), x], Some(&keep), true).unwrap();
+//! let ctx = StepCtx { epoch: 0, step: 0, model: &model, labels: &labels, keep: &keep, turn: None };
+//! let loss = method.loss(&ctx, &out).unwrap();
+//! let mut grads = Grads { store: loss.backward().unwrap() };
+//! method.edit_gradients(&ctx, &out, &mut grads).unwrap();
+//! assert!(grads.get(&model.params()[0]).is_some());
+//! ```
+
+mod collect;
+mod joint;
+mod method;
+mod registry;
+pub use collect::{collect_outputs, Collected};
+pub use joint::Joint;
+pub use method::{BalanceMethod, EpochCtx, Grads, StepCtx, StepPlan};
+pub use registry::{build_method, no_options, parse_options, Builder, METHODS};

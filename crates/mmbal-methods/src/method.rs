@@ -1,0 +1,156 @@
+//! The [`BalanceMethod`] trait: the few places where balancing methods differ from joint
+//! training, each a hook with a joint-training default.
+
+use crate::collect::{collect_outputs, Collected};
+use anyhow::Result;
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+use mmbal_data::{Dataset, Row};
+use mmbal_fusion::{ForwardOut, MultimodalModel, ParamGroup};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// How many backward passes and optimizer steps one batch gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepPlan {
+    /// One loss, one backward, one step.
+    Joint,
+    /// One forward; then per modality m (in order) a loss with `StepCtx::turn = Some(m)`, a
+    /// backward and a step (MLA's alternating unimodal steps).
+    PerModality,
+}
+
+/// What a method sees during a training step.
+pub struct StepCtx<'a> {
+    /// 0-based epoch and global step (batches since the start of training).
+    pub epoch: usize,
+    pub step: usize,
+    pub model: &'a MultimodalModel,
+    /// `(B,)` u32 labels on the model's device.
+    pub labels: &'a Tensor,
+    /// `(B, M)` 1 = modality kept, 0 = zeroed, on the model's device.
+    pub keep: &'a Tensor,
+    /// Under [`StepPlan::PerModality`], the modality this backward belongs to.
+    pub turn: Option<usize>,
+}
+
+/// The gradients of one backward pass, editable before the optimizer step.
+pub struct Grads {
+    pub store: GradStore,
+}
+
+impl Grads {
+    pub fn get(&self, v: &Var) -> Option<&Tensor> {
+        self.store.get(v)
+    }
+    pub fn set(&mut self, v: &Var, g: Tensor) {
+        self.store.insert(v, g);
+    }
+    /// Drops a gradient: the optimizer skips the parameter this step.
+    pub fn remove(&mut self, v: &Var) {
+        self.store.remove(v);
+    }
+    /// Multiplies the gradients of `vars` by `factor`.
+    pub fn scale(&mut self, vars: &[Var], factor: f64) -> Result<()> {
+        for v in vars {
+            if let Some(g) = self.store.get(v) {
+                let g = (g * factor)?;
+                self.store.insert(v, g);
+            }
+        }
+        Ok(())
+    }
+    /// Scales a parameter group of `model`.
+    pub fn scale_group(
+        &mut self,
+        model: &MultimodalModel,
+        group: ParamGroup,
+        factor: f64,
+    ) -> Result<()> {
+        self.scale(&model.group(group), factor)
+    }
+}
+
+/// What a method sees at epoch boundaries: the model and the data, with eval-mode passes over any
+/// rows.
+pub struct EpochCtx<'a> {
+    /// 0-based epoch about to start (`epoch_plan`) or just finished (`on_epoch_end`).
+    pub epoch: usize,
+    pub epochs: usize,
+    pub seed: u64,
+    pub batch_size: usize,
+    pub model: &'a MultimodalModel,
+    pub dataset: &'a Arc<Dataset>,
+}
+
+impl EpochCtx<'_> {
+    /// Plain training rows (every training sample once, nothing zeroed).
+    pub fn train_rows(&self) -> Vec<Row> {
+        self.dataset.rows(mmbal_data::Split::Train)
+    }
+    /// Eval-mode forward over `rows` (deterministic transforms, no gradients), with each row's
+    /// zeroed modalities masked at the features.
+    pub fn forward_all(&self, rows: &[Row]) -> Result<Collected> {
+        collect_outputs(self.model, self.dataset, rows, self.batch_size)
+    }
+}
+
+/// A balancing method. Every hook has the joint-training default, so joint training is this
+/// trait with nothing overridden; a method overrides only the places where it differs.
+pub trait BalanceMethod: Send {
+    /// The registry name.
+    fn name(&self) -> &'static str;
+
+    /// Changes the model before training (MMTM blocks between stages, other heads).
+    fn prepare_model(&mut self, _model: &mut MultimodalModel) -> Result<()> {
+        Ok(())
+    }
+
+    /// The next epoch's rows (resampling); `None` = every training sample once, nothing zeroed.
+    fn epoch_plan(&mut self, _ctx: &EpochCtx) -> Result<Option<Vec<Row>>> {
+        Ok(None)
+    }
+
+    /// How many backward passes and steps a batch gets.
+    fn step_plan(&self) -> StepPlan {
+        StepPlan::Joint
+    }
+
+    /// The loss to minimise. Default: cross-entropy of the fused logits.
+    fn loss(&mut self, ctx: &StepCtx, out: &ForwardOut) -> Result<Tensor> {
+        Ok(candle_nn::loss::cross_entropy(&out.fused_logits, ctx.labels)?)
+    }
+
+    /// Edits gradients between backward and the optimizer step (modulation, noise, projection).
+    fn edit_gradients(
+        &mut self,
+        _ctx: &StepCtx,
+        _out: &ForwardOut,
+        _grads: &mut Grads,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Runs after the training pass of every epoch (valuation, prototypes, blend weights).
+    fn on_epoch_end(&mut self, _ctx: &EpochCtx) -> Result<()> {
+        Ok(())
+    }
+
+    /// The prediction logits used for evaluation. Default: the fused logits.
+    fn predict(&self, fused: &Tensor, _unimodal: &[Tensor]) -> Result<Tensor> {
+        Ok(fused.clone())
+    }
+
+    /// Named numbers logged every epoch.
+    fn diagnostics(&self) -> Vec<(String, f64)> {
+        Vec::new()
+    }
+
+    /// State to keep in checkpoints (running estimates, prototypes), restored on resume.
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(Vec::new())
+    }
+    fn load_state(&mut self, _state: &HashMap<String, Tensor>) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,281 @@
+//! The training config (TOML). Every field has a default; the defaults are the embedded run: joint
+//! training on the synthetic dataset that mmbal generates itself (6 classes, 240 clips; audio a
+//! 40-bin Kaldi fbank of 48 frames, visual 3 grey 32x32 frames; small CNN encoders, concat head,
+//! Adam 3e-3, 10 epochs, batch 16). Unknown keys are rejected.
+
+use crate::optim::OptimizerConfig;
+use crate::schedule::Schedule;
+use anyhow::{bail, Context, Result};
+use mmbal_data::audio::Fbank;
+use mmbal_data::recipe::{AudioRecipe, FramesRecipe, FrontEnd};
+use mmbal_data::Recipe;
+use mmbal_fusion::{EncoderSpec, FusionKind, LinearInit};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Run name: results go to `<out_dir>/<name>`.
+    pub name: String,
+    pub out_dir: PathBuf,
+    pub seed: u64,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// Batches prepared ahead of the trainer.
+    pub prefetch: usize,
+    /// Evaluate the test split every epoch (selection always uses val).
+    pub eval_test: bool,
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub optimizer: OptimizerConfig,
+    pub schedule: Schedule,
+    pub method: MethodConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            name: "synthetic-joint".into(),
+            out_dir: "runs".into(),
+            seed: 0,
+            epochs: 10,
+            batch_size: 16,
+            device: "cpu".into(),
+            prefetch: 2,
+            eval_test: true,
+            data: DataConfig::default(),
+            model: ModelConfig::default(),
+            // Adam: the small synthetic run converges in 10 epochs; the field's SGD recipe is
+            // `OptimizerConfig::default()`.
+            optimizer: OptimizerConfig::Adam {
+                lr: 3e-3,
+                weight_decay: 0.0,
+            },
+            schedule: Schedule::Constant,
+            method: MethodConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Folder with `dataset.toml` and its split file; absent = the generated synthetic dataset.
+    pub card: Option<PathBuf>,
+    /// Where the card's sources resolve. `${VAR}` is replaced from the environment.
+    pub root: Option<String>,
+    /// Build (once) and use a packed cache of decoded inputs at `<out_dir>/<name>/inputs.mmbc`,
+    /// or at this path.
+    pub cache: bool,
+    pub cache_path: Option<PathBuf>,
+    /// The synthetic dataset used when `card` is absent.
+    pub synthetic: SyntheticConfig,
+    /// One recipe per modality name.
+    pub recipes: BTreeMap<String, Recipe>,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        let audio = Recipe::Audio(AudioRecipe {
+            sample_rate: 8000,
+            clip_seconds: None,
+            remove_mean: false,
+            front_end: FrontEnd::Fbank(Fbank {
+                num_mel_bins: 40,
+                ..Fbank::default()
+            }),
+            frames: 48,
+            norm_mean: -6.0,
+            norm_std: 4.0,
+        });
+        let visual = Recipe::Frames(FramesRecipe {
+            count: 3,
+            height: 32,
+            width: 32,
+            crop: None,
+            cache_height: Some(32),
+            cache_width: Some(32),
+            grey: true,
+            crop_scale: (0.08, 1.0),
+            flip: false,
+            augment: false,
+        });
+        DataConfig {
+            card: None,
+            root: None,
+            cache: true,
+            cache_path: None,
+            synthetic: SyntheticConfig::default(),
+            recipes: [("audio".to_string(), audio), ("visual".to_string(), visual)].into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyntheticConfig {
+    /// Generated here when missing (`<out_dir>/synthetic-data` when absent).
+    pub dir: Option<PathBuf>,
+    pub classes: usize,
+    pub per_class: usize,
+    pub seed: u64,
+}
+
+impl Default for SyntheticConfig {
+    fn default() -> Self {
+        SyntheticConfig {
+            dir: None,
+            classes: 6,
+            per_class: 40,
+            seed: 7,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub fusion: FusionKind,
+    pub head_init: LinearInit,
+    /// One encoder per modality name.
+    pub encoders: BTreeMap<String, EncoderSpec>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        let small = |c| EncoderSpec::SmallCnn {
+            in_channels: c,
+            width: 8,
+        };
+        ModelConfig {
+            fusion: FusionKind::Concat,
+            head_init: LinearInit::Pytorch,
+            encoders: [("audio".to_string(), small(1)), ("visual".to_string(), small(1))].into(),
+        }
+    }
+}
+
+/// `name` picks a registered method; the other keys are its options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodConfig {
+    #[serde(default = "joint")]
+    pub name: String,
+    #[serde(flatten)]
+    pub options: toml::Table,
+}
+
+fn joint() -> String {
+    "joint".into()
+}
+
+impl Default for MethodConfig {
+    fn default() -> Self {
+        MethodConfig {
+            name: joint(),
+            options: toml::Table::new(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Parses TOML; the error names the file and what was wrong.
+    pub fn from_toml(text: &str, file: &Path) -> Result<TrainConfig> {
+        toml::from_str(text).with_context(|| format!("{}: invalid config", file.display()))
+    }
+
+    pub fn load(file: &Path) -> Result<TrainConfig> {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("{}: cannot read config", file.display()))?;
+        TrainConfig::from_toml(&text, file)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a config always serialises")
+    }
+
+    /// The dataset card folder and data root. Without a card, the synthetic dataset's folder,
+    /// generated first when missing.
+    pub fn dataset_location(&self) -> Result<(PathBuf, PathBuf)> {
+        if let Some(card) = &self.data.card {
+            let root = self
+                .data
+                .root
+                .as_deref()
+                .context("[data] root is required when [data] card is set")?;
+            return Ok((card.clone(), PathBuf::from(expand_env(root)?)));
+        }
+        let s = &self.data.synthetic;
+        let dir = s.dir.clone().unwrap_or_else(|| {
+            self.out_dir.join(format!(
+                "synthetic-data-c{}-n{}-s{}",
+                s.classes, s.per_class, s.seed
+            ))
+        });
+        if !dir.join("dataset.toml").exists() {
+            mmbal_data::datasets::generate_synthetic(&dir, s.classes, s.per_class, s.seed)
+                .with_context(|| format!("{}: generating the synthetic dataset", dir.display()))?;
+        }
+        Ok((dir.clone(), dir))
+    }
+
+    /// `<out_dir>/<name>`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.out_dir.join(&self.name)
+    }
+
+    /// The recipe and encoder of each of `modalities`, in that order; every modality needs
+    /// both, and no other names are allowed.
+    pub fn per_modality(&self, modalities: &[String]) -> Result<(Vec<Recipe>, Vec<EncoderSpec>)> {
+        for (what, keys) in [
+            ("data.recipes", self.data.recipes.keys().collect::<Vec<_>>()),
+            ("model.encoders", self.model.encoders.keys().collect()),
+        ] {
+            for k in keys {
+                if !modalities.contains(k) {
+                    bail!("[{what}.{k}]: the dataset has no modality `{k}` (it has {modalities:?})");
+                }
+            }
+        }
+        let mut recipes = Vec::new();
+        let mut encoders = Vec::new();
+        for m in modalities {
+            recipes.push(
+                self.data
+                    .recipes
+                    .get(m)
+                    .cloned()
+                    .with_context(|| format!("no recipe for modality `{m}`: add [data.recipes.{m}]"))?,
+            );
+            encoders.push(
+                self.model
+                    .encoders
+                    .get(m)
+                    .cloned()
+                    .with_context(|| format!("no encoder for modality `{m}`: add [model.encoders.{m}]"))?,
+            );
+        }
+        Ok((recipes, encoders))
+    }
+}
+
+/// Replaces `${VAR}` with the environment variable's value; an unset variable is an error.
+pub fn expand_env(s: &str) -> Result<String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find('}') else {
+            bail!("`{s}`: unclosed ${{");
+        };
+        let var = &rest[start + 2..start + end];
+        let value = std::env::var(var).with_context(|| format!("`{s}`: environment variable {var} is not set"))?;
+        out.push_str(&value);
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}

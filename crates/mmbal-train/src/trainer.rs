@@ -1,0 +1,481 @@
+//! The training loop. Per epoch: the method's row plan (or every training sample once), shuffled
+//! with `(seed, epoch)`; per batch: forward, the method's loss, backward, the method's gradient
+//! edits, the optimizer step (once, or once per modality); then the method's epoch-end hook,
+//! evaluation on val (and test), one JSON line, and checkpoints. The reported model is the one
+//! with the best val accuracy; the last epoch is reported too. Test never selects anything.
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::config::TrainConfig;
+use crate::metrics::{accuracy, argmax, macro_f1};
+use crate::optim::Optimizer;
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use mmbal_data::{batches, shuffle_rows, Batch, Dataset, Manifest, Split};
+use mmbal_fusion::MultimodalModel;
+use mmbal_methods::{build_method, collect_outputs, BalanceMethod, EpochCtx, Grads, StepCtx, StepPlan};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// `cpu` or `cuda:N`.
+pub fn parse_device(name: &str) -> Result<Device> {
+    if name == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    if let Some(n) = name.strip_prefix("cuda:") {
+        let n: usize = n.parse().with_context(|| format!("device `{name}`: expected cuda:N"))?;
+        return Device::new_cuda(n).with_context(|| {
+            format!("device `{name}` (a CUDA build is needed: cargo build --features cuda)")
+        });
+    }
+    bail!("device `{name}`: expected cpu or cuda:N")
+}
+
+/// Metrics of one split.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SplitMetrics {
+    pub samples: usize,
+    pub loss: f64,
+    pub acc: f64,
+    pub macro_f1: f64,
+    /// Accuracy of each modality's unimodal logits.
+    pub modality_acc: BTreeMap<String, f64>,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EpochRecord {
+    /// 1-based.
+    pub epoch: usize,
+    pub lr: f64,
+    pub train: SplitMetrics,
+    pub val: Option<SplitMetrics>,
+    pub test: Option<SplitMetrics>,
+    pub method: BTreeMap<String, f64>,
+    pub train_seconds: f64,
+    pub train_samples_per_s: f64,
+}
+
+/// Progress callbacks (the CLI draws a progress bar with them).
+pub trait Events {
+    fn epoch_start(&mut self, _epoch: usize, _batches: usize) {}
+    fn batch_end(&mut self, _loss: f64) {}
+    fn epoch_end(&mut self, _record: &EpochRecord) {}
+}
+
+/// No progress output.
+pub struct Quiet;
+impl Events for Quiet {}
+
+/// What a run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub method: String,
+    pub dataset: String,
+    /// Chosen on val accuracy (first best epoch on ties).
+    pub best: Option<EpochRecord>,
+    pub last: Option<EpochRecord>,
+}
+
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub dataset: Arc<Dataset>,
+    pub model: MultimodalModel,
+    pub method: Box<dyn BalanceMethod>,
+    optimizer: Box<dyn Optimizer>,
+    epochs_done: usize,
+    step: usize,
+    best: Option<EpochRecord>,
+    last: Option<EpochRecord>,
+}
+
+fn to_device(batch: &Batch, dev: &Device) -> Result<(Vec<Tensor>, Tensor, Tensor)> {
+    let inputs = batch
+        .inputs
+        .iter()
+        .map(|x| x.to_device(dev))
+        .collect::<candle_core::Result<_>>()?;
+    Ok((inputs, batch.labels.to_device(dev)?, batch.keep.to_device(dev)?))
+}
+
+impl Trainer {
+    /// Builds the dataset (generating the synthetic one and the packed cache when needed), the
+    /// model, the method and the optimizer from a config.
+    pub fn from_config(config: TrainConfig) -> Result<Trainer> {
+        let device = parse_device(&config.device)?;
+        std::fs::create_dir_all(config.run_dir())
+            .with_context(|| format!("{}: cannot create run folder", config.run_dir().display()))?;
+        let (card_dir, root) = config.dataset_location()?;
+        let manifest = Manifest::load(&card_dir, &root)?;
+        let (recipes, encoders) = config.per_modality(&manifest.modalities)?;
+        let classes = manifest.classes.len();
+        let modalities = manifest.modalities.clone();
+        let dataset = if config.data.cache {
+            let path = config
+                .data
+                .cache_path
+                .clone()
+                .unwrap_or_else(|| config.run_dir().join("inputs.mmbc"));
+            Dataset::with_cache(manifest, recipes, &path)?
+        } else {
+            Dataset::new(manifest, recipes)?
+        };
+        let model = MultimodalModel::new(
+            &modalities,
+            &encoders,
+            config.model.fusion,
+            config.model.head_init,
+            classes,
+            config.seed,
+            &device,
+        )?;
+        let method = build_method(&config.method.name, &config.method.options)?;
+        Trainer::from_parts(config, Arc::new(dataset), model, method)
+    }
+
+    /// A trainer over parts built elsewhere (custom encoders, a dataset from code).
+    pub fn from_parts(
+        config: TrainConfig,
+        dataset: Arc<Dataset>,
+        mut model: MultimodalModel,
+        mut method: Box<dyn BalanceMethod>,
+    ) -> Result<Trainer> {
+        method.prepare_model(&mut model)?;
+        let optimizer = config.optimizer.build(model.params());
+        Ok(Trainer {
+            config,
+            dataset,
+            model,
+            method,
+            optimizer,
+            epochs_done: 0,
+            step: 0,
+            best: None,
+            last: None,
+        })
+    }
+
+    /// Rebuilds a run from its checkpoint and continues it (to `epochs` in all when given).
+    pub fn resume(path: &Path, epochs: Option<usize>, device: Option<&str>) -> Result<Trainer> {
+        let ck = Checkpoint::load(path)?;
+        let mut config = TrainConfig::from_toml(ck.meta("config")?, path)?;
+        if let Some(e) = epochs {
+            config.epochs = e;
+        }
+        if let Some(d) = device {
+            config.device = d.to_string();
+        }
+        let mut t = Trainer::from_config(config)?;
+        t.load_checkpoint(&ck)
+            .with_context(|| format!("{}: restoring the run", path.display()))?;
+        Ok(t)
+    }
+
+    fn load_checkpoint(&mut self, ck: &Checkpoint) -> Result<()> {
+        let params = ck.section("model");
+        for (name, var) in self.model.named_params() {
+            let t = params.get(&name).with_context(|| format!("no parameter `{name}`"))?;
+            if t.dims() != var.dims() {
+                bail!("parameter `{name}`: shape {:?}, model {:?}", t.dims(), var.dims());
+            }
+            var.set(&t.to_device(var.device())?)?;
+        }
+        let bufs = ck.section("buffer");
+        for (name, _) in self.model.buffers() {
+            let t = bufs.get(&name).with_context(|| format!("no buffer `{name}`"))?;
+            self.model.set_buffer(&name, t.to_device(self.model.device())?)?;
+        }
+        self.optimizer.load_state(&ck.section("optim"))?;
+        self.method.load_state(&ck.section("method"))?;
+        self.epochs_done = ck.meta("epochs_done")?.parse()?;
+        self.step = ck.meta("step")?.parse()?;
+        let lr: f64 = ck.meta("lr")?.parse()?;
+        self.optimizer.set_learning_rate(lr);
+        Ok(())
+    }
+
+    /// Writes the model, optimizer and method state with the config and progress.
+    pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        for (n, v) in self.model.named_params() {
+            tensors.push((format!("model.{n}"), v.as_tensor().clone()));
+        }
+        for (n, t) in self.model.buffers() {
+            tensors.push((format!("buffer.{n}"), t));
+        }
+        for (n, t) in self.optimizer.state() {
+            tensors.push((format!("optim.{n}"), t));
+        }
+        for (n, t) in self.method.state()? {
+            tensors.push((format!("method.{n}"), t));
+        }
+        let meta: HashMap<String, String> = [
+            ("config", self.config.to_toml()),
+            ("epochs_done", self.epochs_done.to_string()),
+            ("step", self.step.to_string()),
+            ("lr", self.optimizer.learning_rate().to_string()),
+            ("method", self.method.name().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        checkpoint::save(path, tensors, meta)
+    }
+
+    pub fn epochs_done(&self) -> usize {
+        self.epochs_done
+    }
+
+    /// One training step on `batch`; returns the summed loss of its backward passes and the
+    /// train-mode predictions (fused, then per modality).
+    pub fn train_step(&mut self, batch: &Batch, epoch: usize) -> Result<(f64, Vec<u32>, Vec<Vec<u32>>)> {
+        let (inputs, labels, keep) = to_device(batch, self.model.device())?;
+        let out = self.model.forward(&inputs, Some(&keep), true)?;
+        let turns: Vec<Option<usize>> = match self.method.step_plan() {
+            StepPlan::Joint => vec![None],
+            StepPlan::PerModality => (0..self.model.num_modalities()).map(Some).collect(),
+        };
+        let mut total = 0.0;
+        for turn in turns {
+            let ctx = StepCtx {
+                epoch,
+                step: self.step,
+                model: &self.model,
+                labels: &labels,
+                keep: &keep,
+                turn,
+            };
+            let loss = self.method.loss(&ctx, &out)?;
+            total += loss.sum_all()?.to_scalar::<f32>()? as f64;
+            let mut grads = Grads {
+                store: loss.backward()?,
+            };
+            self.method.edit_gradients(&ctx, &out, &mut grads)?;
+            self.optimizer.step(&grads.store)?;
+        }
+        self.step += 1;
+        let fused = argmax(&self.method.predict(&out.fused_logits, &out.unimodal_logits)?)?;
+        let uni = out
+            .unimodal_logits
+            .iter()
+            .map(argmax)
+            .collect::<Result<_>>()?;
+        Ok((total, fused, uni))
+    }
+
+    /// Eval-mode metrics of a split; `None` when the split is empty.
+    pub fn evaluate(&self, split: Split) -> Result<Option<SplitMetrics>> {
+        let rows = self.dataset.rows(split);
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let c = collect_outputs(&self.model, &self.dataset, &rows, self.config.batch_size)?;
+        let logits = self.method.predict(&c.fused, &c.unimodal)?;
+        let labels = Tensor::new(c.labels.as_slice(), &Device::Cpu)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &labels)?.to_scalar::<f32>()? as f64;
+        let pred = argmax(&logits)?;
+        let mut modality_acc = BTreeMap::new();
+        for (m, u) in c.unimodal.iter().enumerate() {
+            modality_acc.insert(self.model.modalities[m].clone(), accuracy(&argmax(u)?, &c.labels));
+        }
+        Ok(Some(SplitMetrics {
+            samples: c.labels.len(),
+            loss,
+            acc: accuracy(&pred, &c.labels),
+            macro_f1: macro_f1(&pred, &c.labels),
+            modality_acc,
+        }))
+    }
+
+    /// The epoch context and the method, borrowed together.
+    fn epoch_ctx(&mut self, epoch: usize) -> (EpochCtx<'_>, &mut dyn BalanceMethod) {
+        let ctx = EpochCtx {
+            epoch,
+            epochs: self.config.epochs,
+            seed: self.config.seed,
+            batch_size: self.config.batch_size,
+            model: &self.model,
+            dataset: &self.dataset,
+        };
+        (ctx, self.method.as_mut())
+    }
+
+    /// Trains one epoch (0-based `epoch`) and evaluates; returns its record.
+    pub fn run_epoch(&mut self, epoch: usize, events: &mut dyn Events) -> Result<EpochRecord> {
+        let cfg = &self.config;
+        let lr = cfg.schedule.lr(cfg.optimizer.lr(), epoch, cfg.epochs);
+        self.optimizer.set_learning_rate(lr);
+        let (seed, bs, prefetch) = (cfg.seed, cfg.batch_size, cfg.prefetch);
+        let plan = {
+            let (ctx, method) = self.epoch_ctx(epoch);
+            method.epoch_plan(&ctx)?
+        };
+        let mut rows = plan.unwrap_or_else(|| self.dataset.rows(Split::Train));
+        if rows.is_empty() {
+            bail!("epoch {}: no training rows", epoch + 1);
+        }
+        shuffle_rows(&mut rows, seed, epoch as u64);
+        events.epoch_start(epoch, rows.len().div_ceil(bs));
+        let started = Instant::now();
+        let (mut loss_sum, mut labels, mut fused) = (0.0, Vec::new(), Vec::new());
+        let mut uni: Vec<Vec<u32>> = vec![Vec::new(); self.model.num_modalities()];
+        let n_rows = rows.len();
+        for batch in batches(self.dataset.clone(), rows, bs, Some((seed, epoch as u64)), prefetch) {
+            let batch = batch?;
+            let (loss, f, u) = self.train_step(&batch, epoch)?;
+            let b = batch.rows.len();
+            loss_sum += loss * b as f64;
+            labels.extend(batch.labels.to_vec1::<u32>()?);
+            fused.extend(f);
+            for (acc, p) in uni.iter_mut().zip(u) {
+                acc.extend(p);
+            }
+            events.batch_end(loss);
+        }
+        let train_seconds = started.elapsed().as_secs_f64();
+        {
+            let (ctx, method) = self.epoch_ctx(epoch);
+            method.on_epoch_end(&ctx)?;
+        }
+        let train = SplitMetrics {
+            samples: n_rows,
+            loss: loss_sum / n_rows as f64,
+            acc: accuracy(&fused, &labels),
+            macro_f1: macro_f1(&fused, &labels),
+            modality_acc: self
+                .model
+                .modalities
+                .iter()
+                .zip(&uni)
+                .map(|(m, p)| (m.clone(), accuracy(p, &labels)))
+                .collect(),
+        };
+        let val = self.evaluate(Split::Val)?;
+        let test = if self.config.eval_test {
+            self.evaluate(Split::Test)?
+        } else {
+            None
+        };
+        Ok(EpochRecord {
+            epoch: epoch + 1,
+            lr,
+            train,
+            val,
+            test,
+            method: self.method.diagnostics().into_iter().collect(),
+            train_seconds,
+            train_samples_per_s: n_rows as f64 / train_seconds.max(1e-9),
+        })
+    }
+
+    /// Trains the remaining epochs, writing `metrics.jsonl`, `last.safetensors`,
+    /// `best.safetensors` (best val accuracy), `summary.json` and the resolved `config.toml`
+    /// into the run folder.
+    pub fn run(&mut self, events: &mut dyn Events) -> Result<RunSummary> {
+        let dir = self.config.run_dir();
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("config.toml"), self.config.to_toml())?;
+        let log_path = dir.join("metrics.jsonl");
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(self.epochs_done > 0)
+            .truncate(self.epochs_done == 0)
+            .open(&log_path)
+            .with_context(|| format!("{}: cannot open log", log_path.display()))?;
+        if self.epochs_done > 0 {
+            self.restore_records(&log_path)?;
+        }
+        for epoch in self.epochs_done..self.config.epochs {
+            let record = self.run_epoch(epoch, events)?;
+            writeln!(log, "{}", serde_json::to_string(&record)?)?;
+            log.flush()?;
+            self.epochs_done = epoch + 1;
+            self.save_checkpoint(&dir.join("last.safetensors"))?;
+            let val_acc = |r: &EpochRecord| r.val.as_ref().map(|v| v.acc);
+            let improved = match &self.best {
+                None => true,
+                Some(b) => val_acc(&record) > val_acc(b),
+            };
+            if improved {
+                std::fs::copy(dir.join("last.safetensors"), dir.join("best.safetensors"))?;
+                self.best = Some(record.clone());
+            }
+            events.epoch_end(&record);
+            self.last = Some(record);
+        }
+        let summary = RunSummary {
+            method: self.method.name().to_string(),
+            dataset: self.dataset.manifest.name.clone(),
+            best: self.best.clone(),
+            last: self.last.clone(),
+        };
+        std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+        Ok(summary)
+    }
+
+    /// On resume: the best and last records so far, from the log (lines after the checkpoint's
+    /// epoch are dropped, so a run stopped between log and checkpoint repeats cleanly).
+    fn restore_records(&mut self, log_path: &Path) -> Result<()> {
+        let text = std::fs::read_to_string(log_path)?;
+        let mut kept = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: not a JSON record", log_path.display(), i + 1))?;
+            let epoch = v["epoch"].as_u64().unwrap_or(0) as usize;
+            if epoch == 0 || epoch > self.epochs_done {
+                continue;
+            }
+            kept.push(line.to_string());
+            let val = v["val"]["acc"].as_f64();
+            let record = record_from_json(&v)
+                .with_context(|| format!("{}:{}: malformed record", log_path.display(), i + 1))?;
+            let better = match &self.best {
+                None => true,
+                Some(b) => val > b.val.as_ref().map(|m| m.acc),
+            };
+            if better {
+                self.best = Some(record.clone());
+            }
+            self.last = Some(record);
+        }
+        std::fs::write(log_path, kept.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+        Ok(())
+    }
+}
+
+fn metrics_from_json(v: &serde_json::Value) -> Option<SplitMetrics> {
+    if v.is_null() {
+        return None;
+    }
+    Some(SplitMetrics {
+        samples: v["samples"].as_u64()? as usize,
+        loss: v["loss"].as_f64()?,
+        acc: v["acc"].as_f64()?,
+        macro_f1: v["macro_f1"].as_f64()?,
+        modality_acc: v["modality_acc"]
+            .as_object()?
+            .iter()
+            .map(|(k, x)| (k.clone(), x.as_f64().unwrap_or(f64::NAN)))
+            .collect(),
+    })
+}
+
+fn record_from_json(v: &serde_json::Value) -> Result<EpochRecord> {
+    Ok(EpochRecord {
+        epoch: v["epoch"].as_u64().context("epoch")? as usize,
+        lr: v["lr"].as_f64().context("lr")?,
+        train: metrics_from_json(&v["train"]).context("train")?,
+        val: metrics_from_json(&v["val"]),
+        test: metrics_from_json(&v["test"]),
+        method: v["method"]
+            .as_object()
+            .map(|o| o.iter().map(|(k, x)| (k.clone(), x.as_f64().unwrap_or(f64::NAN))).collect())
+            .unwrap_or_default(),
+        train_seconds: v["train_seconds"].as_f64().unwrap_or(0.0),
+        train_samples_per_s: v["train_samples_per_s"].as_f64().unwrap_or(0.0),
+    })
+}

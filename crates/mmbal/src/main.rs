@@ -1,0 +1,334 @@
+//! `mmbal`: train, evaluate, preprocess and check datasets from the command line.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use mmbal_data::preprocess::{preprocess_folder, preprocess_video, PreprocessOptions};
+use mmbal_data::{Dataset, Manifest, Split};
+use mmbal_train::{EpochRecord, Events, SplitMetrics, TrainConfig, Trainer};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "mmbal", version, about = "Balanced multimodal learning")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model. Without --config: joint training on the generated synthetic dataset.
+    Train {
+        /// TOML config; every field has a default (see `mmbal config`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Continue a run from its checkpoint (its own config is used).
+        #[arg(long, conflicts_with = "config")]
+        resume: Option<PathBuf>,
+        /// Override the number of epochs.
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// `cpu` or `cuda:N`.
+        #[arg(long)]
+        device: Option<String>,
+        /// Override the run name (results in <out_dir>/<name>).
+        #[arg(long)]
+        name: Option<String>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Evaluate a checkpoint on a split.
+    Eval {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// train, val or test.
+        #[arg(long, default_value = "test")]
+        split: String,
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Print the default config (or the resolved form of --config) as TOML.
+    Config {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Turn videos into the field's layout: visual/<id>/frame_%05d.jpg and audio/<id>.wav (ffmpeg).
+    Preprocess {
+        /// A video file or a folder of videos.
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        /// Frames per second to extract (the field uses 1; GRID lips need 25).
+        #[arg(long, default_value_t = 1.0)]
+        fps: f64,
+        #[arg(long, default_value_t = 16000)]
+        sample_rate: u32,
+        #[arg(long, default_value_t = 2)]
+        jpeg_quality: u32,
+    },
+    /// Dataset checks.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Checks a dataset layout: counts per class and split, and every missing or corrupt file.
+    Doctor {
+        /// A training config naming the dataset and its recipes (default: the synthetic one).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Progress bar per epoch and one summary line per epoch.
+struct Progress {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+    epochs: usize,
+}
+
+impl Events for Progress {
+    fn epoch_start(&mut self, epoch: usize, batches: usize) {
+        if self.quiet {
+            return;
+        }
+        let bar = ProgressBar::new(batches as u64);
+        bar.set_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} batches, loss {msg} ({elapsed})")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{}/{}", epoch + 1, self.epochs));
+        self.bar = Some(bar);
+    }
+    fn batch_end(&mut self, loss: f64) {
+        if let Some(b) = &self.bar {
+            b.set_message(format!("{loss:.4}"));
+            b.inc(1);
+        }
+    }
+    fn epoch_end(&mut self, r: &EpochRecord) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        let split = |name: &str, m: &Option<SplitMetrics>| match m {
+            Some(m) => format!("{name} {}", metrics_line(m)),
+            None => String::new(),
+        };
+        println!(
+            "epoch {:>3}  lr {:.2e}  train loss {:.4} {}  |  {}  |  {}  ({:.1} s, {:.0} samples/s)",
+            r.epoch,
+            r.lr,
+            r.train.loss,
+            metrics_line(&r.train),
+            split("val", &r.val),
+            split("test", &r.test),
+            r.train_seconds,
+            r.train_samples_per_s
+        );
+        if !r.method.is_empty() {
+            let d: Vec<String> = r.method.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+            println!("           method: {}", d.join(", "));
+        }
+    }
+}
+
+fn metrics_line(m: &SplitMetrics) -> String {
+    let per: Vec<String> = m
+        .modality_acc
+        .iter()
+        .map(|(k, v)| format!("{k} {:.1}%", 100.0 * v))
+        .collect();
+    format!("acc {:.1}% f1 {:.3} ({})", 100.0 * m.acc, m.macro_f1, per.join(", "))
+}
+
+fn load_config(path: &Option<PathBuf>) -> Result<TrainConfig> {
+    match path {
+        Some(p) => TrainConfig::load(p),
+        None => Ok(TrainConfig::default()),
+    }
+}
+
+fn train(
+    config: Option<PathBuf>,
+    resume: Option<PathBuf>,
+    epochs: Option<usize>,
+    device: Option<String>,
+    name: Option<String>,
+    quiet: bool,
+) -> Result<()> {
+    let started = Instant::now();
+    let mut trainer = match resume {
+        Some(ck) => Trainer::resume(&ck, epochs, device.as_deref())?,
+        None => {
+            let mut cfg = load_config(&config)?;
+            if let Some(e) = epochs {
+                cfg.epochs = e;
+            }
+            if let Some(d) = device {
+                cfg.device = d;
+            }
+            if let Some(n) = name {
+                cfg.name = n;
+            }
+            println!("# resolved config (saved as {}/config.toml)", cfg.run_dir().display());
+            println!("{}", cfg.to_toml());
+            Trainer::from_config(cfg)?
+        }
+    };
+    let ds = &trainer.dataset;
+    println!(
+        "dataset {}: {} samples ({} train / {} val / {} test), modalities {:?}; method {}; device {:?}",
+        ds.manifest.name,
+        ds.manifest.samples.len(),
+        ds.manifest.indices(Split::Train).len(),
+        ds.manifest.indices(Split::Val).len(),
+        ds.manifest.indices(Split::Test).len(),
+        ds.manifest.modalities,
+        trainer.method.name(),
+        trainer.model.device().location()
+    );
+    let mut progress = Progress {
+        bar: None,
+        quiet,
+        epochs: trainer.config.epochs,
+    };
+    let summary = trainer.run(&mut progress)?;
+    let dir = trainer.config.run_dir();
+    if let Some(b) = &summary.best {
+        println!(
+            "best val epoch {}: val acc {:.1}%, test {}",
+            b.epoch,
+            100.0 * b.val.as_ref().map(|v| v.acc).unwrap_or(f64::NAN),
+            b.test.as_ref().map(metrics_line).unwrap_or_else(|| "not evaluated".into())
+        );
+    }
+    if let Some(l) = &summary.last {
+        println!(
+            "last epoch {}: test {}",
+            l.epoch,
+            l.test.as_ref().map(metrics_line).unwrap_or_else(|| "not evaluated".into())
+        );
+    }
+    println!(
+        "results in {} (metrics.jsonl, summary.json, best.safetensors, last.safetensors); {:.1} s in all",
+        dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn parse_split(s: &str) -> Result<Split> {
+    Ok(match s {
+        "train" => Split::Train,
+        "val" => Split::Val,
+        "test" => Split::Test,
+        _ => bail!("split `{s}`: expected train, val or test"),
+    })
+}
+
+fn eval(checkpoint: &Path, split: &str, device: Option<String>) -> Result<()> {
+    let split = parse_split(split)?;
+    let trainer = Trainer::resume(checkpoint, None, device.as_deref())?;
+    match trainer.evaluate(split)? {
+        Some(m) => println!("{}", serde_json::to_string_pretty(&m)?),
+        None => bail!("split {split:?} of {} is empty", trainer.dataset.manifest.name),
+    }
+    Ok(())
+}
+
+fn doctor(config: &Option<PathBuf>) -> Result<()> {
+    let cfg = load_config(config)?;
+    let (card, root) = cfg.dataset_location()?;
+    let manifest = Manifest::load(&card, &root)?;
+    println!(
+        "dataset {} at {}: {} samples, {} classes, modalities {:?}",
+        manifest.name,
+        root.display(),
+        manifest.samples.len(),
+        manifest.classes.len(),
+        manifest.modalities
+    );
+    for split in [Split::Train, Split::Val, Split::Test] {
+        let idx = manifest.indices(split);
+        let mut per_class = vec![0usize; manifest.classes.len()];
+        for &i in &idx {
+            per_class[manifest.samples[i].label] += 1;
+        }
+        println!("  {split:?}: {} samples; per class {per_class:?}", idx.len());
+    }
+    let (recipes, _) = cfg.per_modality(&manifest.modalities)?;
+    let ds = Dataset::new(manifest, recipes)?;
+    let problems = ds.check_all();
+    if problems.is_empty() {
+        println!("every file decodes with the configured recipes");
+        return Ok(());
+    }
+    for p in &problems {
+        println!("  problem: {p}");
+    }
+    bail!("{} problem(s) found", problems.len())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Train {
+            config,
+            resume,
+            epochs,
+            device,
+            name,
+            quiet,
+        } => train(config, resume, epochs, device, name, quiet),
+        Command::Eval {
+            checkpoint,
+            split,
+            device,
+        } => eval(&checkpoint, &split, device),
+        Command::Config { config } => {
+            print!("{}", load_config(&config)?.to_toml());
+            Ok(())
+        }
+        Command::Preprocess {
+            input,
+            output,
+            fps,
+            sample_rate,
+            jpeg_quality,
+        } => {
+            let opts = PreprocessOptions {
+                fps,
+                sample_rate,
+                jpeg_quality,
+            };
+            if input.is_dir() {
+                let (done, failed) = preprocess_folder(&input, &output, &opts)?;
+                println!("{} videos preprocessed into {}", done.len(), output.display());
+                for f in &failed {
+                    println!("  failed: {f}");
+                }
+                if !failed.is_empty() {
+                    bail!("{} of {} videos failed", failed.len(), done.len() + failed.len());
+                }
+            } else {
+                let id = input
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .with_context(|| format!("{}: no file name", input.display()))?;
+                preprocess_video(&input, &output, id, &opts)?;
+                println!("{} preprocessed into {}", input.display(), output.display());
+            }
+            Ok(())
+        }
+        Command::Data {
+            command: DataCommand::Doctor { config },
+        } => doctor(&config),
+    }
+}
