@@ -173,7 +173,11 @@ pub fn generate_synthetic(dir: &Path, classes: usize, per_class: usize, seed: u6
                 let img = image::RgbImage::from_fn(side as u32, side as u32, |x, y| {
                     let inside = (cy..cy + 7).contains(&(y as usize))
                         && (cx..cx + 7).contains(&(x as usize));
-                    let base: f64 = if inside { 70.0 + 20.0 * cell as f64 } else { 40.0 };
+                    let base: f64 = if inside {
+                        70.0 + 20.0 * cell as f64
+                    } else {
+                        40.0
+                    };
                     let v = (base + rng.random_range(-20.0..20.0)).clamp(0.0, 255.0) as u8;
                     image::Rgb([v, v, v])
                 });

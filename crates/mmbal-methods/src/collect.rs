@@ -28,7 +28,8 @@ pub fn collect_outputs(
     let dev = model.device().clone();
     let m = model.num_modalities();
     let mut labels = Vec::with_capacity(rows.len());
-    let (mut fused, mut unimodal, mut features) = (Vec::new(), vec![Vec::new(); m], vec![Vec::new(); m]);
+    let (mut fused, mut unimodal, mut features) =
+        (Vec::new(), vec![Vec::new(); m], vec![Vec::new(); m]);
     for batch in batches(dataset.clone(), rows.to_vec(), batch_size, None, 2) {
         let batch = batch?;
         let inputs: Vec<Tensor> = batch
@@ -51,7 +52,13 @@ pub fn collect_outputs(
     Ok(Collected {
         labels,
         fused: Tensor::cat(&fused, 0)?,
-        unimodal: unimodal.iter().map(|v| Tensor::cat(v, 0)).collect::<candle_core::Result<_>>()?,
-        features: features.iter().map(|v| Tensor::cat(v, 0)).collect::<candle_core::Result<_>>()?,
+        unimodal: unimodal
+            .iter()
+            .map(|v| Tensor::cat(v, 0))
+            .collect::<candle_core::Result<_>>()?,
+        features: features
+            .iter()
+            .map(|v| Tensor::cat(v, 0))
+            .collect::<candle_core::Result<_>>()?,
     })
 }

@@ -118,7 +118,10 @@ pub trait BalanceMethod: Send {
 
     /// The loss to minimise. Default: cross-entropy of the fused logits.
     fn loss(&mut self, ctx: &StepCtx, out: &ForwardOut) -> Result<Tensor> {
-        Ok(candle_nn::loss::cross_entropy(&out.fused_logits, ctx.labels)?)
+        Ok(candle_nn::loss::cross_entropy(
+            &out.fused_logits,
+            ctx.labels,
+        )?)
     }
 
     /// Edits gradients between backward and the optimizer step (modulation, noise, projection).

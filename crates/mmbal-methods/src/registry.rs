@@ -15,13 +15,20 @@ pub fn build_method(name: &str, options: &toml::Table) -> Result<Box<dyn Balance
         Some((_, build)) => build(options),
         None => bail!(
             "unknown method `{name}`; known: {}",
-            METHODS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            METHODS
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
 
 /// Options of a method that takes a typed options struct: unknown keys are rejected.
-pub fn parse_options<T: serde::de::DeserializeOwned>(method: &str, options: &toml::Table) -> Result<T> {
+pub fn parse_options<T: serde::de::DeserializeOwned>(
+    method: &str,
+    options: &toml::Table,
+) -> Result<T> {
     toml::Value::Table(options.clone())
         .try_into()
         .map_err(|e| anyhow::anyhow!("[method] options of `{method}`: {e}"))

@@ -33,7 +33,11 @@ impl View for F32View {
 
 /// Writes f32 tensors and metadata to `path` (through a temporary file, so a crash never leaves a
 /// half-written checkpoint).
-pub fn save(path: &Path, tensors: Vec<(String, Tensor)>, meta: HashMap<String, String>) -> Result<()> {
+pub fn save(
+    path: &Path,
+    tensors: Vec<(String, Tensor)>,
+    meta: HashMap<String, String>,
+) -> Result<()> {
     let mut views = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let values = t
@@ -42,14 +46,21 @@ pub fn save(path: &Path, tensors: Vec<(String, Tensor)>, meta: HashMap<String, S
             .to_device(&Device::Cpu)?
             .to_vec1::<f32>()?;
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        views.push((name, F32View { shape: t.dims().to_vec(), bytes }));
+        views.push((
+            name,
+            F32View {
+                shape: t.dims().to_vec(),
+                bytes,
+            },
+        ));
     }
     let mut meta = meta;
     meta.insert("format".into(), FORMAT.into());
     let tmp = path.with_extension("tmp");
     safetensors::tensor::serialize_to_file(views, Some(meta), &tmp)
         .with_context(|| format!("{}: cannot write checkpoint", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write checkpoint", path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("{}: cannot write checkpoint", path.display()))?;
     Ok(())
 }
 
@@ -61,12 +72,16 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     pub fn load(path: &Path) -> Result<Checkpoint> {
-        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read checkpoint", path.display()))?;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("{}: cannot read checkpoint", path.display()))?;
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
             .with_context(|| format!("{}: not a safetensors file", path.display()))?;
         let meta = header.metadata().clone().unwrap_or_default();
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
-            bail!("{}: not an mmbal checkpoint (format {FORMAT} expected)", path.display());
+            bail!(
+                "{}: not an mmbal checkpoint (format {FORMAT} expected)",
+                path.display()
+            );
         }
         let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
             .with_context(|| format!("{}: cannot read tensors", path.display()))?;

@@ -154,7 +154,11 @@ impl Default for ModelConfig {
         ModelConfig {
             fusion: FusionKind::Concat,
             head_init: LinearInit::Pytorch,
-            encoders: [("audio".to_string(), small(1)), ("visual".to_string(), small(1))].into(),
+            encoders: [
+                ("audio".to_string(), small(1)),
+                ("visual".to_string(), small(1)),
+            ]
+            .into(),
         }
     }
 }
@@ -236,27 +240,21 @@ impl TrainConfig {
         ] {
             for k in keys {
                 if !modalities.contains(k) {
-                    bail!("[{what}.{k}]: the dataset has no modality `{k}` (it has {modalities:?})");
+                    bail!(
+                        "[{what}.{k}]: the dataset has no modality `{k}` (it has {modalities:?})"
+                    );
                 }
             }
         }
         let mut recipes = Vec::new();
         let mut encoders = Vec::new();
         for m in modalities {
-            recipes.push(
-                self.data
-                    .recipes
-                    .get(m)
-                    .cloned()
-                    .with_context(|| format!("no recipe for modality `{m}`: add [data.recipes.{m}]"))?,
-            );
-            encoders.push(
-                self.model
-                    .encoders
-                    .get(m)
-                    .cloned()
-                    .with_context(|| format!("no encoder for modality `{m}`: add [model.encoders.{m}]"))?,
-            );
+            recipes.push(self.data.recipes.get(m).cloned().with_context(|| {
+                format!("no recipe for modality `{m}`: add [data.recipes.{m}]")
+            })?);
+            encoders.push(self.model.encoders.get(m).cloned().with_context(|| {
+                format!("no encoder for modality `{m}`: add [model.encoders.{m}]")
+            })?);
         }
         Ok((recipes, encoders))
     }
@@ -272,7 +270,8 @@ pub fn expand_env(s: &str) -> Result<String> {
             bail!("`{s}`: unclosed ${{");
         };
         let var = &rest[start + 2..start + end];
-        let value = std::env::var(var).with_context(|| format!("`{s}`: environment variable {var} is not set"))?;
+        let value = std::env::var(var)
+            .with_context(|| format!("`{s}`: environment variable {var} is not set"))?;
         out.push_str(&value);
         rest = &rest[start + end + 1..];
     }

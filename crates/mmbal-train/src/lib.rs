@@ -25,4 +25,6 @@ pub mod optim;
 pub mod schedule;
 mod trainer;
 pub use config::TrainConfig;
-pub use trainer::{parse_device, EpochRecord, Events, Quiet, RunSummary, SplitMetrics, Trainer};
+pub use trainer::{
+    parse_device, train_step, EpochRecord, Events, Quiet, RunSummary, SplitMetrics, Trainer,
+};

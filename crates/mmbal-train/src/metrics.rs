@@ -26,9 +26,21 @@ pub fn macro_f1(pred: &[u32], labels: &[u32]) -> f64 {
     }
     let mut total = 0.0;
     for &c in &classes {
-        let tp = pred.iter().zip(labels).filter(|(p, l)| **p == c && **l == c).count() as f64;
-        let fp = pred.iter().zip(labels).filter(|(p, l)| **p == c && **l != c).count() as f64;
-        let fne = pred.iter().zip(labels).filter(|(p, l)| **p != c && **l == c).count() as f64;
+        let tp = pred
+            .iter()
+            .zip(labels)
+            .filter(|(p, l)| **p == c && **l == c)
+            .count() as f64;
+        let fp = pred
+            .iter()
+            .zip(labels)
+            .filter(|(p, l)| **p == c && **l != c)
+            .count() as f64;
+        let fne = pred
+            .iter()
+            .zip(labels)
+            .filter(|(p, l)| **p != c && **l == c)
+            .count() as f64;
         let denom = 2.0 * tp + fp + fne;
         total += if denom == 0.0 { 0.0 } else { 2.0 * tp / denom };
     }
@@ -51,7 +63,11 @@ mod tests {
 
     #[test]
     fn argmax_takes_the_top_logit() {
-        let t = Tensor::new(&[[0.1f32, 2.0, -1.0], [3.0, 0.0, 0.5]], &candle_core::Device::Cpu).unwrap();
+        let t = Tensor::new(
+            &[[0.1f32, 2.0, -1.0], [3.0, 0.0, 0.5]],
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
         assert_eq!(argmax(&t).unwrap(), vec![1, 0]);
     }
 }

@@ -11,8 +11,10 @@ use crate::optim::Optimizer;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use mmbal_data::{batches, shuffle_rows, Batch, Dataset, Manifest, Split};
-use mmbal_fusion::MultimodalModel;
-use mmbal_methods::{build_method, collect_outputs, BalanceMethod, EpochCtx, Grads, StepCtx, StepPlan};
+use mmbal_fusion::{ForwardOut, MultimodalModel};
+use mmbal_methods::{
+    build_method, collect_outputs, BalanceMethod, EpochCtx, Grads, StepCtx, StepPlan,
+};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -20,13 +22,55 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// One training step: a train-mode forward with `keep` masking the features, then for each
+/// backward pass of the method's [`StepPlan`]: the method's loss, backward, the method's gradient
+/// edits and an optimizer step. Returns the summed loss and the forward output.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step(
+    model: &MultimodalModel,
+    method: &mut dyn BalanceMethod,
+    optimizer: &mut dyn Optimizer,
+    inputs: &[Tensor],
+    labels: &Tensor,
+    keep: &Tensor,
+    epoch: usize,
+    step: usize,
+) -> Result<(f64, ForwardOut)> {
+    let out = model.forward(inputs, Some(keep), true)?;
+    let turns: Vec<Option<usize>> = match method.step_plan() {
+        StepPlan::Joint => vec![None],
+        StepPlan::PerModality => (0..model.num_modalities()).map(Some).collect(),
+    };
+    let mut total = 0.0;
+    for turn in turns {
+        let ctx = StepCtx {
+            epoch,
+            step,
+            model,
+            labels,
+            keep,
+            turn,
+        };
+        let loss = method.loss(&ctx, &out)?;
+        total += loss.sum_all()?.to_scalar::<f32>()? as f64;
+        let mut grads = Grads {
+            store: loss.backward()?,
+        };
+        method.edit_gradients(&ctx, &out, &mut grads)?;
+        optimizer.step(&grads.store)?;
+    }
+    Ok((total, out))
+}
+
 /// `cpu` or `cuda:N`.
 pub fn parse_device(name: &str) -> Result<Device> {
     if name == "cpu" {
         return Ok(Device::Cpu);
     }
     if let Some(n) = name.strip_prefix("cuda:") {
-        let n: usize = n.parse().with_context(|| format!("device `{name}`: expected cuda:N"))?;
+        let n: usize = n
+            .parse()
+            .with_context(|| format!("device `{name}`: expected cuda:N"))?;
         return Device::new_cuda(n).with_context(|| {
             format!("device `{name}` (a CUDA build is needed: cargo build --features cuda)")
         });
@@ -98,7 +142,11 @@ fn to_device(batch: &Batch, dev: &Device) -> Result<(Vec<Tensor>, Tensor, Tensor
         .iter()
         .map(|x| x.to_device(dev))
         .collect::<candle_core::Result<_>>()?;
-    Ok((inputs, batch.labels.to_device(dev)?, batch.keep.to_device(dev)?))
+    Ok((
+        inputs,
+        batch.labels.to_device(dev)?,
+        batch.keep.to_device(dev)?,
+    ))
 }
 
 impl Trainer {
@@ -177,16 +225,25 @@ impl Trainer {
     fn load_checkpoint(&mut self, ck: &Checkpoint) -> Result<()> {
         let params = ck.section("model");
         for (name, var) in self.model.named_params() {
-            let t = params.get(&name).with_context(|| format!("no parameter `{name}`"))?;
+            let t = params
+                .get(&name)
+                .with_context(|| format!("no parameter `{name}`"))?;
             if t.dims() != var.dims() {
-                bail!("parameter `{name}`: shape {:?}, model {:?}", t.dims(), var.dims());
+                bail!(
+                    "parameter `{name}`: shape {:?}, model {:?}",
+                    t.dims(),
+                    var.dims()
+                );
             }
             var.set(&t.to_device(var.device())?)?;
         }
         let bufs = ck.section("buffer");
         for (name, _) in self.model.buffers() {
-            let t = bufs.get(&name).with_context(|| format!("no buffer `{name}`"))?;
-            self.model.set_buffer(&name, t.to_device(self.model.device())?)?;
+            let t = bufs
+                .get(&name)
+                .with_context(|| format!("no buffer `{name}`"))?;
+            self.model
+                .set_buffer(&name, t.to_device(self.model.device())?)?;
         }
         self.optimizer.load_state(&ck.section("optim"))?;
         self.method.load_state(&ck.section("method"))?;
@@ -229,41 +286,36 @@ impl Trainer {
         self.epochs_done
     }
 
-    /// One training step on `batch`; returns the summed loss of its backward passes and the
+    /// One training step on `batch` (see [`train_step`]); returns the summed loss and the
     /// train-mode predictions (fused, then per modality).
-    pub fn train_step(&mut self, batch: &Batch, epoch: usize) -> Result<(f64, Vec<u32>, Vec<Vec<u32>>)> {
+    pub fn train_step(
+        &mut self,
+        batch: &Batch,
+        epoch: usize,
+    ) -> Result<(f64, Vec<u32>, Vec<Vec<u32>>)> {
         let (inputs, labels, keep) = to_device(batch, self.model.device())?;
-        let out = self.model.forward(&inputs, Some(&keep), true)?;
-        let turns: Vec<Option<usize>> = match self.method.step_plan() {
-            StepPlan::Joint => vec![None],
-            StepPlan::PerModality => (0..self.model.num_modalities()).map(Some).collect(),
-        };
-        let mut total = 0.0;
-        for turn in turns {
-            let ctx = StepCtx {
-                epoch,
-                step: self.step,
-                model: &self.model,
-                labels: &labels,
-                keep: &keep,
-                turn,
-            };
-            let loss = self.method.loss(&ctx, &out)?;
-            total += loss.sum_all()?.to_scalar::<f32>()? as f64;
-            let mut grads = Grads {
-                store: loss.backward()?,
-            };
-            self.method.edit_gradients(&ctx, &out, &mut grads)?;
-            self.optimizer.step(&grads.store)?;
-        }
+        let (loss, out) = train_step(
+            &self.model,
+            self.method.as_mut(),
+            self.optimizer.as_mut(),
+            &inputs,
+            &labels,
+            &keep,
+            epoch,
+            self.step,
+        )?;
         self.step += 1;
-        let fused = argmax(&self.method.predict(&out.fused_logits, &out.unimodal_logits)?)?;
+        let fused = argmax(
+            &self
+                .method
+                .predict(&out.fused_logits, &out.unimodal_logits)?,
+        )?;
         let uni = out
             .unimodal_logits
             .iter()
             .map(argmax)
             .collect::<Result<_>>()?;
-        Ok((total, fused, uni))
+        Ok((loss, fused, uni))
     }
 
     /// Eval-mode metrics of a split; `None` when the split is empty.
@@ -279,7 +331,10 @@ impl Trainer {
         let pred = argmax(&logits)?;
         let mut modality_acc = BTreeMap::new();
         for (m, u) in c.unimodal.iter().enumerate() {
-            modality_acc.insert(self.model.modalities[m].clone(), accuracy(&argmax(u)?, &c.labels));
+            modality_acc.insert(
+                self.model.modalities[m].clone(),
+                accuracy(&argmax(u)?, &c.labels),
+            );
         }
         Ok(Some(SplitMetrics {
             samples: c.labels.len(),
@@ -323,7 +378,13 @@ impl Trainer {
         let (mut loss_sum, mut labels, mut fused) = (0.0, Vec::new(), Vec::new());
         let mut uni: Vec<Vec<u32>> = vec![Vec::new(); self.model.num_modalities()];
         let n_rows = rows.len();
-        for batch in batches(self.dataset.clone(), rows, bs, Some((seed, epoch as u64)), prefetch) {
+        for batch in batches(
+            self.dataset.clone(),
+            rows,
+            bs,
+            Some((seed, epoch as u64)),
+            prefetch,
+        ) {
             let batch = batch?;
             let (loss, f, u) = self.train_step(&batch, epoch)?;
             let b = batch.rows.len();
@@ -413,7 +474,10 @@ impl Trainer {
             best: self.best.clone(),
             last: self.last.clone(),
         };
-        std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+        std::fs::write(
+            dir.join("summary.json"),
+            serde_json::to_string_pretty(&summary)?,
+        )?;
         Ok(summary)
     }
 
@@ -442,7 +506,10 @@ impl Trainer {
             }
             self.last = Some(record);
         }
-        std::fs::write(log_path, kept.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+        std::fs::write(
+            log_path,
+            kept.iter().map(|l| format!("{l}\n")).collect::<String>(),
+        )?;
         Ok(())
     }
 }
@@ -473,7 +540,11 @@ fn record_from_json(v: &serde_json::Value) -> Result<EpochRecord> {
         test: metrics_from_json(&v["test"]),
         method: v["method"]
             .as_object()
-            .map(|o| o.iter().map(|(k, x)| (k.clone(), x.as_f64().unwrap_or(f64::NAN))).collect())
+            .map(|o| {
+                o.iter()
+                    .map(|(k, x)| (k.clone(), x.as_f64().unwrap_or(f64::NAN)))
+                    .collect()
+            })
             .unwrap_or_default(),
         train_seconds: v["train_seconds"].as_f64().unwrap_or(0.0),
         train_samples_per_s: v["train_samples_per_s"].as_f64().unwrap_or(0.0),

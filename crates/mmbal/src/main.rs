@@ -100,9 +100,11 @@ impl Events for Progress {
         }
         let bar = ProgressBar::new(batches as u64);
         bar.set_style(
-            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} batches, loss {msg} ({elapsed})")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "epoch {prefix} [{bar:30}] {pos}/{len} batches, loss {msg} ({elapsed})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         bar.set_prefix(format!("{}/{}", epoch + 1, self.epochs));
         self.bar = Some(bar);
@@ -133,7 +135,11 @@ impl Events for Progress {
             r.train_samples_per_s
         );
         if !r.method.is_empty() {
-            let d: Vec<String> = r.method.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+            let d: Vec<String> = r
+                .method
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect();
             println!("           method: {}", d.join(", "));
         }
     }
@@ -145,7 +151,12 @@ fn metrics_line(m: &SplitMetrics) -> String {
         .iter()
         .map(|(k, v)| format!("{k} {:.1}%", 100.0 * v))
         .collect();
-    format!("acc {:.1}% f1 {:.3} ({})", 100.0 * m.acc, m.macro_f1, per.join(", "))
+    format!(
+        "acc {:.1}% f1 {:.3} ({})",
+        100.0 * m.acc,
+        m.macro_f1,
+        per.join(", ")
+    )
 }
 
 fn load_config(path: &Option<PathBuf>) -> Result<TrainConfig> {
@@ -177,7 +188,10 @@ fn train(
             if let Some(n) = name {
                 cfg.name = n;
             }
-            println!("# resolved config (saved as {}/config.toml)", cfg.run_dir().display());
+            println!(
+                "# resolved config (saved as {}/config.toml)",
+                cfg.run_dir().display()
+            );
             println!("{}", cfg.to_toml());
             Trainer::from_config(cfg)?
         }
@@ -206,14 +220,20 @@ fn train(
             "best val epoch {}: val acc {:.1}%, test {}",
             b.epoch,
             100.0 * b.val.as_ref().map(|v| v.acc).unwrap_or(f64::NAN),
-            b.test.as_ref().map(metrics_line).unwrap_or_else(|| "not evaluated".into())
+            b.test
+                .as_ref()
+                .map(metrics_line)
+                .unwrap_or_else(|| "not evaluated".into())
         );
     }
     if let Some(l) = &summary.last {
         println!(
             "last epoch {}: test {}",
             l.epoch,
-            l.test.as_ref().map(metrics_line).unwrap_or_else(|| "not evaluated".into())
+            l.test
+                .as_ref()
+                .map(metrics_line)
+                .unwrap_or_else(|| "not evaluated".into())
         );
     }
     println!(
@@ -238,7 +258,10 @@ fn eval(checkpoint: &Path, split: &str, device: Option<String>) -> Result<()> {
     let trainer = Trainer::resume(checkpoint, None, device.as_deref())?;
     match trainer.evaluate(split)? {
         Some(m) => println!("{}", serde_json::to_string_pretty(&m)?),
-        None => bail!("split {split:?} of {} is empty", trainer.dataset.manifest.name),
+        None => bail!(
+            "split {split:?} of {} is empty",
+            trainer.dataset.manifest.name
+        ),
     }
     Ok(())
 }
@@ -261,7 +284,10 @@ fn doctor(config: &Option<PathBuf>) -> Result<()> {
         for &i in &idx {
             per_class[manifest.samples[i].label] += 1;
         }
-        println!("  {split:?}: {} samples; per class {per_class:?}", idx.len());
+        println!(
+            "  {split:?}: {} samples; per class {per_class:?}",
+            idx.len()
+        );
     }
     let (recipes, _) = cfg.per_modality(&manifest.modalities)?;
     let ds = Dataset::new(manifest, recipes)?;
@@ -310,12 +336,20 @@ fn main() -> Result<()> {
             };
             if input.is_dir() {
                 let (done, failed) = preprocess_folder(&input, &output, &opts)?;
-                println!("{} videos preprocessed into {}", done.len(), output.display());
+                println!(
+                    "{} videos preprocessed into {}",
+                    done.len(),
+                    output.display()
+                );
                 for f in &failed {
                     println!("  failed: {f}");
                 }
                 if !failed.is_empty() {
-                    bail!("{} of {} videos failed", failed.len(), done.len() + failed.len());
+                    bail!(
+                        "{} of {} videos failed",
+                        failed.len(),
+                        done.len() + failed.len()
+                    );
                 }
             } else {
                 let id = input

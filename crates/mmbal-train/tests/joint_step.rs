@@ -1,0 +1,239 @@
+//! One joint-training step of a tiny audio-visual model against PyTorch 2.11
+//! (tests/fixtures/tiny_av.safetensors, `joint.*`): logits, loss, raw gradients, and weights and
+//! BatchNorm running statistics after SGD(lr 0.1, momentum 0.9, weight decay 1e-4).
+
+use candle_core::{DType, Device, Tensor, Var};
+use mmbal_encoders::{conv2d, max_pool2d, BatchNorm2d, Encoder};
+use mmbal_fusion::{ForwardOut, FusionHead, FusionKind, LinearInit, MultimodalModel};
+use mmbal_methods::{BalanceMethod, Grads, Joint, StepCtx};
+use mmbal_train::optim::Sgd;
+use mmbal_train::train_step;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// The fixture's encoder: Conv(cin, 4, 3, s2, p1) BN ReLU MaxPool(3, 2, 1) Conv(4, 8, 3, s1, p1)
+/// BN ReLU, with PyTorch's `nn.Sequential` names (0, 1, 4, 5).
+struct Tiny {
+    c0: Var,
+    bn1: BatchNorm2d,
+    c4: Var,
+    bn5: BatchNorm2d,
+}
+
+impl Encoder for Tiny {
+    fn out_dim(&self) -> usize {
+        8
+    }
+    fn num_stages(&self) -> usize {
+        1
+    }
+    fn stage(&self, _i: usize, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let y = self
+            .bn1
+            .forward(&conv2d(x, self.c0.as_tensor(), 2, 1)?, train)?
+            .relu()?;
+        let y = max_pool2d(&y, 3, 2, 1)?;
+        self.bn5
+            .forward(&conv2d(&y, self.c4.as_tensor(), 1, 1)?, train)?
+            .relu()
+    }
+    fn params(&self) -> Vec<(String, Var)> {
+        vec![
+            ("0.weight".into(), self.c0.clone()),
+            ("1.weight".into(), self.bn1.weight.clone()),
+            ("1.bias".into(), self.bn1.bias.clone()),
+            ("4.weight".into(), self.c4.clone()),
+            ("5.weight".into(), self.bn5.weight.clone()),
+            ("5.bias".into(), self.bn5.bias.clone()),
+        ]
+    }
+    fn buffers(&self) -> Vec<(String, Tensor)> {
+        let (m1, v1) = self.bn1.running_stats();
+        let (m5, v5) = self.bn5.running_stats();
+        vec![
+            ("1.running_mean".into(), m1),
+            ("1.running_var".into(), v1),
+            ("5.running_mean".into(), m5),
+            ("5.running_var".into(), v5),
+        ]
+    }
+    fn set_buffer(&self, name: &str, value: Tensor) -> candle_core::Result<()> {
+        let (bn, stat) = match name.split_once('.') {
+            Some(("1", s)) => (&self.bn1, s),
+            Some(("5", s)) => (&self.bn5, s),
+            _ => candle_core::bail!("no buffer {name}"),
+        };
+        let (m, v) = bn.running_stats();
+        match stat {
+            "running_mean" => bn.set_running_stats(value, v),
+            _ => bn.set_running_stats(m, value),
+        }
+        Ok(())
+    }
+}
+
+fn fixtures() -> HashMap<String, Tensor> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/tiny_av.safetensors"
+    );
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+}
+
+fn tiny(f: &HashMap<String, Tensor>, m: &str) -> Tiny {
+    let dev = Device::Cpu;
+    let var = |k: &str| Var::from_tensor(&f[&format!("init.{m}.{k}")]).unwrap();
+    let bn = |i: usize, c: usize| {
+        let b = BatchNorm2d::new(c, &dev).unwrap();
+        b.weight.set(&f[&format!("init.{m}.{i}.weight")]).unwrap();
+        b.bias.set(&f[&format!("init.{m}.{i}.bias")]).unwrap();
+        b.set_running_stats(
+            f[&format!("init.{m}.{i}.running_mean")].clone(),
+            f[&format!("init.{m}.{i}.running_var")].clone(),
+        );
+        b
+    };
+    Tiny {
+        c0: var("0.weight"),
+        bn1: bn(1, 4),
+        c4: var("4.weight"),
+        bn5: bn(5, 8),
+    }
+}
+
+/// Joint training that also keeps the raw gradients it was handed.
+struct Recording {
+    inner: Joint,
+    grads: Mutex<HashMap<String, Tensor>>,
+}
+
+impl BalanceMethod for Recording {
+    fn name(&self) -> &'static str {
+        "recording-joint"
+    }
+    fn edit_gradients(
+        &mut self,
+        ctx: &StepCtx,
+        out: &ForwardOut,
+        grads: &mut Grads,
+    ) -> anyhow::Result<()> {
+        for (n, v) in ctx.model.named_params() {
+            if let Some(g) = grads.get(&v) {
+                self.grads.lock().unwrap().insert(n, g.clone());
+            }
+        }
+        self.inner.edit_gradients(ctx, out, grads)
+    }
+}
+
+fn assert_close(name: &str, got: &Tensor, want: &Tensor, tol: f32) {
+    assert_eq!(got.dims(), want.dims(), "{name}");
+    let d = (got - want.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = want
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .max(1e-3);
+    assert!(
+        d <= tol * scale,
+        "{name}: max difference {d} (scale {scale})"
+    );
+}
+
+/// Model name (`encoders.audio.0.weight`, `head.fc.weight`) to fixture name (`audio.0.weight`,
+/// `head.weight`).
+fn fixture_name(n: &str) -> String {
+    n.replace("encoders.", "").replace("head.fc.", "head.")
+}
+
+#[test]
+fn joint_step_matches_pytorch() {
+    let f = fixtures();
+    let dev = Device::Cpu;
+    let head =
+        FusionHead::new(FusionKind::Concat, &[8, 8], 5, LinearInit::Pytorch, 0, &dev).unwrap();
+    let model = MultimodalModel::from_parts(
+        vec!["audio".into(), "visual".into()],
+        vec![Box::new(tiny(&f, "audio")), Box::new(tiny(&f, "visual"))],
+        head,
+        &dev,
+    )
+    .unwrap();
+    for (n, v) in model.head.params() {
+        v.set(&f[&format!("init.head.{}", n.trim_start_matches("fc."))])
+            .unwrap();
+    }
+    let labels = f["label"].to_dtype(DType::U32).unwrap();
+    let keep = Tensor::ones((10, 2), DType::F32, &dev).unwrap();
+    let inputs = [f["input_audio"].clone(), f["input_visual"].clone()];
+    let mut method = Recording {
+        inner: Joint,
+        grads: Mutex::new(HashMap::new()),
+    };
+    let mut sgd = Sgd::new(model.params(), 0.1, 0.9, 1e-4);
+    let (loss, out) =
+        train_step(&model, &mut method, &mut sgd, &inputs, &labels, &keep, 0, 0).unwrap();
+
+    let want_loss = f["joint.loss"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()[0];
+    assert!(
+        (loss as f32 - want_loss).abs() < 1e-5,
+        "loss {loss} vs {want_loss}"
+    );
+    assert_close("logits", &out.fused_logits, &f["joint.logits"], 1e-5);
+    assert_close(
+        "logits_audio",
+        &out.unimodal_logits[0],
+        &f["joint.logits_audio"],
+        1e-5,
+    );
+    assert_close(
+        "logits_visual",
+        &out.unimodal_logits[1],
+        &f["joint.logits_visual"],
+        1e-5,
+    );
+    let grads = method.grads.lock().unwrap();
+    assert_eq!(grads.len(), 14);
+    for (n, v) in model.named_params() {
+        let fx = fixture_name(&n);
+        assert_close(
+            &format!("grad {n}"),
+            &grads[&n],
+            &f[&format!("joint.grad.{fx}")],
+            1e-4,
+        );
+        assert_close(
+            &format!("after {n}"),
+            v.as_tensor(),
+            &f[&format!("joint.after.{fx}")],
+            1e-5,
+        );
+    }
+    for (n, t) in model.buffers() {
+        let fx = fixture_name(&n);
+        assert_close(
+            &format!("after {n}"),
+            &t,
+            &f[&format!("joint.after.{fx}")],
+            1e-5,
+        );
+    }
+}
