@@ -136,7 +136,7 @@ impl PackedCache {
             .with_context(|| format!("{}: corrupt cache header", path.display()))?;
         if header.stamp != recipe_stamp(manifest, recipes) {
             bail!(
-                "{}: cache was made with another recipe or other samples; delete it or point cache_dir elsewhere",
+                "{}: cache was made with another recipe or other samples; delete it or use another cache path",
                 path.display()
             );
         }

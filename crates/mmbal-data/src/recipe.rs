@@ -39,6 +39,9 @@ pub enum FrontEnd {
 pub struct AudioRecipe {
     /// Audio is resampled to this rate first.
     pub sample_rate: u32,
+    /// Skip this many seconds at the start (a fixed time window, with `clip_seconds`).
+    #[serde(default)]
+    pub offset_seconds: f64,
     /// Tile (repeat) or cut the waveform to this many seconds before the front end.
     #[serde(default)]
     pub clip_seconds: Option<f64>,
@@ -47,6 +50,10 @@ pub struct AudioRecipe {
     pub remove_mean: bool,
     /// `[... .front_end]` table with `kind = "stft"` or `"fbank"` and its parameters.
     pub front_end: FrontEnd,
+    /// Subtract each frequency bin's mean over the clip's frames before padding (per-utterance
+    /// mean normalisation, as CMN; helps across speakers).
+    #[serde(default)]
+    pub bin_mean_norm: bool,
     /// Pad with zeros or cut the time axis to this many frames.
     pub frames: usize,
     /// `(x - mean) / std` after the log.
@@ -78,6 +85,10 @@ pub struct FramesRecipe {
     pub cache_height: Option<usize>,
     #[serde(default)]
     pub cache_width: Option<usize>,
+    /// Keep only the frames in this part of the clip, as fractions `[start, end)` of its frame
+    /// count (a fixed time window, e.g. around a spoken word); the whole clip when absent.
+    #[serde(default)]
+    pub span: Option<[f64; 2]>,
     /// Use one grey channel instead of RGB.
     #[serde(default)]
     pub grey: bool,
@@ -217,6 +228,18 @@ fn decode_audio(a: &AudioRecipe, path: &Path) -> Result<Decoded> {
         bail!("{}: WAV file holds no samples", path.display());
     }
     let mut x = audio::resample(&wave.samples, wave.sample_rate, a.sample_rate);
+    if a.offset_seconds > 0.0 {
+        let skip = (a.offset_seconds * a.sample_rate as f64).round() as usize;
+        if skip >= x.len() {
+            bail!(
+                "{}: {:.3} s long, shorter than the recipe's offset_seconds {}",
+                path.display(),
+                x.len() as f64 / a.sample_rate as f64,
+                a.offset_seconds
+            );
+        }
+        x.drain(..skip);
+    }
     if let Some(secs) = a.clip_seconds {
         let n = (secs * a.sample_rate as f64).round() as usize;
         x = (0..n).map(|i| x[i % x.len()]).collect();
@@ -226,10 +249,20 @@ fn decode_audio(a: &AudioRecipe, path: &Path) -> Result<Decoded> {
         x.iter_mut().for_each(|v| *v -= mean as f32);
     }
     let spec: Spectrogram = match &a.front_end {
-        FrontEnd::Fbank(fb) => audio::fix_rows(&fb.compute(&x, a.sample_rate)?, a.frames),
-        FrontEnd::Stft(s) => {
+        FrontEnd::Fbank(fb) => {
+            let mut s = fb.compute(&x, a.sample_rate)?;
+            if a.bin_mean_norm {
+                subtract_bin_means(&mut s, true);
+            }
+            audio::fix_rows(&s, a.frames)
+        }
+        FrontEnd::Stft(st) => {
             let x: Vec<f32> = x.iter().map(|v| v.clamp(-1.0, 1.0)).collect();
-            audio::fix_cols(&s.compute(&x)?, a.frames)
+            let mut s = st.compute(&x)?;
+            if a.bin_mean_norm {
+                subtract_bin_means(&mut s, false);
+            }
+            audio::fix_cols(&s, a.frames)
         }
     };
     let data = spec
@@ -243,8 +276,46 @@ fn decode_audio(a: &AudioRecipe, path: &Path) -> Result<Decoded> {
     })
 }
 
+/// Removes each frequency bin's mean over time; time runs along rows (fbank) or columns (STFT).
+fn subtract_bin_means(s: &mut Spectrogram, time_along_rows: bool) {
+    let (rows, cols) = (s.rows, s.cols);
+    let (bins, frames) = if time_along_rows {
+        (cols, rows)
+    } else {
+        (rows, cols)
+    };
+    let at = |t: usize, b: usize| {
+        if time_along_rows {
+            t * cols + b
+        } else {
+            b * cols + t
+        }
+    };
+    for b in 0..bins {
+        let mean = (0..frames).map(|t| s.data[at(t, b)] as f64).sum::<f64>() / frames.max(1) as f64;
+        for t in 0..frames {
+            s.data[at(t, b)] -= mean as f32;
+        }
+    }
+}
+
 fn decode_frames(f: &FramesRecipe, dir: &Path) -> Result<Decoded> {
-    let files = video::list_frames(dir)?;
+    let mut files = video::list_frames(dir)?;
+    if let Some([start, end]) = f.span {
+        let n = files.len() as f64;
+        let (a, b) = (
+            (start * n).floor() as usize,
+            ((end * n).ceil() as usize).min(files.len()),
+        );
+        if !(0.0..1.0).contains(&start) || b <= a {
+            bail!(
+                "{}: span [{start}, {end}] keeps no frames of {}",
+                dir.display(),
+                files.len()
+            );
+        }
+        files = files[a..b].to_vec();
+    }
     let (ch, cw) = f.cache_size();
     let c = f.channels();
     let mut data = Vec::with_capacity(files.len() * c * ch * cw);
@@ -386,4 +457,29 @@ fn read_maybe_gz(path: &Path) -> Result<std::sync::Arc<Vec<u8>>> {
         .unwrap()
         .insert(path.to_path_buf(), bytes.clone());
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bin_means_are_removed_along_time() {
+        // fbank layout: 3 frames x 2 bins; bin 0 = [1, 2, 3] -> [-1, 0, 1], bin 1 constant -> 0.
+        let mut s = Spectrogram {
+            rows: 3,
+            cols: 2,
+            data: vec![1.0, 5.0, 2.0, 5.0, 3.0, 5.0],
+        };
+        subtract_bin_means(&mut s, true);
+        assert_eq!(s.data, vec![-1.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
+        // STFT layout: 2 bins x 3 frames.
+        let mut s = Spectrogram {
+            rows: 2,
+            cols: 3,
+            data: vec![1.0, 2.0, 3.0, 4.0, 4.0, 4.0],
+        };
+        subtract_bin_means(&mut s, false);
+        assert_eq!(s.data, vec![-1.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
+    }
 }

@@ -38,8 +38,10 @@ fn av_card() -> DatasetCard {
 fn fbank_recipe(sample_rate: u32, frames: usize) -> Recipe {
     Recipe::Audio(AudioRecipe {
         sample_rate,
+        offset_seconds: 0.0,
         clip_seconds: None,
         remove_mean: true,
+        bin_mean_norm: false,
         front_end: FrontEnd::Fbank(Fbank {
             num_mel_bins: 40,
             ..Fbank::default()
@@ -58,6 +60,7 @@ fn recipes() -> Vec<Recipe> {
             height: 32,
             width: 48,
             crop: Some([0.5, 0.25, 0.5, 0.5]),
+            span: None,
             cache_height: None,
             cache_width: None,
             grey: false,

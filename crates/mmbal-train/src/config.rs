@@ -82,8 +82,10 @@ impl Default for DataConfig {
     fn default() -> Self {
         let audio = Recipe::Audio(AudioRecipe {
             sample_rate: 8000,
+            offset_seconds: 0.0,
             clip_seconds: None,
             remove_mean: false,
+            bin_mean_norm: false,
             front_end: FrontEnd::Fbank(Fbank {
                 num_mel_bins: 40,
                 ..Fbank::default()
@@ -97,6 +99,7 @@ impl Default for DataConfig {
             height: 32,
             width: 32,
             crop: None,
+            span: None,
             cache_height: Some(32),
             cache_width: Some(32),
             grey: true,
