@@ -123,9 +123,12 @@ impl Optimizer for Sgd {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         for (p, buf) in self.params.iter().zip(self.buffers.iter_mut()) {
             let Some(g) = grads.get(p) else { continue };
-            let mut g = g.clone();
+            // Detached: state kept across steps must not hold autograd graphs (it would chain
+            // every step's graph to the next and grow without bound).
+            let mut g = g.detach();
+            let value = p.as_tensor().detach();
             if self.weight_decay != 0.0 {
-                g = (g + (p.as_tensor() * self.weight_decay)?)?;
+                g = (g + (&value * self.weight_decay)?)?;
             }
             if self.momentum != 0.0 {
                 let b = match buf.take() {
@@ -135,7 +138,7 @@ impl Optimizer for Sgd {
                 g = b.clone();
                 *buf = Some(b);
             }
-            p.set(&(p.as_tensor() - (g * self.lr)?)?)?;
+            p.set(&(value - (g * self.lr)?)?)?;
         }
         Ok(())
     }
@@ -204,12 +207,13 @@ impl Optimizer for Adam {
             .zip(self.steps.iter_mut())
         {
             let Some(g) = grads.get(p) else { continue };
-            let mut g = g.clone();
-            let mut value = p.as_tensor().clone();
+            // Detached, as in SGD: moments must not hold autograd graphs.
+            let mut g = g.detach();
+            let mut value = p.as_tensor().detach();
             if self.decoupled {
                 value = (value * (1.0 - self.lr * self.weight_decay))?;
             } else if self.weight_decay != 0.0 {
-                g = (g + (p.as_tensor() * self.weight_decay)?)?;
+                g = (g + (&value * self.weight_decay)?)?;
             }
             *t += 1;
             let (m, v) = match mom.take() {

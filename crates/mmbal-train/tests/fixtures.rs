@@ -43,3 +43,33 @@ fn optimizers_match_pytorch() {
     run(&f, "adam", |p| Box::new(Adam::new(vec![p], 1e-2, 1e-4)));
     run(&f, "adamw", |p| Box::new(Adam::adamw(vec![p], 1e-2, 1e-2)));
 }
+
+/// Optimizer state must not keep autograd graphs alive: a momentum buffer that tracked its ops
+/// would chain every step's graph to the next, and memory would grow without bound.
+#[test]
+fn optimizer_state_holds_no_graph() {
+    let w = Var::new(&[1.0f32, -2.0, 0.5], &Device::Cpu).unwrap();
+    let mut opts: Vec<Box<dyn Optimizer>> = vec![
+        Box::new(Sgd::new(vec![w.clone()], 0.1, 0.9, 1e-4)),
+        Box::new(Adam::new(vec![w.clone()], 0.1, 1e-4)),
+        Box::new(Adam::adamw(vec![w.clone()], 0.1, 1e-2)),
+    ];
+    for opt in opts.iter_mut() {
+        for _ in 0..3 {
+            let loss = (w.as_tensor().sqr().unwrap() * 3.0)
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            opt.step(&loss.backward().unwrap()).unwrap();
+        }
+        let state = opt.state();
+        assert!(!state.is_empty());
+        for (name, t) in state {
+            assert!(
+                !t.track_op(),
+                "optimizer state `{name}` holds an autograd graph"
+            );
+        }
+        assert!(!w.as_tensor().detach().track_op());
+    }
+}

@@ -1,0 +1,129 @@
+//! The `mmbal` binary end to end on small generated data.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn mmbal(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mmbal"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mmbal-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+const TINY: &str =
+    "name = \"tiny\"\nepochs = 1\nbatch_size = 4\n[data.synthetic]\nclasses = 3\nper_class = 10\n";
+
+#[test]
+fn train_then_eval_then_resume() {
+    let dir = tmp("train");
+    std::fs::write(dir.join("tiny.toml"), TINY).unwrap();
+    let o = mmbal(&dir, &["train", "--config", "tiny.toml", "--quiet"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("epoch   1"), "{out}");
+    assert!(out.contains("audio") && out.contains("visual"), "{out}");
+    assert!(dir.join("runs/tiny/metrics.jsonl").is_file());
+    let o = mmbal(
+        &dir,
+        &[
+            "eval",
+            "--checkpoint",
+            "runs/tiny/best.safetensors",
+            "--split",
+            "val",
+        ],
+    );
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    let json_start = out.find('{').unwrap();
+    let m: serde_json::Value = serde_json::from_str(&out[json_start..]).unwrap();
+    assert_eq!(m["samples"], 6);
+    assert!(m["acc"].as_f64().unwrap() >= 0.0);
+    let o = mmbal(
+        &dir,
+        &[
+            "train",
+            "--resume",
+            "runs/tiny/last.safetensors",
+            "--epochs",
+            "2",
+            "--quiet",
+        ],
+    );
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("epoch   2") && !out.contains("epoch   1 "),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn config_prints_defaults_and_rejects_unknown_keys() {
+    let dir = tmp("config");
+    let o = mmbal(&dir, &["config"]);
+    assert!(o.status.success());
+    let printed = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(printed.contains("[method]") && printed.contains("name = \"joint\""));
+    std::fs::write(dir.join("bad.toml"), "epochs = 1\nlearning_rate = 0.1\n").unwrap();
+    let o = mmbal(&dir, &["train", "--config", "bad.toml"]);
+    let out = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        out.contains("bad.toml") && out.contains("learning_rate"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn data_doctor_lists_every_bad_file() {
+    let dir = tmp("doctor");
+    std::fs::write(dir.join("tiny.toml"), TINY).unwrap();
+    let o = mmbal(&dir, &["data", "doctor", "--config", "tiny.toml"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("every file decodes"), "{out}");
+    assert!(out.contains("Train: 18 samples"), "{out}");
+    // Break three files: a corrupt JPEG, a truncated WAV, a missing frame folder.
+    let data = dir.join("runs/synthetic-data-c3-n10-s7");
+    std::fs::write(data.join("visual/c0_001/frame_00002.jpg"), b"not a jpeg").unwrap();
+    let wav = data.join("audio/c1_002.wav");
+    let bytes = std::fs::read(&wav).unwrap();
+    std::fs::write(&wav, &bytes[..30]).unwrap();
+    std::fs::remove_dir_all(data.join("visual/c2_003")).unwrap();
+    let o = mmbal(&dir, &["data", "doctor", "--config", "tiny.toml"]);
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    for bad in ["c0_001/frame_00002.jpg", "c1_002.wav", "c2_003"] {
+        assert!(out.contains(bad), "doctor does not name {bad}:\n{out}");
+    }
+    assert!(out.contains("3 problem(s)"), "{out}");
+    // A malformed split line names the file and line.
+    let split = data.join("split.csv");
+    let mut s = std::fs::read_to_string(&split).unwrap();
+    s.push_str("c9_000,class9\n");
+    std::fs::write(&split, s).unwrap();
+    let o = mmbal(&dir, &["data", "doctor", "--config", "tiny.toml"]);
+    let out = text(&o);
+    assert!(!o.status.success());
+    assert!(out.contains("split.csv:32"), "{out}");
+    let _ = std::fs::remove_dir_all(dir);
+}
