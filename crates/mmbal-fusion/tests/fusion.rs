@@ -14,14 +14,7 @@ fn rows(t: &Tensor) -> Vec<Vec<f32>> {
 }
 
 fn close(a: &Tensor, b: &Tensor) -> bool {
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap();
+    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
     d.to_scalar::<f32>().unwrap() < 1e-5
 }
 

@@ -22,9 +22,7 @@ fn run(f: &HashMap<String, Tensor>, tag: &str, make: impl Fn(Var) -> Box<dyn Opt
             .unwrap()
             .abs()
             .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
+            .max_all()
             .unwrap();
         let d = d.to_scalar::<f32>().unwrap();
         assert!(d < 2e-6, "{tag} after {} steps differs by {d}", k + 1);

@@ -75,14 +75,7 @@ fn resumed_run_equals_uninterrupted_run() {
         assert!(a.tensors.keys().any(|k| k.starts_with("optim.")));
         for (k, ta) in &a.tensors {
             let tb = &b.tensors[k];
-            let d = (ta - tb)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap();
+            let d = (ta - tb).unwrap().abs().unwrap().max_all().unwrap();
             assert_eq!(
                 d.to_scalar::<f32>().unwrap(),
                 0.0,
