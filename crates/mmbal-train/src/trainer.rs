@@ -15,7 +15,7 @@ use mmbal_fusion::{ForwardOut, MultimodalModel};
 use mmbal_methods::{
     build_method, collect_outputs, BalanceMethod, EpochCtx, Grads, StepCtx, StepPlan,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
@@ -79,7 +79,7 @@ pub fn parse_device(name: &str) -> Result<Device> {
 }
 
 /// Metrics of one split.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SplitMetrics {
     pub samples: usize,
     pub loss: f64,
@@ -90,7 +90,7 @@ pub struct SplitMetrics {
 }
 
 /// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EpochRecord {
     /// 1-based.
     pub epoch: usize,
@@ -487,19 +487,17 @@ impl Trainer {
         let text = std::fs::read_to_string(log_path)?;
         let mut kept = Vec::new();
         for (i, line) in text.lines().enumerate() {
-            let v: serde_json::Value = serde_json::from_str(line)
-                .with_context(|| format!("{}:{}: not a JSON record", log_path.display(), i + 1))?;
-            let epoch = v["epoch"].as_u64().unwrap_or(0) as usize;
-            if epoch == 0 || epoch > self.epochs_done {
+            let record: EpochRecord = serde_json::from_str(line).with_context(|| {
+                format!("{}:{}: not an epoch record", log_path.display(), i + 1)
+            })?;
+            if record.epoch > self.epochs_done {
                 continue;
             }
             kept.push(line.to_string());
-            let val = v["val"]["acc"].as_f64();
-            let record = record_from_json(&v)
-                .with_context(|| format!("{}:{}: malformed record", log_path.display(), i + 1))?;
+            let val_acc = |r: &EpochRecord| r.val.as_ref().map(|m| m.acc);
             let better = match &self.best {
                 None => true,
-                Some(b) => val > b.val.as_ref().map(|m| m.acc),
+                Some(b) => val_acc(&record) > val_acc(b),
             };
             if better {
                 self.best = Some(record.clone());
@@ -512,41 +510,4 @@ impl Trainer {
         )?;
         Ok(())
     }
-}
-
-fn metrics_from_json(v: &serde_json::Value) -> Option<SplitMetrics> {
-    if v.is_null() {
-        return None;
-    }
-    Some(SplitMetrics {
-        samples: v["samples"].as_u64()? as usize,
-        loss: v["loss"].as_f64()?,
-        acc: v["acc"].as_f64()?,
-        macro_f1: v["macro_f1"].as_f64()?,
-        modality_acc: v["modality_acc"]
-            .as_object()?
-            .iter()
-            .map(|(k, x)| (k.clone(), x.as_f64().unwrap_or(f64::NAN)))
-            .collect(),
-    })
-}
-
-fn record_from_json(v: &serde_json::Value) -> Result<EpochRecord> {
-    Ok(EpochRecord {
-        epoch: v["epoch"].as_u64().context("epoch")? as usize,
-        lr: v["lr"].as_f64().context("lr")?,
-        train: metrics_from_json(&v["train"]).context("train")?,
-        val: metrics_from_json(&v["val"]),
-        test: metrics_from_json(&v["test"]),
-        method: v["method"]
-            .as_object()
-            .map(|o| {
-                o.iter()
-                    .map(|(k, x)| (k.clone(), x.as_f64().unwrap_or(f64::NAN)))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        train_seconds: v["train_seconds"].as_f64().unwrap_or(0.0),
-        train_samples_per_s: v["train_samples_per_s"].as_f64().unwrap_or(0.0),
-    })
 }
