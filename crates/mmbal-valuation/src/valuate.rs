@@ -1,0 +1,197 @@
+//! Valuation of a trained [`MultimodalModel`] over dataset rows: eval mode, no gradients, every
+//! non-empty modality subset predicted once per batch.
+
+use crate::shapley::{shapley_values, Benefit};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use mmbal_data::{batches, Dataset, Row};
+use mmbal_fusion::MultimodalModel;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+/// How a modality is removed from a prediction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum MaskRoute {
+    /// Zero its pooled feature and rerun only the fusion head; the encoders run once per batch
+    /// (the reference; exact for late fusion).
+    #[default]
+    Features,
+    /// Zero its input and run the whole model per subset (needed when modalities meet before
+    /// the head, e.g. MMTM).
+    Inputs,
+}
+
+/// Per-sample contributions: `values[k * modalities + m]` is modality m's Shapley value for
+/// the k-th valued sample, whose manifest index is `samples[k]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Valuation {
+    pub samples: Vec<usize>,
+    pub modalities: usize,
+    pub values: Vec<f32>,
+}
+
+impl Valuation {
+    pub fn value(&self, k: usize, m: usize) -> f32 {
+        self.values[k * self.modalities + m]
+    }
+
+    /// Mean contribution of each modality over the valued samples.
+    pub fn means(&self) -> Vec<f64> {
+        let n = self.samples.len().max(1) as f64;
+        (0..self.modalities)
+            .map(|m| {
+                (0..self.samples.len())
+                    .map(|k| self.value(k, m) as f64)
+                    .sum::<f64>()
+                    / n
+            })
+            .collect()
+    }
+
+    /// Writes the values as a float32 `.npy` array `(samples, modalities)` and the manifest
+    /// indices as an int64 `.npy` vector beside it (`<stem>.samples.npy`).
+    pub fn write_npy(&self, path: &Path) -> Result<()> {
+        write_npy(path, "<f4", &[self.samples.len(), self.modalities], |w| {
+            self.values
+                .iter()
+                .try_for_each(|v| w.write_all(&v.to_le_bytes()))
+        })?;
+        let ids = path.with_extension("samples.npy");
+        write_npy(&ids, "<i8", &[self.samples.len()], |w| {
+            self.samples
+                .iter()
+                .try_for_each(|&s| w.write_all(&(s as i64).to_le_bytes()))
+        })
+    }
+}
+
+/// A minimal NumPy v1.0 `.npy` writer (C order).
+fn write_npy(
+    path: &Path,
+    descr: &str,
+    shape: &[usize],
+    body: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_txt = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    // Magic (6) + version (2) + length (2) + header + newline, padded to a multiple of 64.
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
+    header.push('\n');
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("{}: cannot create", path.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    w.write_all(b"\x93NUMPY\x01\x00")?;
+    w.write_all(&(header.len() as u16).to_le_bytes())?;
+    w.write_all(header.as_bytes())?;
+    body(&mut w)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Shapley values of `m` modalities for a batch, from the logits of every subset:
+/// `logits[mask]` is `(B, C)` for `mask` in `1..2^m` (`logits[0]` is unused).
+pub fn values_from_logits(
+    logits: &[Vec<Vec<f32>>],
+    labels: &[u32],
+    m: usize,
+    benefit: Benefit,
+) -> Result<Vec<f32>> {
+    if logits.len() != 1 << m {
+        bail!("expected logits for all {} subsets", 1 << m);
+    }
+    let mut out = Vec::with_capacity(labels.len() * m);
+    let mut v = vec![0.0; 1 << m];
+    for (b, &label) in labels.iter().enumerate() {
+        for mask in 1..1usize << m {
+            v[mask] = benefit.of(&logits[mask][b], label as usize, mask.count_ones() as usize);
+        }
+        out.extend(shapley_values(&v, m)?.into_iter().map(|x| x as f32));
+    }
+    Ok(out)
+}
+
+/// `(B, M)` keep mask of subset `mask` (1 = present).
+fn keep_of(mask: usize, b: usize, m: usize, dev: &Device) -> Result<Tensor> {
+    let row: Vec<f32> = (0..m).map(|i| ((mask >> i) & 1) as f32).collect();
+    Ok(Tensor::new(row.as_slice(), dev)?
+        .reshape((1, m))?
+        .broadcast_as((b, m))?
+        .contiguous()?)
+}
+
+/// Shapley values of one batch already on the model's device: `(B * M)` values, row-major.
+pub fn value_batch(
+    model: &MultimodalModel,
+    inputs: &[Tensor],
+    labels: &[u32],
+    route: MaskRoute,
+    benefit: Benefit,
+) -> Result<Vec<f32>> {
+    let m = model.num_modalities();
+    let b = labels.len();
+    let dev = model.device().clone();
+    let features = match route {
+        MaskRoute::Features => Some(model.encode(inputs, false)?),
+        MaskRoute::Inputs => None,
+    };
+    let mut logits = vec![Vec::new(); 1 << m];
+    for (mask, slot) in logits.iter_mut().enumerate().skip(1) {
+        let keep = keep_of(mask, b, m, &dev)?;
+        let out = match &features {
+            Some(f) => model.head.forward(f, Some(&keep))?.fused,
+            None => {
+                let masked = MultimodalModel::mask_inputs(inputs, &keep)?;
+                model.forward(&masked, None, false)?.fused_logits
+            }
+        };
+        *slot = out
+            .detach()
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?
+            .to_vec2::<f32>()?;
+    }
+    values_from_logits(&logits, labels, m, benefit)
+}
+
+/// Values every row (each row's own zero mask is ignored: a sample is valued with all its
+/// modalities). `augment`: `Some((seed, epoch))` uses training augmentation as the reference
+/// does; `None` (the default) the deterministic evaluation transforms.
+pub fn valuate(
+    model: &MultimodalModel,
+    dataset: &Arc<Dataset>,
+    rows: &[Row],
+    batch_size: usize,
+    route: MaskRoute,
+    benefit: Benefit,
+    augment: Option<(u64, u64)>,
+) -> Result<Valuation> {
+    let m = model.num_modalities();
+    let dev = model.device().clone();
+    let plain: Vec<Row> = rows.iter().map(|r| Row::full(r.sample, m)).collect();
+    let mut values = Vec::with_capacity(rows.len() * m);
+    for batch in batches(dataset.clone(), plain, batch_size, augment, 2) {
+        let batch = batch?;
+        let inputs: Vec<Tensor> = batch
+            .inputs
+            .iter()
+            .map(|x| x.to_device(&dev))
+            .collect::<candle_core::Result<_>>()?;
+        let labels = batch.labels.to_vec1::<u32>()?;
+        values.extend(value_batch(model, &inputs, &labels, route, benefit)?);
+    }
+    Ok(Valuation {
+        samples: rows.iter().map(|r| r.sample).collect(),
+        modalities: m,
+        values,
+    })
+}
