@@ -32,8 +32,12 @@
 mod collect;
 mod joint;
 mod method;
+mod modality_level;
 mod registry;
+mod sample_level;
+mod valuation_pass;
 pub use collect::{collect_outputs, Collected};
 pub use joint::Joint;
 pub use method::{BalanceMethod, EpochCtx, Grads, StepCtx, StepPlan};
 pub use registry::{build_method, no_options, parse_options, Builder, METHODS};
+pub use valuation_pass::{valuation_pass, ValuationOptions};

@@ -8,6 +8,7 @@ use candle_core::{Tensor, Var};
 use mmbal_data::{Dataset, Row};
 use mmbal_fusion::{ForwardOut, MultimodalModel, ParamGroup};
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 /// How many backward passes and optimizer steps one batch gets.
@@ -81,6 +82,8 @@ pub struct EpochCtx<'a> {
     pub batch_size: usize,
     pub model: &'a MultimodalModel,
     pub dataset: &'a Arc<Dataset>,
+    /// The run folder, where methods write per-epoch files; `None` outside a run.
+    pub out_dir: Option<&'a Path>,
 }
 
 impl EpochCtx<'_> {

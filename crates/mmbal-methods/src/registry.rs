@@ -7,7 +7,11 @@ use anyhow::{bail, Result};
 pub type Builder = fn(&toml::Table) -> Result<Box<dyn BalanceMethod>>;
 
 /// Every registered method.
-pub const METHODS: &[(&str, Builder)] = &[("joint", crate::joint::build)];
+pub const METHODS: &[(&str, Builder)] = &[
+    ("joint", crate::joint::build),
+    ("sample-level", crate::sample_level::build),
+    ("modality-level", crate::modality_level::build),
+];
 
 /// The method registered as `name`.
 pub fn build_method(name: &str, options: &toml::Table) -> Result<Box<dyn BalanceMethod>> {

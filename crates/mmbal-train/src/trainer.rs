@@ -18,7 +18,7 @@ use mmbal_methods::{
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -134,6 +134,7 @@ pub struct Trainer {
     step: usize,
     best: Option<EpochRecord>,
     last: Option<EpochRecord>,
+    run_dir: PathBuf,
 }
 
 fn to_device(batch: &Batch, dev: &Device) -> Result<(Vec<Tensor>, Tensor, Tensor)> {
@@ -193,6 +194,7 @@ impl Trainer {
     ) -> Result<Trainer> {
         method.prepare_model(&mut model)?;
         let optimizer = config.optimizer.build(model.params());
+        let run_dir = config.run_dir();
         Ok(Trainer {
             config,
             dataset,
@@ -203,6 +205,7 @@ impl Trainer {
             step: 0,
             best: None,
             last: None,
+            run_dir,
         })
     }
 
@@ -354,6 +357,7 @@ impl Trainer {
             batch_size: self.config.batch_size,
             model: &self.model,
             dataset: &self.dataset,
+            out_dir: Some(&self.run_dir),
         };
         (ctx, self.method.as_mut())
     }
