@@ -1,6 +1,7 @@
-//! One joint-training step of a tiny audio-visual model against PyTorch 2.11
-//! (tests/fixtures/tiny_av.safetensors, `joint.*`): logits, loss, raw gradients, and weights and
-//! BatchNorm running statistics after SGD(lr 0.1, momentum 0.9, weight decay 1e-4).
+//! A tiny audio-visual model against PyTorch 2.11 (tests/fixtures/tiny_av.safetensors):
+//! one joint-training step (`joint.*`: logits, loss, raw gradients, and weights and BatchNorm
+//! running statistics after SGD(lr 0.1, momentum 0.9, weight decay 1e-4)) and the Shapley
+//! valuation of a batch (`shapley.*`).
 
 use candle_core::{DType, Device, Tensor, Var};
 use mmbal_encoders::{conv2d, max_pool2d, BatchNorm2d, Encoder};
@@ -8,6 +9,7 @@ use mmbal_fusion::{ForwardOut, FusionHead, FusionKind, LinearInit, MultimodalMod
 use mmbal_methods::{BalanceMethod, Grads, Joint, StepCtx};
 use mmbal_train::optim::Sgd;
 use mmbal_train::train_step;
+use mmbal_valuation::{value_batch, Benefit, MaskRoute};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -156,15 +158,14 @@ fn fixture_name(n: &str) -> String {
     n.replace("encoders.", "").replace("head.fc.", "head.")
 }
 
-#[test]
-fn joint_step_matches_pytorch() {
-    let f = fixtures();
+/// The fixture's model with its initial weights.
+fn tiny_model(f: &HashMap<String, Tensor>) -> MultimodalModel {
     let dev = Device::Cpu;
     let head =
         FusionHead::new(FusionKind::Concat, &[8, 8], 5, LinearInit::Pytorch, 0, &dev).unwrap();
     let model = MultimodalModel::from_parts(
         vec!["audio".into(), "visual".into()],
-        vec![Box::new(tiny(&f, "audio")), Box::new(tiny(&f, "visual"))],
+        vec![Box::new(tiny(f, "audio")), Box::new(tiny(f, "visual"))],
         head,
         &dev,
     )
@@ -173,6 +174,60 @@ fn joint_step_matches_pytorch() {
         v.set(&f[&format!("init.head.{}", n.trim_start_matches("fc."))])
             .unwrap();
     }
+    model
+}
+
+#[test]
+fn shapley_valuation_matches_pytorch() {
+    let f = fixtures();
+    let model = tiny_model(&f);
+    let dev = Device::Cpu;
+    let inputs = [f["input_audio"].clone(), f["input_visual"].clone()];
+    let labels: Vec<u32> = f["shapley.label"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    // The three coalitions through the feature-masking route.
+    let features = model.encode(&inputs, false).unwrap();
+    for (keep, name) in [
+        ([1f32, 1.], "full"),
+        ([1., 0.], "audio_only"),
+        ([0., 1.], "visual_only"),
+    ] {
+        let keep = Tensor::new(&keep, &dev).unwrap().reshape((1, 2)).unwrap();
+        let keep = keep.broadcast_as((10, 2)).unwrap().contiguous().unwrap();
+        let logits = model.head.forward(&features, Some(&keep)).unwrap().fused;
+        assert_close(name, &logits, &f[&format!("shapley.logits_{name}")], 1e-5);
+    }
+    let phi = value_batch(
+        &model,
+        &inputs,
+        &labels,
+        MaskRoute::Features,
+        Benefit::SizeIfCorrect,
+    )
+    .unwrap();
+    let want = f["shapley.phi"]
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(want.iter().any(|v| *v != 0.0), "fixture values are all zero");
+    assert_eq!(phi, want);
+    // Valuation runs in eval mode: the running statistics are untouched.
+    for (n, t) in model.buffers() {
+        assert_close(&n, &t, &f[&format!("init.{}", fixture_name(&n))], 0.0);
+    }
+}
+
+#[test]
+fn joint_step_matches_pytorch() {
+    let f = fixtures();
+    let dev = Device::Cpu;
+    let model = tiny_model(&f);
     let labels = f["label"].to_dtype(DType::U32).unwrap();
     let keep = Tensor::ones((10, 2), DType::F32, &dev).unwrap();
     let inputs = [f["input_audio"].clone(), f["input_visual"].clone()];
