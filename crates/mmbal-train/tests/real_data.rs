@@ -93,5 +93,28 @@ fn grid_joint_training_is_clearly_above_chance_with_audio() {
     // Ten classes (chance 0.1), 30 clips per evaluation split, 140 for training.
     assert!(val.acc >= 0.25, "{}", show("val", val));
     assert!(test.modality_acc["audio"] >= 0.25, "{}", show("test", test));
+    // Speech carries the digit far more clearly than lips: audio contributes more.
+    let rows = t.dataset.rows(mmbal_data::Split::Train);
+    let v = mmbal_valuation::valuate(
+        &t.model,
+        &t.dataset,
+        &rows,
+        16,
+        mmbal_valuation::MaskRoute::Features,
+        mmbal_valuation::Benefit::SizeIfCorrect,
+        None,
+    )
+    .unwrap();
+    let means = v.means();
+    eprintln!(
+        "GRID mean contributions after {} epochs: audio {:.3}, visual {:.3}",
+        last.epoch, means[0], means[1]
+    );
+    assert!(
+        means[0] > means[1],
+        "audio {:.3} <= visual {:.3}",
+        means[0],
+        means[1]
+    );
     let _ = std::fs::remove_dir_all(out);
 }

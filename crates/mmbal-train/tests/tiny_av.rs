@@ -215,7 +215,10 @@ fn shapley_valuation_matches_pytorch() {
         .unwrap()
         .to_vec1::<f32>()
         .unwrap();
-    assert!(want.iter().any(|v| *v != 0.0), "fixture values are all zero");
+    assert!(
+        want.iter().any(|v| *v != 0.0),
+        "fixture values are all zero"
+    );
     assert_eq!(phi, want);
     // Valuation runs in eval mode: the running statistics are untouched.
     for (n, t) in model.buffers() {

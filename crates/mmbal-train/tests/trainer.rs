@@ -27,6 +27,15 @@ fn small(out: &std::path::Path, name: &str, optimizer: OptimizerConfig) -> Train
     c
 }
 
+fn set_method(c: &mut TrainConfig, name: &str) {
+    c.method.name = name.into();
+    if name != "joint" {
+        c.method
+            .options
+            .insert("warmup".into(), toml::Value::Integer(1));
+    }
+}
+
 /// Records without the wall-clock fields.
 fn comparable(log: &str) -> Vec<serde_json::Value> {
     log.lines()
@@ -35,6 +44,9 @@ fn comparable(log: &str) -> Vec<serde_json::Value> {
             let o = v.as_object_mut().unwrap();
             o.remove("train_seconds");
             o.remove("train_samples_per_s");
+            if let Some(m) = o.get_mut("method").and_then(|m| m.as_object_mut()) {
+                m.remove("valuation_seconds");
+            }
             v
         })
         .collect()
@@ -43,22 +55,25 @@ fn comparable(log: &str) -> Vec<serde_json::Value> {
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
     let out = tmp("resume");
-    for (tag, opt) in [
-        ("sgd", OptimizerConfig::default()),
-        (
-            "adam",
-            OptimizerConfig::Adam {
-                lr: 3e-3,
-                weight_decay: 1e-4,
-            },
-        ),
+    let adam = OptimizerConfig::Adam {
+        lr: 3e-3,
+        weight_decay: 1e-4,
+    };
+    for (tag, opt, method) in [
+        ("sgd", OptimizerConfig::default(), "joint"),
+        ("adam", adam.clone(), "joint"),
+        // The plan made at the end of epoch 1 must survive the checkpoint.
+        ("sample-level", adam.clone(), "sample-level"),
+        ("modality-level", adam, "modality-level"),
     ] {
-        let whole = small(&out, &format!("{tag}-whole"), opt.clone());
+        let mut whole = small(&out, &format!("{tag}-whole"), opt.clone());
+        set_method(&mut whole, method);
         let mut t = Trainer::from_config(whole.clone()).unwrap();
         let summary = t.run(&mut Quiet).unwrap();
         assert_eq!(summary.last.as_ref().unwrap().epoch, 2);
 
         let mut first = small(&out, &format!("{tag}-split"), opt);
+        set_method(&mut first, method);
         first.epochs = 1;
         Trainer::from_config(first.clone())
             .unwrap()
@@ -90,6 +105,15 @@ fn resumed_run_equals_uninterrupted_run() {
             "{tag}: metrics differ after resume"
         );
         assert_eq!(a.meta["epochs_done"], "2");
+        if method == "sample-level" {
+            // Epoch 2 trained on the resampled plan: more rows than the 18 samples
+            // (deterministic for this seed).
+            let rows = comparable(&la)[1]["train"]["samples"].as_u64().unwrap();
+            assert!(rows > 18, "{tag}: epoch 2 had {rows} rows");
+        }
+        if method != "joint" {
+            assert!(a.tensors.contains_key("method.plan"), "{tag}");
+        }
     }
     let _ = std::fs::remove_dir_all(out);
 }
@@ -177,5 +201,64 @@ fn configs_reject_unknown_keys_and_name_the_file() {
         format!("{err:#}").contains("no modality `sound`"),
         "{err:#}"
     );
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[test]
+fn input_masking_runs_the_whole_model() {
+    use candle_core::Tensor;
+    use mmbal_data::Split;
+    use mmbal_valuation::{value_batch, values_from_logits, Benefit, MaskRoute};
+    let out = tmp("routes");
+    let cfg = small(&out, "routes", OptimizerConfig::default());
+    let mut t = Trainer::from_config(TrainConfig { epochs: 1, ..cfg }).unwrap();
+    t.run(&mut Quiet).unwrap(); // trained BatchNorm statistics: a zero input is not a zero feature
+    let rows = t.dataset.rows(Split::Train);
+    let batch = t.dataset.batch(&rows[..8], None).unwrap();
+    let labels = batch.labels.to_vec1::<u32>().unwrap();
+    let x = &batch.inputs;
+    // By hand: each coalition is a full forward pass with the other inputs set to zero.
+    let zero = |m: usize| x[m].zeros_like().unwrap();
+    let coalitions: [Vec<Tensor>; 3] = [
+        vec![x[0].clone(), zero(1)],
+        vec![zero(0), x[1].clone()],
+        vec![x[0].clone(), x[1].clone()],
+    ];
+    let mut logits = vec![Vec::new()];
+    for inputs in &coalitions {
+        let l = t.model.forward(inputs, None, false).unwrap().fused_logits;
+        logits.push(l.to_vec2::<f32>().unwrap());
+    }
+    let want = values_from_logits(&logits, &labels, 2, Benefit::SizeIfCorrect).unwrap();
+    let got = value_batch(
+        &t.model,
+        x,
+        &labels,
+        MaskRoute::Inputs,
+        Benefit::SizeIfCorrect,
+    )
+    .unwrap();
+    assert_eq!(got, want);
+    // The feature route differs on single-modality coalitions but not on the full one.
+    let f = t.model.encode(x, false).unwrap();
+    let keep = Tensor::new(&[[1f32, 0.]], &candle_core::Device::Cpu)
+        .unwrap()
+        .broadcast_as((8, 2))
+        .unwrap();
+    let by_feature = t
+        .model
+        .head
+        .forward(&f, Some(&keep.contiguous().unwrap()))
+        .unwrap()
+        .fused;
+    let d = (by_feature - Tensor::new(logits[1].clone(), &candle_core::Device::Cpu).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d > 1e-4, "routes agree on the audio-only coalition ({d})");
     let _ = std::fs::remove_dir_all(out);
 }
