@@ -1,4 +1,4 @@
-//! `mmbal`: train, evaluate, preprocess and check datasets from the command line.
+//! `mmbal`: train, evaluate, value modalities, preprocess and check datasets from the command line.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -6,6 +6,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mmbal_data::preprocess::{preprocess_folder, preprocess_video, PreprocessOptions};
 use mmbal_data::{Dataset, Manifest, Split};
 use mmbal_train::{EpochRecord, Events, SplitMetrics, TrainConfig, Trainer};
+use mmbal_valuation::{Benefit, MaskRoute};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -46,6 +47,26 @@ enum Command {
         /// train, val or test.
         #[arg(long, default_value = "test")]
         split: String,
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Shapley contribution of every modality to every sample of a split, for a checkpoint.
+    /// Writes `<out>/valuation_<split>.npy` (samples x modalities) and `.samples.npy` (indices).
+    Valuate {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// train, val or test.
+        #[arg(long, default_value = "train")]
+        split: String,
+        /// features (zero the pooled feature; the reference) or inputs (zero the input).
+        #[arg(long, default_value = "features")]
+        route: String,
+        /// size-if-correct (the paper), correct, or true-class-prob.
+        #[arg(long, default_value = "size-if-correct")]
+        benefit: String,
+        /// Output folder (default: the checkpoint's folder).
+        #[arg(long)]
+        out: Option<PathBuf>,
         #[arg(long)]
         device: Option<String>,
     },
@@ -266,6 +287,75 @@ fn eval(checkpoint: &Path, split: &str, device: Option<String>) -> Result<()> {
     Ok(())
 }
 
+fn valuate(
+    checkpoint: &Path,
+    split: &str,
+    route: &str,
+    benefit: &str,
+    out: Option<PathBuf>,
+    device: Option<String>,
+) -> Result<()> {
+    let route = match route {
+        "features" => MaskRoute::Features,
+        "inputs" => MaskRoute::Inputs,
+        _ => bail!("route `{route}`: expected features or inputs"),
+    };
+    let benefit = match benefit {
+        "size-if-correct" => Benefit::SizeIfCorrect,
+        "correct" => Benefit::Correct,
+        "true-class-prob" => Benefit::TrueClassProb,
+        _ => bail!("benefit `{benefit}`: expected size-if-correct, correct or true-class-prob"),
+    };
+    let split_name = split;
+    let split = parse_split(split)?;
+    let trainer = Trainer::resume(checkpoint, None, device.as_deref())?;
+    let rows = trainer.dataset.rows(split);
+    if rows.is_empty() {
+        bail!(
+            "split {split_name} of {} is empty",
+            trainer.dataset.manifest.name
+        );
+    }
+    let started = Instant::now();
+    let v = mmbal_valuation::valuate(
+        &trainer.model,
+        &trainer.dataset,
+        &rows,
+        trainer.config.batch_size,
+        route,
+        benefit,
+        None,
+    )?;
+    let seconds = started.elapsed().as_secs_f64();
+    let dir = out.unwrap_or_else(|| {
+        checkpoint
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    });
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("valuation_{split_name}.npy"));
+    v.write_npy(&path)?;
+    let means: serde_json::Map<String, serde_json::Value> = trainer
+        .model
+        .modalities
+        .iter()
+        .zip(v.means())
+        .map(|(m, x)| (m.clone(), x.into()))
+        .collect();
+    let report = serde_json::json!({
+        "split": split_name,
+        "samples": v.samples.len(),
+        "route": format!("{route:?}"),
+        "benefit": format!("{benefit:?}"),
+        "mean_contribution": means,
+        "seconds": seconds,
+        "file": path.display().to_string(),
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
 fn doctor(config: &Option<PathBuf>) -> Result<()> {
     let cfg = load_config(config)?;
     let (card, root) = cfg.dataset_location()?;
@@ -318,6 +408,14 @@ fn main() -> Result<()> {
             split,
             device,
         } => eval(&checkpoint, &split, device),
+        Command::Valuate {
+            checkpoint,
+            split,
+            route,
+            benefit,
+            out,
+            device,
+        } => valuate(&checkpoint, &split, &route, &benefit, out, device),
         Command::Config { config } => {
             print!("{}", load_config(&config)?.to_toml());
             Ok(())

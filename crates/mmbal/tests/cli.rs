@@ -127,3 +127,66 @@ fn data_doctor_lists_every_bad_file() {
     assert!(out.contains("split.csv:32"), "{out}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn each_resampling_method_runs_two_epochs_and_valuate_writes_npy() {
+    let dir = tmp("methods");
+    for method in ["sample-level", "modality-level"] {
+        let cfg = TINY
+            .replace("name = \"tiny\"", &format!("name = \"{method}\""))
+            .replace("epochs = 1", "epochs = 2");
+        let cfg = format!("{cfg}[method]\nname = \"{method}\"\nwarmup = 1\n");
+        std::fs::write(dir.join(format!("{method}.toml")), cfg).unwrap();
+        let o = mmbal(
+            &dir,
+            &["train", "--config", &format!("{method}.toml"), "--quiet"],
+        );
+        let out = text(&o);
+        assert!(o.status.success(), "{method}: {out}");
+        assert!(
+            out.contains("epoch   2") && out.contains("contribution_audio"),
+            "{method}: {out}"
+        );
+        for e in ["epoch_001.npy", "epoch_002.npy", "epoch_002.samples.npy"] {
+            assert!(
+                dir.join(format!("runs/{method}/contributions/{e}"))
+                    .is_file(),
+                "{method}: {e}"
+            );
+        }
+        let log =
+            std::fs::read_to_string(dir.join(format!("runs/{method}/metrics.jsonl"))).unwrap();
+        let second: serde_json::Value = serde_json::from_str(log.lines().nth(1).unwrap()).unwrap();
+        assert!(second["method"]["contribution_visual"].is_number(), "{log}");
+    }
+    let o = mmbal(
+        &dir,
+        &[
+            "valuate",
+            "--checkpoint",
+            "runs/sample-level/best.safetensors",
+            "--split",
+            "val",
+            "--route",
+            "inputs",
+        ],
+    );
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out[out.find('{').unwrap()..]).unwrap();
+    assert_eq!(report["samples"], 6);
+    assert!(report["mean_contribution"]["audio"].is_number());
+    assert!(dir.join("runs/sample-level/valuation_val.npy").is_file());
+    let o = mmbal(
+        &dir,
+        &[
+            "valuate",
+            "--checkpoint",
+            "runs/sample-level/best.safetensors",
+            "--route",
+            "pixels",
+        ],
+    );
+    assert!(!o.status.success() && text(&o).contains("expected features or inputs"));
+    let _ = std::fs::remove_dir_all(dir);
+}
