@@ -22,6 +22,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod metrics;
 pub mod optim;
+pub mod plots;
 pub mod schedule;
 mod trainer;
 pub use config::TrainConfig;

@@ -437,7 +437,7 @@ impl Trainer {
     }
 
     /// Trains the remaining epochs, writing `metrics.jsonl`, `last.safetensors`,
-    /// `best.safetensors` (best val accuracy), `summary.json` and the resolved `config.toml`
+    /// `best.safetensors` (best val accuracy), `summary.json`, SVG plots and the resolved `config.toml`
     /// into the run folder.
     pub fn run(&mut self, events: &mut dyn Events) -> Result<RunSummary> {
         let dir = self.config.run_dir();
@@ -482,6 +482,7 @@ impl Trainer {
             dir.join("summary.json"),
             serde_json::to_string_pretty(&summary)?,
         )?;
+        crate::plots::plot_run(&dir, &self.model.modalities)?;
         Ok(summary)
     }
 

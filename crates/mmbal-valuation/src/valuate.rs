@@ -68,6 +68,56 @@ impl Valuation {
     }
 }
 
+/// Reads a float32 `.npy` array written by [`Valuation::write_npy`] (or NumPy, C order):
+/// `(shape, values)`.
+pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        bail!("{}: not an .npy file", path.display());
+    }
+    let (len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        _ => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+    };
+    let header = std::str::from_utf8(&bytes[start..start + len])
+        .with_context(|| format!("{}: header is not text", path.display()))?;
+    if !header.contains("'descr': '<f4'") || header.contains("'fortran_order': True") {
+        bail!(
+            "{}: expected a C-order float32 array, header {header}",
+            path.display()
+        );
+    }
+    let shape_txt = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .with_context(|| format!("{}: no shape in header", path.display()))?;
+    let shape: Vec<usize> = shape_txt
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{}: bad shape ({shape_txt})", path.display()))?;
+    let data = &bytes[start + len..];
+    let n: usize = shape.iter().product();
+    if data.len() != 4 * n {
+        bail!(
+            "{}: {} data bytes for shape {shape:?}",
+            path.display(),
+            data.len()
+        );
+    }
+    let values = data
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok((shape, values))
+}
+
 /// A minimal NumPy v1.0 `.npy` writer (C order).
 fn write_npy(
     path: &Path,

@@ -39,6 +39,8 @@ fn train_then_eval_then_resume() {
     assert!(out.contains("epoch   1"), "{out}");
     assert!(out.contains("audio") && out.contains("visual"), "{out}");
     assert!(dir.join("runs/tiny/metrics.jsonl").is_file());
+    assert!(dir.join("runs/tiny/accuracy.svg").is_file());
+    assert!(!dir.join("runs/tiny/contributions.svg").exists(), "joint logs no contributions");
     let o = mmbal(
         &dir,
         &[
@@ -158,6 +160,10 @@ fn each_resampling_method_runs_two_epochs_and_valuate_writes_npy() {
             std::fs::read_to_string(dir.join(format!("runs/{method}/metrics.jsonl"))).unwrap();
         let second: serde_json::Value = serde_json::from_str(log.lines().nth(1).unwrap()).unwrap();
         assert!(second["method"]["contribution_visual"].is_number(), "{log}");
+        for plot in ["accuracy.svg", "contributions.svg", "contributions_hist.svg"] {
+            let svg = std::fs::read_to_string(dir.join(format!("runs/{method}/{plot}"))).unwrap();
+            assert!(svg.starts_with("<svg") && svg.contains("audio") && svg.contains("visual"), "{plot}");
+        }
     }
     let o = mmbal(
         &dir,

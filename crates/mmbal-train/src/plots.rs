@@ -1,0 +1,209 @@
+//! SVG plots of a run, written next to its results: accuracy per epoch (fused and per modality,
+//! val), the mean contribution of each modality per epoch (the valuation paper's Fig. 2(d)) and
+//! the histogram of per-sample contributions of the last valued epoch.
+
+use crate::EpochRecord;
+use anyhow::{anyhow, Context, Result};
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+
+const COLOURS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("plotting: {e:?}")
+}
+
+/// Lines `(name, points)` over epochs into an SVG file.
+fn line_chart(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    lines: &[(String, Vec<(f64, f64)>)],
+) -> Result<()> {
+    let xs = lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
+    let ys = lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.1));
+    let x_max = xs.fold(1.0, f64::max);
+    let (y_min, y_max) = ys.fold((0.0f64, 1.0f64), |(a, b), y| (a.min(y), b.max(y)));
+    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(1.0..x_max.max(2.0), (y_min - 0.05)..(y_max + 0.05))
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc(y_label)
+        .draw()
+        .map_err(err)?;
+    for (i, (name, points)) in lines.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        chart
+            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
+            .map_err(err)?
+            .label(name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Side-by-side bars of per-sample contributions, one colour per modality, bins of 0.25.
+fn histogram(path: &Path, title: &str, names: &[String], values: &[f32]) -> Result<()> {
+    let m = names.len().max(1);
+    let (lo, hi) = values
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let width = 0.25f64;
+    let first = ((lo as f64) / width).floor() as i64;
+    let last = ((hi as f64) / width).floor() as i64;
+    let bins = (last - first + 1).max(1) as usize;
+    let mut counts = vec![vec![0usize; bins]; m];
+    for (k, &v) in values.iter().enumerate() {
+        let b = (((v as f64) / width).floor() as i64 - first) as usize;
+        counts[k % m][b.min(bins - 1)] += 1;
+    }
+    let y_max = counts.iter().flatten().copied().max().unwrap_or(1) as f64;
+    let x0 = first as f64 * width;
+    let x1 = x0 + bins as f64 * width;
+    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(x0..x1, 0.0..y_max * 1.1)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("contribution (bin start)")
+        .y_desc("samples")
+        .draw()
+        .map_err(err)?;
+    let bar = width / m as f64;
+    for (i, name) in names.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        chart
+            .draw_series(counts[i].iter().enumerate().map(|(b, &c)| {
+                let left = x0 + b as f64 * width + i as f64 * bar;
+                Rectangle::new([(left, 0.0), (left + bar * 0.9, c as f64)], colour.filled())
+            }))
+            .map_err(err)?
+            .label(name.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Writes the plots of a run folder (`metrics.jsonl`, `contributions/`), returning the files
+/// written. Contribution plots are made only for runs whose method logged contributions.
+pub fn plot_run(run_dir: &Path, modalities: &[String]) -> Result<Vec<PathBuf>> {
+    let log = run_dir.join("metrics.jsonl");
+    let text =
+        std::fs::read_to_string(&log).with_context(|| format!("{}: cannot read", log.display()))?;
+    let records: Vec<EpochRecord> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}:{}: not an epoch record", log.display(), i + 1))
+        })
+        .collect::<Result<_>>()?;
+    let mut written = Vec::new();
+    let mut acc = vec![(
+        "val fused".to_string(),
+        records
+            .iter()
+            .filter_map(|r| r.val.as_ref().map(|v| (r.epoch as f64, v.acc)))
+            .collect::<Vec<_>>(),
+    )];
+    for m in modalities {
+        acc.push((
+            format!("val {m}"),
+            records
+                .iter()
+                .filter_map(|r| {
+                    r.val
+                        .as_ref()
+                        .and_then(|v| v.modality_acc.get(m))
+                        .map(|a| (r.epoch as f64, *a))
+                })
+                .collect(),
+        ));
+    }
+    let path = run_dir.join("accuracy.svg");
+    line_chart(&path, "Accuracy (val)", "accuracy", &acc)?;
+    written.push(path);
+
+    let contributions: Vec<(String, Vec<(f64, f64)>)> = modalities
+        .iter()
+        .map(|m| {
+            let key = format!("contribution_{m}");
+            let points = records
+                .iter()
+                .filter_map(|r| r.method.get(&key).map(|v| (r.epoch as f64, *v)))
+                .collect();
+            (m.clone(), points)
+        })
+        .collect();
+    if contributions.iter().all(|(_, p)| p.is_empty()) {
+        return Ok(written);
+    }
+    let path = run_dir.join("contributions.svg");
+    line_chart(
+        &path,
+        "Mean contribution per modality",
+        "mean Shapley value",
+        &contributions,
+    )?;
+    written.push(path);
+    let last = records
+        .iter()
+        .rev()
+        .map(|r| run_dir.join(format!("contributions/epoch_{:03}.npy", r.epoch)))
+        .find(|p| p.is_file());
+    if let Some(npy) = last {
+        let (shape, values) = mmbal_valuation::read_npy_f32(&npy)?;
+        let path = run_dir.join("contributions_hist.svg");
+        let stem = npy.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        histogram(
+            &path,
+            &format!(
+                "Per-sample contributions, {stem} ({} samples)",
+                shape.first().copied().unwrap_or(0)
+            ),
+            modalities,
+            &values,
+        )?;
+        written.push(path);
+    }
+    Ok(written)
+}
