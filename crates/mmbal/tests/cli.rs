@@ -40,7 +40,10 @@ fn train_then_eval_then_resume() {
     assert!(out.contains("audio") && out.contains("visual"), "{out}");
     assert!(dir.join("runs/tiny/metrics.jsonl").is_file());
     assert!(dir.join("runs/tiny/accuracy.svg").is_file());
-    assert!(!dir.join("runs/tiny/contributions.svg").exists(), "joint logs no contributions");
+    assert!(
+        !dir.join("runs/tiny/contributions.svg").exists(),
+        "joint logs no contributions"
+    );
     let o = mmbal(
         &dir,
         &[
@@ -160,9 +163,22 @@ fn each_resampling_method_runs_two_epochs_and_valuate_writes_npy() {
             std::fs::read_to_string(dir.join(format!("runs/{method}/metrics.jsonl"))).unwrap();
         let second: serde_json::Value = serde_json::from_str(log.lines().nth(1).unwrap()).unwrap();
         assert!(second["method"]["contribution_visual"].is_number(), "{log}");
-        for plot in ["accuracy.svg", "contributions.svg", "contributions_hist.svg"] {
+        // Sample-level values all 18 training samples; modality-level only round(0.2 * 18).
+        let valued = if method == "sample-level" { 18 } else { 4 };
+        assert_eq!(
+            second["method"]["valued_samples"], valued as f64,
+            "{method}"
+        );
+        for plot in [
+            "accuracy.svg",
+            "contributions.svg",
+            "contributions_hist.svg",
+        ] {
             let svg = std::fs::read_to_string(dir.join(format!("runs/{method}/{plot}"))).unwrap();
-            assert!(svg.starts_with("<svg") && svg.contains("audio") && svg.contains("visual"), "{plot}");
+            assert!(
+                svg.starts_with("<svg") && svg.contains("audio") && svg.contains("visual"),
+                "{plot}"
+            );
         }
     }
     let o = mmbal(
