@@ -11,6 +11,8 @@ pub const METHODS: &[(&str, Builder)] = &[
     ("joint", crate::joint::build),
     ("sample-level", crate::sample_level::build),
     ("modality-level", crate::modality_level::build),
+    ("ogm-ge", crate::ogm::build_ge),
+    ("ogm", crate::ogm::build_plain),
 ];
 
 /// The method registered as `name`.

@@ -291,3 +291,139 @@ fn joint_step_matches_pytorch() {
         );
     }
 }
+
+#[test]
+fn ogm_step_matches_pytorch() {
+    let f = fixtures();
+    let dev = Device::Cpu;
+    let model = tiny_model(&f);
+    let labels = f["label"].to_dtype(DType::U32).unwrap();
+    let keep = Tensor::ones((10, 2), DType::F32, &dev).unwrap();
+    let inputs = [f["input_audio"].clone(), f["input_visual"].clone()];
+    // Scores and coefficients from the split head's logits of the first forward.
+    let score = |name: &str| {
+        let p = candle_nn::ops::softmax_last_dim(&f[name]).unwrap();
+        let l = labels.unsqueeze(1).unwrap();
+        p.gather(&l, 1)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
+    };
+    let (sa, sv) = (score("joint.logits_audio"), score("joint.logits_visual"));
+    let want = |k: &str| f[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!((sa as f32 - want("ogm.score_audio")[0]).abs() < 1e-5);
+    assert!((sv as f32 - want("ogm.score_visual")[0]).abs() < 1e-5);
+    let (coeff, _) = mmbal_methods::ogm_coefficients(&[sa, sv], 0.8);
+    let wc = want("ogm.coeff");
+    assert!(
+        (coeff[0] as f32 - wc[0]).abs() < 1e-5 && (coeff[1] as f32 - wc[1]).abs() < 1e-5,
+        "{coeff:?} vs {wc:?}"
+    );
+    assert!(
+        wc.iter().any(|c| *c < 1.0),
+        "the fixture modulates one modality"
+    );
+    // One SGD step with OGM (no noise): only the conv kernels of the dominant modality change
+    // differently from the joint step.
+    let opts: toml::Table = toml::from_str("alpha = 0.8").unwrap();
+    let mut method = mmbal_methods::build_method("ogm", &opts).unwrap();
+    let mut sgd = Sgd::new(model.params(), 0.1, 0.9, 1e-4);
+    train_step(
+        &model,
+        method.as_mut(),
+        &mut sgd,
+        &inputs,
+        &labels,
+        &keep,
+        0,
+        0,
+    )
+    .unwrap();
+    for (n, v) in model.named_params() {
+        let fx = fixture_name(&n);
+        assert_close(
+            &format!("after {n}"),
+            v.as_tensor(),
+            &f[&format!("ogm.after.{fx}")],
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn ogm_coefficients_and_ge_noise() {
+    use mmbal_methods::ogm_coefficients;
+    // Two modalities, audio dominant: rho_a = 3, k_a = 1 - tanh(0.8 * 3), visual untouched.
+    let (k, rho) = ogm_coefficients(&[6.0, 2.0], 0.8);
+    assert!((rho[0] - 3.0).abs() < 1e-12 && (rho[1] - 1.0 / 3.0).abs() < 1e-12);
+    assert!((k[0] - (1.0 - (2.4f64).tanh())).abs() < 1e-12 && k[1] == 1.0);
+    // A tie modulates audio with rho = 1 (the reference's else branch).
+    let (k, _) = ogm_coefficients(&[2.0, 2.0], 0.8);
+    assert!((k[0] - (1.0 - 0.8f64.tanh())).abs() < 1e-12 && k[1] == 1.0);
+    // Three modalities: each against the mean of the others.
+    let (k, rho) = ogm_coefficients(&[4.0, 2.0, 2.0], 0.5);
+    assert!((rho[0] - 2.0).abs() < 1e-12 && (rho[1] - 2.0 / 3.0).abs() < 1e-12);
+    assert!((k[0] - (1.0 - 1f64.tanh())).abs() < 1e-12 && k[1] == 1.0 && k[2] == 1.0);
+}
+
+#[test]
+fn ogm_ge_noise_follows_each_gradient_std_and_spares_bn_and_head() {
+    let f = fixtures();
+    let dev = Device::Cpu;
+    let model = tiny_model(&f);
+    let labels = f["label"].to_dtype(DType::U32).unwrap();
+    let keep = Tensor::ones((10, 2), DType::F32, &dev).unwrap();
+    let inputs = [f["input_audio"].clone(), f["input_visual"].clone()];
+    let out = model.forward(&inputs, Some(&keep), true).unwrap();
+    let loss = candle_nn::loss::cross_entropy(&out.fused_logits, &labels).unwrap();
+    let mut grads = Grads {
+        store: loss.backward().unwrap(),
+    };
+    let before: Vec<(String, Tensor)> = model
+        .named_params()
+        .into_iter()
+        .map(|(n, v)| (n, grads.get(&v).unwrap().clone()))
+        .collect();
+    let mut method = mmbal_methods::build_method("ogm-ge", &toml::Table::new()).unwrap();
+    let ctx = StepCtx {
+        epoch: 0,
+        step: 0,
+        model: &model,
+        labels: &labels,
+        keep: &keep,
+        turn: None,
+    };
+    method.edit_gradients(&ctx, &out, &mut grads).unwrap();
+    let coeff: Vec<f32> = f["ogm.coeff"].to_vec1().unwrap();
+    for ((n, v), (_, g0)) in model.named_params().iter().zip(&before) {
+        let g1 = grads.get(v).unwrap();
+        if v.rank() != 4 {
+            assert_close(&format!("untouched {n}"), g1, g0, 0.0);
+            continue;
+        }
+        let k = if n.contains("audio") {
+            coeff[0]
+        } else {
+            coeff[1]
+        } as f64;
+        let noise = (g1 - (g0 * k).unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let g = g0.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let sd = |x: &[f32]| {
+            let m = x.iter().map(|v| *v as f64).sum::<f64>() / x.len() as f64;
+            (x.iter().map(|v| (*v as f64 - m).powi(2)).sum::<f64>() / (x.len() - 1) as f64).sqrt()
+        };
+        let ratio = sd(&noise) / (sd(&g) + 1e-8);
+        // 36 to 288 draws per tensor: the sample std is within 35% of the true one.
+        assert!(
+            (0.65..1.35).contains(&ratio),
+            "{n}: noise std / grad std = {ratio}"
+        );
+    }
+}
