@@ -13,6 +13,7 @@ pub const METHODS: &[(&str, Builder)] = &[
     ("modality-level", crate::modality_level::build),
     ("ogm-ge", crate::ogm::build_ge),
     ("ogm", crate::ogm::build_plain),
+    ("pmr", crate::pmr::build),
 ];
 
 /// The method registered as `name`.

@@ -427,3 +427,79 @@ fn ogm_ge_noise_follows_each_gradient_std_and_spares_bn_and_head() {
         );
     }
 }
+
+#[test]
+fn pmr_steps_match_pytorch() {
+    let f = fixtures();
+    let dev = Device::Cpu;
+    let labels = f["label"].to_dtype(DType::U32).unwrap();
+    let ys: Vec<u32> = labels.to_vec1().unwrap();
+    let keep = Tensor::ones((10, 2), DType::F32, &dev).unwrap();
+    let inputs = [f["input_audio"].clone(), f["input_visual"].clone()];
+    for variant in ["code", "paper"] {
+        let model = tiny_model(&f);
+        // Prototypes: per-class means of this batch's eval-mode features, by hand.
+        let feats = model.encode(&inputs, false).unwrap();
+        let mut state = HashMap::new();
+        for (m, name) in ["audio", "visual"].iter().enumerate() {
+            let rows = feats[m].to_vec2::<f32>().unwrap();
+            let mut proto = vec![vec![0f32; 8]; 5];
+            for (r, &y) in rows.iter().zip(&ys) {
+                for j in 0..8 {
+                    proto[y as usize][j] += r[j] / 2.0; // two samples per class
+                }
+            }
+            let proto = Tensor::new(proto, &dev).unwrap();
+            assert_close(
+                &format!("prototypes {name}"),
+                &proto,
+                &f[&format!("pmr.proto_{name}")],
+                1e-5,
+            );
+            state.insert(format!("prototypes.{m}"), proto);
+        }
+        let opts: toml::Table =
+            toml::from_str(&format!("variant = \"{variant}\"\nalpha = 1.0\nmu = 0.01")).unwrap();
+        let mut method = mmbal_methods::build_method("pmr", &opts).unwrap();
+        method.load_state(&state).unwrap();
+        let rho = f[&format!("pmr.{variant}.rho")].to_vec1::<f32>().unwrap()[0];
+        assert!(rho > 1.0, "the fixture's audio leads");
+        let mut sgd = Sgd::new(model.params(), 0.1, 0.9, 1e-4);
+        let (loss, out) = train_step(
+            &model,
+            method.as_mut(),
+            &mut sgd,
+            &inputs,
+            &labels,
+            &keep,
+            0,
+            0,
+        )
+        .unwrap();
+        let want_loss = f[&format!("pmr.{variant}.loss")]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()[0];
+        assert!(
+            (loss as f32 - want_loss).abs() < 1e-5,
+            "{variant}: loss {loss} vs {want_loss}"
+        );
+        let pl = mmbal_methods::prototype_logits(&out.features[0], &state["prototypes.0"]).unwrap();
+        assert_close(
+            &format!("{variant} proto logits"),
+            &pl,
+            &f[&format!("pmr.{variant}.logits_proto_audio")],
+            1e-5,
+        );
+        for (n, v) in model.named_params() {
+            let fx = fixture_name(&n);
+            assert_close(
+                &format!("{variant} after {n}"),
+                v.as_tensor(),
+                &f[&format!("pmr.{variant}.after.{fx}")],
+                1e-5,
+            );
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! PMR, prototypical modal rebalance (Fan et al., CVPR 2023): class prototypes of each modality's
+//! feature, prototype logits `-||z_m - c_m,k||`, and a prototype cross-entropy (PCE) on the weaker
+//! modality, weighted by how far it lags. docs/methods/pmr.md has the details.
+
+use crate::{BalanceMethod, EpochCtx, StepCtx};
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+use mmbal_data::Row;
+use mmbal_fusion::ForwardOut;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Deserialize;
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Variant {
+    /// Clipped coefficients and the entropy regulariser (the paper).
+    Paper,
+    /// The released code's hard switch: `alpha * PCE` on the weaker modality only.
+    Code,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Options {
+    variant: Variant,
+    alpha: f64,
+    /// Weight of the entropy regulariser on the dominant modality (paper variant).
+    mu: f64,
+    /// The regulariser applies in epochs `0..entropy_epochs`.
+    entropy_epochs: usize,
+    /// Part of the training set used to compute prototypes (eval mode) before epoch 0 and after
+    /// every epoch.
+    proto_ratio: f64,
+    /// `c = (1 - momentum) new + momentum old`.
+    momentum: f64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            variant: Variant::Paper,
+            alpha: 1.0,
+            mu: 0.01,
+            entropy_epochs: 10,
+            proto_ratio: 0.1,
+            momentum: 0.0,
+        }
+    }
+}
+
+pub struct Pmr {
+    opts: Options,
+    /// Per modality `(K, D)` on the model's device.
+    prototypes: Option<Vec<Tensor>>,
+    coeff_sum: Vec<f64>,
+    rho_sum: Vec<f64>,
+    steps: usize,
+    names: Vec<String>,
+}
+
+/// Prototype logits `-||z - c_k||`: `(B, D)` features and `(K, D)` prototypes to `(B, K)`.
+pub fn prototype_logits(z: &Tensor, protos: &Tensor) -> candle_core::Result<Tensor> {
+    let diff = z.unsqueeze(1)?.broadcast_sub(&protos.unsqueeze(0)?)?;
+    diff.sqr()?.sum(2)?.sqrt()?.neg()
+}
+
+/// PCE coefficients and ratios from the per-modality scores (summed true-class softmax of the
+/// prototype logits). `rho_m` = score over the mean score of the others (two modalities: the
+/// paper's `rho` and `1 / rho`). Paper: `alpha * clip(1 / rho_m - 1, 0, 1)`; code: `alpha` for
+/// modalities with `rho_m < 1`, else 0.
+fn coefficients(scores: &[f64], alpha: f64, variant: Variant) -> (Vec<f64>, Vec<f64>) {
+    let m = scores.len();
+    let total: f64 = scores.iter().sum();
+    let rho: Vec<f64> = scores
+        .iter()
+        .map(|&s| s / ((total - s) / (m - 1).max(1) as f64))
+        .collect();
+    let coeff = rho
+        .iter()
+        .map(|&r| match variant {
+            Variant::Paper => alpha * (1.0 / r - 1.0).clamp(0.0, 1.0),
+            Variant::Code => {
+                if r < 1.0 {
+                    alpha
+                } else {
+                    0.0
+                }
+            }
+        })
+        .collect();
+    (coeff, rho)
+}
+
+impl Pmr {
+    fn update_prototypes(&mut self, ctx: &EpochCtx) -> Result<()> {
+        let mut rows = ctx.train_rows();
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            ctx.seed ^ (ctx.epoch as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D),
+        );
+        rows.shuffle(&mut rng);
+        let n = ((rows.len() as f64 * self.opts.proto_ratio).ceil() as usize)
+            .clamp(1, rows.len().max(1));
+        rows.truncate(n);
+        let c = ctx.forward_all(&rows)?;
+        let classes = ctx.dataset.manifest.classes.len();
+        let dev = ctx.model.device();
+        let mut new = Vec::new();
+        for (m, feats) in c.features.iter().enumerate() {
+            let f = feats.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            let d = f.first().map(|r| r.len()).unwrap_or(0);
+            let mut sums = vec![0f32; classes * d];
+            let mut counts = vec![0usize; classes];
+            for (row, &y) in f.iter().zip(&c.labels) {
+                counts[y as usize] += 1;
+                for (j, v) in row.iter().enumerate() {
+                    sums[y as usize * d + j] += v;
+                }
+            }
+            // A class absent from the sample keeps its previous prototype (zero at first).
+            let old = self
+                .prototypes
+                .as_ref()
+                .map(|p| p[m].to_device(&Device::Cpu)?.to_vec2::<f32>())
+                .transpose()?;
+            let mut proto = Vec::with_capacity(classes * d);
+            for k in 0..classes {
+                for j in 0..d {
+                    let prev = old.as_ref().map(|o| o[k][j]).unwrap_or(0.0);
+                    let v = if counts[k] == 0 {
+                        prev
+                    } else {
+                        let mean = sums[k * d + j] / counts[k] as f32;
+                        let mo = if old.is_some() {
+                            self.opts.momentum as f32
+                        } else {
+                            0.0
+                        };
+                        (1.0 - mo) * mean + mo * prev
+                    };
+                    proto.push(v);
+                }
+            }
+            new.push(Tensor::from_vec(proto, (classes, d), &Device::Cpu)?.to_device(dev)?);
+        }
+        self.prototypes = Some(new);
+        Ok(())
+    }
+}
+
+impl BalanceMethod for Pmr {
+    fn name(&self) -> &'static str {
+        "pmr"
+    }
+
+    fn epoch_plan(&mut self, ctx: &EpochCtx) -> Result<Option<Vec<Row>>> {
+        let m = ctx.model.num_modalities();
+        (self.coeff_sum, self.rho_sum, self.steps) = (vec![0.0; m], vec![0.0; m], 0);
+        self.names = ctx.model.modalities.clone();
+        if self.prototypes.is_none() {
+            self.update_prototypes(ctx)?; // before epoch 0
+        }
+        Ok(None)
+    }
+
+    fn loss(&mut self, ctx: &StepCtx, out: &ForwardOut) -> Result<Tensor> {
+        let Some(protos) = &self.prototypes else {
+            bail!("PMR: prototypes are computed at the start of training (epoch_plan) or restored from a checkpoint");
+        };
+        let m = out.features.len();
+        if m < 2 {
+            bail!("PMR needs at least two modalities");
+        }
+        let labels = ctx.labels;
+        let mut logits = Vec::with_capacity(m);
+        let mut scores = Vec::with_capacity(m);
+        for (z, c) in out.features.iter().zip(protos) {
+            let l = prototype_logits(z, c)?;
+            let p = candle_nn::ops::softmax_last_dim(&l.detach())?;
+            scores.push(
+                p.gather(&labels.unsqueeze(1)?, 1)?
+                    .sum_all()?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?,
+            );
+            logits.push(l);
+        }
+        let (coeff, rho) = coefficients(&scores, self.opts.alpha, self.opts.variant);
+        if self.coeff_sum.len() != m {
+            (self.coeff_sum, self.rho_sum) = (vec![0.0; m], vec![0.0; m]);
+        }
+        for i in 0..m {
+            self.coeff_sum[i] += coeff[i];
+            self.rho_sum[i] += rho[i];
+        }
+        self.steps += 1;
+        let mut loss = candle_nn::loss::cross_entropy(&out.fused_logits, labels)?;
+        for (l, &k) in logits.iter().zip(&coeff) {
+            if k != 0.0 {
+                loss = (loss + (candle_nn::loss::cross_entropy(l, labels)? * k)?)?;
+            }
+        }
+        if self.opts.variant == Variant::Paper
+            && self.opts.mu != 0.0
+            && ctx.epoch < self.opts.entropy_epochs
+        {
+            // Entropy of each dominant modality's prototype prediction (batch mean), maximised
+            // with the weight its lead gives the weak modality's PCE: `alpha * clip(rho - 1, 0, 1)`
+            // (for two modalities, the weak one's coefficient). Matches the reference values.
+            for (l, &r) in logits.iter().zip(&rho) {
+                let weight = self.opts.alpha * (r - 1.0).clamp(0.0, 1.0);
+                if weight > 0.0 {
+                    let logp = candle_nn::ops::log_softmax(l, 1)?;
+                    let entropy = (logp.exp()? * &logp)?.sum(1)?.mean_all()?.neg()?;
+                    loss = (loss - (entropy * (self.opts.mu * weight))?)?;
+                }
+            }
+        }
+        Ok(loss)
+    }
+
+    fn on_epoch_end(&mut self, ctx: &EpochCtx) -> Result<()> {
+        self.update_prototypes(ctx)
+    }
+
+    fn diagnostics(&self) -> Vec<(String, f64)> {
+        let n = self.steps.max(1) as f64;
+        let mut out = Vec::new();
+        for (i, name) in self.names.iter().enumerate() {
+            if let (Some(c), Some(r)) = (self.coeff_sum.get(i), self.rho_sum.get(i)) {
+                out.push((format!("pmr_coeff_{name}"), c / n));
+                out.push((format!("pmr_ratio_{name}"), r / n));
+            }
+        }
+        out
+    }
+
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(self
+            .prototypes
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(m, p)| (format!("prototypes.{m}"), p.clone()))
+            .collect())
+    }
+
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        let mut protos = Vec::new();
+        while let Some(p) = state.get(&format!("prototypes.{}", protos.len())) {
+            protos.push(p.clone());
+        }
+        self.prototypes = (!protos.is_empty()).then_some(protos);
+        Ok(())
+    }
+}
+
+/// Options: `variant` (`paper` | `code`), `alpha` (1.0), `mu` (0.01), `entropy_epochs` (10),
+/// `proto_ratio` (0.1), `momentum` (0.0).
+pub fn build(options: &toml::Table) -> Result<Box<dyn BalanceMethod>> {
+    let opts: Options = crate::parse_options("pmr", options)?;
+    if !(opts.proto_ratio > 0.0 && opts.proto_ratio <= 1.0) {
+        bail!(
+            "pmr: proto_ratio must be in (0, 1], got {}",
+            opts.proto_ratio
+        );
+    }
+    Ok(Box::new(Pmr {
+        opts,
+        prototypes: None,
+        coeff_sum: Vec::new(),
+        rho_sum: Vec::new(),
+        steps: 0,
+        names: Vec::new(),
+    }))
+}
