@@ -57,12 +57,12 @@ fn bench_step(a: &Args) -> Result<()> {
     let bs = cfg.batch_size.min(rows.len());
     let batch = t.dataset.batch(&rows[..bs], Some((cfg.seed, 0, 0)))?;
     for _ in 0..3 {
-        t.train_step(&batch, 0)?; // warm-up: allocations, kernel loading
+        t.train_step(&batch, 0, 0, 1)?; // warm-up: allocations, kernel loading
     }
     t.model.device().synchronize()?;
     let started = Instant::now();
     for _ in 0..a.steps {
-        t.train_step(&batch, 0)?;
+        t.train_step(&batch, 0, 0, 1)?;
     }
     t.model.device().synchronize()?;
     let secs = started.elapsed().as_secs_f64();

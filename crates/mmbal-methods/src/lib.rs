@@ -22,7 +22,8 @@
 //! let keep = Tensor::ones((4, 2), candle_core::DType::F32, &dev).unwrap();
 //! let mut method = build_method("joint", &Default::default()).unwrap();
 //! let out = model.forward(&[x.clone(), x], Some(&keep), true).unwrap();
-//! let ctx = StepCtx { epoch: 0, step: 0, model: &model, labels: &labels, keep: &keep, turn: None };
+//! let ctx = StepCtx { epoch: 0, step: 0, batch: 0, batches: 1, model: &model, labels: &labels,
+//!     keep: &keep, turn: None };
 //! let loss = method.loss(&ctx, &out).unwrap();
 //! let mut grads = Grads { store: loss.backward().unwrap() };
 //! method.edit_gradients(&ctx, &out, &mut grads).unwrap();
@@ -40,7 +41,7 @@ mod sample_level;
 mod valuation_pass;
 pub use collect::{collect_outputs, Collected};
 pub use joint::Joint;
-pub use method::{BalanceMethod, EpochCtx, Grads, StepCtx, StepPlan};
+pub use method::{BalanceMethod, EpochCtx, Grads, StepCtx, StepIndex, StepPlan};
 pub use ogm::ogm_coefficients;
 pub use pmr::prototype_logits;
 pub use registry::{build_method, no_options, parse_options, Builder, METHODS};

@@ -21,11 +21,24 @@ pub enum StepPlan {
     PerModality,
 }
 
+/// Where a training step is: 0-based epoch, global step (batches since the start of training),
+/// batch within the epoch and the epoch's number of batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepIndex {
+    pub epoch: usize,
+    pub step: usize,
+    pub batch: usize,
+    pub batches: usize,
+}
+
 /// What a method sees during a training step.
 pub struct StepCtx<'a> {
     /// 0-based epoch and global step (batches since the start of training).
     pub epoch: usize,
     pub step: usize,
+    /// Batch within the epoch, and the epoch's number of batches.
+    pub batch: usize,
+    pub batches: usize,
     pub model: &'a MultimodalModel,
     /// `(B,)` u32 labels on the model's device.
     pub labels: &'a Tensor,

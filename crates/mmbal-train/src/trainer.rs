@@ -13,7 +13,7 @@ use candle_core::{Device, Tensor};
 use mmbal_data::{batches, shuffle_rows, Batch, Dataset, Manifest, Split};
 use mmbal_fusion::{ForwardOut, MultimodalModel};
 use mmbal_methods::{
-    build_method, collect_outputs, BalanceMethod, EpochCtx, Grads, StepCtx, StepPlan,
+    build_method, collect_outputs, BalanceMethod, EpochCtx, Grads, StepCtx, StepIndex, StepPlan,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -25,7 +25,6 @@ use std::time::Instant;
 /// One training step: a train-mode forward with `keep` masking the features, then for each
 /// backward pass of the method's [`StepPlan`]: the method's loss, backward, the method's gradient
 /// edits and an optimizer step. Returns the summed loss and the forward output.
-#[allow(clippy::too_many_arguments)]
 pub fn train_step(
     model: &MultimodalModel,
     method: &mut dyn BalanceMethod,
@@ -33,8 +32,7 @@ pub fn train_step(
     inputs: &[Tensor],
     labels: &Tensor,
     keep: &Tensor,
-    epoch: usize,
-    step: usize,
+    at: StepIndex,
 ) -> Result<(f64, ForwardOut)> {
     let out = model.forward(inputs, Some(keep), true)?;
     let turns: Vec<Option<usize>> = match method.step_plan() {
@@ -44,8 +42,10 @@ pub fn train_step(
     let mut total = 0.0;
     for turn in turns {
         let ctx = StepCtx {
-            epoch,
-            step,
+            epoch: at.epoch,
+            step: at.step,
+            batch: at.batch,
+            batches: at.batches,
             model,
             labels,
             keep,
@@ -289,12 +289,15 @@ impl Trainer {
         self.epochs_done
     }
 
-    /// One training step on `batch` (see [`train_step`]); returns the summed loss and the
-    /// train-mode predictions (fused, then per modality).
+    /// One training step on `batch`, the `batch_index`-th of `batches` in `epoch` (see
+    /// [`train_step`]); returns the summed loss and the train-mode predictions (fused, then per
+    /// modality).
     pub fn train_step(
         &mut self,
         batch: &Batch,
         epoch: usize,
+        batch_index: usize,
+        batches: usize,
     ) -> Result<(f64, Vec<u32>, Vec<Vec<u32>>)> {
         let (inputs, labels, keep) = to_device(batch, self.model.device())?;
         let (loss, out) = train_step(
@@ -304,8 +307,12 @@ impl Trainer {
             &inputs,
             &labels,
             &keep,
-            epoch,
-            self.step,
+            StepIndex {
+                epoch,
+                step: self.step,
+                batch: batch_index,
+                batches,
+            },
         )?;
         self.step += 1;
         let fused = argmax(
@@ -382,15 +389,18 @@ impl Trainer {
         let (mut loss_sum, mut labels, mut fused) = (0.0, Vec::new(), Vec::new());
         let mut uni: Vec<Vec<u32>> = vec![Vec::new(); self.model.num_modalities()];
         let n_rows = rows.len();
-        for batch in batches(
+        let n_batches = n_rows.div_ceil(bs);
+        for (batch_index, batch) in batches(
             self.dataset.clone(),
             rows,
             bs,
             Some((seed, epoch as u64)),
             prefetch,
-        ) {
+        )
+        .enumerate()
+        {
             let batch = batch?;
-            let (loss, f, u) = self.train_step(&batch, epoch)?;
+            let (loss, f, u) = self.train_step(&batch, epoch, batch_index, n_batches)?;
             let b = batch.rows.len();
             loss_sum += loss * b as f64;
             labels.extend(batch.labels.to_vec1::<u32>()?);

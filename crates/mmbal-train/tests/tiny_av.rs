@@ -6,7 +6,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use mmbal_encoders::{conv2d, max_pool2d, BatchNorm2d, Encoder};
 use mmbal_fusion::{ForwardOut, FusionHead, FusionKind, LinearInit, MultimodalModel};
-use mmbal_methods::{BalanceMethod, Grads, Joint, StepCtx};
+use mmbal_methods::{BalanceMethod, Grads, Joint, StepCtx, StepIndex};
 use mmbal_train::optim::Sgd;
 use mmbal_train::train_step;
 use mmbal_valuation::{value_batch, Benefit, MaskRoute};
@@ -239,8 +239,16 @@ fn joint_step_matches_pytorch() {
         grads: Mutex::new(HashMap::new()),
     };
     let mut sgd = Sgd::new(model.params(), 0.1, 0.9, 1e-4);
-    let (loss, out) =
-        train_step(&model, &mut method, &mut sgd, &inputs, &labels, &keep, 0, 0).unwrap();
+    let (loss, out) = train_step(
+        &model,
+        &mut method,
+        &mut sgd,
+        &inputs,
+        &labels,
+        &keep,
+        StepIndex::default(),
+    )
+    .unwrap();
 
     let want_loss = f["joint.loss"]
         .flatten_all()
@@ -337,8 +345,7 @@ fn ogm_step_matches_pytorch() {
         &inputs,
         &labels,
         &keep,
-        0,
-        0,
+        StepIndex::default(),
     )
     .unwrap();
     for (n, v) in model.named_params() {
@@ -390,6 +397,8 @@ fn ogm_ge_noise_follows_each_gradient_std_and_spares_bn_and_head() {
     let ctx = StepCtx {
         epoch: 0,
         step: 0,
+        batch: 0,
+        batches: 1,
         model: &model,
         labels: &labels,
         keep: &keep,
@@ -472,8 +481,7 @@ fn pmr_steps_match_pytorch() {
             &inputs,
             &labels,
             &keep,
-            0,
-            0,
+            StepIndex::default(),
         )
         .unwrap();
         let want_loss = f[&format!("pmr.{variant}.loss")]
