@@ -6,6 +6,8 @@
 //! * sum: `out = sum_m (f_m W_m^T + b_m)`; `out_m = f_m W_m^T + b_m`.
 //! * FiLM (two modalities): `[gamma, beta] = split(Linear(f_1))`, `out = Linear(gamma * f_2 + beta)`.
 //! * gated (two modalities): `out = Linear(sigmoid(Linear(f_1)) * Linear(f_2))`.
+//! * shared (MLA): one classifier `H` for every modality (equal feature widths);
+//!   `out_m = H(f_m)`, `out = mean_m H(f_m)`.
 //!
 //! FiLM and gated mix the modalities before the classifier, so no slice of the head belongs to
 //! one modality; their unimodal logits are defined as the head run with every other modality's
@@ -24,6 +26,7 @@ pub enum FusionKind {
     Sum,
     Film,
     Gated,
+    Shared,
 }
 
 /// How linear layers start: PyTorch's default (weight and bias uniform in +-1/sqrt(fan_in); the
@@ -129,7 +132,11 @@ impl FusionHead {
         let mut lin = |name: &str, i: usize, o: usize| -> Result<(String, Linear)> {
             Ok((name.to_string(), Linear::new(i, o, init, &mut rng, dev)?))
         };
+        if kind == FusionKind::Shared && dims.iter().any(|&d| d != dims[0]) {
+            bail!("shared fusion needs equal feature widths, got {dims:?}");
+        }
         let layers = match kind {
+            FusionKind::Shared => vec![lin("fc", dims[0], classes)?],
             FusionKind::Concat => vec![lin("fc", dims.iter().sum(), classes)?],
             FusionKind::Sum => dims
                 .iter()
@@ -192,6 +199,13 @@ impl FusionHead {
                 let gate = candle_nn::ops::sigmoid(&l(0).forward(&f[0])?)?;
                 l(2).forward(&(gate * l(1).forward(&f[1])?)?)
             }
+            FusionKind::Shared => {
+                let mut out = l(0).forward(&f[0])?;
+                for x in &f[1..] {
+                    out = (out + l(0).forward(x)?)?;
+                }
+                out / f.len() as f64
+            }
         }
     }
 
@@ -234,6 +248,10 @@ impl FusionHead {
                 .iter()
                 .enumerate()
                 .map(|(m, x)| self.layers[m].1.forward(x))
+                .collect::<Result<_>>()?,
+            FusionKind::Shared => f
+                .iter()
+                .map(|x| self.layers[0].1.forward(x))
                 .collect::<Result<_>>()?,
             FusionKind::Film | FusionKind::Gated => (0..m_count)
                 .map(|m| {

@@ -33,6 +33,7 @@
 mod collect;
 mod joint;
 mod method;
+mod mla;
 mod modality_level;
 mod ogm;
 mod pmr;
@@ -42,6 +43,7 @@ mod valuation_pass;
 pub use collect::{collect_outputs, Collected};
 pub use joint::Joint;
 pub use method::{BalanceMethod, EpochCtx, Grads, StepCtx, StepIndex, StepPlan};
+pub use mla::{entropy_weights, update_projector};
 pub use ogm::ogm_coefficients;
 pub use pmr::prototype_logits;
 pub use registry::{build_method, no_options, parse_options, Builder, METHODS};

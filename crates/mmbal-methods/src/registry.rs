@@ -14,6 +14,7 @@ pub const METHODS: &[(&str, Builder)] = &[
     ("ogm-ge", crate::ogm::build_ge),
     ("ogm", crate::ogm::build_plain),
     ("pmr", crate::pmr::build),
+    ("mla", crate::mla::build),
 ];
 
 /// The method registered as `name`.

@@ -511,3 +511,122 @@ fn pmr_steps_match_pytorch() {
         }
     }
 }
+
+/// A method wrapper that records the head weight gradient before and after the inner method's
+/// edits, per backward pass.
+struct HeadGrads {
+    inner: Box<dyn BalanceMethod>,
+    seen: Vec<(Tensor, Tensor)>,
+}
+
+impl BalanceMethod for HeadGrads {
+    fn name(&self) -> &'static str {
+        "head-grads"
+    }
+    fn step_plan(&self) -> mmbal_methods::StepPlan {
+        self.inner.step_plan()
+    }
+    fn loss(&mut self, ctx: &StepCtx, out: &ForwardOut) -> anyhow::Result<Tensor> {
+        self.inner.loss(ctx, out)
+    }
+    fn edit_gradients(
+        &mut self,
+        ctx: &StepCtx,
+        out: &ForwardOut,
+        grads: &mut Grads,
+    ) -> anyhow::Result<()> {
+        let w = ctx.model.head.params()[0].1.clone();
+        let raw = grads.get(&w).unwrap().clone();
+        self.inner.edit_gradients(ctx, out, grads)?;
+        self.seen.push((raw, grads.get(&w).unwrap().clone()));
+        Ok(())
+    }
+}
+
+#[test]
+fn mla_steps_match_pytorch() {
+    let f = fixtures();
+    let dev = Device::Cpu;
+    let head =
+        FusionHead::new(FusionKind::Shared, &[8, 8], 5, LinearInit::Pytorch, 0, &dev).unwrap();
+    let mut model = MultimodalModel::from_parts(
+        vec!["audio".into(), "visual".into()],
+        vec![Box::new(tiny(&f, "audio")), Box::new(tiny(&f, "visual"))],
+        head,
+        &dev,
+    )
+    .unwrap();
+    for (n, v) in model.head.params() {
+        v.set(&f[&format!("mla.head_init.{}", n.trim_start_matches("fc."))])
+            .unwrap();
+    }
+    let labels = f["label"].to_dtype(DType::U32).unwrap();
+    let keep = Tensor::ones((10, 2), DType::F32, &dev).unwrap();
+    let inputs = [f["input_audio"].clone(), f["input_visual"].clone()];
+    let mut mla = mmbal_methods::build_method("mla", &toml::Table::new()).unwrap();
+    mla.prepare_model(&mut model).unwrap();
+    let mut method = HeadGrads {
+        inner: mla,
+        seen: Vec::new(),
+    };
+    let mut sgd = Sgd::new(model.params(), 0.1, 0.9, 1e-4);
+    let at = StepIndex {
+        epoch: 0,
+        step: 0,
+        batch: 0,
+        batches: 10,
+    };
+    let (loss, _) = train_step(&model, &mut method, &mut sgd, &inputs, &labels, &keep, at).unwrap();
+    let scalar = |k: &str| f[k].flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+    let want = scalar("mla.audio.loss") + scalar("mla.visual.loss");
+    assert!(
+        (loss as f32 - want).abs() < 1e-5,
+        "summed loss {loss} vs {want}"
+    );
+    assert_eq!(method.seen.len(), 2);
+    for (k, name) in ["audio", "visual"].iter().enumerate() {
+        assert_close(
+            &format!("{name} raw head grad"),
+            &method.seen[k].0,
+            &f[&format!("mla.{name}.head_grad_raw")],
+            1e-4,
+        );
+        assert_close(
+            &format!("{name} used head grad"),
+            &method.seen[k].1,
+            &f[&format!("mla.{name}.head_grad_used")],
+            1e-4,
+        );
+    }
+    let state: HashMap<String, Tensor> = method.inner.state().unwrap().into_iter().collect();
+    assert_close(
+        "P after both steps",
+        &state["projector"],
+        &f["mla.visual.P"],
+        1e-5,
+    );
+    assert_close(
+        "head after both steps",
+        model.head.params()[0].1.as_tensor(),
+        &f["mla.visual.head_after.weight"],
+        1e-5,
+    );
+    // Inference after both steps, eval-mode BatchNorm: fixed 0.55 / 0.45 and per-sample entropy weights.
+    let out = model.forward(&inputs, None, false).unwrap();
+    let fixed: toml::Table = toml::from_str("inference = \"fixed\"").unwrap();
+    let mut m = mmbal_methods::build_method("mla", &fixed).unwrap();
+    m.prepare_model(&mut model).unwrap();
+    assert_close(
+        "fixed fusion",
+        &m.predict(&out.fused_logits, &out.unimodal_logits).unwrap(),
+        &f["mla.eval.fixed"],
+        1e-5,
+    );
+    let w = mmbal_methods::entropy_weights(&out.unimodal_logits).unwrap();
+    assert_close("dynamic weights", &w, &f["mla.eval.dynamic_weights"], 1e-5);
+    let dynamic = method
+        .inner
+        .predict(&out.fused_logits, &out.unimodal_logits)
+        .unwrap();
+    assert_close("dynamic fusion", &dynamic, &f["mla.eval.dynamic"], 1e-5);
+}

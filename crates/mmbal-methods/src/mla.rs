@@ -1,0 +1,202 @@
+//! MLA, multimodal learning with alternating unimodal adaptation (Zhang et al., CVPR 2024): one
+//! classifier shared by all modalities, one backward and optimizer step per modality per batch,
+//! the head's weight gradient projected away from directions earlier modalities used, and
+//! entropy-weighted fusion at inference. docs/methods/mla.md has the details.
+
+use crate::{BalanceMethod, Grads, StepCtx, StepPlan};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor};
+use mmbal_fusion::{ForwardOut, FusionKind, MultimodalModel};
+use serde::Deserialize;
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Inference {
+    /// Fixed weights per modality (`fixed_weights`).
+    Fixed,
+    /// Per sample, softmax over modalities of minus the entropy of each modality's prediction.
+    Dynamic,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Options {
+    inference: Inference,
+    /// Weights of `inference = "fixed"`, one per modality (default 0.55 / 0.45 for two, equal
+    /// otherwise).
+    fixed_weights: Option<Vec<f64>>,
+    /// Project the head gradient (the reference code never does, by a parameter-name mismatch).
+    project: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            inference: Inference::Dynamic,
+            fixed_weights: None,
+            project: true,
+        }
+    }
+}
+
+pub struct Mla {
+    opts: Options,
+    /// The projector `(D, D)`, identity at the start, kept for the whole run.
+    p: Option<Tensor>,
+    head_updates: usize,
+    modalities: usize,
+}
+
+/// One projector update with the batch-mean feature `r` `(1, D)`:
+/// `k = P r^T`, `P <- P - k k^T / (alpha + r k)`, `P <- P / ||P||_F`.
+pub fn update_projector(p: &Tensor, r: &Tensor, alpha: f64) -> candle_core::Result<Tensor> {
+    let k = p.matmul(&r.t()?)?; // (D, 1)
+    let denom = (r.matmul(&k)? + alpha)?; // (1, 1)
+    let p = (p - k.matmul(&k.t()?)?.broadcast_div(&denom)?)?;
+    let norm = p.sqr()?.sum_all()?.sqrt()?;
+    p.broadcast_div(&norm)
+}
+
+/// Per-sample fusion weights: softmax over modalities of minus each modality's prediction
+/// entropy. `unimodal[m]` is `(B, C)`; returns `(B, M)`.
+pub fn entropy_weights(unimodal: &[Tensor]) -> candle_core::Result<Tensor> {
+    let neg_entropy: Vec<Tensor> = unimodal
+        .iter()
+        .map(|l| {
+            let logp = candle_nn::ops::log_softmax(l, 1)?;
+            (logp.exp()? * &logp)?.sum_keepdim(1)
+        })
+        .collect::<candle_core::Result<_>>()?;
+    candle_nn::ops::softmax(&Tensor::cat(&neg_entropy, 1)?, 1)
+}
+
+impl Mla {
+    fn fixed_weights(&self) -> Vec<f64> {
+        match &self.opts.fixed_weights {
+            Some(w) => w.clone(),
+            None if self.modalities == 2 => vec![0.55, 0.45],
+            None => vec![1.0 / self.modalities.max(1) as f64; self.modalities],
+        }
+    }
+}
+
+impl BalanceMethod for Mla {
+    fn name(&self) -> &'static str {
+        "mla"
+    }
+
+    fn prepare_model(&mut self, model: &mut MultimodalModel) -> Result<()> {
+        if model.head.kind != FusionKind::Shared {
+            bail!("mla trains one head shared by all modalities: set [model] fusion = \"shared\"");
+        }
+        self.modalities = model.num_modalities();
+        if let Some(w) = &self.opts.fixed_weights {
+            if w.len() != self.modalities {
+                bail!(
+                    "mla: {} fixed_weights for {} modalities",
+                    w.len(),
+                    self.modalities
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn step_plan(&self) -> StepPlan {
+        StepPlan::PerModality
+    }
+
+    /// Cross-entropy of the turn's modality through the shared head as it is now (the head
+    /// already moved in this batch's earlier turns).
+    fn loss(&mut self, ctx: &StepCtx, out: &ForwardOut) -> Result<Tensor> {
+        let m = ctx.turn.context("mla runs one turn per modality")?;
+        let logits = ctx
+            .model
+            .head
+            .forward(&out.features, None)?
+            .unimodal
+            .swap_remove(m);
+        Ok(candle_nn::loss::cross_entropy(&logits, ctx.labels)?)
+    }
+
+    fn edit_gradients(&mut self, ctx: &StepCtx, out: &ForwardOut, grads: &mut Grads) -> Result<()> {
+        let m = ctx.turn.context("mla runs one turn per modality")?;
+        let (_, w) = ctx
+            .model
+            .head
+            .params()
+            .into_iter()
+            .find(|(n, _)| n == "fc.weight")
+            .context("shared head weight")?;
+        let first = self.head_updates == 0;
+        self.head_updates += 1;
+        if !self.opts.project || first {
+            return Ok(());
+        }
+        let d = w.dim(1)?;
+        let p = match self.p.take() {
+            Some(p) => p.to_device(w.device())?,
+            None => Tensor::eye(d, DType::F32, w.device())?,
+        };
+        let r = out.features[m]
+            .detach()
+            .mean_keepdim(0)?
+            .to_dtype(DType::F32)?;
+        let alpha = 0.1f64.powf(1.0 + ctx.batch as f64 / ctx.batches.max(1) as f64);
+        let p = update_projector(&p, &r, alpha)?;
+        if let Some(g) = grads.get(&w).cloned() {
+            grads.set(&w, g.matmul(&p.t()?)?);
+        }
+        self.p = Some(p);
+        Ok(())
+    }
+
+    fn predict(&self, _fused: &Tensor, unimodal: &[Tensor]) -> Result<Tensor> {
+        let weights = match self.opts.inference {
+            Inference::Dynamic => entropy_weights(unimodal)?,
+            Inference::Fixed => {
+                let w: Vec<f32> = self.fixed_weights().iter().map(|&x| x as f32).collect();
+                let b = unimodal[0].dim(0)?;
+                Tensor::new(w.as_slice(), unimodal[0].device())?
+                    .reshape((1, w.len()))?
+                    .broadcast_as((b, w.len()))?
+                    .contiguous()?
+            }
+        };
+        let mut out = unimodal[0].broadcast_mul(&weights.narrow(1, 0, 1)?)?;
+        for (m, u) in unimodal.iter().enumerate().skip(1) {
+            out = (out + u.broadcast_mul(&weights.narrow(1, m, 1)?)?)?;
+        }
+        Ok(out)
+    }
+
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut s = vec![(
+            "head_updates".to_string(),
+            Tensor::new(&[self.head_updates as f32], &candle_core::Device::Cpu)?,
+        )];
+        if let Some(p) = &self.p {
+            s.push(("projector".into(), p.clone()));
+        }
+        Ok(s)
+    }
+
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        if let Some(t) = state.get("head_updates") {
+            self.head_updates = t.flatten_all()?.to_vec1::<f32>()?[0] as usize;
+        }
+        self.p = state.get("projector").cloned();
+        Ok(())
+    }
+}
+
+/// Options: `inference` (`dynamic` | `fixed`), `fixed_weights`, `project` (true).
+pub fn build(options: &toml::Table) -> Result<Box<dyn BalanceMethod>> {
+    Ok(Box::new(Mla {
+        opts: crate::parse_options("mla", options)?,
+        p: None,
+        head_updates: 0,
+        modalities: 0,
+    }))
+}
