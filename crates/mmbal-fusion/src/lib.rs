@@ -23,6 +23,8 @@
 //! ```
 
 mod head;
+mod mmtm;
 mod model;
 pub use head::{FusionHead, FusionKind, HeadOut, Linear, LinearInit};
+pub use mmtm::{Mmtm, MmtmMixer};
 pub use model::{EncoderSpec, ForwardOut, MultimodalModel, ParamGroup, StageMixer};

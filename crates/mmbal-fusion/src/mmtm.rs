@@ -1,0 +1,161 @@
+//! MMTM, the multimodal transfer module (Vaezi Joze et al., CVPR 2020), between encoder stages of
+//! two streams: squeeze each stream's map by its global mean (over frames and space), a shared
+//! `Linear(C_a + C_b -> (C_a + C_b) / 2)` + ReLU, a per-stream `Linear` + sigmoid excitation, and a
+//! channel-wise scaling of each stream (no factor 2, as in the reference). Greedy's curation
+//! replaces one stream's excitation by its running mean.
+
+use crate::head::{Linear, LinearInit};
+use crate::model::StageMixer;
+use candle_core::{bail, Device, Result, Tensor, Var};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::sync::Mutex;
+
+/// One MMTM block for two streams of `ca` and `cb` channels.
+pub struct Mmtm {
+    pub squeeze: Linear,
+    pub excite: [Linear; 2],
+    /// Running means of each stream's excitation (momentum 0.1, training forwards only) and the
+    /// stream whose excitation is replaced by it (curation), if any.
+    state: Mutex<MmtmState>,
+}
+
+struct MmtmState {
+    running: [Option<Tensor>; 2],
+    curated: Option<usize>,
+}
+
+/// Per-sample global mean of a folded map `(B * T, C, H, W)` -> `(B, C)`.
+fn squeeze(map: &Tensor, frames: usize) -> Result<Tensor> {
+    let (bt, c, _, _) = map.dims4()?;
+    map.mean(3)?
+        .mean(2)?
+        .reshape((bt / frames, frames, c))?
+        .mean(1)
+}
+
+/// Channel-wise scaling of a folded map by a per-sample excitation `(B, C)`.
+fn excite(map: &Tensor, e: &Tensor, frames: usize) -> Result<Tensor> {
+    let (b, c) = e.dims2()?;
+    let e = e
+        .unsqueeze(1)?
+        .broadcast_as((b, frames, c))?
+        .reshape((b * frames, c, 1, 1))?;
+    map.broadcast_mul(&e)
+}
+
+impl Mmtm {
+    pub fn new(ca: usize, cb: usize, init: LinearInit, seed: u64, dev: &Device) -> Result<Mmtm> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let cz = (ca + cb) / 2;
+        Ok(Mmtm {
+            squeeze: Linear::new(ca + cb, cz, init, &mut rng, dev)?,
+            excite: [
+                Linear::new(cz, ca, init, &mut rng, dev)?,
+                Linear::new(cz, cb, init, &mut rng, dev)?,
+            ],
+            state: Mutex::new(MmtmState {
+                running: [None, None],
+                curated: None,
+            }),
+        })
+    }
+
+    /// Replace stream `m`'s excitation by its running mean (`None`: normal operation).
+    pub fn set_curation(&self, stream: Option<usize>) {
+        self.state.lock().unwrap().curated = stream;
+    }
+
+    /// The excitations `(B, C_a)`, `(B, C_b)` of two maps.
+    pub fn excitations(&self, a: &Tensor, b: &Tensor, frames: [usize; 2]) -> Result<[Tensor; 2]> {
+        let s = Tensor::cat(&[squeeze(a, frames[0])?, squeeze(b, frames[1])?], 1)?;
+        let z = self.squeeze.forward(&s)?.relu()?;
+        Ok([
+            candle_nn::ops::sigmoid(&self.excite[0].forward(&z)?)?,
+            candle_nn::ops::sigmoid(&self.excite[1].forward(&z)?)?,
+        ])
+    }
+
+    /// Both streams rescaled. In training, running means of the excitations are updated unless
+    /// curating; a curated stream uses its running mean (a constant) instead.
+    pub fn forward(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        frames: [usize; 2],
+        train: bool,
+    ) -> Result<[Tensor; 2]> {
+        let mut e = self.excitations(a, b, frames)?;
+        let mut st = self.state.lock().unwrap();
+        match st.curated {
+            Some(m) => {
+                let Some(mean) = st.running[m].clone() else {
+                    bail!("MMTM curation of stream {m} before any running mean exists")
+                };
+                let rows = e[m].dim(0)?;
+                e[m] = mean.broadcast_as((rows, mean.dim(1)?))?.contiguous()?;
+            }
+            None if train => {
+                for (m, em) in e.iter().enumerate() {
+                    let batch_mean = em.detach().mean_keepdim(0)?;
+                    st.running[m] = Some(match st.running[m].take() {
+                        None => batch_mean,
+                        Some(r) => ((r * 0.9)? + (batch_mean * 0.1)?)?,
+                    });
+                }
+            }
+            None => {}
+        }
+        Ok([excite(a, &e[0], frames[0])?, excite(b, &e[1], frames[1])?])
+    }
+
+    pub fn params(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        for (name, l) in [
+            ("squeeze", &self.squeeze),
+            ("excite_a", &self.excite[0]),
+            ("excite_b", &self.excite[1]),
+        ] {
+            out.push((format!("{name}.weight"), l.weight.clone()));
+            out.push((format!("{name}.bias"), l.bias.clone()));
+        }
+        out
+    }
+}
+
+/// MMTM blocks after chosen stages of two encoders (Greedy: after layers 2, 3 and 4).
+pub struct MmtmMixer {
+    pub blocks: Vec<(usize, Mmtm)>,
+}
+
+impl StageMixer for MmtmMixer {
+    fn after_stages(&self) -> Vec<usize> {
+        self.blocks.iter().map(|(s, _)| *s).collect()
+    }
+    fn mix(
+        &self,
+        stage: usize,
+        maps: &[Tensor],
+        frames: &[usize],
+        train: bool,
+    ) -> Result<Vec<Tensor>> {
+        if maps.len() != 2 {
+            bail!("MMTM joins exactly two streams, got {}", maps.len());
+        }
+        let Some((_, block)) = self.blocks.iter().find(|(s, _)| *s == stage) else {
+            return Ok(maps.to_vec());
+        };
+        let [a, b] = block.forward(&maps[0], &maps[1], [frames[0], frames[1]], train)?;
+        Ok(vec![a, b])
+    }
+    fn params(&self) -> Vec<(String, Var)> {
+        self.blocks
+            .iter()
+            .flat_map(|(s, b)| {
+                b.params()
+                    .into_iter()
+                    .map(move |(n, v)| (format!("stage{s}.{n}"), v))
+            })
+            .collect()
+    }
+}
