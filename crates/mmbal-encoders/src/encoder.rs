@@ -10,6 +10,8 @@ pub trait Encoder: Send + Sync {
     fn out_dim(&self) -> usize;
     /// Number of stages (ResNet-18: stem, layer1..layer4 = 5).
     fn num_stages(&self) -> usize;
+    /// Channels of stage `i`'s output map (what a block between stages is built for).
+    fn stage_channels(&self, i: usize) -> usize;
     /// Runs stage `i` on the output of stage `i - 1` (stage 0 takes the folded input).
     fn stage(&self, i: usize, x: &Tensor, train: bool) -> Result<Tensor>;
     /// Trainable parameters with stable (torchvision-style) names.

@@ -162,6 +162,16 @@ impl Encoder for ResNet18 {
     fn num_stages(&self) -> usize {
         5
     }
+    fn stage_channels(&self, i: usize) -> usize {
+        match i {
+            0 => self.conv1.dim(0).unwrap_or(0),
+            _ => self.blocks[(2 * i).min(self.blocks.len()) - 1]
+                .1
+                .conv2
+                .dim(0)
+                .unwrap_or(0),
+        }
+    }
     /// Stage 0 is the stem (7x7/2 conv, BN, ReLU, 3x3/2 max-pool); stages 1-4 are layer1-layer4.
     fn stage(&self, i: usize, x: &Tensor, train: bool) -> Result<Tensor> {
         if i == 0 {

@@ -35,6 +35,9 @@ impl Encoder for SmallCnn {
     fn num_stages(&self) -> usize {
         3
     }
+    fn stage_channels(&self, i: usize) -> usize {
+        self.convs[i.min(2)].0.dim(0).unwrap_or(0)
+    }
     fn stage(&self, i: usize, x: &Tensor, train: bool) -> Result<Tensor> {
         let Some((w, b, bn)) = self.convs.get(i) else {
             bail!("SmallCnn has 3 stages, asked for stage {i}")

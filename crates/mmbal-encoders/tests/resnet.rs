@@ -6,6 +6,8 @@ fn resnet18_shapes_params_and_gradients() {
     let dev = Device::Cpu;
     let net = ResNet18::new(3, 0.125, 1, &dev).unwrap();
     assert_eq!(net.out_channels(), 64);
+    let widths: Vec<usize> = (0..5).map(|i| net.stage_channels(i)).collect();
+    assert_eq!(widths, vec![8, 8, 16, 32, 64]);
     let p = net.params();
     // torchvision ResNet-18 without fc: 20 convs (incl. 3 downsample) and 20 BNs = 60 tensors.
     assert_eq!(p.len(), 60);

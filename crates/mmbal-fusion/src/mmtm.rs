@@ -88,7 +88,8 @@ impl Mmtm {
         let mut e = self.excitations(a, b, frames)?;
         let mut st = self.state.lock().unwrap();
         match st.curated {
-            Some(m) => {
+            // Curation is a training device; evaluation always uses the live excitations.
+            Some(m) if train => {
                 let Some(mean) = st.running[m].clone() else {
                     bail!("MMTM curation of stream {m} before any running mean exists")
                 };
@@ -104,9 +105,29 @@ impl Mmtm {
                     });
                 }
             }
-            None => {}
+            _ => {}
         }
         Ok([excite(a, &e[0], frames[0])?, excite(b, &e[1], frames[1])?])
+    }
+
+    /// Running means of the excitations, once they exist (`running_a`, `running_b`).
+    pub fn buffers(&self) -> Vec<(String, Tensor)> {
+        let st = self.state.lock().unwrap();
+        ["running_a", "running_b"]
+            .iter()
+            .zip(st.running.iter())
+            .filter_map(|(n, t)| t.clone().map(|t| (n.to_string(), t)))
+            .collect()
+    }
+
+    pub fn set_buffer(&self, name: &str, value: Tensor) -> Result<()> {
+        let m = match name {
+            "running_a" => 0,
+            "running_b" => 1,
+            _ => bail!("MMTM has no buffer `{name}`"),
+        };
+        self.state.lock().unwrap().running[m] = Some(value);
+        Ok(())
     }
 
     pub fn params(&self) -> Vec<(String, Var)> {
@@ -124,8 +145,10 @@ impl Mmtm {
 }
 
 /// MMTM blocks after chosen stages of two encoders (Greedy: after layers 2, 3 and 4).
+/// The blocks are shared (`Arc`) so that a method can steer them (curation) and read their
+/// parameters by role while the model owns the mixer.
 pub struct MmtmMixer {
-    pub blocks: Vec<(usize, Mmtm)>,
+    pub blocks: std::sync::Arc<Vec<(usize, Mmtm)>>,
 }
 
 impl StageMixer for MmtmMixer {
@@ -157,5 +180,23 @@ impl StageMixer for MmtmMixer {
                     .map(move |(n, v)| (format!("stage{s}.{n}"), v))
             })
             .collect()
+    }
+    fn buffers(&self) -> Vec<(String, Tensor)> {
+        self.blocks
+            .iter()
+            .flat_map(|(s, b)| {
+                b.buffers()
+                    .into_iter()
+                    .map(move |(n, t)| (format!("stage{s}.{n}"), t))
+            })
+            .collect()
+    }
+    fn set_buffer(&self, name: &str, value: Tensor) -> Result<()> {
+        for (s, b) in self.blocks.iter() {
+            if let Some(rest) = name.strip_prefix(&format!("stage{s}.")) {
+                return b.set_buffer(rest, value);
+            }
+        }
+        bail!("MMTM mixer has no buffer `{name}`")
     }
 }

@@ -42,6 +42,13 @@ pub trait StageMixer: Send + Sync {
         train: bool,
     ) -> Result<Vec<Tensor>>;
     fn params(&self) -> Vec<(String, Var)>;
+    /// Non-trainable state kept in checkpoints (running means).
+    fn buffers(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+    fn set_buffer(&self, name: &str, _value: Tensor) -> Result<()> {
+        bail!("this mixer has no buffer `{name}`")
+    }
 }
 
 /// What one forward pass gives a method.
@@ -292,7 +299,8 @@ impl MultimodalModel {
         }
     }
 
-    /// BatchNorm running statistics: `encoders.<modality>.<name>`.
+    /// BatchNorm running statistics (`encoders.<modality>.<name>`) and mixer state
+    /// (`mixer.<name>`).
     pub fn buffers(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         for (m, e) in self.encoders.iter().enumerate() {
@@ -300,10 +308,18 @@ impl MultimodalModel {
                 out.push((format!("encoders.{}.{n}", self.modalities[m]), t));
             }
         }
+        if let Some(mx) = &self.mixer {
+            for (n, t) in mx.buffers() {
+                out.push((format!("mixer.{n}"), t));
+            }
+        }
         out
     }
 
     pub fn set_buffer(&self, name: &str, value: Tensor) -> Result<()> {
+        if let (Some(rest), Some(mx)) = (name.strip_prefix("mixer."), &self.mixer) {
+            return mx.set_buffer(rest, value);
+        }
         for (m, e) in self.encoders.iter().enumerate() {
             if let Some(rest) = name.strip_prefix(&format!("encoders.{}.", self.modalities[m])) {
                 return e.set_buffer(rest, value);

@@ -31,6 +31,7 @@
 //! ```
 
 mod collect;
+mod greedy;
 mod joint;
 mod method;
 mod mla;

@@ -15,6 +15,7 @@ pub const METHODS: &[(&str, Builder)] = &[
     ("ogm", crate::ogm::build_plain),
     ("pmr", crate::pmr::build),
     ("mla", crate::mla::build),
+    ("greedy", crate::greedy::build),
 ];
 
 /// The method registered as `name`.

@@ -242,11 +242,14 @@ impl Trainer {
         }
         let bufs = ck.section("buffer");
         for (name, _) in self.model.buffers() {
-            let t = bufs
-                .get(&name)
-                .with_context(|| format!("no buffer `{name}`"))?;
+            if !bufs.contains_key(&name) {
+                bail!("no buffer `{name}`");
+            }
+        }
+        // Every saved buffer, also those a fresh model does not have yet (MMTM running means).
+        for (name, t) in &bufs {
             self.model
-                .set_buffer(&name, t.to_device(self.model.device())?)?;
+                .set_buffer(name, t.to_device(self.model.device())?)?;
         }
         self.optimizer.load_state(&ck.section("optim"))?;
         self.method.load_state(&ck.section("method"))?;

@@ -29,6 +29,9 @@ impl Encoder for Tiny {
     fn num_stages(&self) -> usize {
         1
     }
+    fn stage_channels(&self, _i: usize) -> usize {
+        8
+    }
     fn stage(&self, _i: usize, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let y = self
             .bn1

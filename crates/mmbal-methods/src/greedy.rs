@@ -1,0 +1,238 @@
+//! Greedy, balanced multimodal learning by conditional learning speed (Wu et al., ICML 2022):
+//! two branches with their own classifiers, MMTM blocks between encoder stages, and curation
+//! steps that cut one branch off the other's information when its conditional learning speed
+//! runs ahead. docs/methods/greedy.md has the details.
+
+use crate::{BalanceMethod, EpochCtx, Grads, StepCtx};
+use anyhow::{bail, Result};
+use candle_core::{Tensor, Var};
+use mmbal_data::Row;
+use mmbal_fusion::{FusionKind, LinearInit, Mmtm, MmtmMixer, MultimodalModel, ParamGroup};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Options {
+    /// Encoder stages after which an MMTM block sits (ResNet-18: 2, 3, 4 = after layer2..4).
+    mmtm_after: Vec<usize>,
+    /// Curation window Q (steps), threshold epsilon on |d|, first epoch with curation (0-based).
+    window: usize,
+    epsilon: f64,
+    start_epoch: usize,
+    seed: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            mmtm_after: vec![2, 3, 4],
+            window: 5,
+            epsilon: 0.01,
+            start_epoch: 2,
+            seed: 0,
+        }
+    }
+}
+
+pub struct Greedy {
+    opts: Options,
+    blocks: Option<Arc<Vec<(usize, Mmtm)>>>,
+    /// Accumulated speeds: bypass (MMTM parameters feeding branch m) and main (branch m's own).
+    /// f32, so that checkpoints (f32 tensors) restore them exactly.
+    bypass: [f32; 2],
+    main: [f32; 2],
+    /// Branch under curation and steps left.
+    curating: Option<(usize, usize)>,
+    curation_steps: usize,
+    last_d: f64,
+}
+
+/// `sum over tensors of ||grad||^2 / ||theta||^2` for the vars that have a gradient.
+fn speed(vars: &[Var], grads: &Grads) -> Result<f64> {
+    let mut total = 0.0;
+    for v in vars {
+        let Some(g) = grads.get(v) else { continue };
+        let g2 = g
+            .sqr()?
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
+        let t2 = v
+            .as_tensor()
+            .sqr()?
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
+        if t2 > 0.0 {
+            total += g2 / t2;
+        }
+    }
+    Ok(total)
+}
+
+impl Greedy {
+    fn set_curation(&self, branch: Option<usize>) {
+        if let Some(blocks) = &self.blocks {
+            for (_, b) in blocks.iter() {
+                b.set_curation(branch);
+            }
+        }
+    }
+}
+
+impl BalanceMethod for Greedy {
+    fn name(&self) -> &'static str {
+        "greedy"
+    }
+
+    fn prepare_model(&mut self, model: &mut MultimodalModel) -> Result<()> {
+        if model.num_modalities() != 2 {
+            bail!("greedy is defined for two modalities (MMTM joins two streams)");
+        }
+        if model.head.kind != FusionKind::Sum {
+            bail!("greedy gives each branch its own classifier: set [model] fusion = \"sum\"");
+        }
+        let mut blocks = Vec::new();
+        for (k, &s) in self.opts.mmtm_after.iter().enumerate() {
+            let (a, b) = (model.encoder(0), model.encoder(1));
+            if s >= a.num_stages() || s >= b.num_stages() {
+                bail!("greedy: no encoder stage {s} to put an MMTM block after");
+            }
+            let dev = model.device().clone();
+            let block = Mmtm::new(
+                a.stage_channels(s),
+                b.stage_channels(s),
+                LinearInit::Pytorch,
+                self.opts.seed + k as u64,
+                &dev,
+            )?;
+            blocks.push((s, block));
+        }
+        let blocks = Arc::new(blocks);
+        model.set_mixer(Box::new(MmtmMixer {
+            blocks: blocks.clone(),
+        }));
+        self.blocks = Some(blocks);
+        Ok(())
+    }
+
+    fn epoch_plan(&mut self, _ctx: &EpochCtx) -> Result<Option<Vec<Row>>> {
+        self.curation_steps = 0;
+        Ok(None)
+    }
+
+    /// Sum of the branches' cross-entropies.
+    fn loss(&mut self, ctx: &StepCtx, out: &mmbal_fusion::ForwardOut) -> Result<Tensor> {
+        let mut loss = candle_nn::loss::cross_entropy(&out.unimodal_logits[0], ctx.labels)?;
+        loss = (loss + candle_nn::loss::cross_entropy(&out.unimodal_logits[1], ctx.labels)?)?;
+        Ok(loss)
+    }
+
+    fn edit_gradients(
+        &mut self,
+        ctx: &StepCtx,
+        _out: &mmbal_fusion::ForwardOut,
+        grads: &mut Grads,
+    ) -> Result<()> {
+        // This step ran curated: count it down, no accumulation.
+        if let Some((branch, left)) = self.curating {
+            self.curation_steps += 1;
+            self.curating = (left > 1).then_some((branch, left - 1));
+            if self.curating.is_none() {
+                self.set_curation(None);
+            }
+            return Ok(());
+        }
+        let Some(blocks) = &self.blocks else {
+            bail!("greedy: prepare_model was not called");
+        };
+        let head = ctx.model.head.params();
+        for m in 0..2 {
+            let mut bypass_vars = Vec::new();
+            for (_, b) in blocks.iter() {
+                bypass_vars.extend([b.squeeze.weight.clone(), b.squeeze.bias.clone()]);
+                bypass_vars.extend([b.excite[m].weight.clone(), b.excite[m].bias.clone()]);
+            }
+            let mut main_vars = ctx.model.group(ParamGroup::Encoder(m));
+            main_vars.extend(
+                head.iter()
+                    .filter(|(n, _)| n.starts_with(&format!("fc.{m}.")))
+                    .map(|(_, v)| v.clone()),
+            );
+            self.bypass[m] += speed(&bypass_vars, grads)? as f32;
+            self.main[m] += speed(&main_vars, grads)? as f32;
+        }
+        let s: Vec<f64> = (0..2)
+            .map(|m| (self.bypass[m] as f64 / (self.main[m] as f64).max(1e-30)).log10())
+            .collect();
+        self.last_d = s[0] - s[1];
+        if ctx.epoch >= self.opts.start_epoch
+            && self.last_d.abs() > self.opts.epsilon
+            && self.opts.window > 0
+        {
+            let branch = if self.last_d > 0.0 { 0 } else { 1 };
+            self.curating = Some((branch, self.opts.window));
+            self.set_curation(Some(branch));
+        }
+        Ok(())
+    }
+
+    /// The mean of the two branches' logits.
+    fn predict(&self, _fused: &Tensor, unimodal: &[Tensor]) -> Result<Tensor> {
+        Ok(((&unimodal[0] + &unimodal[1])? / 2.0)?)
+    }
+
+    fn diagnostics(&self) -> Vec<(String, f64)> {
+        vec![
+            ("greedy_speed_gap_d".into(), self.last_d),
+            ("greedy_bypass_speed_0".into(), self.bypass[0] as f64),
+            ("greedy_bypass_speed_1".into(), self.bypass[1] as f64),
+            ("greedy_main_speed_0".into(), self.main[0] as f64),
+            ("greedy_main_speed_1".into(), self.main[1] as f64),
+            ("greedy_curation_steps".into(), self.curation_steps as f64),
+        ]
+    }
+
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        let (branch, left) = self
+            .curating
+            .map(|(b, l)| (b as f32, l as f32))
+            .unwrap_or((-1.0, 0.0));
+        let v = [self.bypass[0], self.bypass[1], self.main[0], self.main[1]];
+        Ok(vec![
+            ("speeds".into(), Tensor::new(&v, &candle_core::Device::Cpu)?),
+            (
+                "curation".into(),
+                Tensor::new(&[branch, left], &candle_core::Device::Cpu)?,
+            ),
+        ])
+    }
+
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        if let Some(t) = state.get("speeds") {
+            let v = t.to_vec1::<f32>()?;
+            (self.bypass, self.main) = ([v[0], v[1]], [v[2], v[3]]);
+        }
+        if let Some(t) = state.get("curation") {
+            let v = t.to_vec1::<f32>()?;
+            self.curating = (v[0] >= 0.0).then_some((v[0] as usize, v[1] as usize));
+            self.set_curation(self.curating.map(|(b, _)| b));
+        }
+        Ok(())
+    }
+}
+
+/// Options: `mmtm_after` ([2, 3, 4]), `window` (5), `epsilon` (0.01), `start_epoch` (2), `seed` (0).
+pub fn build(options: &toml::Table) -> Result<Box<dyn BalanceMethod>> {
+    Ok(Box::new(Greedy {
+        opts: crate::parse_options("greedy", options)?,
+        blocks: None,
+        bypass: [0.0; 2],
+        main: [0.0; 2],
+        curating: None,
+        curation_steps: 0,
+        last_d: 0.0,
+    }))
+}
