@@ -99,6 +99,10 @@ pub struct EpochRecord {
     pub val: Option<SplitMetrics>,
     pub test: Option<SplitMetrics>,
     pub method: BTreeMap<String, f64>,
+    /// OGM's discrepancy ratio for every method: each modality's summed true-class probability
+    /// (its unimodal logits, training batches) over the mean of the other modalities'.
+    #[serde(default)]
+    pub score_ratio: BTreeMap<String, f64>,
     pub train_seconds: f64,
     pub train_samples_per_s: f64,
 }
@@ -135,6 +139,8 @@ pub struct Trainer {
     best: Option<EpochRecord>,
     last: Option<EpochRecord>,
     run_dir: PathBuf,
+    /// Per-modality scores of the last training step.
+    last_scores: Vec<f64>,
 }
 
 fn to_device(batch: &Batch, dev: &Device) -> Result<(Vec<Tensor>, Tensor, Tensor)> {
@@ -206,6 +212,7 @@ impl Trainer {
             best: None,
             last: None,
             run_dir,
+            last_scores: Vec::new(),
         })
     }
 
@@ -328,6 +335,14 @@ impl Trainer {
             .iter()
             .map(argmax)
             .collect::<Result<_>>()?;
+        // Summed true-class probability of each modality's logits (OGM's score), for the log.
+        let mut scores = Vec::with_capacity(out.unimodal_logits.len());
+        for l in &out.unimodal_logits {
+            let p = candle_nn::ops::softmax_last_dim(&l.detach())?;
+            let s = p.gather(&labels.unsqueeze(1)?, 1)?.sum_all()?;
+            scores.push(s.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?);
+        }
+        self.last_scores = scores;
         Ok((loss, fused, uni))
     }
 
@@ -391,6 +406,7 @@ impl Trainer {
         let started = Instant::now();
         let (mut loss_sum, mut labels, mut fused) = (0.0, Vec::new(), Vec::new());
         let mut uni: Vec<Vec<u32>> = vec![Vec::new(); self.model.num_modalities()];
+        let mut score_sum = vec![0.0; self.model.num_modalities()];
         let n_rows = rows.len();
         let n_batches = n_rows.div_ceil(bs);
         for (batch_index, batch) in batches(
@@ -410,6 +426,9 @@ impl Trainer {
             fused.extend(f);
             for (acc, p) in uni.iter_mut().zip(u) {
                 acc.extend(p);
+            }
+            for (acc, s) in score_sum.iter_mut().zip(&self.last_scores) {
+                *acc += s;
             }
             events.batch_end(loss);
         }
@@ -444,6 +463,16 @@ impl Trainer {
             val,
             test,
             method: self.method.diagnostics().into_iter().collect(),
+            score_ratio: {
+                let total: f64 = score_sum.iter().sum();
+                let others = (score_sum.len().max(2) - 1) as f64;
+                self.model
+                    .modalities
+                    .iter()
+                    .zip(&score_sum)
+                    .map(|(m, &s)| (m.clone(), s / ((total - s) / others)))
+                    .collect()
+            },
             train_seconds,
             train_samples_per_s: n_rows as f64 / train_seconds.max(1e-9),
         })

@@ -212,3 +212,82 @@ fn each_resampling_method_runs_two_epochs_and_valuate_writes_npy() {
     assert!(!o.status.success() && text(&o).contains("expected features or inputs"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Every registered method trains two epochs on real GRID clips through the command line:
+/// `mmbal preprocess`, then `mmbal train` with configs/grid.toml and the method's settings.
+#[test]
+fn every_method_trains_two_epochs_on_grid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let Ok(shared) = std::env::var("MMBAL_SHARED_DATA").map(|p| root.join(p)) else {
+        eprintln!("MMBAL_SHARED_DATA is not set: GRID runs of every method not made");
+        return;
+    };
+    if !shared.join("grid-s1").is_dir() {
+        eprintln!(
+            "{}/grid-s1 is missing: GRID runs of every method not made",
+            shared.display()
+        );
+        return;
+    }
+    let dir = tmp("grid-methods");
+    let grid = shared.join("grid-s1");
+    let o = mmbal(
+        &dir,
+        &[
+            "preprocess",
+            "--input",
+            grid.to_str().unwrap(),
+            "--output",
+            "data",
+            "--fps",
+            "25",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let base = std::fs::read_to_string(root.join("configs/grid.toml")).unwrap();
+    let card = root.join("datasets/grid-s1");
+    let base = base
+        .replace("epochs = 10", "epochs = 2")
+        .replace(
+            "card = \"datasets/grid-s1\"",
+            &format!("card = \"{}\"\ncache_path = \"grid.mmbc\"", card.display()),
+        )
+        .replace("root = \"data/grid-s1\"", "root = \"data\"");
+    let methods: [(&str, &str, &str); 8] = [
+        ("joint", "concat", ""),
+        ("sample-level", "concat", "warmup = 1\n"),
+        ("modality-level", "concat", "warmup = 1\n"),
+        ("ogm-ge", "concat", ""),
+        ("ogm", "concat", ""),
+        ("pmr", "concat", ""),
+        ("mla", "shared", ""),
+        ("greedy", "sum", "start_epoch = 0\n"),
+    ];
+    assert_eq!(
+        methods.len(),
+        mmbal_methods::METHODS.len(),
+        "a method is missing here"
+    );
+    for (method, fusion, options) in methods {
+        let cfg = base.replace("name = \"grid-joint\"", &format!("name = \"{method}\""));
+        let cfg = format!(
+            "{cfg}\n[model]\nfusion = \"{fusion}\"\n\n[method]\nname = \"{method}\"\n{options}"
+        );
+        std::fs::write(dir.join(format!("{method}.toml")), cfg).unwrap();
+        let o = mmbal(
+            &dir,
+            &["train", "--config", &format!("{method}.toml"), "--quiet"],
+        );
+        let out = text(&o);
+        assert!(o.status.success(), "{method}: {out}");
+        let log =
+            std::fs::read_to_string(dir.join(format!("runs/{method}/metrics.jsonl"))).unwrap();
+        assert_eq!(log.lines().count(), 2, "{method}");
+        let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+        assert!(
+            last["score_ratio"]["audio"].as_f64().unwrap().is_finite(),
+            "{method}: {log}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
