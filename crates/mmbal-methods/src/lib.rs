@@ -47,5 +47,5 @@ pub use method::{BalanceMethod, EpochCtx, Grads, StepCtx, StepIndex, StepPlan};
 pub use mla::{entropy_weights, update_projector};
 pub use ogm::ogm_coefficients;
 pub use pmr::prototype_logits;
-pub use registry::{build_method, no_options, parse_options, Builder, METHODS};
+pub use registry::{build_method, no_options, parse_options, register, Builder, METHODS};
 pub use valuation_pass::{valuation_pass, ValuationOptions};

@@ -2,6 +2,7 @@
 
 use crate::BalanceMethod;
 use anyhow::{bail, Result};
+use std::sync::Mutex;
 
 /// Builds a method from its options (the `[method]` table of a config, without `name`).
 pub type Builder = fn(&toml::Table) -> Result<Box<dyn BalanceMethod>>;
@@ -18,18 +19,33 @@ pub const METHODS: &[(&str, Builder)] = &[
     ("greedy", crate::greedy::build),
 ];
 
-/// The method registered as `name`.
+/// Methods registered at run time by code outside this crate ([`register`]).
+static EXTRA: Mutex<Vec<(String, Builder)>> = Mutex::new(Vec::new());
+
+/// Registers a method defined outside this crate under `name`, so configs can name it. A name
+/// already taken (built in or registered) is an error.
+pub fn register(name: &str, build: Builder) -> Result<()> {
+    let mut extra = EXTRA.lock().unwrap();
+    if METHODS.iter().any(|(n, _)| *n == name) || extra.iter().any(|(n, _)| n == name) {
+        bail!("a method named `{name}` is already registered");
+    }
+    extra.push((name.to_string(), build));
+    Ok(())
+}
+
+/// The method registered as `name` (built in, then registered at run time).
 pub fn build_method(name: &str, options: &toml::Table) -> Result<Box<dyn BalanceMethod>> {
-    match METHODS.iter().find(|(n, _)| *n == name) {
+    if let Some((_, build)) = METHODS.iter().find(|(n, _)| *n == name) {
+        return build(options);
+    }
+    let extra = EXTRA.lock().unwrap();
+    match extra.iter().find(|(n, _)| n == name) {
         Some((_, build)) => build(options),
-        None => bail!(
-            "unknown method `{name}`; known: {}",
-            METHODS
-                .iter()
-                .map(|(n, _)| *n)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        None => {
+            let mut known: Vec<String> = METHODS.iter().map(|(n, _)| n.to_string()).collect();
+            known.extend(extra.iter().map(|(n, _)| n.clone()));
+            bail!("unknown method `{name}`; known: {}", known.join(", "))
+        }
     }
 }
 
