@@ -256,7 +256,7 @@ fn avmnist_pairs_decode_with_matching_labels() {
 #[test]
 fn synthetic_dataset_generates_and_loads() {
     let dir = tmp("synthetic");
-    mmbal_data::datasets::generate_synthetic(&dir, 4, 10, 5).unwrap();
+    mmbal_data::datasets::generate_synthetic(&dir, 4, 10, 5, 2).unwrap();
     let m = Manifest::load(&dir, &dir).unwrap();
     assert_eq!((m.samples.len(), m.classes.len()), (40, 4));
     assert_eq!(m.indices(Split::Train).len(), 24);
@@ -268,7 +268,7 @@ fn synthetic_dataset_generates_and_loads() {
     assert_eq!(b.inputs[1].dims(), &[8, 4, 3, 32, 48]);
     // Generation is deterministic.
     let again = tmp("synthetic2");
-    mmbal_data::datasets::generate_synthetic(&again, 4, 10, 5).unwrap();
+    mmbal_data::datasets::generate_synthetic(&again, 4, 10, 5, 2).unwrap();
     assert_eq!(
         std::fs::read(dir.join("audio/c1_003.wav")).unwrap(),
         std::fs::read(again.join("audio/c1_003.wav")).unwrap()

@@ -126,6 +126,8 @@ pub struct SyntheticConfig {
     pub classes: usize,
     pub per_class: usize,
     pub seed: u64,
+    /// 2 (audio, visual) or 3 (adds `hum`, which needs its own recipe and encoder).
+    pub modalities: usize,
 }
 
 impl Default for SyntheticConfig {
@@ -135,6 +137,7 @@ impl Default for SyntheticConfig {
             classes: 6,
             per_class: 40,
             seed: 7,
+            modalities: 2,
         }
     }
 }
@@ -217,14 +220,25 @@ impl TrainConfig {
         }
         let s = &self.data.synthetic;
         let dir = s.dir.clone().unwrap_or_else(|| {
+            let m = if s.modalities == 2 {
+                String::new()
+            } else {
+                format!("-m{}", s.modalities)
+            };
             self.out_dir.join(format!(
-                "synthetic-data-c{}-n{}-s{}",
+                "synthetic-data-c{}-n{}-s{}{m}",
                 s.classes, s.per_class, s.seed
             ))
         });
         if !dir.join("dataset.toml").exists() {
-            mmbal_data::datasets::generate_synthetic(&dir, s.classes, s.per_class, s.seed)
-                .with_context(|| format!("{}: generating the synthetic dataset", dir.display()))?;
+            mmbal_data::datasets::generate_synthetic(
+                &dir,
+                s.classes,
+                s.per_class,
+                s.seed,
+                s.modalities,
+            )
+            .with_context(|| format!("{}: generating the synthetic dataset", dir.display()))?;
         }
         Ok((dir.clone(), dir))
     }

@@ -276,3 +276,59 @@ fn input_masking_runs_the_whole_model() {
     assert!(d > 1e-4, "routes agree on the audio-only coalition ({d})");
     let _ = std::fs::remove_dir_all(out);
 }
+
+#[test]
+fn methods_train_with_three_modalities_where_defined() {
+    use mmbal_data::audio::Fbank;
+    use mmbal_data::recipe::{AudioRecipe, FrontEnd};
+    let out = tmp("three");
+    let hum = mmbal_data::Recipe::Audio(AudioRecipe {
+        sample_rate: 8000,
+        offset_seconds: 0.0,
+        clip_seconds: None,
+        remove_mean: false,
+        bin_mean_norm: false,
+        front_end: FrontEnd::Fbank(Fbank {
+            num_mel_bins: 40,
+            ..Fbank::default()
+        }),
+        frames: 48,
+        norm_mean: -6.0,
+        norm_std: 4.0,
+    });
+    for method in [
+        "joint",
+        "sample-level",
+        "modality-level",
+        "ogm-ge",
+        "ogm",
+        "pmr",
+        "mla",
+        "greedy",
+    ] {
+        let mut c = small(&out, method, OptimizerConfig::default());
+        c.data.synthetic.modalities = 3;
+        c.data.recipes.insert("hum".into(), hum.clone());
+        let enc = c.model.encoders["audio"].clone();
+        c.model.encoders.insert("hum".into(), enc);
+        set_method(&mut c, method);
+        let t = Trainer::from_config(c);
+        if method == "greedy" {
+            let err = t.err().expect("greedy refuses three modalities");
+            assert!(format!("{err:#}").contains("two modalities"), "{err:#}");
+            continue;
+        }
+        let mut t = t.unwrap();
+        assert_eq!(t.model.num_modalities(), 3);
+        let summary = t.run(&mut Quiet).unwrap();
+        let last = summary.last.unwrap();
+        assert_eq!(last.score_ratio.len(), 3, "{method}");
+        assert_eq!(last.train.modality_acc.len(), 3, "{method}");
+        if method.ends_with("-level") {
+            let npy = out.join(format!("{method}/contributions/epoch_002.npy"));
+            let (shape, _) = mmbal_valuation::read_npy_f32(&npy).unwrap();
+            assert_eq!(shape[1], 3, "{method}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(out);
+}
