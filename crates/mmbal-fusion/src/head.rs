@@ -8,6 +8,8 @@
 //! * gated (two modalities): `out = Linear(sigmoid(Linear(f_1)) * Linear(f_2))`.
 //! * shared (MLA): one classifier `H` for every modality (equal feature widths);
 //!   `out_m = H(f_m)`, `out = mean_m H(f_m)`.
+//! * blend (G-Blending): a concat classifier for the fused logits and a separate classifier per
+//!   modality for its unimodal logits, `out_m = f_m W_m^T + b_m` (the logits do not add up).
 //!
 //! FiLM and gated mix the modalities before the classifier, so no slice of the head belongs to
 //! one modality; their unimodal logits are defined as the head run with every other modality's
@@ -27,6 +29,7 @@ pub enum FusionKind {
     Film,
     Gated,
     Shared,
+    Blend,
 }
 
 /// How linear layers start: PyTorch's default (weight and bias uniform in +-1/sqrt(fan_in); the
@@ -137,6 +140,13 @@ impl FusionHead {
         }
         let layers = match kind {
             FusionKind::Shared => vec![lin("fc", dims[0], classes)?],
+            FusionKind::Blend => {
+                let mut l = vec![lin("fc", dims.iter().sum(), classes)?];
+                for (m, &d) in dims.iter().enumerate() {
+                    l.push(lin(&format!("fc.{m}"), d, classes)?);
+                }
+                l
+            }
             FusionKind::Concat => vec![lin("fc", dims.iter().sum(), classes)?],
             FusionKind::Sum => dims
                 .iter()
@@ -181,7 +191,7 @@ impl FusionHead {
     fn fused(&self, f: &[Tensor]) -> Result<Tensor> {
         let l = |i: usize| &self.layers[i].1;
         match self.kind {
-            FusionKind::Concat => l(0).forward(&Tensor::cat(f, 1)?),
+            FusionKind::Concat | FusionKind::Blend => l(0).forward(&Tensor::cat(f, 1)?),
             FusionKind::Sum => {
                 let mut out = l(0).forward(&f[0])?;
                 for (m, x) in f.iter().enumerate().skip(1) {
@@ -252,6 +262,11 @@ impl FusionHead {
             FusionKind::Shared => f
                 .iter()
                 .map(|x| self.layers[0].1.forward(x))
+                .collect::<Result<_>>()?,
+            FusionKind::Blend => f
+                .iter()
+                .enumerate()
+                .map(|(m, x)| self.layers[m + 1].1.forward(x))
                 .collect::<Result<_>>()?,
             FusionKind::Film | FusionKind::Gated => (0..m_count)
                 .map(|m| {

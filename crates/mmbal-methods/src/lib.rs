@@ -31,6 +31,7 @@
 //! ```
 
 mod collect;
+mod gblending;
 mod greedy;
 mod joint;
 mod method;
@@ -42,6 +43,7 @@ mod registry;
 mod sample_level;
 mod valuation_pass;
 pub use collect::{collect_outputs, Collected};
+pub use gblending::blend_weights;
 pub use joint::Joint;
 pub use method::{BalanceMethod, EpochCtx, Grads, StepCtx, StepIndex, StepPlan};
 pub use mla::{entropy_weights, update_projector};

@@ -17,6 +17,7 @@ pub const METHODS: &[(&str, Builder)] = &[
     ("pmr", crate::pmr::build),
     ("mla", crate::mla::build),
     ("greedy", crate::greedy::build),
+    ("g-blending", crate::gblending::build),
 ];
 
 /// Methods registered at run time by code outside this crate ([`register`]).

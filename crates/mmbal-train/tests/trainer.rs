@@ -42,6 +42,7 @@ fn set_method(c: &mut TrainConfig, name: &str) {
             c.method.options = t;
         }
         "mla" => c.model.fusion = mmbal_fusion::FusionKind::Shared,
+        "g-blending" => c.model.fusion = mmbal_fusion::FusionKind::Blend,
         _ => {}
     }
 }
@@ -78,7 +79,8 @@ fn resumed_run_equals_uninterrupted_run() {
         ("ogm-ge", adam.clone(), "ogm-ge"),
         ("pmr", adam.clone(), "pmr"),
         ("greedy", adam.clone(), "greedy"),
-        ("mla", adam, "mla"),
+        ("mla", adam.clone(), "mla"),
+        ("g-blending", adam, "g-blending"),
     ] {
         let mut whole = small(&out, &format!("{tag}-whole"), opt.clone());
         set_method(&mut whole, method);

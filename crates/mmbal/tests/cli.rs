@@ -253,7 +253,7 @@ fn every_method_trains_two_epochs_on_grid() {
             &format!("card = \"{}\"\ncache_path = \"grid.mmbc\"", card.display()),
         )
         .replace("root = \"data/grid-s1\"", "root = \"data\"");
-    let methods: [(&str, &str, &str); 8] = [
+    let methods: [(&str, &str, &str); 9] = [
         ("joint", "concat", ""),
         ("sample-level", "concat", "warmup = 1\n"),
         ("modality-level", "concat", "warmup = 1\n"),
@@ -262,6 +262,7 @@ fn every_method_trains_two_epochs_on_grid() {
         ("pmr", "concat", ""),
         ("mla", "shared", ""),
         ("greedy", "sum", "start_epoch = 0\n"),
+        ("g-blending", "blend", ""),
     ];
     assert_eq!(
         methods.len(),
