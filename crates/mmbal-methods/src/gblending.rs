@@ -81,7 +81,12 @@ fn head_losses(ctx: &EpochCtx, rows: &[Row]) -> Result<Vec<f64>> {
 }
 
 /// A copy of every parameter and buffer, to train a head and put the model back.
-fn snapshot(model: &MultimodalModel) -> Result<(Vec<(Var, Tensor)>, Vec<(String, Tensor)>)> {
+struct Snapshot {
+    params: Vec<(Var, Tensor)>,
+    buffers: Vec<(String, Tensor)>,
+}
+
+fn snapshot(model: &MultimodalModel) -> Result<Snapshot> {
     let params = model
         .params()
         .into_iter()
@@ -95,17 +100,14 @@ fn snapshot(model: &MultimodalModel) -> Result<(Vec<(Var, Tensor)>, Vec<(String,
         .into_iter()
         .map(|(n, t)| Ok((n, t.copy()?)))
         .collect::<Result<_>>()?;
-    Ok((params, buffers))
+    Ok(Snapshot { params, buffers })
 }
 
-fn restore(
-    model: &MultimodalModel,
-    snap: &(Vec<(Var, Tensor)>, Vec<(String, Tensor)>),
-) -> Result<()> {
-    for (v, t) in &snap.0 {
+fn restore(model: &MultimodalModel, snap: &Snapshot) -> Result<()> {
+    for (v, t) in &snap.params {
         v.set(t)?;
     }
-    for (n, t) in &snap.1 {
+    for (n, t) in &snap.buffers {
         model.set_buffer(n, t.clone())?;
     }
     Ok(())
@@ -198,7 +200,7 @@ impl BalanceMethod for GBlending {
         let due = match self.opts.mode {
             Mode::Offline => self.weights.is_none(),
             Mode::Online => {
-                self.weights.is_none() || ctx.epoch % self.opts.estimate_epochs.max(1) == 0
+                self.weights.is_none() || ctx.epoch.is_multiple_of(self.opts.estimate_epochs.max(1))
             }
         };
         if due {
