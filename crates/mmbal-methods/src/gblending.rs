@@ -263,6 +263,8 @@ impl BalanceMethod for GBlending {
 
 /// Options: `mode` (`offline` | `online`), `estimate_epochs` (1), `lr` (1e-3), `momentum` (0.9),
 /// `weight_decay` (1e-4).
+/// Options: `mode` (`offline` | `online`), `estimate_epochs` (1), `lr` (1e-3), `momentum` (0.9),
+/// `weight_decay` (1e-4).
 #[cfg(test)]
 mod tests {
     use super::blend_weights;
