@@ -263,8 +263,15 @@ impl BalanceMethod for GBlending {
 
 /// Options: `mode` (`offline` | `online`), `estimate_epochs` (1), `lr` (1e-3), `momentum` (0.9),
 /// `weight_decay` (1e-4).
-/// Options: `mode` (`offline` | `online`), `estimate_epochs` (1), `lr` (1e-3), `momentum` (0.9),
-/// `weight_decay` (1e-4).
+pub fn build(options: &toml::Table) -> Result<Box<dyn BalanceMethod>> {
+    Ok(Box::new(GBlending {
+        opts: crate::parse_options("g-blending", options)?,
+        weights: None,
+        estimates: 0,
+        names: Vec::new(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::blend_weights;
@@ -280,13 +287,4 @@ mod tests {
         assert_eq!(blend_weights(&[-0.1, 0.2], &[0.1, 0.1]), vec![0.0, 1.0]);
         assert_eq!(blend_weights(&[-0.1, 0.0], &[0.1, 0.1]), vec![0.5, 0.5]);
     }
-}
-
-pub fn build(options: &toml::Table) -> Result<Box<dyn BalanceMethod>> {
-    Ok(Box::new(GBlending {
-        opts: crate::parse_options("g-blending", options)?,
-        weights: None,
-        estimates: 0,
-        names: Vec::new(),
-    }))
 }
