@@ -1,5 +1,5 @@
 //! SVG plots of a run, written next to its results: accuracy per epoch (fused and per modality,
-//! val), the mean contribution of each modality per epoch (the valuation paper's Fig. 2(d)) and
+//! val), the method's diagnostics and every run's OGM score ratio per epoch, the mean contribution of each modality per epoch (the valuation paper's Fig. 2(d)) and
 //! the histogram of per-sample contributions of the last valued epoch.
 
 use crate::EpochRecord;
@@ -161,6 +161,44 @@ pub fn plot_run(run_dir: &Path, modalities: &[String]) -> Result<Vec<PathBuf>> {
     }
     let path = run_dir.join("accuracy.svg");
     line_chart(&path, "Accuracy (val)", "accuracy", &acc)?;
+    written.push(path);
+
+    // Every method's own quantities (coefficients, ratios, weights, speeds) and the OGM score
+    // ratio that every run logs; counts and timings are left to the log.
+    let mut keys: Vec<String> = records
+        .iter()
+        .flat_map(|r| r.method.keys().cloned())
+        .filter(|k| {
+            !k.starts_with("contribution_")
+                && !["seconds", "samples", "rows", "estimates", "steps"]
+                    .iter()
+                    .any(|w| k.ends_with(w))
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = keys
+        .iter()
+        .map(|k| {
+            let points = records
+                .iter()
+                .filter_map(|r| r.method.get(k).map(|v| (r.epoch as f64, *v)))
+                .filter(|(_, v)| v.is_finite())
+                .collect();
+            (k.clone(), points)
+        })
+        .collect();
+    for m in modalities {
+        series.push((
+            format!("score ratio {m}"),
+            records
+                .iter()
+                .filter_map(|r| r.score_ratio.get(m).map(|v| (r.epoch as f64, *v)))
+                .collect(),
+        ));
+    }
+    let path = run_dir.join("method.svg");
+    line_chart(&path, "Balance diagnostics per epoch", "value", &series)?;
     written.push(path);
 
     let contributions: Vec<(String, Vec<(f64, f64)>)> = modalities

@@ -40,6 +40,11 @@ fn train_then_eval_then_resume() {
     assert!(out.contains("audio") && out.contains("visual"), "{out}");
     assert!(dir.join("runs/tiny/metrics.jsonl").is_file());
     assert!(dir.join("runs/tiny/accuracy.svg").is_file());
+    let method_svg = std::fs::read_to_string(dir.join("runs/tiny/method.svg")).unwrap();
+    assert!(
+        method_svg.contains("score ratio audio"),
+        "every run plots the OGM score ratio"
+    );
     assert!(
         !dir.join("runs/tiny/contributions.svg").exists(),
         "joint logs no contributions"
