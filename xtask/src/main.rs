@@ -3,6 +3,10 @@
 //! `cargo xtask bench loader [--config FILE] [--epochs N]`: loader throughput (decoded cache,
 //! augmentation, batch assembly) in samples/s, without a model.
 //! Speed goals are checked with these, never with timed tests. Each prints one JSON line.
+//! `cargo xtask results --config FILE [--config FILE ...] [--seeds N] [--epochs N] [--out FILE]`:
+//! joint training and every registered method on each config, N seeds each; the epoch with the
+//! best val accuracy is reported on test (mean +- std of accuracy and macro-F1, per-modality
+//! accuracy) as a Markdown table.
 
 use anyhow::{bail, Context, Result};
 use mmbal_data::{batches, Split};
@@ -112,13 +116,116 @@ fn bench_loader(a: &Args) -> Result<()> {
     Ok(())
 }
 
+/// The head a method needs; every other method trains the config's head.
+fn fusion_for(method: &str) -> Option<mmbal_fusion::FusionKind> {
+    use mmbal_fusion::FusionKind;
+    match method {
+        "mla" => Some(FusionKind::Shared),
+        "greedy" => Some(FusionKind::Sum),
+        "g-blending" => Some(FusionKind::Blend),
+        _ => None,
+    }
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, var.sqrt())
+}
+
+fn results(rest: &[String]) -> Result<()> {
+    let mut configs = Vec::new();
+    let (mut seeds, mut epochs, mut out) = (3u64, None, PathBuf::from("docs/results.md"));
+    let mut it = rest.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--config" => configs.push(PathBuf::from(value()?)),
+            "--seeds" => seeds = value()?.parse()?,
+            "--epochs" => epochs = Some(value()?.parse::<usize>()?),
+            "--out" => out = PathBuf::from(value()?),
+            _ => bail!("unknown flag {flag}"),
+        }
+    }
+    if configs.is_empty() {
+        bail!("results: give at least one --config");
+    }
+    let mut table = String::from(
+        "| dataset | method | test acc | test macro-F1 | per-modality test acc | best val epoch |\n|---|---|---|---|---|---|\n",
+    );
+    for path in &configs {
+        let base = TrainConfig::load(path)?;
+        for (method, _) in mmbal_methods::METHODS {
+            let (mut acc, mut f1, mut epochs_best) = (Vec::new(), Vec::new(), Vec::new());
+            let mut per: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+            for seed in 0..seeds {
+                let mut c = base.clone();
+                c.seed = seed;
+                c.name = format!("results-{}-{method}-s{seed}", base.name);
+                if let Some(e) = epochs {
+                    c.epochs = e;
+                }
+                c.method.name = method.to_string();
+                c.method.options.clear();
+                if let Some(f) = fusion_for(method) {
+                    c.model.fusion = f;
+                }
+                let mut t = Trainer::from_config(c)?;
+                let summary = t.run(&mut mmbal_train::Quiet)?;
+                let best = summary.best.context("no epoch ran")?;
+                let test = best.test.as_ref().context("test split not evaluated")?;
+                acc.push(test.acc);
+                f1.push(test.macro_f1);
+                epochs_best.push(best.epoch as f64);
+                for (m, a) in &test.modality_acc {
+                    per.entry(m.clone()).or_default().push(*a);
+                }
+                eprintln!(
+                    "{} {method} seed {seed}: test acc {:.3}",
+                    base.name, test.acc
+                );
+            }
+            let (am, asd) = mean_std(&acc);
+            let (fm, fsd) = mean_std(&f1);
+            let per_txt: Vec<String> = per
+                .iter()
+                .map(|(m, v)| {
+                    let (a, s) = mean_std(v);
+                    format!("{m} {:.1} +- {:.1}", 100.0 * a, 100.0 * s)
+                })
+                .collect();
+            let ep: Vec<String> = epochs_best.iter().map(|e| format!("{e}")).collect();
+            table.push_str(&format!(
+                "| {} | {method} | {:.1} +- {:.1} | {:.3} +- {:.3} | {} | {} |\n",
+                base.name,
+                100.0 * am,
+                100.0 * asd,
+                fm,
+                fsd,
+                per_txt.join(", "),
+                ep.join(", ")
+            ));
+        }
+    }
+    let command = format!("cargo xtask results {}", rest.join(" "));
+    let doc = format!(
+        "# Results\n\nMade by `{command}` ({seeds} seeds per row; the epoch with the best val accuracy is \
+         reported on test; per-modality accuracy is each modality's unimodal logits).\n\n{table}"
+    );
+    std::fs::write(&out, doc).with_context(|| format!("{}: cannot write", out.display()))?;
+    println!("{}", out.display());
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["bench", "step", ..] => bench_step(&parse(&args[2..])?),
         ["bench", "loader", ..] => bench_loader(&parse(&args[2..])?),
+        ["results", ..] => results(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask bench step [--config FILE] [--device D] [--steps N]\n       cargo xtask bench loader [--config FILE] [--epochs N]"
+            "usage: cargo xtask bench step [--config FILE] [--device D] [--steps N]\n       cargo xtask bench loader [--config FILE] [--epochs N]\n       cargo xtask results --config FILE [--config FILE ...] [--seeds N] [--epochs N] [--out FILE]"
         ),
     }
 }

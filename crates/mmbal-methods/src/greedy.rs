@@ -15,8 +15,9 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Options {
-    /// Encoder stages after which an MMTM block sits (ResNet-18: 2, 3, 4 = after layer2..4).
-    mmtm_after: Vec<usize>,
+    /// Encoder stages after which an MMTM block sits; default: every stage from 2 on (ResNet-18:
+    /// 2, 3, 4 = after layer2..layer4; the small CNN: 2).
+    mmtm_after: Option<Vec<usize>>,
     /// Curation window Q (steps), threshold epsilon on |d|, first epoch with curation (0-based).
     window: usize,
     epsilon: f64,
@@ -27,7 +28,7 @@ struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            mmtm_after: vec![2, 3, 4],
+            mmtm_after: None,
             window: 5,
             epsilon: 0.01,
             start_epoch: 2,
@@ -94,8 +95,17 @@ impl BalanceMethod for Greedy {
         if model.head.kind != FusionKind::Sum {
             bail!("greedy gives each branch its own classifier: set [model] fusion = \"sum\"");
         }
+        let stages = model
+            .encoder(0)
+            .num_stages()
+            .min(model.encoder(1).num_stages());
+        let after = self
+            .opts
+            .mmtm_after
+            .clone()
+            .unwrap_or_else(|| (2..stages).collect());
         let mut blocks = Vec::new();
-        for (k, &s) in self.opts.mmtm_after.iter().enumerate() {
+        for (k, &s) in after.iter().enumerate() {
             let (a, b) = (model.encoder(0), model.encoder(1));
             if s >= a.num_stages() || s >= b.num_stages() {
                 bail!("greedy: no encoder stage {s} to put an MMTM block after");
@@ -224,7 +234,7 @@ impl BalanceMethod for Greedy {
     }
 }
 
-/// Options: `mmtm_after` ([2, 3, 4]), `window` (5), `epsilon` (0.01), `start_epoch` (2), `seed` (0).
+/// Options: `mmtm_after` (every stage from 2 on), `window` (5), `epsilon` (0.01), `start_epoch` (2), `seed` (0).
 pub fn build(options: &toml::Table) -> Result<Box<dyn BalanceMethod>> {
     Ok(Box::new(Greedy {
         opts: crate::parse_options("greedy", options)?,
