@@ -334,3 +334,20 @@ fn methods_train_with_three_modalities_where_defined() {
     }
     let _ = std::fs::remove_dir_all(out);
 }
+
+#[test]
+fn committed_configs_parse() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) == Some("toml") {
+            let c = TrainConfig::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+            assert!(mmbal_methods::METHODS
+                .iter()
+                .any(|(m, _)| *m == c.method.name));
+            n += 1;
+        }
+    }
+    assert!(n >= 3, "{n} configs");
+}
