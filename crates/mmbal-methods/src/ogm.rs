@@ -44,14 +44,7 @@ impl Default for Options {
 /// modality 0 is treated as dominant, as the reference does for audio on a tie.
 pub fn ogm_coefficients(scores: &[f64], alpha: f64) -> (Vec<f64>, Vec<f64>) {
     let m = scores.len();
-    let total: f64 = scores.iter().sum();
-    let rho: Vec<f64> = scores
-        .iter()
-        .map(|&s| {
-            let others = (total - s) / (m - 1).max(1) as f64;
-            s / others
-        })
-        .collect();
+    let rho = crate::ratios_against_others(scores);
     let mut coeff: Vec<f64> = rho
         .iter()
         .map(|&r| {
@@ -86,11 +79,7 @@ fn unbiased_std(t: &Tensor) -> Result<f64> {
 
 pub struct Ogm {
     opts: Options,
-    /// Sums over the epoch's steps: coefficients and ratios per modality, and the step count.
-    coeff_sum: Vec<f64>,
-    rho_sum: Vec<f64>,
-    steps: usize,
-    names: Vec<String>,
+    log: crate::ratio::RatioLog,
 }
 
 impl BalanceMethod for Ogm {
@@ -103,11 +92,7 @@ impl BalanceMethod for Ogm {
     }
 
     fn epoch_plan(&mut self, ctx: &crate::EpochCtx) -> Result<Option<Vec<mmbal_data::Row>>> {
-        let m = ctx.model.num_modalities();
-        self.coeff_sum = vec![0.0; m];
-        self.rho_sum = vec![0.0; m];
-        self.steps = 0;
-        self.names = ctx.model.modalities.clone();
+        self.log.reset(&ctx.model.modalities);
         Ok(None)
     }
 
@@ -126,14 +111,7 @@ impl BalanceMethod for Ogm {
             })
             .collect::<Result<Vec<f64>>>()?;
         let (coeff, rho) = ogm_coefficients(&scores, self.opts.alpha);
-        if self.coeff_sum.len() != m {
-            (self.coeff_sum, self.rho_sum) = (vec![0.0; m], vec![0.0; m]);
-        }
-        for i in 0..m {
-            self.coeff_sum[i] += coeff[i];
-            self.rho_sum[i] += rho[i];
-        }
-        self.steps += 1;
+        self.log.add(&coeff, &rho);
         if ctx.epoch < self.opts.start_epoch || ctx.epoch > self.opts.end_epoch {
             return Ok(());
         }
@@ -164,15 +142,7 @@ impl BalanceMethod for Ogm {
     }
 
     fn diagnostics(&self) -> Vec<(String, f64)> {
-        let n = self.steps.max(1) as f64;
-        let mut out = Vec::new();
-        for (i, name) in self.names.iter().enumerate() {
-            if let (Some(c), Some(r)) = (self.coeff_sum.get(i), self.rho_sum.get(i)) {
-                out.push((format!("ogm_coeff_{name}"), c / n));
-                out.push((format!("ogm_ratio_{name}"), r / n));
-            }
-        }
-        out
+        self.log.diagnostics("ogm")
     }
 }
 
@@ -194,9 +164,6 @@ fn build(options: &toml::Table, ge: bool) -> Result<Box<dyn BalanceMethod>> {
     opts.ge = opts.ge && ge;
     Ok(Box::new(Ogm {
         opts,
-        coeff_sum: Vec::new(),
-        rho_sum: Vec::new(),
-        steps: 0,
-        names: Vec::new(),
+        log: Default::default(),
     }))
 }

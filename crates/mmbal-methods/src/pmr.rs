@@ -55,10 +55,7 @@ pub struct Pmr {
     opts: Options,
     /// Per modality `(K, D)` on the model's device.
     prototypes: Option<Vec<Tensor>>,
-    coeff_sum: Vec<f64>,
-    rho_sum: Vec<f64>,
-    steps: usize,
-    names: Vec<String>,
+    log: crate::ratio::RatioLog,
 }
 
 /// Prototype logits `-||z - c_k||`: `(B, D)` features and `(K, D)` prototypes to `(B, K)`.
@@ -72,12 +69,7 @@ pub fn prototype_logits(z: &Tensor, protos: &Tensor) -> candle_core::Result<Tens
 /// paper's `rho` and `1 / rho`). Paper: `alpha * clip(1 / rho_m - 1, 0, 1)`; code: `alpha` for
 /// modalities with `rho_m < 1`, else 0.
 fn coefficients(scores: &[f64], alpha: f64, variant: Variant) -> (Vec<f64>, Vec<f64>) {
-    let m = scores.len();
-    let total: f64 = scores.iter().sum();
-    let rho: Vec<f64> = scores
-        .iter()
-        .map(|&s| s / ((total - s) / (m - 1).max(1) as f64))
-        .collect();
+    let rho = crate::ratios_against_others(scores);
     let coeff = rho
         .iter()
         .map(|&r| match variant {
@@ -156,9 +148,7 @@ impl BalanceMethod for Pmr {
     }
 
     fn epoch_plan(&mut self, ctx: &EpochCtx) -> Result<Option<Vec<Row>>> {
-        let m = ctx.model.num_modalities();
-        (self.coeff_sum, self.rho_sum, self.steps) = (vec![0.0; m], vec![0.0; m], 0);
-        self.names = ctx.model.modalities.clone();
+        self.log.reset(&ctx.model.modalities);
         if self.prototypes.is_none() {
             self.update_prototypes(ctx)?; // before epoch 0
         }
@@ -188,14 +178,7 @@ impl BalanceMethod for Pmr {
             logits.push(l);
         }
         let (coeff, rho) = coefficients(&scores, self.opts.alpha, self.opts.variant);
-        if self.coeff_sum.len() != m {
-            (self.coeff_sum, self.rho_sum) = (vec![0.0; m], vec![0.0; m]);
-        }
-        for i in 0..m {
-            self.coeff_sum[i] += coeff[i];
-            self.rho_sum[i] += rho[i];
-        }
-        self.steps += 1;
+        self.log.add(&coeff, &rho);
         let mut loss = candle_nn::loss::cross_entropy(&out.fused_logits, labels)?;
         for (l, &k) in logits.iter().zip(&coeff) {
             if k != 0.0 {
@@ -226,15 +209,7 @@ impl BalanceMethod for Pmr {
     }
 
     fn diagnostics(&self) -> Vec<(String, f64)> {
-        let n = self.steps.max(1) as f64;
-        let mut out = Vec::new();
-        for (i, name) in self.names.iter().enumerate() {
-            if let (Some(c), Some(r)) = (self.coeff_sum.get(i), self.rho_sum.get(i)) {
-                out.push((format!("pmr_coeff_{name}"), c / n));
-                out.push((format!("pmr_ratio_{name}"), r / n));
-            }
-        }
-        out
+        self.log.diagnostics("pmr")
     }
 
     fn state(&self) -> Result<Vec<(String, Tensor)>> {
@@ -270,9 +245,6 @@ pub fn build(options: &toml::Table) -> Result<Box<dyn BalanceMethod>> {
     Ok(Box::new(Pmr {
         opts,
         prototypes: None,
-        coeff_sum: Vec::new(),
-        rho_sum: Vec::new(),
-        steps: 0,
-        names: Vec::new(),
+        log: Default::default(),
     }))
 }

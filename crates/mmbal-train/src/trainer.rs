@@ -463,16 +463,13 @@ impl Trainer {
             val,
             test,
             method: self.method.diagnostics().into_iter().collect(),
-            score_ratio: {
-                let total: f64 = score_sum.iter().sum();
-                let others = (score_sum.len().max(2) - 1) as f64;
-                self.model
-                    .modalities
-                    .iter()
-                    .zip(&score_sum)
-                    .map(|(m, &s)| (m.clone(), s / ((total - s) / others)))
-                    .collect()
-            },
+            score_ratio: self
+                .model
+                .modalities
+                .iter()
+                .cloned()
+                .zip(mmbal_methods::ratios_against_others(&score_sum))
+                .collect(),
             train_seconds,
             train_samples_per_s: n_rows as f64 / train_seconds.max(1e-9),
         })
