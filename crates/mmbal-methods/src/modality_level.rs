@@ -3,7 +3,7 @@
 //! adds `floor(d N)` copies of the modality with the lower mean contribution, other modalities
 //! zeroed (`mmbal_resample::modality_level_plan`). docs/methods/modality-level.md has the details.
 
-use crate::valuation_pass::{plan_from_state, plan_to_tensor, valuation_pass, ValuationOptions};
+use crate::valuation_pass::{plan_from_state, plan_state, valuation_pass, ValuationOptions};
 use crate::{BalanceMethod, EpochCtx};
 use anyhow::{bail, Result};
 use candle_core::Tensor;
@@ -99,12 +99,7 @@ impl BalanceMethod for ModalityLevel {
     }
 
     fn state(&self) -> Result<Vec<(String, Tensor)>> {
-        match &self.plan {
-            Some(p) if !p.is_empty() => {
-                Ok(vec![("plan".into(), plan_to_tensor(p, p[0].zeroed.len())?)])
-            }
-            _ => Ok(Vec::new()),
-        }
+        plan_state(self.plan.as_deref())
     }
 
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {

@@ -3,7 +3,7 @@
 //! for each sample and each modality with contribution below 1, copies that keep only that
 //! modality (`mmbal_resample::copies_for`). docs/methods/sample-level.md has the details.
 
-use crate::valuation_pass::{plan_from_state, plan_to_tensor, valuation_pass, ValuationOptions};
+use crate::valuation_pass::{plan_from_state, plan_state, valuation_pass, ValuationOptions};
 use crate::{BalanceMethod, EpochCtx};
 use anyhow::Result;
 use candle_core::Tensor;
@@ -43,12 +43,7 @@ impl BalanceMethod for SampleLevel {
     }
 
     fn state(&self) -> Result<Vec<(String, Tensor)>> {
-        match &self.plan {
-            Some(p) if !p.is_empty() => {
-                Ok(vec![("plan".into(), plan_to_tensor(p, p[0].zeroed.len())?)])
-            }
-            _ => Ok(Vec::new()),
-        }
+        plan_state(self.plan.as_deref())
     }
 
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {

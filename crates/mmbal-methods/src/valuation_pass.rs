@@ -76,22 +76,24 @@ pub fn valuation_pass(
     Ok((val, diag))
 }
 
-/// A plan of rows as a `(R, 1 + M)` tensor (sample index, then 1 where zeroed), for checkpoints.
-pub fn plan_to_tensor(plan: &[Row], modalities: usize) -> Result<Tensor> {
+/// A method's pending plan as checkpoint state: `plan`, a `(R, 1 + M)` tensor (sample index,
+/// then 1 where zeroed); nothing when there is no plan.
+pub fn plan_state(plan: Option<&[Row]>) -> Result<Vec<(String, Tensor)>> {
+    let Some(plan) = plan.filter(|p| !p.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let modalities = plan[0].zeroed.len();
     let data: Vec<f32> = plan
         .iter()
         .flat_map(|r| {
             std::iter::once(r.sample as f32).chain(r.zeroed.iter().map(|&z| z as u8 as f32))
         })
         .collect();
-    Ok(Tensor::from_vec(
-        data,
-        (plan.len(), 1 + modalities),
-        &Device::Cpu,
-    )?)
+    let t = Tensor::from_vec(data, (plan.len(), 1 + modalities), &Device::Cpu)?;
+    Ok(vec![("plan".into(), t)])
 }
 
-/// The plan stored by [`plan_to_tensor`] under `plan`, if any.
+/// The plan stored by [`plan_state`], if any.
 pub fn plan_from_state(state: &HashMap<String, Tensor>) -> Result<Option<Vec<Row>>> {
     let Some(t) = state.get("plan") else {
         return Ok(None);

@@ -139,8 +139,17 @@ pub struct Trainer {
     best: Option<EpochRecord>,
     last: Option<EpochRecord>,
     run_dir: PathBuf,
-    /// Per-modality scores of the last training step.
-    last_scores: Vec<f64>,
+}
+
+/// What one training step of [`Trainer::train_step`] reports.
+pub struct StepReport {
+    /// Summed loss of the step's backward passes.
+    pub loss: f64,
+    /// Train-mode predictions: fused, then per modality.
+    pub fused: Vec<u32>,
+    pub unimodal: Vec<Vec<u32>>,
+    /// Summed true-class probability of each modality's logits (OGM's score).
+    pub scores: Vec<f64>,
 }
 
 fn to_device(batch: &Batch, dev: &Device) -> Result<(Vec<Tensor>, Tensor, Tensor)> {
@@ -212,7 +221,6 @@ impl Trainer {
             best: None,
             last: None,
             run_dir,
-            last_scores: Vec::new(),
         })
     }
 
@@ -300,15 +308,14 @@ impl Trainer {
     }
 
     /// One training step on `batch`, the `batch_index`-th of `batches` in `epoch` (see
-    /// [`train_step`]); returns the summed loss and the train-mode predictions (fused, then per
-    /// modality).
+    /// [`train_step`]).
     pub fn train_step(
         &mut self,
         batch: &Batch,
         epoch: usize,
         batch_index: usize,
         batches: usize,
-    ) -> Result<(f64, Vec<u32>, Vec<Vec<u32>>)> {
+    ) -> Result<StepReport> {
         let (inputs, labels, keep) = to_device(batch, self.model.device())?;
         let (loss, out) = train_step(
             &self.model,
@@ -335,15 +342,18 @@ impl Trainer {
             .iter()
             .map(argmax)
             .collect::<Result<_>>()?;
-        // Summed true-class probability of each modality's logits (OGM's score), for the log.
         let mut scores = Vec::with_capacity(out.unimodal_logits.len());
         for l in &out.unimodal_logits {
             let p = candle_nn::ops::softmax_last_dim(&l.detach())?;
             let s = p.gather(&labels.unsqueeze(1)?, 1)?.sum_all()?;
             scores.push(s.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?);
         }
-        self.last_scores = scores;
-        Ok((loss, fused, uni))
+        Ok(StepReport {
+            loss,
+            fused,
+            unimodal: uni,
+            scores,
+        })
     }
 
     /// Eval-mode metrics of a split; `None` when the split is empty.
@@ -419,15 +429,16 @@ impl Trainer {
         .enumerate()
         {
             let batch = batch?;
-            let (loss, f, u) = self.train_step(&batch, epoch, batch_index, n_batches)?;
+            let step = self.train_step(&batch, epoch, batch_index, n_batches)?;
+            let loss = step.loss;
             let b = batch.rows.len();
             loss_sum += loss * b as f64;
             labels.extend(batch.labels.to_vec1::<u32>()?);
-            fused.extend(f);
-            for (acc, p) in uni.iter_mut().zip(u) {
+            fused.extend(step.fused);
+            for (acc, p) in uni.iter_mut().zip(step.unimodal) {
                 acc.extend(p);
             }
-            for (acc, s) in score_sum.iter_mut().zip(&self.last_scores) {
+            for (acc, s) in score_sum.iter_mut().zip(&step.scores) {
                 *acc += s;
             }
             events.batch_end(loss);

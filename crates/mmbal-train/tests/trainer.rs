@@ -281,36 +281,13 @@ fn input_masking_runs_the_whole_model() {
 
 #[test]
 fn methods_train_with_three_modalities_where_defined() {
-    use mmbal_data::audio::Fbank;
-    use mmbal_data::recipe::{AudioRecipe, FrontEnd};
     let out = tmp("three");
-    let hum = mmbal_data::Recipe::Audio(AudioRecipe {
-        sample_rate: 8000,
-        offset_seconds: 0.0,
-        clip_seconds: None,
-        remove_mean: false,
-        bin_mean_norm: false,
-        front_end: FrontEnd::Fbank(Fbank {
-            num_mel_bins: 40,
-            ..Fbank::default()
-        }),
-        frames: 48,
-        norm_mean: -6.0,
-        norm_std: 4.0,
-    });
-    for method in [
-        "joint",
-        "sample-level",
-        "modality-level",
-        "ogm-ge",
-        "ogm",
-        "pmr",
-        "mla",
-        "greedy",
-    ] {
+    // Every registered method; the third modality is a WAV like audio: same recipe and encoder.
+    for method in mmbal_methods::METHODS.iter().map(|(n, _)| *n) {
         let mut c = small(&out, method, OptimizerConfig::default());
         c.data.synthetic.modalities = 3;
-        c.data.recipes.insert("hum".into(), hum.clone());
+        let hum = c.data.recipes["audio"].clone();
+        c.data.recipes.insert("hum".into(), hum);
         let enc = c.model.encoders["audio"].clone();
         c.model.encoders.insert("hum".into(), enc);
         set_method(&mut c, method);
