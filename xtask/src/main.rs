@@ -3,10 +3,16 @@
 //! `cargo xtask bench loader [--config FILE] [--epochs N]`: loader throughput (decoded cache,
 //! augmentation, batch assembly) in samples/s, without a model.
 //! Speed goals are checked with these, never with timed tests. Each prints one JSON line.
-//! `cargo xtask results --config FILE [--config FILE ...] [--seeds N] [--epochs N] [--out FILE]`:
-//! joint training and every registered method on each config, N seeds each; the epoch with the
+//! `cargo xtask results --config FILE [--config FILE ...] [--seeds N] [--epochs N] [--set METHOD:KEY=VALUE ...]
+//! [--out FILE]`: joint training and every registered method on each config, N seeds each; the epoch with the
 //! best val accuracy is reported on test (mean +- std of accuracy and macro-F1, per-modality
 //! accuracy) as a Markdown table.
+//! `cargo xtask reproduce table1 [--datasets A,B] [--methods A,B] [--seeds N] [--profile
+//! quick|paper] [--epochs N] [--device D] [--out DIR]`: the valuation paper's Table 1 as a
+//! resumable matrix of runs, written to DIR/table1.md, DIR/table1.csv and figures
+//! (see reproduce.rs).
+
+mod reproduce;
 
 use anyhow::{bail, Context, Result};
 use mmbal_data::{batches, Split};
@@ -134,9 +140,29 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// `--set METHOD:KEY=VALUE`: one method option for every run of that method (VALUE as TOML:
+/// `2`, `0.5`, `true`, `"text"`; a bare word is a string).
+fn parse_set(text: &str) -> Result<(String, String, toml::Value)> {
+    let (method, rest) = text
+        .split_once(':')
+        .with_context(|| format!("--set {text}: expected METHOD:KEY=VALUE"))?;
+    let (key, value) = rest
+        .split_once('=')
+        .with_context(|| format!("--set {text}: expected METHOD:KEY=VALUE"))?;
+    if !mmbal_methods::METHODS.iter().any(|(n, _)| *n == method) {
+        bail!("--set {text}: no method named {method}");
+    }
+    let value = match format!("v = {value}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").context("parsed value")?,
+        Err(_) => toml::Value::String(value.to_string()),
+    };
+    Ok((method.to_string(), key.to_string(), value))
+}
+
 fn results(rest: &[String]) -> Result<()> {
     let mut configs = Vec::new();
     let (mut seeds, mut epochs, mut out) = (3u64, None, PathBuf::from("docs/results.md"));
+    let mut sets: Vec<(String, String, toml::Value)> = Vec::new();
     let mut it = rest.iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -145,6 +171,7 @@ fn results(rest: &[String]) -> Result<()> {
             "--seeds" => seeds = value()?.parse()?,
             "--epochs" => epochs = Some(value()?.parse::<usize>()?),
             "--out" => out = PathBuf::from(value()?),
+            "--set" => sets.push(parse_set(value()?)?),
             _ => bail!("unknown flag {flag}"),
         }
     }
@@ -168,6 +195,11 @@ fn results(rest: &[String]) -> Result<()> {
                 }
                 c.method.name = method.to_string();
                 c.method.options.clear();
+                for (m, key, v) in &sets {
+                    if m == method {
+                        c.method.options.insert(key.clone(), v.clone());
+                    }
+                }
                 if let Some(f) = fusion_for(method) {
                     c.model.fusion = f;
                 }
@@ -224,8 +256,9 @@ fn main() -> Result<()> {
         ["bench", "step", ..] => bench_step(&parse(&args[2..])?),
         ["bench", "loader", ..] => bench_loader(&parse(&args[2..])?),
         ["results", ..] => results(&args[1..]),
+        ["reproduce", "table1", ..] => reproduce::table1(&args[2..]),
         _ => bail!(
-            "usage: cargo xtask bench step [--config FILE] [--device D] [--steps N]\n       cargo xtask bench loader [--config FILE] [--epochs N]\n       cargo xtask results --config FILE [--config FILE ...] [--seeds N] [--epochs N] [--out FILE]"
+            "usage: cargo xtask bench step [--config FILE] [--device D] [--steps N]\n       cargo xtask bench loader [--config FILE] [--epochs N]\n       cargo xtask results --config FILE [--config FILE ...] [--seeds N] [--epochs N] [--set METHOD:KEY=VALUE ...] [--out FILE]\n       cargo xtask reproduce table1 [--datasets A,B] [--methods A,B] [--seeds N] [--profile quick|paper] [--epochs N] [--device D] [--out DIR]"
         ),
     }
 }

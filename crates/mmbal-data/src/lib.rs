@@ -1,7 +1,8 @@
 //! # mmbal-data
 //!
 //! Multimodal datasets for balanced multimodal learning, usable without the rest of mmbal:
-//! manifests with any number of named modalities ([`manifest`]), the audio front ends of the
+//! manifests with any number of named modalities ([`manifest`]), the community layouts of
+//! Kinetics-Sounds, CREMA-D, UCF-101, VGGSound, AVE and MM-Debiased ([`layouts`]), the audio front ends of the
 //! field (librosa STFT, Kaldi fbank: [`audio`]), video frames and their augmentation ([`video`]),
 //! per-modality recipes ([`recipe`]), a packed cache stamped with its recipe ([`cache`]), and a
 //! deterministic parallel loader ([`loader`]).
@@ -21,8 +22,11 @@
 pub mod audio;
 pub mod cache;
 pub mod datasets;
+pub mod doctor;
+pub mod layouts;
 pub mod loader;
 pub mod manifest;
+pub mod npy;
 pub mod preprocess;
 pub mod recipe;
 pub mod video;

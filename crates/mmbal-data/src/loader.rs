@@ -138,44 +138,44 @@ impl Dataset {
     /// Builds one batch from rows; `augment_key` = `Some((seed, epoch, first position))` for
     /// training augmentation, `None` for deterministic evaluation transforms.
     pub fn batch(&self, rows: &[Row], augment_key: Option<(u64, u64, usize)>) -> Result<Batch> {
-        let per_row: Vec<Vec<Vec<f32>>> = rows
-            .par_iter()
+        let b = rows.len();
+        let sizes: Vec<usize> = self
+            .recipes
+            .iter()
+            .map(|r| r.input_shape().iter().product())
+            .collect();
+        let mut flats: Vec<Vec<f32>> = sizes.iter().map(|n| vec![0f32; b * n]).collect();
+        // One output slice per (row, modality), so that rows fill the batch in parallel.
+        let mut slots: Vec<Vec<&mut [f32]>> = (0..b).map(|_| Vec::new()).collect();
+        for (flat, &n) in flats.iter_mut().zip(&sizes) {
+            for (slot, chunk) in slots.iter_mut().zip(flat.chunks_mut(n.max(1))) {
+                slot.push(chunk);
+            }
+        }
+        slots
+            .into_par_iter()
             .enumerate()
-            .map(|(k, row)| {
+            .try_for_each(|(k, outs)| -> Result<()> {
+                let row = &rows[k];
                 let mut rng =
                     augment_key.map(|(seed, epoch, start)| stream(seed, epoch, (start + k) as u64));
-                (0..self.num_modalities())
-                    .map(|m| {
-                        let item = self.decoded(row.sample, m)?;
-                        self.recipes[m]
-                            .finish(&item, rng.as_mut())
-                            .with_context(|| {
-                                format!("sample `{}`", self.manifest.samples[row.sample].id)
-                            })
-                    })
-                    .collect()
-            })
-            .collect::<Result<_>>()?;
-        let b = rows.len();
-        let mut inputs = Vec::new();
-        for (m, recipe) in self.recipes.iter().enumerate() {
-            let shape = recipe.input_shape();
-            let n: usize = shape.iter().product();
-            let mut flat = Vec::with_capacity(b * n);
-            for (k, r) in per_row.iter().enumerate() {
-                if r[m].len() != n {
-                    bail!(
-                        "sample `{}` modality {}: {} values, recipe expects {:?}",
-                        self.manifest.samples[rows[k].sample].id,
-                        self.manifest.modalities[m],
-                        r[m].len(),
-                        shape
-                    );
+                for (m, out) in outs.into_iter().enumerate() {
+                    let item = self.decoded(row.sample, m)?;
+                    self.recipes[m]
+                        .finish_into(&item, rng.as_mut(), out)
+                        .with_context(|| {
+                            format!(
+                                "sample `{}` modality {}",
+                                self.manifest.samples[row.sample].id, self.manifest.modalities[m]
+                            )
+                        })?;
                 }
-                flat.extend_from_slice(&r[m]);
-            }
+                Ok(())
+            })?;
+        let mut inputs = Vec::new();
+        for (flat, recipe) in flats.into_iter().zip(&self.recipes) {
             let mut dims = vec![b];
-            dims.extend(shape);
+            dims.extend(recipe.input_shape());
             inputs.push(Tensor::from_vec(flat, dims, &Device::Cpu)?);
         }
         let labels: Vec<u32> = rows

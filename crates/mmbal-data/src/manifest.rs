@@ -50,6 +50,8 @@ pub enum Source {
     Path(PathBuf),
     /// Image `index` of an IDX image file (MNIST).
     IdxImage { path: PathBuf, index: usize },
+    /// Optical flow as two folders of grey frames, horizontal (u) and vertical (v) (UCF-101).
+    Flow { u: PathBuf, v: PathBuf },
 }
 
 impl Source {
@@ -66,10 +68,20 @@ impl Source {
         Ok(Source::Path(root.join(text)))
     }
 
+    /// The file or folder (for flow: the u folder) that names this source in messages.
     pub fn path(&self) -> &Path {
         match self {
             Source::Path(p) => p,
             Source::IdxImage { path, .. } => path,
+            Source::Flow { u, .. } => u,
+        }
+    }
+
+    /// Every file or folder this source needs.
+    pub fn paths(&self) -> Vec<&Path> {
+        match self {
+            Source::Flow { u, v } => vec![u, v],
+            other => vec![other.path()],
         }
     }
 }
@@ -93,17 +105,24 @@ pub struct ModalityCard {
     pub source: Option<String>,
 }
 
-/// The `dataset.toml` card.
+/// The `dataset.toml` card: either mmbal's own split file and modalities, or a community
+/// `[layout]` read as it is on disk ([`crate::layouts`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetCard {
     pub name: String,
+    /// Class names in label order. A layout may leave it empty: its default list, or the
+    /// sorted labels found in its lists (see [`crate::layouts`]).
+    #[serde(default)]
     pub classes: Vec<String>,
-    pub split_file: String,
-    #[serde(rename = "modality")]
+    #[serde(default)]
+    pub split_file: Option<String>,
+    #[serde(default, rename = "modality")]
     pub modalities: Vec<ModalityCard>,
     #[serde(default)]
     pub description: String,
+    #[serde(default)]
+    pub layout: Option<crate::layouts::Layout>,
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +131,9 @@ pub struct Manifest {
     pub classes: Vec<String>,
     pub modalities: Vec<String>,
     pub samples: Vec<Sample>,
+    /// What loading did besides reading (a val split carved and written, samples left out
+    /// because `allow_missing` was set): shown by `mmbal data doctor` and at training start.
+    pub notes: Vec<String>,
 }
 
 impl Manifest {
@@ -122,7 +144,24 @@ impl Manifest {
             .with_context(|| format!("{}: cannot read dataset card", card_path.display()))?;
         let card: DatasetCard = toml::from_str(&text)
             .with_context(|| format!("{}: invalid dataset card", card_path.display()))?;
-        let split_path = card_dir.join(&card.split_file);
+        if let Some(layout) = &card.layout {
+            if card.split_file.is_some() || !card.modalities.is_empty() {
+                bail!(
+                    "{}: a card with a [layout] takes its splits and modalities from the layout; \
+                     remove split_file and [[modality]]",
+                    card_path.display()
+                );
+            }
+            return crate::layouts::load(&card, layout, data_root)
+                .with_context(|| format!("dataset card {}", card_path.display()));
+        }
+        let Some(split_file) = &card.split_file else {
+            bail!(
+                "{}: the card needs split_file (or a [layout])",
+                card_path.display()
+            );
+        };
+        let split_path = card_dir.join(split_file);
         let split_text = std::fs::read_to_string(&split_path)
             .with_context(|| format!("{}: cannot read split file", split_path.display()))?;
         Manifest::from_split_text(&card, &split_text, &split_path, data_root)
@@ -226,6 +265,7 @@ impl Manifest {
             classes: card.classes.clone(),
             modalities: card.modalities.iter().map(|m| m.name.clone()).collect(),
             samples,
+            notes: Vec::new(),
         })
     }
 

@@ -1,33 +1,173 @@
-//! `mmbal preprocess`: video files to the field's layout, `visual/<id>/frame_00001.jpg` at a
-//! given frame rate and `audio/<id>.wav` (mono 16-bit PCM at a given rate), using the `ffmpeg`
-//! program as a subprocess.
+//! `mmbal preprocess`: videos to the field's layouts with the `ffmpeg` program as a subprocess:
+//! frames at a given rate, audio resampled to WAV, and (for the named recipes) spectrograms
+//! written as `.npy`. The recipe used is written next to the data as `recipe.toml`, so every
+//! result can name it.
+//!
+//! Named recipes ([`PreprocessRecipe::named`]), every parameter overridable:
+//!
+//! | name | layout | frames | audio | spectrogram |
+//! |---|---|---|---|---|
+//! | `plain` (default) | - | `visual/{id}` at 1 fps | `audio/{id}.wav`, 16 kHz | none |
+//! | `ks-fbank` | kinetics-sounds | `visual/{id}` at 1 fps | `audio/{id}.wav`, 16 kHz | `audio/{id}.npy`: Kaldi fbank 128 mel, 25/10 ms, mean removed, 1024 frames -> (1024, 128) |
+//! | `cremad-stft` | crema-d | `Image-01-FPS/{id}` at 1 fps | `AudioWAV/{id}.wav`, 22.05 kHz | `spec/{id}.npy`: tiled to 3 s, STFT 512/353 centred, log(\|S\| + 1e-7) -> (257, 188) |
+//! | `vggsound-stft` | vggsound | `visual/{id}` at 1 fps | `audio/{id}.wav`, 16 kHz | `spec/{id}.npy`: tiled to 5 s, STFT 256/128 centred, log(\|S\| + 1e-7) -> (129, 626) |
+//!
+//! The stored spectrograms are not normalised; the training recipe normalises them.
 
+use crate::audio::{Fbank, Stft};
+use crate::layouts::LayoutKind;
+use crate::recipe::{audio_spectrogram, AudioRecipe, FrontEnd};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-#[derive(Debug, Clone)]
-pub struct PreprocessOptions {
+/// How videos become a dataset folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreprocessRecipe {
+    pub name: String,
+    /// The community layout the output follows (for the lists written from a label file).
+    #[serde(default)]
+    pub layout: Option<LayoutKind>,
     /// Frames per second to extract.
     pub fps: f64,
-    /// Audio sample rate.
-    pub sample_rate: u32,
     /// JPEG quality for ffmpeg's `-q:v` (2 = high).
     pub jpeg_quality: u32,
+    /// Output templates under the output folder (`{id}`: the video's file stem).
+    pub frames: String,
+    pub wav: String,
+    /// Sample rate of the stored WAV (mono, 16-bit).
+    pub wav_sample_rate: u32,
+    /// Where the spectrogram goes, and how it is computed; none when absent.
+    #[serde(default)]
+    pub spectrogram: Option<String>,
+    #[serde(default)]
+    pub audio: Option<AudioRecipe>,
 }
 
-impl Default for PreprocessOptions {
+impl Default for PreprocessRecipe {
     fn default() -> Self {
-        PreprocessOptions {
+        PreprocessRecipe {
+            name: "plain".into(),
+            layout: None,
             fps: 1.0,
-            sample_rate: 16000,
             jpeg_quality: 2,
+            frames: "visual/{id}".into(),
+            wav: "audio/{id}.wav".into(),
+            wav_sample_rate: 16000,
+            spectrogram: None,
+            audio: None,
         }
     }
 }
 
-fn run_ffmpeg(args: &[&str], input: &Path) -> Result<()> {
+impl PreprocessRecipe {
+    pub const NAMES: [&'static str; 4] = ["plain", "ks-fbank", "cremad-stft", "vggsound-stft"];
+
+    /// A named recipe (table in the module docs).
+    pub fn named(name: &str) -> Result<PreprocessRecipe> {
+        let stft = |sample_rate, clip_seconds, n_fft, hop, frames| AudioRecipe {
+            sample_rate,
+            offset_seconds: 0.0,
+            clip_seconds: Some(clip_seconds),
+            remove_mean: false,
+            front_end: FrontEnd::Stft(Stft {
+                n_fft,
+                hop,
+                log_eps: 1e-7,
+                reflect_pad: false,
+            }),
+            bin_mean_norm: false,
+            frames,
+            norm_mean: 0.0,
+            norm_std: 1.0,
+        };
+        let base = PreprocessRecipe {
+            name: name.to_string(),
+            ..PreprocessRecipe::default()
+        };
+        Ok(match name {
+            "plain" => base,
+            "ks-fbank" => PreprocessRecipe {
+                layout: Some(LayoutKind::KineticsSounds),
+                spectrogram: Some("audio/{id}.npy".into()),
+                audio: Some(AudioRecipe {
+                    sample_rate: 16000,
+                    offset_seconds: 0.0,
+                    clip_seconds: None,
+                    remove_mean: true,
+                    front_end: FrontEnd::Fbank(Fbank::default()),
+                    bin_mean_norm: false,
+                    frames: 1024,
+                    norm_mean: 0.0,
+                    norm_std: 1.0,
+                }),
+                ..base
+            },
+            "cremad-stft" => PreprocessRecipe {
+                layout: Some(LayoutKind::CremaD),
+                frames: "Image-01-FPS/{id}".into(),
+                wav: "AudioWAV/{id}.wav".into(),
+                wav_sample_rate: 22050,
+                spectrogram: Some("spec/{id}.npy".into()),
+                audio: Some(stft(22050, 3.0, 512, 353, 188)),
+                ..base
+            },
+            "vggsound-stft" => PreprocessRecipe {
+                layout: Some(LayoutKind::VggSound),
+                spectrogram: Some("spec/{id}.npy".into()),
+                audio: Some(stft(16000, 5.0, 256, 128, 626)),
+                ..base
+            },
+            _ => bail!(
+                "no preprocessing recipe named `{name}` (known: {})",
+                Self::NAMES.join(", ")
+            ),
+        })
+    }
+
+    /// Applies `key=value` overrides (dotted keys into the TOML form, values as TOML: `fps=2`,
+    /// `audio.front_end.num_mel_bins=64`, `frames="img/{id}"`; a bare word is a string).
+    pub fn with_overrides(&self, sets: &[String]) -> Result<PreprocessRecipe> {
+        let mut table = toml::Table::try_from(self)?;
+        for set in sets {
+            let (key, value) = set
+                .split_once('=')
+                .with_context(|| format!("--set {set}: expected KEY=VALUE"))?;
+            let value = match format!("v = {value}").parse::<toml::Table>() {
+                Ok(mut t) => t.remove("v").context("parsed value")?,
+                Err(_) => toml::Value::String(value.to_string()),
+            };
+            let parts: Vec<&str> = key.split('.').collect();
+            let mut at = &mut table;
+            for p in &parts[..parts.len() - 1] {
+                at = at
+                    .get_mut(*p)
+                    .and_then(|v| v.as_table_mut())
+                    .with_context(|| format!("--set {set}: the recipe has no table `{p}`"))?;
+            }
+            at.insert(parts[parts.len() - 1].to_string(), value);
+        }
+        let text = toml::to_string(&table)?;
+        toml::from_str(&text).with_context(|| format!("recipe after --set {}", sets.join(" ")))
+    }
+
+    fn path(&self, out: &Path, template: &str, id: &str) -> PathBuf {
+        out.join(template.replace("{id}", id))
+    }
+
+    /// Reads a `recipe.toml` written by preprocessing.
+    pub fn load(path: &Path) -> Result<PreprocessRecipe> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        toml::from_str(&text)
+            .with_context(|| format!("{}: not a preprocessing recipe", path.display()))
+    }
+}
+
+fn run_ffmpeg(args: &[&str], input: &Path, what: &str) -> Result<()> {
     let out = Command::new("ffmpeg")
         .args([
             "-nostdin",
@@ -43,26 +183,40 @@ fn run_ffmpeg(args: &[&str], input: &Path) -> Result<()> {
         .context("cannot run `ffmpeg`: install it (Debian: apt-get install ffmpeg)")?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        bail!("{}: ffmpeg failed: {}", input.display(), err.trim());
+        let last = err.trim().lines().last().unwrap_or("").to_string();
+        let hint = if last.contains("does not contain any stream") {
+            format!(" (the file has no {what} stream)")
+        } else {
+            String::new()
+        };
+        bail!(
+            "{}: ffmpeg could not extract {what}{hint}: {}",
+            input.display(),
+            err.trim()
+        );
     }
     Ok(())
 }
 
-/// Converts one video into `out/visual/<id>/` frames and `out/audio/<id>.wav`.
+/// Converts one video: frames, WAV and (if the recipe has one) the spectrogram. Returns the
+/// number of frames written.
 pub fn preprocess_video(
     input: &Path,
     out: &Path,
     id: &str,
-    opts: &PreprocessOptions,
-) -> Result<()> {
+    recipe: &PreprocessRecipe,
+) -> Result<usize> {
     if !input.is_file() {
         bail!("{}: no such video file", input.display());
     }
-    let frames = out.join("visual").join(id);
-    std::fs::create_dir_all(&frames)?;
-    std::fs::create_dir_all(out.join("audio"))?;
+    let frames = recipe.path(out, &recipe.frames, id);
+    let wav = recipe.path(out, &recipe.wav, id);
+    std::fs::create_dir_all(&frames)
+        .with_context(|| format!("{}: cannot create", frames.display()))?;
+    if let Some(parent) = wav.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
     let pattern = frames.join("frame_%05d.jpg");
-    let wav = out.join("audio").join(format!("{id}.wav"));
     let inp = input.to_string_lossy();
     run_ffmpeg(
         &[
@@ -70,15 +224,17 @@ pub fn preprocess_video(
             &inp,
             "-an",
             "-vf",
-            &format!("fps={}", opts.fps),
+            &format!("fps={}", recipe.fps),
             "-q:v",
-            &opts.jpeg_quality.to_string(),
+            &recipe.jpeg_quality.to_string(),
             &pattern.to_string_lossy(),
         ],
         input,
+        "video",
     )?;
-    crate::video::list_frames(&frames)
-        .with_context(|| format!("{}: ffmpeg wrote no frames", input.display()))?;
+    let count = crate::video::list_frames(&frames)
+        .with_context(|| format!("{}: ffmpeg wrote no frames", input.display()))?
+        .len();
     run_ffmpeg(
         &[
             "-i",
@@ -87,53 +243,244 @@ pub fn preprocess_video(
             "-ac",
             "1",
             "-ar",
-            &opts.sample_rate.to_string(),
+            &recipe.wav_sample_rate.to_string(),
             "-acodec",
             "pcm_s16le",
             &wav.to_string_lossy(),
         ],
         input,
-    )
-    .with_context(|| format!("{}: no decodable audio stream", input.display()))?;
-    Ok(())
+        "audio",
+    )?;
+    if let (Some(template), Some(a)) = (&recipe.spectrogram, &recipe.audio) {
+        let w = crate::audio::read_wav(&wav)?;
+        if w.samples.is_empty() {
+            bail!(
+                "{}: the audio stream decoded to no samples",
+                input.display()
+            );
+        }
+        let x = crate::audio::resample(&w.samples, w.sample_rate, a.sample_rate);
+        let spec = audio_spectrogram(a, x, input)?;
+        let path = recipe.path(out, template, id);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        crate::npy::write_f32(&path, &[spec.rows, spec.cols], &spec.data)?;
+    }
+    Ok(count)
 }
 
-/// Preprocesses every video file of `input_dir` (by extension) in parallel; ids are file stems.
-/// Returns the ids done and one error per file that failed (never skipped silently).
+/// What preprocessing a folder did: every file is in exactly one list.
+#[derive(Debug, Default)]
+pub struct FolderReport {
+    /// Ids done, with the number of frames written.
+    pub done: Vec<(String, usize)>,
+    /// One message per video that failed, naming the file.
+    pub failed: Vec<String>,
+    /// Files that are not videos (by extension), left alone.
+    pub ignored: Vec<PathBuf>,
+}
+
+const VIDEO_EXTENSIONS: [&str; 8] = ["mp4", "mpg", "mpeg", "avi", "webm", "mkv", "mov", "flv"];
+
+/// Preprocesses every video file of `input_dir` (by extension) in parallel (ids are file
+/// stems) and writes `recipe.toml` into `out`.
 pub fn preprocess_folder(
     input_dir: &Path,
     out: &Path,
-    opts: &PreprocessOptions,
-) -> Result<(Vec<String>, Vec<String>)> {
+    recipe: &PreprocessRecipe,
+) -> Result<FolderReport> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(input_dir)
         .with_context(|| format!("{}: cannot list input folder", input_dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            matches!(
-                p.extension()
-                    .and_then(|e| e.to_str())
-                    .map(|e| e.to_ascii_lowercase())
-                    .as_deref(),
-                Some("mp4" | "mpg" | "mpeg" | "avi" | "webm" | "mkv" | "mov" | "flv")
-            )
-        })
+        .filter(|p| p.is_file())
         .collect();
     files.sort();
-    let results: Vec<(String, Result<()>)> = files
+    let (videos, ignored): (Vec<PathBuf>, Vec<PathBuf>) = files.into_iter().partition(|p| {
+        p.extension()
+            .and_then(|e| e.to_str())
+            .map(|e| VIDEO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+            .unwrap_or(false)
+    });
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    write_recipe(out, recipe)?;
+    let results: Vec<(String, Result<usize>)> = videos
         .par_iter()
         .map(|f| {
             let id = f.file_stem().unwrap().to_string_lossy().into_owned();
-            let r = preprocess_video(f, out, &id, opts);
+            let r = preprocess_video(f, out, &id, recipe);
             (id, r)
         })
         .collect();
-    let mut ok = Vec::new();
-    let mut failed = Vec::new();
+    let mut report = FolderReport {
+        ignored,
+        ..FolderReport::default()
+    };
     for (id, r) in results {
         match r {
-            Ok(()) => ok.push(id),
-            Err(e) => failed.push(format!("{e:#}")),
+            Ok(n) => report.done.push((id, n)),
+            Err(e) => report.failed.push(format!("{e:#}")),
         }
     }
-    Ok((ok, failed))
+    Ok(report)
+}
+
+/// Writes `out/recipe.toml`.
+pub fn write_recipe(out: &Path, recipe: &PreprocessRecipe) -> Result<()> {
+    let path = out.join("recipe.toml");
+    let text = format!(
+        "# Written by mmbal {} (mmbal preprocess): how this folder was made.\n{}",
+        env!("CARGO_PKG_VERSION"),
+        toml::to_string(recipe)?
+    );
+    std::fs::write(&path, text).with_context(|| format!("{}: cannot write", path.display()))
+}
+
+/// One line of a label file: `id,label[,split]`.
+#[derive(Debug, Clone)]
+pub struct LabelLine {
+    pub id: String,
+    pub label: String,
+    pub split: crate::Split,
+}
+
+/// Reads a label file (`id,label[,split]` per line, split train when absent; `#` comments).
+pub fn read_labels(path: &Path) -> Result<Vec<LabelLine>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read label file", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = format!("{}:{}", path.display(), i + 1);
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        if !(2..=3).contains(&f.len()) || f[0].is_empty() || f[1].is_empty() {
+            bail!("{at}: expected `id,label[,split]`, found `{line}`");
+        }
+        let split = match f.get(2) {
+            None => crate::Split::Train,
+            Some(s) => crate::Split::parse(s)
+                .with_context(|| format!("{at}: unknown split `{s}` (train, val or test)"))?,
+        };
+        out.push(LabelLine {
+            id: f[0].to_string(),
+            label: f[1].to_string(),
+            split,
+        });
+    }
+    Ok(out)
+}
+
+/// Writes the split lists of `layout` for the preprocessed clips `done`, from `labels`.
+/// Every done clip needs a label; labelled clips that were not done are returned (they are in
+/// no list) so that the caller reports them.
+pub fn write_lists(
+    layout: LayoutKind,
+    out: &Path,
+    labels: &[LabelLine],
+    done: &[(String, usize)],
+) -> Result<Vec<String>> {
+    use crate::Split;
+    let frames: std::collections::HashMap<&str, usize> =
+        done.iter().map(|(id, n)| (id.as_str(), *n)).collect();
+    let unlabelled: Vec<&str> = done
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .filter(|id| !labels.iter().any(|l| l.id == *id))
+        .collect();
+    if !unlabelled.is_empty() {
+        bail!(
+            "{} preprocessed clip(s) have no line in the label file: {}",
+            unlabelled.len(),
+            unlabelled.join(", ")
+        );
+    }
+    let mut lists: std::collections::BTreeMap<String, String> = Default::default();
+    let mut left_out = Vec::new();
+    for l in labels {
+        let Some(&n) = frames.get(l.id.as_str()) else {
+            left_out.push(l.id.clone());
+            continue;
+        };
+        let split = l.split.name();
+        let (file, line) = match layout {
+            LayoutKind::KineticsSounds => (
+                format!("{split}.txt"),
+                // The middle field is not read back; the frame count is what it held.
+                format!("{},{n},{}", l.id, l.label),
+            ),
+            LayoutKind::CremaD => (format!("{split}.csv"), format!("{},{}", l.id, l.label)),
+            LayoutKind::VggSound => {
+                let (ytid, start) =
+                    l.id.rsplit_once('_')
+                        .filter(|(_, s)| s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit()))
+                        .with_context(|| {
+                            format!(
+                                "clip `{}`: VGGSound ids are `ytid_start` with 6 digits",
+                                l.id
+                            )
+                        })?;
+                let label = if l.label.contains(',') {
+                    format!("\"{}\"", l.label)
+                } else {
+                    l.label.clone()
+                };
+                let file = if l.split == Split::Val {
+                    "val.csv"
+                } else {
+                    "vggsound.csv"
+                };
+                (
+                    file.to_string(),
+                    format!("{ytid},{},{label},{split}", start.parse::<u64>()?),
+                )
+            }
+            other => bail!(
+                "writing split lists for the {other:?} layout is not supported: write them by hand"
+            ),
+        };
+        let text = lists.entry(file).or_default();
+        text.push_str(&line);
+        text.push('\n');
+    }
+    for (file, text) in lists {
+        let path = out.join(&file);
+        std::fs::write(&path, text).with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(left_out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::Recipe;
+
+    #[test]
+    fn named_recipes_give_the_documented_shapes() {
+        let shape = |name: &str| {
+            let r = PreprocessRecipe::named(name).unwrap();
+            Recipe::Audio(r.audio.unwrap()).input_shape()
+        };
+        assert_eq!(shape("ks-fbank"), vec![1, 1024, 128]);
+        assert_eq!(shape("cremad-stft"), vec![1, 257, 188]);
+        assert_eq!(shape("vggsound-stft"), vec![1, 129, 626]);
+        assert!(PreprocessRecipe::named("ks").is_err());
+    }
+
+    #[test]
+    fn overrides_reach_nested_fields_and_reject_typos() {
+        let r = PreprocessRecipe::named("ks-fbank").unwrap();
+        let o = r
+            .with_overrides(&["fps=2".into(), "audio.front_end.num_mel_bins=64".into()])
+            .unwrap();
+        assert_eq!(o.fps, 2.0);
+        match o.audio.unwrap().front_end {
+            FrontEnd::Fbank(f) => assert_eq!(f.num_mel_bins, 64),
+            _ => panic!("fbank expected"),
+        }
+        assert!(r.with_overrides(&["fsp=2".into()]).is_err());
+        assert!(r.with_overrides(&["nothing.here=2".into()]).is_err());
+    }
 }

@@ -92,6 +92,10 @@ pub struct FramesRecipe {
     /// Use one grey channel instead of RGB.
     #[serde(default)]
     pub grey: bool,
+    /// Optical flow: the source is a u/v pair of grey frame folders, two channels, normalised
+    /// to `(x - 0.5) / 0.5`; a horizontal flip also mirrors u.
+    #[serde(default)]
+    pub flow: bool,
     /// Train augmentation: random resized crop with this area range, then horizontal flip.
     #[serde(default = "default_scale")]
     pub crop_scale: (f64, f64),
@@ -117,7 +121,9 @@ impl FramesRecipe {
         )
     }
     fn channels(&self) -> usize {
-        if self.grey {
+        if self.flow {
+            2
+        } else if self.grey {
             1
         } else {
             3
@@ -170,7 +176,10 @@ impl Recipe {
     pub fn decode(&self, source: &Source) -> Result<Decoded> {
         match self {
             Recipe::Audio(a) => decode_audio(a, source.path()),
-            Recipe::Frames(f) => decode_frames(f, source.path()),
+            Recipe::Frames(f) => match source {
+                Source::Flow { u, v } => decode_flow(f, u, v),
+                other => decode_frames(f, other.path()),
+            },
             Recipe::Image(r) => {
                 let img = match source {
                     Source::IdxImage { path, index } => {
@@ -184,6 +193,9 @@ impl Recipe {
                         }
                     }
                     Source::Path(p) => video::read_image(p, true)?,
+                    Source::Flow { u, .. } => {
+                        bail!("{}: an image recipe cannot read a flow source", u.display())
+                    }
                 };
                 let img = if (img.height, img.width) == (r.height, r.width) {
                     img
@@ -201,15 +213,41 @@ impl Recipe {
     /// The per-sample stage: a decoded item to the model input, `input_shape()` floats.
     /// `rng` is `Some` for training (augmentation), `None` for evaluation.
     pub fn finish(&self, item: &Decoded, rng: Option<&mut impl Rng>) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; self.input_shape().iter().product()];
+        self.finish_into(item, rng, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Recipe::finish`] into `out` (`input_shape()` floats), the loader's path: one batch
+    /// buffer, no per-sample allocation.
+    pub fn finish_into(
+        &self,
+        item: &Decoded,
+        rng: Option<&mut impl Rng>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let n: usize = self.input_shape().iter().product();
+        let len = match &item.data {
+            DecodedData::F32(d) => d.len(),
+            DecodedData::U8(d) => d.len(),
+        };
+        if out.len() != n {
+            bail!("output holds {} values, the recipe gives {n}", out.len());
+        }
         match (self, &item.data) {
-            (Recipe::Audio(_), DecodedData::F32(d)) => Ok(d.clone()),
-            (Recipe::Image(r), DecodedData::U8(d)) => Ok(d
-                .iter()
-                .map(|&v| (v as f32 / 255.0 - r.mean) / r.std)
-                .collect()),
-            (Recipe::Frames(f), DecodedData::U8(d)) => finish_frames(f, &item.shape, d, rng),
+            (Recipe::Audio(_) | Recipe::Image(_), _) if len != n => {
+                bail!("cached item has {len} values, the recipe gives {n} (rebuild the cache)")
+            }
+            (Recipe::Audio(_), DecodedData::F32(d)) => out.copy_from_slice(d),
+            (Recipe::Image(r), DecodedData::U8(d)) => {
+                for (o, &v) in out.iter_mut().zip(d) {
+                    *o = (v as f32 / 255.0 - r.mean) / r.std;
+                }
+            }
+            (Recipe::Frames(f), DecodedData::U8(d)) => finish_frames(f, &item.shape, d, rng, out)?,
             _ => bail!("cached item does not match the recipe (rebuild the cache)"),
         }
+        Ok(())
     }
 }
 
@@ -219,21 +257,73 @@ fn to_bytes(v: &[f32]) -> Vec<u8> {
         .collect()
 }
 
-fn decode_audio(a: &AudioRecipe, path: &Path) -> Result<Decoded> {
-    let wave = match path.extension().and_then(|e| e.to_str()) {
-        Some("wav") | Some("WAV") => audio::read_wav(path)?,
-        _ => bail!("{}: audio sources must be .wav files", path.display()),
+/// A precomputed spectrogram (`.npy`, as the layout stores it: fbank `(frames, bins)`, STFT
+/// `(bins, frames)`): only `frames`, `bin_mean_norm` and the normalisation of the recipe apply.
+fn decode_audio_npy(a: &AudioRecipe, path: &Path) -> Result<Decoded> {
+    let (shape, data) = crate::npy::read_f32(path)?;
+    let (rows, cols) = match shape[..] {
+        [r, c] | [1, r, c] => (r, c),
+        _ => bail!(
+            "{}: expected a 2-D spectrogram, found shape {shape:?}",
+            path.display()
+        ),
     };
-    if wave.samples.is_empty() {
-        bail!("{}: WAV file holds no samples", path.display());
+    let mut spec = Spectrogram { rows, cols, data };
+    let spec = match &a.front_end {
+        FrontEnd::Fbank(fb) => {
+            if cols != fb.num_mel_bins {
+                bail!(
+                    "{}: {rows}x{cols} spectrogram, but the recipe's fbank has {} mel bins (frames x bins expected)",
+                    path.display(),
+                    fb.num_mel_bins
+                );
+            }
+            if a.bin_mean_norm {
+                subtract_bin_means(&mut spec, true);
+            }
+            audio::fix_rows(&spec, a.frames)
+        }
+        FrontEnd::Stft(st) => {
+            if rows != st.n_fft / 2 + 1 {
+                bail!(
+                    "{}: {rows}x{cols} spectrogram, but the recipe's STFT has {} bins (bins x frames expected)",
+                    path.display(),
+                    st.n_fft / 2 + 1
+                );
+            }
+            if a.bin_mean_norm {
+                subtract_bin_means(&mut spec, false);
+            }
+            audio::fix_cols(&spec, a.frames)
+        }
+    };
+    Ok(normalised(a, spec))
+}
+
+fn normalised(a: &AudioRecipe, spec: Spectrogram) -> Decoded {
+    let data = spec
+        .data
+        .iter()
+        .map(|&v| (v - a.norm_mean) / a.norm_std)
+        .collect();
+    Decoded {
+        shape: vec![1, spec.rows, spec.cols],
+        data: DecodedData::F32(data),
     }
-    let mut x = audio::resample(&wave.samples, wave.sample_rate, a.sample_rate);
+}
+
+/// The recipe's front end on a waveform already at the recipe's rate: offset, tiling or cut,
+/// mean removal, spectrogram, bin means, frames. Not normalised (what preprocessing stores).
+pub fn audio_spectrogram(a: &AudioRecipe, mut x: Vec<f32>, what: &Path) -> Result<Spectrogram> {
+    if x.is_empty() {
+        bail!("{}: no audio samples", what.display());
+    }
     if a.offset_seconds > 0.0 {
         let skip = (a.offset_seconds * a.sample_rate as f64).round() as usize;
         if skip >= x.len() {
             bail!(
                 "{}: {:.3} s long, shorter than the recipe's offset_seconds {}",
-                path.display(),
+                what.display(),
                 x.len() as f64 / a.sample_rate as f64,
                 a.offset_seconds
             );
@@ -248,7 +338,7 @@ fn decode_audio(a: &AudioRecipe, path: &Path) -> Result<Decoded> {
         let mean = x.iter().map(|&v| v as f64).sum::<f64>() / x.len() as f64;
         x.iter_mut().for_each(|v| *v -= mean as f32);
     }
-    let spec: Spectrogram = match &a.front_end {
+    Ok(match &a.front_end {
         FrontEnd::Fbank(fb) => {
             let mut s = fb.compute(&x, a.sample_rate)?;
             if a.bin_mean_norm {
@@ -264,16 +354,23 @@ fn decode_audio(a: &AudioRecipe, path: &Path) -> Result<Decoded> {
             }
             audio::fix_cols(&s, a.frames)
         }
-    };
-    let data = spec
-        .data
-        .iter()
-        .map(|&v| (v - a.norm_mean) / a.norm_std)
-        .collect();
-    Ok(Decoded {
-        shape: vec![1, spec.rows, spec.cols],
-        data: DecodedData::F32(data),
     })
+}
+
+fn decode_audio(a: &AudioRecipe, path: &Path) -> Result<Decoded> {
+    let wave = match path.extension().and_then(|e| e.to_str()) {
+        Some("wav") | Some("WAV") => audio::read_wav(path)?,
+        Some("npy") => return decode_audio_npy(a, path),
+        _ => bail!(
+            "{}: audio sources must be .wav files or .npy spectrograms",
+            path.display()
+        ),
+    };
+    if wave.samples.is_empty() {
+        bail!("{}: WAV file holds no samples", path.display());
+    }
+    let x = audio::resample(&wave.samples, wave.sample_rate, a.sample_rate);
+    Ok(normalised(a, audio_spectrogram(a, x, path)?))
 }
 
 /// Removes each frequency bin's mean over time; time runs along rows (fbank) or columns (STFT).
@@ -338,18 +435,59 @@ fn decode_frames(f: &FramesRecipe, dir: &Path) -> Result<Decoded> {
     })
 }
 
+/// Optical flow: the u and v folders' frames as two grey channels, aligned by index.
+fn decode_flow(f: &FramesRecipe, u: &Path, v: &Path) -> Result<Decoded> {
+    if !f.flow {
+        bail!(
+            "{}: a flow source needs a frames recipe with flow = true",
+            u.display()
+        );
+    }
+    let grey = FramesRecipe {
+        grey: true,
+        flow: false,
+        ..f.clone()
+    };
+    let (du, dv) = (decode_frames(&grey, u)?, decode_frames(&grey, v)?);
+    if du.shape != dv.shape {
+        bail!(
+            "{}: {} u frames but {} has {} v frames",
+            u.display(),
+            du.shape[0],
+            v.display(),
+            dv.shape[0]
+        );
+    }
+    let (DecodedData::U8(a), DecodedData::U8(b)) = (du.data, dv.data) else {
+        unreachable!("frames decode to bytes")
+    };
+    let (n, plane) = (du.shape[0], du.shape[2] * du.shape[3]);
+    let mut data = Vec::with_capacity(2 * a.len());
+    for t in 0..n {
+        data.extend_from_slice(&a[t * plane..(t + 1) * plane]);
+        data.extend_from_slice(&b[t * plane..(t + 1) * plane]);
+    }
+    Ok(Decoded {
+        shape: vec![n, 2, du.shape[2], du.shape[3]],
+        data: DecodedData::U8(data),
+    })
+}
+
 fn finish_frames(
     f: &FramesRecipe,
     shape: &[usize],
     d: &[u8],
     mut rng: Option<&mut impl Rng>,
-) -> Result<Vec<f32>> {
+    out: &mut [f32],
+) -> Result<()> {
     let &[n, c, h, w] = shape else {
         bail!("cached frames must be 4-D, got {shape:?}")
     };
+    if c != f.channels() || d.len() != n * c * h * w {
+        bail!("cached frames {shape:?} do not match the recipe (rebuild the cache)");
+    }
     let picks = video::pick_frames(n, f.count, rng.as_deref_mut());
     let train_aug = f.augment && rng.is_some();
-    let mut out = Vec::with_capacity(f.count * c * f.height * f.width);
     // One crop box and flip per clip, shared by its frames (as the reference transforms do per clip).
     let (rect, flip) = match rng {
         Some(r) if train_aug => {
@@ -367,26 +505,39 @@ fn finish_frames(
             false,
         ),
     };
-    let plane = c * h * w;
-    for &p in &picks {
-        let img = Image {
-            channels: c,
-            height: h,
-            width: w,
-            data: d[p * plane..(p + 1) * plane]
-                .iter()
-                .map(|&v| v as f32 / 255.0)
-                .collect(),
-        };
-        let mut img = img.resample(rect, f.height, f.width, flip);
-        if c == 3 {
-            img.normalise(&video::IMAGENET_MEAN, &video::IMAGENET_STD);
-        } else {
-            img.normalise(&[0.449], &[0.226]);
-        }
-        out.extend(img.data);
+    // Per channel, value in [0, 1] is `a + b * byte / 255`, then `(value - mean) / std`.
+    let (mean, std): (&[f32], &[f32]) = if f.flow {
+        (&[0.5, 0.5], &[0.5, 0.5])
+    } else if c == 3 {
+        (&video::IMAGENET_MEAN, &video::IMAGENET_STD)
+    } else {
+        (&[0.449], &[0.226])
+    };
+    let affine: Vec<(f32, f32)> = (0..c)
+        .map(|ch| {
+            // A mirrored flow field moves the other way horizontally: u -> 1 - u.
+            let (a, b) = if f.flow && flip && ch == 0 {
+                (1.0, -1.0)
+            } else {
+                (0.0, 1.0)
+            };
+            ((a - mean[ch]) / std[ch], b / (255.0 * std[ch]))
+        })
+        .collect();
+    let plane_in = c * h * w;
+    let plane_out = c * f.height * f.width;
+    for (k, &p) in picks.iter().enumerate() {
+        video::resample_bytes(
+            &d[p * plane_in..(p + 1) * plane_in],
+            (c, h, w),
+            rect,
+            (f.height, f.width),
+            flip,
+            &affine,
+            &mut out[k * plane_out..(k + 1) * plane_out],
+        );
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Reads image `index` of an IDX3 file (optionally gzip-compressed): `(rows, cols, pixels)`.

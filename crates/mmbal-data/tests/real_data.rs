@@ -3,7 +3,7 @@
 use mmbal_data::audio::Fbank;
 use mmbal_data::loader::{batches, Dataset, Row};
 use mmbal_data::manifest::{DatasetCard, Manifest, Split};
-use mmbal_data::preprocess::{preprocess_video, PreprocessOptions};
+use mmbal_data::preprocess::{preprocess_video, PreprocessRecipe};
 use mmbal_data::recipe::{AudioRecipe, FramesRecipe, FrontEnd, Recipe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,6 +64,7 @@ fn recipes() -> Vec<Recipe> {
             cache_height: None,
             cache_width: None,
             grey: false,
+            flow: false,
             crop_scale: (0.5, 1.0),
             flip: true,
             augment: true,
@@ -75,10 +76,10 @@ fn recipes() -> Vec<Recipe> {
 fn grid_clip_preprocessed_cached_and_batched() {
     let Some(shared) = shared() else { return };
     let out = tmp("grid");
-    let opts = PreprocessOptions {
+    let opts = PreprocessRecipe {
         fps: 5.0,
-        sample_rate: 16000,
         jpeg_quality: 3,
+        ..PreprocessRecipe::default()
     };
     let ids = ["bbaf2n", "bbaf3s"];
     for id in ids {

@@ -23,6 +23,22 @@ pub struct Mmtm {
 struct MmtmState {
     running: [Option<Tensor>; 2],
     curated: Option<usize>,
+    probe: SqueezeProbe,
+}
+
+/// Eval-mode instrumentation of the squeeze vectors, for Greedy's conditional utilisation rate.
+enum SqueezeProbe {
+    Off,
+    /// Sum of each stream's per-sample squeeze vectors and the number of samples.
+    Record {
+        sums: [Option<Tensor>; 2],
+        n: usize,
+    },
+    /// Stream `m`'s squeeze replaced by a fixed `(C_m)` vector for every sample.
+    Replace {
+        stream: usize,
+        value: Tensor,
+    },
 }
 
 /// Per-sample global mean of a folded map `(B * T, C, H, W)` -> `(B, C)`.
@@ -57,6 +73,7 @@ impl Mmtm {
             state: Mutex::new(MmtmState {
                 running: [None, None],
                 curated: None,
+                probe: SqueezeProbe::Off,
             }),
         })
     }
@@ -66,9 +83,44 @@ impl Mmtm {
         self.state.lock().unwrap().curated = stream;
     }
 
+    /// From now on, eval forwards add up each stream's squeeze vectors (see `squeeze_means`).
+    pub fn record_squeeze(&self) {
+        self.state.lock().unwrap().probe = SqueezeProbe::Record {
+            sums: [None, None],
+            n: 0,
+        };
+    }
+
+    /// The mean squeeze vector `(C_m)` of each stream over the eval forwards since
+    /// `record_squeeze`; stops recording.
+    pub fn squeeze_means(&self) -> Result<[Tensor; 2]> {
+        let mut st = self.state.lock().unwrap();
+        match std::mem::replace(&mut st.probe, SqueezeProbe::Off) {
+            SqueezeProbe::Record {
+                sums: [Some(a), Some(b)],
+                n,
+            } => Ok([(a / n as f64)?, (b / n as f64)?]),
+            _ => bail!("MMTM: no squeeze vectors recorded"),
+        }
+    }
+
+    /// In eval forwards, replace stream `m`'s squeeze vector by `value` `(C_m)` for every sample
+    /// (`None`: the live squeeze again).
+    pub fn replace_squeeze(&self, replace: Option<(usize, Tensor)>) {
+        self.state.lock().unwrap().probe = match replace {
+            Some((stream, value)) => SqueezeProbe::Replace { stream, value },
+            None => SqueezeProbe::Off,
+        };
+    }
+
     /// The excitations `(B, C_a)`, `(B, C_b)` of two maps.
     pub fn excitations(&self, a: &Tensor, b: &Tensor, frames: [usize; 2]) -> Result<[Tensor; 2]> {
-        let s = Tensor::cat(&[squeeze(a, frames[0])?, squeeze(b, frames[1])?], 1)?;
+        let s = [squeeze(a, frames[0])?, squeeze(b, frames[1])?];
+        self.excite_from(s)
+    }
+
+    fn excite_from(&self, s: [Tensor; 2]) -> Result<[Tensor; 2]> {
+        let s = Tensor::cat(&s, 1)?;
         let z = self.squeeze.forward(&s)?.relu()?;
         Ok([
             candle_nn::ops::sigmoid(&self.excite[0].forward(&z)?)?,
@@ -85,7 +137,31 @@ impl Mmtm {
         frames: [usize; 2],
         train: bool,
     ) -> Result<[Tensor; 2]> {
-        let mut e = self.excitations(a, b, frames)?;
+        let mut s = [squeeze(a, frames[0])?, squeeze(b, frames[1])?];
+        if !train {
+            let mut st = self.state.lock().unwrap();
+            match &mut st.probe {
+                SqueezeProbe::Off => {}
+                SqueezeProbe::Record { sums, n } => {
+                    for (sum, sm) in sums.iter_mut().zip(&s) {
+                        let batch_sum = sm.detach().sum(0)?;
+                        *sum = Some(match sum.take() {
+                            None => batch_sum,
+                            Some(t) => (t + batch_sum)?,
+                        });
+                    }
+                    *n += s[0].dim(0)?;
+                }
+                SqueezeProbe::Replace { stream, value } => {
+                    let rows = s[*stream].dim(0)?;
+                    s[*stream] = value
+                        .unsqueeze(0)?
+                        .broadcast_as((rows, value.dim(0)?))?
+                        .contiguous()?;
+                }
+            }
+        }
+        let mut e = self.excite_from(s)?;
         let mut st = self.state.lock().unwrap();
         match st.curated {
             // Curation is a training device; evaluation always uses the live excitations.

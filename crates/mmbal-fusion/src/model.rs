@@ -170,6 +170,12 @@ impl MultimodalModel {
         self.mixer = Some(mixer);
     }
 
+    /// Whether a mixer joins the encoders between stages (intermediate fusion: zeroing a pooled
+    /// feature no longer removes a modality, so valuation must mask inputs).
+    pub fn has_mixer(&self) -> bool {
+        self.mixer.is_some()
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }

@@ -71,3 +71,40 @@ fn frames_share_their_clip_excitation() {
         .unwrap();
     assert!(max_diff(&oa.get(4).unwrap(), &want) < 1e-6);
 }
+
+#[test]
+fn squeeze_probe_records_means_and_replaces_one_stream() {
+    let dev = Device::Cpu;
+    let block = Mmtm::new(4, 6, LinearInit::Pytorch, 2, &dev).unwrap();
+    let a = Tensor::randn(0f32, 1.0, (3, 4, 2, 2), &dev).unwrap();
+    let b = Tensor::randn(0f32, 1.0, (3, 6, 2, 2), &dev).unwrap();
+    // Two eval forwards of the same 3 clips: the mean squeeze of stream b is the mean of its
+    // 3 clips' global means, i.e. the mean of b over clips and space.
+    block.record_squeeze();
+    block.forward(&a, &b, [1, 1], false).unwrap();
+    block.forward(&a, &b, [1, 1], false).unwrap();
+    let [_, mean_b] = block.squeeze_means().unwrap();
+    let want = b.mean(3).unwrap().mean(2).unwrap().mean(0).unwrap();
+    assert!(max_diff(&mean_b, &want) < 1e-6);
+    assert!(block.squeeze_means().is_err(), "recording stops");
+
+    // With b's squeeze replaced, stream a's scaling no longer depends on b.
+    let b2 = Tensor::randn(0f32, 1.0, (3, 6, 2, 2), &dev).unwrap();
+    block.replace_squeeze(Some((1, mean_b.clone())));
+    let [oa1, _] = block.forward(&a, &b, [1, 1], false).unwrap();
+    let [oa2, _] = block.forward(&a, &b2, [1, 1], false).unwrap();
+    assert_eq!(max_diff(&oa1, &oa2), 0.0);
+    // ... and equals the live forward of inputs whose b squeezes are exactly the mean.
+    let b_mean_map = mean_b
+        .reshape((1, 6, 1, 1))
+        .unwrap()
+        .broadcast_as((3, 6, 2, 2))
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    block.replace_squeeze(None);
+    let [oa3, _] = block.forward(&a, &b_mean_map, [1, 1], false).unwrap();
+    assert!(max_diff(&oa1, &oa3) < 1e-6);
+    let [oa4, _] = block.forward(&a, &b2, [1, 1], false).unwrap();
+    assert!(max_diff(&oa1, &oa4) > 1e-4, "live squeeze is back");
+}

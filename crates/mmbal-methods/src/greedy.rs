@@ -6,7 +6,7 @@
 use crate::{BalanceMethod, EpochCtx, Grads, StepCtx};
 use anyhow::{bail, Result};
 use candle_core::{Tensor, Var};
-use mmbal_data::Row;
+use mmbal_data::{Row, Split};
 use mmbal_fusion::{FusionKind, LinearInit, Mmtm, MmtmMixer, MultimodalModel, ParamGroup};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -23,6 +23,8 @@ struct Options {
     epsilon: f64,
     start_epoch: usize,
     seed: u64,
+    /// Measure the conditional utilisation rates on the val split after the last epoch.
+    utilisation: bool,
 }
 
 impl Default for Options {
@@ -33,6 +35,7 @@ impl Default for Options {
             epsilon: 0.01,
             start_epoch: 2,
             seed: 0,
+            utilisation: true,
         }
     }
 }
@@ -48,6 +51,41 @@ pub struct Greedy {
     curating: Option<(usize, usize)>,
     curation_steps: usize,
     last_d: f64,
+    /// After the last epoch: accuracies and conditional utilisation rates (see `Utilisation`).
+    utilisation: Option<Utilisation>,
+}
+
+/// Greedy's conditional utilisation rates, measured by replacing one modality's MMTM squeeze
+/// vectors with their training-set means, so that the other branch gets no sample-specific
+/// information from it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Utilisation {
+    /// Accuracy of branch m, and of branch m with the other modality's squeeze replaced.
+    pub acc: [f64; 2],
+    pub acc_without_other: [f64; 2],
+}
+
+impl Utilisation {
+    /// `u(other | m) = (A_m - A_m without other) / A_m`: the share of branch m's accuracy that
+    /// depends on the other modality (0 when branch m is never right).
+    pub fn rate(&self, m: usize) -> f64 {
+        if self.acc[m] > 0.0 {
+            (self.acc[m] - self.acc_without_other[m]) / self.acc[m]
+        } else {
+            0.0
+        }
+    }
+
+    /// `d_util = u(m1 | m0) - u(m0 | m1)`.
+    pub fn d_util(&self) -> f64 {
+        self.rate(0) - self.rate(1)
+    }
+}
+
+fn accuracy(logits: &Tensor, labels: &[u32]) -> Result<f64> {
+    let pred = logits.argmax(1)?.to_vec1::<u32>()?;
+    let right = pred.iter().zip(labels).filter(|(p, l)| p == l).count();
+    Ok(right as f64 / labels.len().max(1) as f64)
 }
 
 /// `sum over tensors of ||grad||^2 / ||theta||^2` for the vars that have a gradient.
@@ -74,6 +112,45 @@ fn speed(vars: &[Var], grads: &Grads) -> Result<f64> {
 }
 
 impl Greedy {
+    /// Eval-mode accuracies of both branches on the val split, live and with the other
+    /// modality's squeeze vectors (every block) replaced by their training-set means.
+    fn measure_utilisation(&self, ctx: &EpochCtx) -> Result<Utilisation> {
+        let Some(blocks) = &self.blocks else {
+            bail!("greedy: prepare_model was not called");
+        };
+        let val = ctx.dataset.rows(Split::Val);
+        if val.is_empty() {
+            bail!("greedy: the utilisation rate needs a val split (or set utilisation = false)");
+        }
+        for (_, b) in blocks.iter() {
+            b.record_squeeze();
+        }
+        ctx.forward_all(&ctx.train_rows())?;
+        let means = blocks
+            .iter()
+            .map(|(_, b)| b.squeeze_means())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let live = ctx.forward_all(&val)?;
+        let mut u = Utilisation {
+            acc: [0.0; 2],
+            acc_without_other: [0.0; 2],
+        };
+        for m in 0..2 {
+            u.acc[m] = accuracy(&live.unimodal[m], &live.labels)?;
+            let other = 1 - m;
+            for ((_, b), mean) in blocks.iter().zip(&means) {
+                b.replace_squeeze(Some((other, mean[other].clone())));
+            }
+            let cut = ctx.forward_all(&val);
+            for (_, b) in blocks.iter() {
+                b.replace_squeeze(None);
+            }
+            let cut = cut?;
+            u.acc_without_other[m] = accuracy(&cut.unimodal[m], &cut.labels)?;
+        }
+        Ok(u)
+    }
+
     fn set_curation(&self, branch: Option<usize>) {
         if let Some(blocks) = &self.blocks {
             for (_, b) in blocks.iter() {
@@ -189,20 +266,39 @@ impl BalanceMethod for Greedy {
         Ok(())
     }
 
+    fn on_epoch_end(&mut self, ctx: &EpochCtx) -> Result<()> {
+        if self.opts.utilisation && ctx.epoch + 1 == ctx.epochs {
+            self.utilisation = Some(self.measure_utilisation(ctx)?);
+        }
+        Ok(())
+    }
+
     /// The mean of the two branches' logits.
     fn predict(&self, _fused: &Tensor, unimodal: &[Tensor]) -> Result<Tensor> {
         Ok(((&unimodal[0] + &unimodal[1])? / 2.0)?)
     }
 
     fn diagnostics(&self) -> Vec<(String, f64)> {
-        vec![
+        let mut out = vec![
             ("greedy_speed_gap_d".into(), self.last_d),
             ("greedy_bypass_speed_0".into(), self.bypass[0] as f64),
             ("greedy_bypass_speed_1".into(), self.bypass[1] as f64),
             ("greedy_main_speed_0".into(), self.main[0] as f64),
             ("greedy_main_speed_1".into(), self.main[1] as f64),
             ("greedy_curation_steps".into(), self.curation_steps as f64),
-        ]
+        ];
+        if let Some(u) = &self.utilisation {
+            out.extend([
+                ("greedy_val_acc_0".into(), u.acc[0]),
+                ("greedy_val_acc_1".into(), u.acc[1]),
+                ("greedy_val_acc_0_without_1".into(), u.acc_without_other[0]),
+                ("greedy_val_acc_1_without_0".into(), u.acc_without_other[1]),
+                ("greedy_util_1_given_0".into(), u.rate(0)),
+                ("greedy_util_0_given_1".into(), u.rate(1)),
+                ("greedy_d_util".into(), u.d_util()),
+            ]);
+        }
+        out
     }
 
     fn state(&self) -> Result<Vec<(String, Tensor)>> {
@@ -234,7 +330,8 @@ impl BalanceMethod for Greedy {
     }
 }
 
-/// Options: `mmtm_after` (every stage from 2 on), `window` (5), `epsilon` (0.01), `start_epoch` (2), `seed` (0).
+/// Options: `mmtm_after` (every stage from 2 on), `window` (5), `epsilon` (0.01), `start_epoch`
+/// (2), `seed` (0), `utilisation` (true).
 pub fn build(options: &toml::Table) -> Result<Box<dyn BalanceMethod>> {
     Ok(Box::new(Greedy {
         opts: crate::parse_options("greedy", options)?,
@@ -244,5 +341,32 @@ pub fn build(options: &toml::Table) -> Result<Box<dyn BalanceMethod>> {
         curating: None,
         curation_steps: 0,
         last_d: 0.0,
+        utilisation: None,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Utilisation;
+
+    #[test]
+    fn utilisation_rates_by_hand() {
+        // Branch 0 drops from 0.8 to 0.6 without modality 1: u(1|0) = 0.2 / 0.8 = 0.25.
+        // Branch 1 loses nothing without modality 0: u(0|1) = 0; d_util = 0.25.
+        let u = Utilisation {
+            acc: [0.8, 0.5],
+            acc_without_other: [0.6, 0.5],
+        };
+        assert!((u.rate(0) - 0.25).abs() < 1e-12);
+        assert_eq!(u.rate(1), 0.0);
+        assert!((u.d_util() - 0.25).abs() < 1e-12);
+        // A branch that gains without the other modality has a negative rate; a branch that
+        // is never right has rate 0.
+        let u = Utilisation {
+            acc: [0.4, 0.0],
+            acc_without_other: [0.5, 0.1],
+        };
+        assert!((u.rate(0) + 0.25).abs() < 1e-12);
+        assert_eq!(u.rate(1), 0.0);
+    }
 }

@@ -45,6 +45,7 @@ mod sample_level;
 mod valuation_pass;
 pub use collect::{collect_outputs, Collected};
 pub use gblending::blend_weights;
+pub use greedy::Utilisation;
 pub use joint::Joint;
 pub use method::{BalanceMethod, EpochCtx, Grads, StepCtx, StepIndex, StepPlan};
 pub use mla::{entropy_weights, update_projector};

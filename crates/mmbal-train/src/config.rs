@@ -29,6 +29,11 @@ pub struct TrainConfig {
     pub prefetch: usize,
     /// Evaluate the test split every epoch (selection always uses val).
     pub eval_test: bool,
+    /// After every epoch, value each modality's Shapley contribution on the training split for
+    /// any method (the `contributions` of the log; Fig. 2(d) curves): eval transforms, the
+    /// size-if-correct benefit, feature masking, or input masking when a mixer joins the
+    /// encoders.
+    pub track_contributions: bool,
     pub data: DataConfig,
     pub model: ModelConfig,
     pub optimizer: OptimizerConfig,
@@ -47,6 +52,7 @@ impl Default for TrainConfig {
             device: "cpu".into(),
             prefetch: 2,
             eval_test: true,
+            track_contributions: false,
             data: DataConfig::default(),
             model: ModelConfig::default(),
             // Adam: the small synthetic run converges in 10 epochs; the field's SGD recipe is
@@ -103,6 +109,7 @@ impl Default for DataConfig {
             cache_height: Some(32),
             cache_width: Some(32),
             grey: true,
+            flow: false,
             crop_scale: (0.08, 1.0),
             flip: false,
             augment: false,

@@ -1,6 +1,7 @@
-//! SVG plots of a run, written next to its results: accuracy per epoch (fused and per modality,
+//! Plots. [`plot_run`] writes the SVG plots of a run next to its results: accuracy per epoch (fused and per modality,
 //! val), the method's diagnostics and every run's OGM score ratio per epoch, the mean contribution of each modality per epoch (the valuation paper's Fig. 2(d)) and
-//! the histogram of per-sample contributions of the last valued epoch.
+//! the histogram of per-sample contributions of the last valued epoch. [`line_figure`] and
+//! [`bar_figure`] write a figure as SVG and PNG (summaries over many runs).
 
 use crate::EpochRecord;
 use anyhow::{anyhow, Context, Result};
@@ -27,11 +28,136 @@ fn line_chart(
     y_label: &str,
     lines: &[(String, Vec<(f64, f64)>)],
 ) -> Result<()> {
+    draw_lines(
+        SVGBackend::new(path, SIZE).into_drawing_area(),
+        title,
+        y_label,
+        lines,
+    )
+}
+
+const SIZE: (u32, u32) = (720, 420);
+
+/// Registers the embedded font (DejaVu Sans Mono, assets/) once: plotters lays out text with
+/// it for SVG and draws it into PNG, so plots need no system fonts.
+fn register_font() -> Result<()> {
+    static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *DONE.get_or_init(|| {
+        let bytes: &'static [u8] = include_bytes!("../assets/DejaVuSansMono.ttf");
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
+    });
+    if !ok {
+        return Err(anyhow!("the embedded font could not be loaded"));
+    }
+    Ok(())
+}
+
+/// `stem.svg` and `stem.png` of the same lines over epochs; returns both paths.
+pub fn line_figure(
+    stem: &Path,
+    title: &str,
+    y_label: &str,
+    lines: &[(String, Vec<(f64, f64)>)],
+) -> Result<Vec<PathBuf>> {
+    let (svg, png) = (stem.with_extension("svg"), stem.with_extension("png"));
+    line_chart(&svg, title, y_label, lines)?;
+    draw_lines(
+        BitMapBackend::new(&png, SIZE).into_drawing_area(),
+        title,
+        y_label,
+        lines,
+    )
+    .with_context(|| format!("{}: cannot draw", png.display()))?;
+    Ok(vec![svg, png])
+}
+
+/// `stem.svg` and `stem.png`: one bar per `(name, value, std)` with a +-std whisker.
+pub fn bar_figure(
+    stem: &Path,
+    title: &str,
+    y_label: &str,
+    bars: &[(String, f64, f64)],
+) -> Result<Vec<PathBuf>> {
+    let (svg, png) = (stem.with_extension("svg"), stem.with_extension("png"));
+    draw_bars(
+        SVGBackend::new(&svg, SIZE).into_drawing_area(),
+        title,
+        y_label,
+        bars,
+    )?;
+    draw_bars(
+        BitMapBackend::new(&png, SIZE).into_drawing_area(),
+        title,
+        y_label,
+        bars,
+    )
+    .with_context(|| format!("{}: cannot draw", png.display()))?;
+    Ok(vec![svg, png])
+}
+
+fn draw_bars<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    y_label: &str,
+    bars: &[(String, f64, f64)],
+) -> Result<()> {
+    register_font()?;
+    let n = bars.len().max(1);
+    let lo = bars.iter().map(|b| b.1 - b.2).fold(0.0f64, f64::min);
+    let hi = bars.iter().map(|b| b.1 + b.2).fold(0.0f64, f64::max);
+    let pad = ((hi - lo) * 0.1).max(0.5);
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(12)
+        .y_label_area_size(48)
+        .build_cartesian_2d(-0.5..(n as f64 - 0.5), (lo - 2.0 * pad)..(hi + pad))
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .y_desc(y_label)
+        .draw()
+        .map_err(err)?;
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            vec![(-0.5, 0.0), (n as f64 - 0.5, 0.0)],
+            BLACK,
+        )))
+        .map_err(err)?;
+    for (i, (name, v, sd)) in bars.iter().enumerate() {
+        let x = i as f64;
+        let colour = if *v >= 0.0 { COLOURS[0] } else { COLOURS[3] };
+        chart
+            .draw_series([
+                Rectangle::new([(x - 0.35, 0.0), (x + 0.35, *v)], colour.filled()).into_dyn(),
+                PathElement::new(vec![(x, v - sd), (x, v + sd)], BLACK).into_dyn(),
+                Text::new(
+                    name.clone(),
+                    (x - 0.35, lo - 1.5 * pad),
+                    ("sans-serif", 13).into_font(),
+                )
+                .into_dyn(),
+            ])
+            .map_err(err)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+fn draw_lines<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    y_label: &str,
+    lines: &[(String, Vec<(f64, f64)>)],
+) -> Result<()> {
+    register_font()?;
     let xs = lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
     let ys = lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.1));
     let x_max = xs.fold(1.0, f64::max);
     let (y_min, y_max) = ys.fold((0.0f64, 1.0f64), |(a, b), y| (a.min(y), b.max(y)));
-    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
@@ -68,6 +194,7 @@ fn line_chart(
 
 /// Side-by-side bars of per-sample contributions, one colour per modality, bins of 0.25.
 fn histogram(path: &Path, title: &str, names: &[String], values: &[f32]) -> Result<()> {
+    register_font()?;
     let m = names.len().max(1);
     let (lo, hi) = values
         .iter()
@@ -205,9 +332,15 @@ pub fn plot_run(run_dir: &Path, modalities: &[String]) -> Result<Vec<PathBuf>> {
         .iter()
         .map(|m| {
             let key = format!("contribution_{m}");
+            // The method's own valuation, else the trainer's (`track_contributions`).
             let points = records
                 .iter()
-                .filter_map(|r| r.method.get(&key).map(|v| (r.epoch as f64, *v)))
+                .filter_map(|r| {
+                    r.method
+                        .get(&key)
+                        .or_else(|| r.contributions.get(m))
+                        .map(|v| (r.epoch as f64, *v))
+                })
                 .collect();
             (m.clone(), points)
         })
@@ -229,7 +362,7 @@ pub fn plot_run(run_dir: &Path, modalities: &[String]) -> Result<Vec<PathBuf>> {
         .map(|r| run_dir.join(format!("contributions/epoch_{:03}.npy", r.epoch)))
         .find(|p| p.is_file());
     if let Some(npy) = last {
-        let (shape, values) = mmbal_valuation::read_npy_f32(&npy)?;
+        let (shape, values) = mmbal_data::npy::read_f32(&npy)?;
         let path = run_dir.join("contributions_hist.svg");
         let stem = npy.file_stem().and_then(|s| s.to_str()).unwrap_or("");
         histogram(

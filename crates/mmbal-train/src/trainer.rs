@@ -103,6 +103,10 @@ pub struct EpochRecord {
     /// (its unimodal logits, training batches) over the mean of the other modalities'.
     #[serde(default)]
     pub score_ratio: BTreeMap<String, f64>,
+    /// Mean Shapley contribution per modality on the training split, when the config's
+    /// `track_contributions` is on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub contributions: BTreeMap<String, f64>,
     pub train_seconds: f64,
     pub train_samples_per_s: f64,
 }
@@ -119,7 +123,7 @@ pub struct Quiet;
 impl Events for Quiet {}
 
 /// What a run reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
     pub method: String,
     pub dataset: String,
@@ -461,6 +465,30 @@ impl Trainer {
                 .map(|(m, p)| (m.clone(), accuracy(p, &labels)))
                 .collect(),
         };
+        let contributions = if self.config.track_contributions {
+            let route = if self.model.has_mixer() {
+                mmbal_valuation::MaskRoute::Inputs
+            } else {
+                mmbal_valuation::MaskRoute::Features
+            };
+            let v = mmbal_valuation::valuate(
+                &self.model,
+                &self.dataset,
+                &self.dataset.rows(Split::Train),
+                self.config.batch_size,
+                route,
+                mmbal_valuation::Benefit::SizeIfCorrect,
+                None,
+            )?;
+            self.model
+                .modalities
+                .iter()
+                .cloned()
+                .zip(v.means())
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
         let val = self.evaluate(Split::Val)?;
         let test = if self.config.eval_test {
             self.evaluate(Split::Test)?
@@ -481,18 +509,28 @@ impl Trainer {
                 .cloned()
                 .zip(mmbal_methods::ratios_against_others(&score_sum))
                 .collect(),
+            contributions,
             train_seconds,
             train_samples_per_s: n_rows as f64 / train_seconds.max(1e-9),
         })
     }
 
     /// Trains the remaining epochs, writing `metrics.jsonl`, `last.safetensors`,
-    /// `best.safetensors` (best val accuracy), `summary.json`, SVG plots and the resolved `config.toml`
+    /// `best.safetensors` (best val accuracy), `summary.json`, SVG plots, the resolved `config.toml`
+    /// and, when the data root has one, the preprocessing `recipe.toml` as `data-recipe.toml`
     /// into the run folder.
     pub fn run(&mut self, events: &mut dyn Events) -> Result<RunSummary> {
         let dir = self.config.run_dir();
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("config.toml"), self.config.to_toml())?;
+        // How the data was made, when `mmbal preprocess` recorded it: the run names its recipe.
+        if let Ok((_, root)) = self.config.dataset_location() {
+            let made = root.join("recipe.toml");
+            if made.is_file() {
+                std::fs::copy(&made, dir.join("data-recipe.toml"))
+                    .with_context(|| format!("{}: cannot copy into the run", made.display()))?;
+            }
+        }
         let log_path = dir.join("metrics.jsonl");
         let mut log = std::fs::OpenOptions::new()
             .create(true)
@@ -528,10 +566,10 @@ impl Trainer {
             best: self.best.clone(),
             last: self.last.clone(),
         };
-        std::fs::write(
-            dir.join("summary.json"),
-            serde_json::to_string_pretty(&summary)?,
-        )?;
+        // Written whole or not at all: a finished run is one with a summary.
+        let tmp = dir.join("summary.json.tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(&summary)?)?;
+        std::fs::rename(&tmp, dir.join("summary.json"))?;
         crate::plots::plot_run(&dir, &self.model.modalities)?;
         Ok(summary)
     }
@@ -541,10 +579,18 @@ impl Trainer {
     fn restore_records(&mut self, log_path: &Path) -> Result<()> {
         let text = std::fs::read_to_string(log_path)?;
         let mut kept = Vec::new();
+        let n = text.lines().count();
         for (i, line) in text.lines().enumerate() {
-            let record: EpochRecord = serde_json::from_str(line).with_context(|| {
-                format!("{}:{}: not an epoch record", log_path.display(), i + 1)
-            })?;
+            let record: EpochRecord = match serde_json::from_str(line) {
+                Ok(r) => r,
+                // A run killed while writing its last line: that epoch is trained again.
+                Err(_) if i + 1 == n && !text.ends_with('\n') => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("{}:{}: not an epoch record", log_path.display(), i + 1)
+                    })
+                }
+            };
             if record.epoch > self.epochs_done {
                 continue;
             }

@@ -65,14 +65,18 @@ fn grid_joint_training_is_clearly_above_chance_with_audio() {
     let Some(shared) = shared() else { return };
     let out = tmp("grid");
     let data = out.join("data");
-    let opts = mmbal_data::preprocess::PreprocessOptions {
+    let opts = mmbal_data::preprocess::PreprocessRecipe {
         fps: 25.0,
-        sample_rate: 16000,
-        jpeg_quality: 2,
+        ..Default::default()
     };
-    let (done, failed) =
+    let report =
         mmbal_data::preprocess::preprocess_folder(&shared.join("grid-s1"), &data, &opts).unwrap();
-    assert_eq!((done.len(), failed.len()), (200, 0), "{failed:?}");
+    assert_eq!(
+        (report.done.len(), report.failed.len()),
+        (200, 0),
+        "{:?}",
+        report.failed
+    );
     let mut cfg = TrainConfig::load(&workspace().join("configs/grid.toml")).unwrap();
     cfg.out_dir = out.clone();
     cfg.epochs = 8;

@@ -26,4 +26,4 @@
 mod shapley;
 mod valuate;
 pub use shapley::{shapley_values, Benefit};
-pub use valuate::{read_npy_f32, valuate, value_batch, values_from_logits, MaskRoute, Valuation};
+pub use valuate::{valuate, value_batch, values_from_logits, MaskRoute, Valuation};

@@ -2,12 +2,11 @@
 //! non-empty modality subset predicted once per batch.
 
 use crate::shapley::{shapley_values, Benefit};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use mmbal_data::{batches, Dataset, Row};
 use mmbal_fusion::MultimodalModel;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -54,98 +53,18 @@ impl Valuation {
     /// Writes the values as a float32 `.npy` array `(samples, modalities)` and the manifest
     /// indices as an int64 `.npy` vector beside it (`<stem>.samples.npy`).
     pub fn write_npy(&self, path: &Path) -> Result<()> {
-        write_npy(path, "<f4", &[self.samples.len(), self.modalities], |w| {
+        mmbal_data::npy::write(path, "<f4", &[self.samples.len(), self.modalities], |w| {
             self.values
                 .iter()
                 .try_for_each(|v| w.write_all(&v.to_le_bytes()))
         })?;
         let ids = path.with_extension("samples.npy");
-        write_npy(&ids, "<i8", &[self.samples.len()], |w| {
+        mmbal_data::npy::write(&ids, "<i8", &[self.samples.len()], |w| {
             self.samples
                 .iter()
                 .try_for_each(|&s| w.write_all(&(s as i64).to_le_bytes()))
         })
     }
-}
-
-/// Reads a float32 `.npy` array written by [`Valuation::write_npy`] (or NumPy, C order):
-/// `(shape, values)`.
-pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        bail!("{}: not an .npy file", path.display());
-    }
-    let (len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        _ => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
-    };
-    let header = std::str::from_utf8(&bytes[start..start + len])
-        .with_context(|| format!("{}: header is not text", path.display()))?;
-    if !header.contains("'descr': '<f4'") || header.contains("'fortran_order': True") {
-        bail!(
-            "{}: expected a C-order float32 array, header {header}",
-            path.display()
-        );
-    }
-    let shape_txt = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|r| r.split(')').next())
-        .with_context(|| format!("{}: no shape in header", path.display()))?;
-    let shape: Vec<usize> = shape_txt
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(|t| t.parse())
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("{}: bad shape ({shape_txt})", path.display()))?;
-    let data = &bytes[start + len..];
-    let n: usize = shape.iter().product();
-    if data.len() != 4 * n {
-        bail!(
-            "{}: {} data bytes for shape {shape:?}",
-            path.display(),
-            data.len()
-        );
-    }
-    let values = data
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Ok((shape, values))
-}
-
-/// A minimal NumPy v1.0 `.npy` writer (C order).
-fn write_npy(
-    path: &Path,
-    descr: &str,
-    shape: &[usize],
-    body: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
-) -> Result<()> {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_txt = if dims.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
-    let mut header =
-        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
-    // Magic (6) + version (2) + length (2) + header + newline, padded to a multiple of 64.
-    let unpadded = 10 + header.len() + 1;
-    header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
-    header.push('\n');
-    let file = std::fs::File::create(path)
-        .with_context(|| format!("{}: cannot create", path.display()))?;
-    let mut w = std::io::BufWriter::new(file);
-    w.write_all(b"\x93NUMPY\x01\x00")?;
-    w.write_all(&(header.len() as u16).to_le_bytes())?;
-    w.write_all(header.as_bytes())?;
-    body(&mut w)?;
-    w.flush()?;
-    Ok(())
 }
 
 /// Shapley values of `m` modalities for a batch, from the logits of every subset:

@@ -160,7 +160,7 @@ fn values_write_as_npy() {
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect();
     assert_eq!(data, val.values);
-    let (shape, back) = mmbal_valuation::read_npy_f32(&path).unwrap();
+    let (shape, back) = mmbal_data::npy::read_f32(&path).unwrap();
     assert_eq!((shape, back), (vec![3, 2], val.values.clone()));
     let ids = std::fs::read(path.with_extension("samples.npy")).unwrap();
     let h = u16::from_le_bytes([ids[8], ids[9]]) as usize;

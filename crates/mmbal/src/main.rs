@@ -3,7 +3,10 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use mmbal_data::preprocess::{preprocess_folder, preprocess_video, PreprocessOptions};
+use mmbal_data::preprocess::{
+    preprocess_folder, preprocess_video, read_labels, write_lists, write_recipe, FolderReport,
+    PreprocessRecipe,
+};
 use mmbal_data::{Dataset, Manifest, Split};
 use mmbal_train::{EpochRecord, Events, SplitMetrics, TrainConfig, Trainer};
 use mmbal_valuation::{Benefit, MaskRoute};
@@ -75,20 +78,31 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Turn videos into the field's layout: visual/<id>/frame_%05d.jpg and audio/<id>.wav (ffmpeg).
+    /// Turn videos into one of the field's layouts with ffmpeg: frames, WAV audio and, for the
+    /// named recipes, spectrograms as .npy; the recipe is written to OUTPUT/recipe.toml.
     Preprocess {
         /// A video file or a folder of videos.
         #[arg(long)]
         input: PathBuf,
         #[arg(long)]
         output: PathBuf,
+        /// plain (frames + WAV), ks-fbank, cremad-stft or vggsound-stft.
+        #[arg(long, default_value = "plain")]
+        recipe: String,
         /// Frames per second to extract (the field uses 1; GRID lips need 25).
-        #[arg(long, default_value_t = 1.0)]
-        fps: f64,
-        #[arg(long, default_value_t = 16000)]
-        sample_rate: u32,
-        #[arg(long, default_value_t = 2)]
-        jpeg_quality: u32,
+        #[arg(long)]
+        fps: Option<f64>,
+        /// Sample rate of the WAV written.
+        #[arg(long)]
+        sample_rate: Option<u32>,
+        #[arg(long)]
+        jpeg_quality: Option<u32>,
+        /// Any recipe parameter, KEY=VALUE (TOML value; dotted keys: audio.frames=512).
+        #[arg(long = "set")]
+        sets: Vec<String>,
+        /// `id,label[,split]` per line: write the recipe's layout lists for the clips done.
+        #[arg(long)]
+        labels: Option<PathBuf>,
     },
     /// Dataset checks.
     Data {
@@ -229,6 +243,9 @@ fn train(
         trainer.method.name(),
         trainer.model.device().location()
     );
+    for note in &ds.manifest.notes {
+        println!("note: {note}");
+    }
     let mut progress = Progress {
         bar: None,
         quiet,
@@ -360,36 +377,85 @@ fn doctor(config: &Option<PathBuf>) -> Result<()> {
     let cfg = load_config(config)?;
     let (card, root) = cfg.dataset_location()?;
     let manifest = Manifest::load(&card, &root)?;
-    println!(
-        "dataset {} at {}: {} samples, {} classes, modalities {:?}",
-        manifest.name,
-        root.display(),
-        manifest.samples.len(),
-        manifest.classes.len(),
-        manifest.modalities
-    );
-    for split in [Split::Train, Split::Val, Split::Test] {
-        let idx = manifest.indices(split);
-        let mut per_class = vec![0usize; manifest.classes.len()];
-        for &i in &idx {
-            per_class[manifest.samples[i].label] += 1;
-        }
-        println!(
-            "  {split:?}: {} samples; per class {per_class:?}",
-            idx.len()
-        );
-    }
     let (recipes, _) = cfg.per_modality(&manifest.modalities)?;
+    let mut ex = mmbal_data::doctor::examine(&manifest, &recipes, &root);
+    for line in &ex.lines {
+        println!("{line}");
+    }
     let ds = Dataset::new(manifest, recipes)?;
-    let problems = ds.check_all();
-    if problems.is_empty() {
+    ex.problems.extend(ds.check_all());
+    if ex.problems.is_empty() {
         println!("every file decodes with the configured recipes");
         return Ok(());
     }
-    for p in &problems {
+    for p in &ex.problems {
         println!("  problem: {p}");
     }
-    bail!("{} problem(s) found", problems.len())
+    bail!("{} problem(s) found", ex.problems.len())
+}
+
+fn preprocess(
+    input: &Path,
+    output: &Path,
+    recipe: &PreprocessRecipe,
+    labels: Option<&Path>,
+) -> Result<()> {
+    let report = if input.is_dir() {
+        preprocess_folder(input, output, recipe)?
+    } else {
+        let id = input
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .with_context(|| format!("{}: no file name", input.display()))?;
+        std::fs::create_dir_all(output)?;
+        write_recipe(output, recipe)?;
+        let mut r = FolderReport::default();
+        match preprocess_video(input, output, id, recipe) {
+            Ok(n) => r.done.push((id.to_string(), n)),
+            Err(e) => r.failed.push(format!("{e:#}")),
+        }
+        r
+    };
+    println!(
+        "{} video(s) preprocessed into {} with recipe {} (written to recipe.toml)",
+        report.done.len(),
+        output.display(),
+        recipe.name
+    );
+    for f in &report.ignored {
+        println!("  not a video (by extension), left alone: {}", f.display());
+    }
+    for f in &report.failed {
+        println!("  failed: {f}");
+    }
+    if let Some(labels) = labels {
+        let layout = recipe.layout.with_context(|| {
+            format!(
+                "--labels: recipe {} follows no layout (use ks-fbank, cremad-stft or vggsound-stft)",
+                recipe.name
+            )
+        })?;
+        let lines = read_labels(labels)?;
+        let left_out = write_lists(layout, output, &lines, &report.done)?;
+        println!(
+            "split lists of the {layout:?} layout written for {} clip(s)",
+            report.done.len()
+        );
+        if !left_out.is_empty() {
+            println!(
+                "  labelled but not preprocessed, so in no list: {}",
+                left_out.join(", ")
+            );
+        }
+    }
+    if !report.failed.is_empty() {
+        bail!(
+            "{} of {} videos failed",
+            report.failed.len(),
+            report.done.len() + report.failed.len()
+        );
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -423,41 +489,25 @@ fn main() -> Result<()> {
         Command::Preprocess {
             input,
             output,
+            recipe,
             fps,
             sample_rate,
             jpeg_quality,
+            mut sets,
+            labels,
         } => {
-            let opts = PreprocessOptions {
-                fps,
-                sample_rate,
-                jpeg_quality,
-            };
-            if input.is_dir() {
-                let (done, failed) = preprocess_folder(&input, &output, &opts)?;
-                println!(
-                    "{} videos preprocessed into {}",
-                    done.len(),
-                    output.display()
-                );
-                for f in &failed {
-                    println!("  failed: {f}");
-                }
-                if !failed.is_empty() {
-                    bail!(
-                        "{} of {} videos failed",
-                        failed.len(),
-                        done.len() + failed.len()
-                    );
-                }
-            } else {
-                let id = input
-                    .file_stem()
-                    .and_then(|s| s.to_str())
-                    .with_context(|| format!("{}: no file name", input.display()))?;
-                preprocess_video(&input, &output, id, &opts)?;
-                println!("{} preprocessed into {}", input.display(), output.display());
+            // The flags are shorthands for --set.
+            if let Some(v) = fps {
+                sets.push(format!("fps={v:?}"));
             }
-            Ok(())
+            if let Some(v) = sample_rate {
+                sets.push(format!("wav_sample_rate={v}"));
+            }
+            if let Some(v) = jpeg_quality {
+                sets.push(format!("jpeg_quality={v}"));
+            }
+            let recipe = PreprocessRecipe::named(&recipe)?.with_overrides(&sets)?;
+            preprocess(&input, &output, &recipe, labels.as_deref())
         }
         Command::Data {
             command: DataCommand::Doctor { config },

@@ -111,7 +111,7 @@ fn data_doctor_lists_every_bad_file() {
     let out = text(&o);
     assert!(o.status.success(), "{out}");
     assert!(out.contains("every file decodes"), "{out}");
-    assert!(out.contains("Train: 18 samples"), "{out}");
+    assert!(out.contains("train: 18 samples"), "{out}");
     // Break three files: a corrupt JPEG, a truncated WAV, a missing frame folder.
     let data = dir.join("runs/synthetic-data-c3-n10-s7");
     std::fs::write(data.join("visual/c0_001/frame_00002.jpg"), b"not a jpeg").unwrap();
@@ -295,5 +295,122 @@ fn every_method_trains_two_epochs_on_grid() {
             "{method}: {log}"
         );
     }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `mmbal preprocess --recipe ks-fbank --labels` on real GRID clips makes a Kinetics-Sounds
+/// layout; `mmbal data doctor` examines it and `mmbal train` runs one epoch on it.
+#[test]
+fn preprocess_to_kinetics_sounds_layout_then_doctor_and_train() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let Ok(shared) = std::env::var("MMBAL_SHARED_DATA").map(|p| root.join(p)) else {
+        eprintln!("MMBAL_SHARED_DATA is not set: preprocess-then-train on GRID not run");
+        return;
+    };
+    let dir = tmp("ks-layout");
+    let videos = dir.join("videos");
+    std::fs::create_dir_all(&videos).unwrap();
+    let clips = [
+        ("bbaf2n", "two", "train"),
+        ("bbwg2p", "two", "train"),
+        ("bgin2p", "two", "train"),
+        ("bris2n", "two", "test"),
+        ("bbaf3s", "three", "train"),
+        ("bbwg3a", "three", "train"),
+        ("bgin3a", "three", "train"),
+        ("bris3s", "three", "test"),
+    ];
+    let mut labels = String::from("# id,label,split\n");
+    for (id, label, split) in clips {
+        let from = shared.join(format!("grid-s1/{id}.mpg"));
+        assert!(from.is_file(), "{} missing", from.display());
+        std::os::unix::fs::symlink(&from, videos.join(format!("{id}.mpg"))).unwrap();
+        labels.push_str(&format!("{id},{label},{split}\n"));
+    }
+    std::fs::write(dir.join("labels.csv"), labels).unwrap();
+    let o = mmbal(
+        &dir,
+        &[
+            "preprocess",
+            "--recipe",
+            "ks-fbank",
+            "--input",
+            "videos",
+            "--output",
+            "ks",
+            "--labels",
+            "labels.csv",
+        ],
+    );
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("8 video(s) preprocessed"), "{out}");
+    let train_list = std::fs::read_to_string(dir.join("ks/train.txt")).unwrap();
+    assert_eq!(train_list.lines().count(), 6);
+    assert!(train_list.lines().all(|l| l.split(',').count() == 3));
+    let recipe = std::fs::read_to_string(dir.join("ks/recipe.toml")).unwrap();
+    assert!(recipe.contains("name = \"ks-fbank\""), "{recipe}");
+
+    let card = root.join("datasets/kinetics-sounds");
+    let cfg = format!(
+        r#"name = "ks"
+epochs = 1
+batch_size = 4
+[data]
+card = "{}"
+root = "ks"
+[data.recipes.audio]
+kind = "audio"
+sample_rate = 16000
+remove_mean = true
+frames = 1024
+norm_mean = -4.503877
+norm_std = 10.282552
+front_end = {{ kind = "fbank", num_mel_bins = 128 }}
+[data.recipes.visual]
+kind = "frames"
+count = 3
+height = 32
+width = 32
+[model.encoders.audio]
+kind = "small-cnn"
+in_channels = 1
+width = 4
+[model.encoders.visual]
+kind = "small-cnn"
+in_channels = 3
+width = 4
+"#,
+        card.display()
+    );
+    std::fs::write(dir.join("ks.toml"), cfg).unwrap();
+    let o = mmbal(&dir, &["data", "doctor", "--config", "ks.toml"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("carved a val split"), "{out}");
+    assert!(out.contains("[1024, 128] x8"), "{out}");
+    assert!(out.contains("every file decodes"), "{out}");
+    // The doctor names a recipe that does not match the stored spectrograms.
+    let wrong = std::fs::read_to_string(dir.join("ks.toml"))
+        .unwrap()
+        .replace("num_mel_bins = 128", "num_mel_bins = 64");
+    std::fs::write(dir.join("wrong.toml"), wrong).unwrap();
+    let o = mmbal(&dir, &["data", "doctor", "--config", "wrong.toml"]);
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("made by recipe ks-fbank"), "{out}");
+
+    let o = mmbal(&dir, &["train", "--config", "ks.toml", "--quiet"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    let made = std::fs::read_to_string(dir.join("runs/ks/data-recipe.toml")).unwrap();
+    assert!(
+        made.contains("ks-fbank"),
+        "the run names how its data was made: {made}"
+    );
+    let log = std::fs::read_to_string(dir.join("runs/ks/metrics.jsonl")).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert_eq!(rec["train"]["samples"].as_u64(), Some(4), "{rec}");
+    assert_eq!(rec["val"]["samples"].as_u64(), Some(2), "{rec}");
     let _ = std::fs::remove_dir_all(dir);
 }
