@@ -283,26 +283,12 @@ fn run_one(
         trained = true;
     }
     let summary = read_summary()?;
-    let log = dir.join("metrics.jsonl");
-    let records = std::fs::read_to_string(&log)
-        .with_context(|| format!("{}: cannot read", log.display()))?
-        .lines()
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .with_context(|| format!("{}:{}: not an epoch record", log.display(), i + 1))
-        })
-        .collect::<Result<Vec<EpochRecord>>>()?;
+    let records = mmbal_train::read_log(&dir.join("metrics.jsonl"))?;
     Ok((summary, records, trained))
 }
 
-/// Mean and sample std.
-fn stats(v: &[f64]) -> (f64, f64) {
-    crate::mean_std(v)
-}
-
 fn pm(v: &[f64], scale: f64, digits: usize) -> String {
-    let (m, s) = stats(v);
+    let (m, s) = crate::mean_std(v);
     format!("{:.*} +- {:.*}", digits, scale * m, digits, scale * s)
 }
 
@@ -427,7 +413,7 @@ fn write_outputs(
     for dataset in datasets {
         let joint = cells
             .get(&(dataset.clone(), "joint".to_string()))
-            .map(|c| stats(&c.acc_best).0);
+            .map(|c| crate::mean_std(&c.acc_best).0);
         md.push_str(&format!(
             "\n## {dataset}\n\n| method | acc (val-selected) | macro-F1 (val-selected) | acc (last) | macro-F1 (last) | gain over joint | per-modality acc | contribution | train time (s) | reported gain elsewhere |\n|---|---|---|---|---|---|---|---|---|---|\n"
         ));
@@ -437,7 +423,7 @@ fn write_outputs(
             let Some(c) = cells.get(&(dataset.clone(), method.clone())) else {
                 continue;
             };
-            let acc = stats(&c.acc_best).0;
+            let acc = crate::mean_std(&c.acc_best).0;
             let gain = joint.map(|j| 100.0 * (acc - j));
             let reported = REPORTED_GAINS
                 .iter()
@@ -458,38 +444,38 @@ fn write_outputs(
                 gain.map(|g| format!("{g:+.1}")).unwrap_or("-".into()),
                 modal(&c.modality_acc, 100.0, 1),
                 modal(&c.contribution, 1.0, 2),
-                stats(&c.train_seconds).0,
+                crate::mean_std(&c.train_seconds).0,
                 reported.map(|g| format!("{g:+.2}")).unwrap_or("-".into()),
             ));
             let kv = |map: &BTreeMap<String, Vec<f64>>| {
                 map.iter()
-                    .map(|(m, v)| format!("{m}={:.4}", stats(v).0))
+                    .map(|(m, v)| format!("{m}={:.4}", crate::mean_std(v).0))
                     .collect::<Vec<_>>()
                     .join(";")
             };
-            let (am, asd) = stats(&c.acc_best);
-            let (fm, fsd) = stats(&c.f1_best);
-            let (lm, lsd) = stats(&c.acc_last);
-            let (lfm, lfsd) = stats(&c.f1_last);
+            let (am, asd) = crate::mean_std(&c.acc_best);
+            let (fm, fsd) = crate::mean_std(&c.f1_best);
+            let (lm, lsd) = crate::mean_std(&c.acc_last);
+            let (lfm, lfsd) = crate::mean_std(&c.f1_last);
             csv.push_str(&format!(
                 "{dataset},{method},{},{am:.4},{asd:.4},{fm:.4},{fsd:.4},{lm:.4},{lsd:.4},{lfm:.4},{lfsd:.4},{},{},{},{:.1},{}\n",
                 c.acc_best.len(),
                 gain.map(|g| format!("{:.4}", g / 100.0)).unwrap_or_default(),
                 kv(&c.modality_acc),
                 kv(&c.contribution),
-                stats(&c.train_seconds).0,
+                crate::mean_std(&c.train_seconds).0,
                 reported.map(|g| format!("{:.4}", g / 100.0)).unwrap_or_default(),
             ));
             if method != "joint" {
                 if let Some(g) = gain {
-                    let sd = 100.0 * stats(&c.acc_best).1;
+                    let sd = 100.0 * crate::mean_std(&c.acc_best).1;
                     gains.push((method.clone(), g, sd));
                 }
             }
             for (m, by_epoch) in &c.curves {
                 let points: Vec<(f64, f64)> = by_epoch
                     .iter()
-                    .map(|(e, v)| (*e as f64, stats(v).0))
+                    .map(|(e, v)| (*e as f64, crate::mean_std(v).0))
                     .collect();
                 curves.push((format!("{method} {m}"), points));
             }

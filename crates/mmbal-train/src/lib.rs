@@ -27,6 +27,6 @@ pub mod schedule;
 mod trainer;
 pub use config::TrainConfig;
 pub use trainer::{
-    parse_device, train_step, EpochRecord, Events, Quiet, RunSummary, SplitMetrics, StepReport,
-    Trainer,
+    parse_device, read_log, train_step, EpochRecord, Events, Quiet, RunSummary, SplitMetrics,
+    StepReport, Trainer,
 };

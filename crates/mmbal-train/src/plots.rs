@@ -3,7 +3,6 @@
 //! the histogram of per-sample contributions of the last valued epoch. [`line_figure`] and
 //! [`bar_figure`] write a figure as SVG and PNG (summaries over many runs).
 
-use crate::EpochRecord;
 use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
@@ -253,17 +252,7 @@ fn histogram(path: &Path, title: &str, names: &[String], values: &[f32]) -> Resu
 /// Writes the plots of a run folder (`metrics.jsonl`, `contributions/`), returning the files
 /// written. Contribution plots are made only for runs whose method logged contributions.
 pub fn plot_run(run_dir: &Path, modalities: &[String]) -> Result<Vec<PathBuf>> {
-    let log = run_dir.join("metrics.jsonl");
-    let text =
-        std::fs::read_to_string(&log).with_context(|| format!("{}: cannot read", log.display()))?;
-    let records: Vec<EpochRecord> = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .with_context(|| format!("{}:{}: not an epoch record", log.display(), i + 1))
-        })
-        .collect::<Result<_>>()?;
+    let records = crate::read_log(&run_dir.join("metrics.jsonl"))?;
     let mut written = Vec::new();
     let mut acc = vec![(
         "val fused".to_string(),

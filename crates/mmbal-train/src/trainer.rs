@@ -111,6 +111,19 @@ pub struct EpochRecord {
     pub train_samples_per_s: f64,
 }
 
+/// Reads a run's `metrics.jsonl`: one record per line, each error naming file and line.
+pub fn read_log(path: &Path) -> Result<Vec<EpochRecord>> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}:{}: not an epoch record", path.display(), i + 1))
+        })
+        .collect()
+}
+
 /// Progress callbacks (the CLI draws a progress bar with them).
 pub trait Events {
     fn epoch_start(&mut self, _epoch: usize, _batches: usize) {}
