@@ -1,7 +1,10 @@
 //! The [`Encoder`] trait: a network run stage by stage (so blocks such as MMTM can be inserted
 //! between stages), then pooled to one feature vector per sample.
 
+use crate::BatchNorm2d;
 use candle_core::{bail, Result, Tensor, Var};
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
 
 /// An encoder split into stages. Frames `(N, T, C, H, W)` are folded into the batch before stage
 /// 0 and averaged over T after pooling; `(N, C, H, W)` inputs pass straight through.
@@ -20,6 +23,12 @@ pub trait Encoder: Send + Sync {
     fn buffers(&self) -> Vec<(String, Tensor)>;
     /// Restores one buffer written by [`Encoder::buffers`].
     fn set_buffer(&self, name: &str, value: Tensor) -> Result<()>;
+
+    /// The BatchNorm layers, for initialisation schemes that touch them (see
+    /// [`init_batch_norm_weights`]).
+    fn batch_norm_layers(&self) -> Vec<&BatchNorm2d> {
+        Vec::new()
+    }
 
     /// The 4-D convolution kernels (what OGM-GE modulates).
     fn conv_kernels(&self) -> Vec<Var> {
@@ -61,4 +70,32 @@ pub fn pool_map(map: &Tensor, frames: usize) -> Result<Tensor> {
         return Ok(f);
     }
     f.reshape((nt / frames, frames, c))?.mean(1)
+}
+
+/// Draws every BatchNorm weight of `encoder` from `N(mean, std)` (seeded; biases stay 0), as the
+/// valuation paper's backbone does with `N(1, 0.02)`; the OGM-GE lineage keeps PyTorch's 1.
+pub fn init_batch_norm_weights(
+    encoder: &dyn Encoder,
+    mean: f64,
+    std: f64,
+    seed: u64,
+) -> Result<()> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let normal = match Normal::new(mean, std) {
+        Ok(n) => n,
+        Err(e) => bail!("BatchNorm init N({mean}, {std}): {e}"),
+    };
+    let layers = encoder.batch_norm_layers();
+    if layers.is_empty() {
+        bail!("this encoder has no BatchNorm layers to initialise");
+    }
+    for bn in layers {
+        let w = bn.weight.as_tensor();
+        let data: Vec<f32> = (0..w.elem_count())
+            .map(|_| normal.sample(&mut rng) as f32)
+            .collect();
+        bn.weight
+            .set(&Tensor::from_vec(data, w.shape(), w.device())?)?;
+    }
+    Ok(())
 }

@@ -24,14 +24,16 @@
 
 use candle_core::{Result, Tensor};
 
+mod activation;
 mod batch_norm;
 mod encoder;
 mod pool;
 mod pretrained;
 mod resnet;
 mod small_cnn;
+pub use activation::relu;
 pub use batch_norm::BatchNorm2d;
-pub use encoder::{fold_frames, pool_map, Encoder};
+pub use encoder::{fold_frames, init_batch_norm_weights, pool_map, Encoder};
 pub use pool::{max_pool2d, max_pool2d_composite};
 pub use pretrained::{load_resnet18_weights, resolve_weights, torchvision_name, LoadReport};
 pub use resnet::ResNet18;

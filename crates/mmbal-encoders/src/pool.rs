@@ -129,12 +129,13 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
     max_pool2d_composite(x, kernel, stride, padding)
 }
 
-/// The same pool from basic ops, for devices without the custom op. Each of the `k * k` window
-/// offsets is a strided view of the padded input (taken by reshaping rows into `(i, stride)`
-/// pairs); the result is their elementwise maximum. Padding must act as -inf: the input is shifted
-/// to be non-negative first (by its detached minimum) so zero padding never wins, then shifted
-/// back. Ties between equal maxima are a measure-zero case for real inputs; after a ReLU the
-/// tied zeros get no gradient anyway.
+/// The same pool from basic ops, for devices without the custom op, with the same semantics in
+/// both passes. Each of the `k * k` window offsets is a strided view of the padded input (taken by
+/// reshaping rows into `(i, stride)` pairs). Padding is `f32::MIN`, which never wins against a real
+/// value and stays finite (so `0 * pad` is 0, not NaN). The forward value is the elementwise
+/// maximum; the gradient goes to the first maximum in scan order, as PyTorch's does: each view is
+/// multiplied by a constant 0/1 mask that marks the first offset equal to the maximum, so ties
+/// (common after ReLU) give the whole gradient to one input instead of splitting or multiplying it.
 pub fn max_pool2d_composite(
     x: &Tensor,
     kernel: usize,
@@ -149,15 +150,25 @@ pub fn max_pool2d_composite(
         padding,
     }
     .out_dims(h, w);
-    let low = x.flatten_all()?.min(0)?.detach();
-    let y = x.broadcast_sub(&low)?;
     let extra = k.div_ceil(s);
     let (lh, lw) = (s * (oh + extra), s * (ow + extra));
-    let y = y
-        .pad_with_zeros(2, p, lh - h - p)?
-        .pad_with_zeros(3, p, lw - w - p)?;
+    let pad = |t: &Tensor, dim: usize, before: usize, after: usize| -> Result<Tensor> {
+        let mut dims = t.dims().to_vec();
+        let mut parts = Vec::new();
+        if before > 0 {
+            dims[dim] = before;
+            parts.push(Tensor::full(f32::MIN, dims.as_slice(), t.device())?.to_dtype(t.dtype())?);
+        }
+        parts.push(t.clone());
+        if after > 0 {
+            dims[dim] = after;
+            parts.push(Tensor::full(f32::MIN, dims.as_slice(), t.device())?.to_dtype(t.dtype())?);
+        }
+        Tensor::cat(&parts, dim)
+    };
+    let y = pad(&pad(x, 2, p, lh - h - p)?, 3, p, lw - w - p)?;
     let rows = y.reshape((n, c, oh + extra, s, lw))?;
-    let mut best: Option<Tensor> = None;
+    let mut views = Vec::with_capacity(k * k);
     for dy in 0..k {
         let r = rows
             .narrow(2, dy / s, oh)?
@@ -165,12 +176,25 @@ pub fn max_pool2d_composite(
             .squeeze(3)?
             .reshape((n, c, oh, ow + extra, s))?;
         for dx in 0..k {
-            let v = r.narrow(3, dx / s, ow)?.narrow(4, dx % s, 1)?.squeeze(4)?;
-            best = Some(match best {
-                None => v,
-                Some(b) => b.maximum(&v)?,
-            });
+            views.push(r.narrow(3, dx / s, ow)?.narrow(4, dx % s, 1)?.squeeze(4)?);
         }
     }
-    best.expect("kernel >= 1").broadcast_add(&low)
+    let mut best = views[0].detach();
+    for v in &views[1..] {
+        best = best.maximum(&v.detach())?;
+    }
+    // `taken` marks outputs whose first maximum has been found; each view contributes only where
+    // it is the first maximum.
+    let mut taken = best.zeros_like()?;
+    let mut out: Option<Tensor> = None;
+    for v in &views {
+        let first = (v.detach().eq(&best)?.to_dtype(v.dtype())? * (1.0 - &taken)?)?;
+        taken = (taken + &first)?;
+        let part = (v * &first)?;
+        out = Some(match out {
+            None => part,
+            Some(o) => (o + part)?,
+        });
+    }
+    Ok(out.expect("kernel >= 1"))
 }

@@ -4,7 +4,7 @@
 //! ImageNet weights map by name. Init: conv Kaiming normal, fan_out, ReLU gain; BN weight 1, bias 0.
 
 use crate::batch_norm::set_named_stat;
-use crate::{conv2d, max_pool2d, BatchNorm2d, Encoder};
+use crate::{conv2d, max_pool2d, relu, BatchNorm2d, Encoder};
 use candle_core::{bail, DType, Device, Result, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -37,10 +37,11 @@ struct BasicBlock {
 
 impl BasicBlock {
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self
-            .bn1
-            .forward(&conv2d(x, self.conv1.as_tensor(), self.stride, 1)?, train)?
-            .relu()?;
+        let y = relu(
+            &self
+                .bn1
+                .forward(&conv2d(x, self.conv1.as_tensor(), self.stride, 1)?, train)?,
+        )?;
         let y = self
             .bn2
             .forward(&conv2d(&y, self.conv2.as_tensor(), 1, 1)?, train)?;
@@ -48,7 +49,7 @@ impl BasicBlock {
             Some((w, bn)) => bn.forward(&conv2d(x, w.as_tensor(), self.stride, 0)?, train)?,
             None => x.clone(),
         };
-        (y + skip)?.relu()
+        relu(&(y + skip)?)
     }
 }
 
@@ -156,6 +157,9 @@ impl ResNet18 {
 }
 
 impl Encoder for ResNet18 {
+    fn batch_norm_layers(&self) -> Vec<&BatchNorm2d> {
+        self.batch_norms().into_iter().map(|(_, bn)| bn).collect()
+    }
     fn out_dim(&self) -> usize {
         self.out_channels
     }
@@ -175,10 +179,11 @@ impl Encoder for ResNet18 {
     /// Stage 0 is the stem (7x7/2 conv, BN, ReLU, 3x3/2 max-pool); stages 1-4 are layer1-layer4.
     fn stage(&self, i: usize, x: &Tensor, train: bool) -> Result<Tensor> {
         if i == 0 {
-            let y = self
-                .bn1
-                .forward(&conv2d(x, self.conv1.as_tensor(), 2, 3)?, train)?
-                .relu()?;
+            let y = relu(
+                &self
+                    .bn1
+                    .forward(&conv2d(x, self.conv1.as_tensor(), 2, 3)?, train)?,
+            )?;
             return max_pool2d(&y, 3, 2, 1);
         }
         if i > 4 {

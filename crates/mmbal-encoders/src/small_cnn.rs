@@ -2,7 +2,7 @@
 //! the first two followed by a 2x2 max-pool, then a spatial mean. Widths `w, 2w, 4w`.
 
 use crate::resnet::kaiming;
-use crate::{conv2d, BatchNorm2d, Encoder};
+use crate::{conv2d, max_pool2d, relu, BatchNorm2d, Encoder};
 use candle_core::{bail, Device, Result, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -29,6 +29,9 @@ impl SmallCnn {
 }
 
 impl Encoder for SmallCnn {
+    fn batch_norm_layers(&self) -> Vec<&BatchNorm2d> {
+        self.convs.iter().map(|(_, _, bn)| bn).collect()
+    }
     fn out_dim(&self) -> usize {
         self.convs[2].0.dim(0).unwrap_or(0)
     }
@@ -43,10 +46,10 @@ impl Encoder for SmallCnn {
             bail!("SmallCnn has 3 stages, asked for stage {i}")
         };
         let y = conv2d(x, w.as_tensor(), 1, 1)?.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
-        let y = bn.forward(&y, train)?.relu()?;
-        // kernel == stride: candle's own pool is exact here, on every device.
+        let y = relu(&bn.forward(&y, train)?)?;
+        // Not candle's pool: its backward scales the gradient by the share of tied maxima.
         if i < 2 {
-            y.max_pool2d(2)
+            max_pool2d(&y, 2, 2, 0)
         } else {
             Ok(y)
         }

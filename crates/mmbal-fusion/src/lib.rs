@@ -7,10 +7,10 @@
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
-//! use mmbal_fusion::{EncoderSpec, FusionKind, LinearInit, MultimodalModel};
+//! use mmbal_fusion::{BnInit, EncoderSpec, FusionKind, LinearInit, MultimodalModel};
 //! let dev = Device::Cpu;
 //! let names = vec!["audio".to_string(), "image".to_string()];
-//! let enc = EncoderSpec::SmallCnn { in_channels: 1, width: 4 };
+//! let enc = EncoderSpec::SmallCnn { in_channels: 1, width: 4, bn_init: BnInit::Ones };
 //! let model = MultimodalModel::new(&names, &[enc.clone(), enc], FusionKind::Concat,
 //!     LinearInit::Pytorch, 10, 7, &dev).unwrap();
 //! let x = Tensor::randn(0f32, 1.0, (2, 1, 28, 28), &dev).unwrap();
@@ -26,5 +26,5 @@ mod head;
 mod mmtm;
 mod model;
 pub use head::{FusionHead, FusionKind, HeadOut, Linear, LinearInit};
-pub use mmtm::{Mmtm, MmtmMixer};
-pub use model::{EncoderSpec, ForwardOut, MultimodalModel, ParamGroup, StageMixer};
+pub use mmtm::{MeanRule, Mmtm, MmtmMixer};
+pub use model::{BnInit, EncoderSpec, ForwardOut, MultimodalModel, ParamGroup, StageMixer};

@@ -2,7 +2,8 @@
 //! two streams: squeeze each stream's map by its global mean (over frames and space), a shared
 //! `Linear(C_a + C_b -> (C_a + C_b) / 2)` + ReLU, a per-stream `Linear` + sigmoid excitation, and a
 //! channel-wise scaling of each stream (no factor 2, as in the reference). Greedy's curation
-//! replaces one stream's excitation by its running mean.
+//! replaces one stream's excitation by its running mean; [`MeanRule`] says how that mean is kept
+//! (by default as the reference's `balanced_mmtm.py` keeps it).
 
 use crate::head::{Linear, LinearInit};
 use crate::model::StageMixer;
@@ -11,17 +12,46 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::sync::Mutex;
 
+/// How the running means of the excitations (the constants a curated stream gets) are kept.
+/// The default is the reference (nyukat/greedy_multimodal_learning, `src/balanced_mmtm.py`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeanRule {
+    /// `true` (reference): every forward updates the means, evaluation passes and curated
+    /// forwards included; `false`: training forwards only.
+    pub every_forward: bool,
+    /// `false` (reference): both means are taken from stream 0's excitation (the reference's
+    /// `running_avg_weight_skeleton` line reads `vis_out`; it needs equal channel counts once
+    /// stream 1 is curated); `true`: each stream's own excitation.
+    pub own_stream: bool,
+    /// `true` (reference): evaluation forwards run curated while a curation window is open, as
+    /// the reference's val/test passes do; `false`: evaluation always uses live excitations.
+    pub curate_evaluation: bool,
+}
+
+impl Default for MeanRule {
+    fn default() -> Self {
+        MeanRule {
+            every_forward: true,
+            own_stream: false,
+            curate_evaluation: true,
+        }
+    }
+}
+
 /// One MMTM block for two streams of `ca` and `cb` channels.
 pub struct Mmtm {
     pub squeeze: Linear,
     pub excite: [Linear; 2],
-    /// Running means of each stream's excitation (momentum 0.1, training forwards only) and the
-    /// stream whose excitation is replaced by it (curation), if any.
+    /// Running means of the excitations (a cumulative mean over `count` forwards, see
+    /// [`MeanRule`]) and the stream whose excitation is replaced by its mean (curation), if any.
     state: Mutex<MmtmState>,
 }
 
 struct MmtmState {
     running: [Option<Tensor>; 2],
+    /// Forwards in the running means, kept as f32 so that checkpoints restore it exactly.
+    count: f32,
+    rule: MeanRule,
     curated: Option<usize>,
     probe: SqueezeProbe,
 }
@@ -72,10 +102,17 @@ impl Mmtm {
             ],
             state: Mutex::new(MmtmState {
                 running: [None, None],
+                count: 0.0,
+                rule: MeanRule::default(),
                 curated: None,
                 probe: SqueezeProbe::Off,
             }),
         })
+    }
+
+    /// How the running means are kept from now on.
+    pub fn set_mean_rule(&self, rule: MeanRule) {
+        self.state.lock().unwrap().rule = rule;
     }
 
     /// Replace stream `m`'s excitation by its running mean (`None`: normal operation).
@@ -121,7 +158,7 @@ impl Mmtm {
 
     fn excite_from(&self, s: [Tensor; 2]) -> Result<[Tensor; 2]> {
         let s = Tensor::cat(&s, 1)?;
-        let z = self.squeeze.forward(&s)?.relu()?;
+        let z = mmbal_encoders::relu(&self.squeeze.forward(&s)?)?;
         Ok([
             candle_nn::ops::sigmoid(&self.excite[0].forward(&z)?)?,
             candle_nn::ops::sigmoid(&self.excite[1].forward(&z)?)?,
@@ -163,47 +200,78 @@ impl Mmtm {
         }
         let mut e = self.excite_from(s)?;
         let mut st = self.state.lock().unwrap();
-        match st.curated {
-            // Curation is a training device; evaluation always uses the live excitations.
-            Some(m) if train => {
+        let rule = st.rule;
+        if train || rule.every_forward {
+            // The reference's update: `(batch_mean + running * n) / (n + 1)`, before the
+            // excitation is used, so a curated forward sees a mean that includes its own batch.
+            let n = st.count as f64;
+            for m in 0..2 {
+                let source = if rule.own_stream { m } else { 0 };
+                let batch_mean = e[source].detach().mean_keepdim(0)?;
+                st.running[m] = Some(match st.running[m].take() {
+                    None => batch_mean,
+                    Some(r) => ((batch_mean + (r * n)?)? / (n + 1.0))?,
+                });
+            }
+            st.count += 1.0;
+        }
+        if let Some(m) = st.curated {
+            if train || rule.curate_evaluation {
                 let Some(mean) = st.running[m].clone() else {
                     bail!("MMTM curation of stream {m} before any running mean exists")
                 };
-                let rows = e[m].dim(0)?;
-                e[m] = mean.broadcast_as((rows, mean.dim(1)?))?.contiguous()?;
-            }
-            None if train => {
-                for (m, em) in e.iter().enumerate() {
-                    let batch_mean = em.detach().mean_keepdim(0)?;
-                    st.running[m] = Some(match st.running[m].take() {
-                        None => batch_mean,
-                        Some(r) => ((r * 0.9)? + (batch_mean * 0.1)?)?,
-                    });
+                let (rows, c) = e[m].dims2()?;
+                if mean.dim(1)? != c {
+                    bail!(
+                        "MMTM: curating stream {m} ({c} channels) with a running mean of {} \
+                         channels: the reference takes both means from stream 0's excitation, \
+                         which needs equal channel counts; use each stream's own mean instead \
+                         (greedy option mmtm_mean_source = \"own\")",
+                        mean.dim(1)?
+                    );
                 }
+                e[m] = mean.broadcast_as((rows, c))?.contiguous()?;
             }
-            _ => {}
         }
         Ok([excite(a, &e[0], frames[0])?, excite(b, &e[1], frames[1])?])
     }
 
-    /// Running means of the excitations, once they exist (`running_a`, `running_b`).
+    /// Running means of the excitations, once they exist (`running_a`, `running_b`), and the
+    /// number of forwards in them (`running_count`).
     pub fn buffers(&self) -> Vec<(String, Tensor)> {
         let st = self.state.lock().unwrap();
-        ["running_a", "running_b"]
+        let mut out: Vec<(String, Tensor)> = ["running_a", "running_b"]
             .iter()
             .zip(st.running.iter())
             .filter_map(|(n, t)| t.clone().map(|t| (n.to_string(), t)))
-            .collect()
+            .collect();
+        if let Some(r) = &st.running[0] {
+            if let Ok(count) = Tensor::new(&[st.count], r.device()) {
+                out.push(("running_count".into(), count));
+            }
+        }
+        out
     }
 
     pub fn set_buffer(&self, name: &str, value: Tensor) -> Result<()> {
-        let m = match name {
-            "running_a" => 0,
-            "running_b" => 1,
+        let mut st = self.state.lock().unwrap();
+        match name {
+            "running_a" => st.running[0] = Some(value),
+            "running_b" => st.running[1] = Some(value),
+            "running_count" => st.count = value.flatten_all()?.to_vec1::<f32>()?[0],
             _ => bail!("MMTM has no buffer `{name}`"),
-        };
-        self.state.lock().unwrap().running[m] = Some(value);
+        }
         Ok(())
+    }
+
+    /// The running means of both streams' excitations `(1, C)` and the number of forwards in
+    /// them (`None` before the first update).
+    pub fn running_means(&self) -> Option<([Tensor; 2], usize)> {
+        let st = self.state.lock().unwrap();
+        match &st.running {
+            [Some(a), Some(b)] => Some(([a.clone(), b.clone()], st.count as usize)),
+            _ => None,
+        }
     }
 
     pub fn params(&self) -> Vec<(String, Var)> {

@@ -20,13 +20,45 @@ pub enum EncoderSpec {
         width: f64,
         #[serde(default)]
         pretrained: Option<String>,
+        #[serde(default)]
+        bn_init: BnInit,
     },
     /// [`SmallCnn`] with `width` first-stage channels (features are `4 * width`).
-    SmallCnn { in_channels: usize, width: usize },
+    SmallCnn {
+        in_channels: usize,
+        width: usize,
+        #[serde(default)]
+        bn_init: BnInit,
+    },
+}
+
+/// How an encoder's BatchNorm weights start (biases start at 0 either way).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BnInit {
+    /// 1, PyTorch's default (the OGM-GE lineage: OGM-GE, PMR, Greedy, MLA).
+    #[default]
+    Ones,
+    /// Drawn from N(1, 0.02) (the valuation paper's backbone, Wei et al. CVPR 2024).
+    Normal,
 }
 
 fn one() -> f64 {
     1.0
+}
+
+/// Applies `init` to a freshly built encoder (before any pretrained weights are loaded), from its
+/// own seed stream.
+fn init_batch_norm(encoder: &dyn Encoder, init: BnInit, seed: u64) -> Result<()> {
+    match init {
+        BnInit::Ones => Ok(()),
+        BnInit::Normal => mmbal_encoders::init_batch_norm_weights(
+            encoder,
+            1.0,
+            0.02,
+            seed ^ 0xB47C_0000_0000_0000,
+        ),
+    }
 }
 
 /// Blocks run between encoder stages over all modalities at once (MMTM). `after_stages` lists
@@ -109,8 +141,10 @@ impl MultimodalModel {
                     in_channels,
                     width,
                     pretrained,
+                    bn_init,
                 } => {
                     let net = ResNet18::new(*in_channels, *width, s, device)?;
+                    init_batch_norm(&net, *bn_init, s)?;
                     if let Some(p) = pretrained {
                         mmbal_encoders::load_resnet18_weights(&net, p).map_err(|e| {
                             e.context(format!("pretrained weights for `{}`", modalities[m]))
@@ -118,8 +152,14 @@ impl MultimodalModel {
                     }
                     Box::new(net)
                 }
-                EncoderSpec::SmallCnn { in_channels, width } => {
-                    Box::new(SmallCnn::new(*in_channels, *width, s, device)?)
+                EncoderSpec::SmallCnn {
+                    in_channels,
+                    width,
+                    bn_init,
+                } => {
+                    let net = SmallCnn::new(*in_channels, *width, s, device)?;
+                    init_batch_norm(&net, *bn_init, s)?;
+                    Box::new(net)
                 }
             });
         }

@@ -1,5 +1,7 @@
 use candle_core::{Device, Tensor};
-use mmbal_fusion::{EncoderSpec, FusionHead, FusionKind, LinearInit, MultimodalModel, ParamGroup};
+use mmbal_fusion::{
+    BnInit, EncoderSpec, FusionHead, FusionKind, LinearInit, MultimodalModel, ParamGroup,
+};
 
 fn dev() -> Device {
     Device::Cpu
@@ -218,15 +220,18 @@ fn model_groups_masks_and_buffers() {
         EncoderSpec::SmallCnn {
             in_channels: 1,
             width: 2,
+            bn_init: BnInit::Ones,
         },
         EncoderSpec::Resnet18 {
             in_channels: 3,
             width: 0.0625,
             pretrained: None,
+            bn_init: BnInit::Normal,
         },
         EncoderSpec::SmallCnn {
             in_channels: 2,
             width: 2,
+            bn_init: BnInit::Ones,
         },
     ];
     let model = MultimodalModel::new(

@@ -25,12 +25,26 @@ pub fn collect_outputs(
     rows: &[Row],
     batch_size: usize,
 ) -> Result<Collected> {
+    collect_outputs_with(model, dataset, rows, batch_size, None)
+}
+
+/// [`collect_outputs`] with a choice of transforms: `augment = Some((seed, stream))` serves each
+/// row with its training transforms (crops, flips, frame picks) drawn from that stream, as a
+/// reference that evaluates the model on its training loader does; the model still runs in eval
+/// mode.
+pub fn collect_outputs_with(
+    model: &MultimodalModel,
+    dataset: &Arc<Dataset>,
+    rows: &[Row],
+    batch_size: usize,
+    augment: Option<(u64, u64)>,
+) -> Result<Collected> {
     let dev = model.device().clone();
     let m = model.num_modalities();
     let mut labels = Vec::with_capacity(rows.len());
     let (mut fused, mut unimodal, mut features) =
         (Vec::new(), vec![Vec::new(); m], vec![Vec::new(); m]);
-    for batch in batches(dataset.clone(), rows.to_vec(), batch_size, None, 2) {
+    for batch in batches(dataset.clone(), rows.to_vec(), batch_size, augment, 2) {
         let batch = batch?;
         let inputs: Vec<Tensor> = batch
             .inputs

@@ -7,7 +7,9 @@ use crate::{BalanceMethod, EpochCtx, Grads, StepCtx};
 use anyhow::{bail, Result};
 use candle_core::{Tensor, Var};
 use mmbal_data::{Row, Split};
-use mmbal_fusion::{FusionKind, LinearInit, Mmtm, MmtmMixer, MultimodalModel, ParamGroup};
+use mmbal_fusion::{
+    FusionKind, LinearInit, MeanRule, Mmtm, MmtmMixer, MultimodalModel, ParamGroup,
+};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,13 +20,36 @@ struct Options {
     /// Encoder stages after which an MMTM block sits; default: every stage from 2 on (ResNet-18:
     /// 2, 3, 4 = after layer2..layer4; the small CNN: 2).
     mmtm_after: Option<Vec<usize>>,
-    /// Curation window Q (steps), threshold epsilon on |d|, first epoch with curation (0-based).
+    /// Curation window Q (steps), threshold epsilon on |d|, first epoch with curation (0-based:
+    /// the reference counts epochs from 1 and unlocks at `epoch >= 2`, the second epoch).
     window: usize,
     epsilon: f64,
     start_epoch: usize,
     seed: u64,
     /// Measure the conditional utilisation rates on the val split after the last epoch.
     utilisation: bool,
+    /// Which forwards update the MMTM running means: `all` (reference: training and evaluation,
+    /// curated or not) or `training`.
+    mmtm_mean_forwards: MeanForwards,
+    /// Whose excitation each stream's running mean averages: `first-stream` (reference: both
+    /// from stream 0's, the `running_avg_weight_skeleton` line of `balanced_mmtm.py`) or `own`.
+    mmtm_mean_source: MeanSource,
+    /// Evaluation passes run curated while a curation window is open (reference: true).
+    curate_evaluation: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum MeanForwards {
+    All,
+    Training,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum MeanSource {
+    FirstStream,
+    Own,
 }
 
 impl Default for Options {
@@ -33,9 +58,22 @@ impl Default for Options {
             mmtm_after: None,
             window: 5,
             epsilon: 0.01,
-            start_epoch: 2,
+            start_epoch: 1,
             seed: 0,
             utilisation: true,
+            mmtm_mean_forwards: MeanForwards::All,
+            mmtm_mean_source: MeanSource::FirstStream,
+            curate_evaluation: true,
+        }
+    }
+}
+
+impl Options {
+    fn mean_rule(&self) -> MeanRule {
+        MeanRule {
+            every_forward: self.mmtm_mean_forwards == MeanForwards::All,
+            own_stream: self.mmtm_mean_source == MeanSource::Own,
+            curate_evaluation: self.curate_evaluation,
         }
     }
 }
@@ -43,10 +81,10 @@ impl Default for Options {
 pub struct Greedy {
     opts: Options,
     blocks: Option<Arc<Vec<(usize, Mmtm)>>>,
-    /// Accumulated speeds: bypass (MMTM parameters feeding branch m) and main (branch m's own).
-    /// f32, so that checkpoints (f32 tensors) restore them exactly.
-    bypass: [f32; 2],
-    main: [f32; 2],
+    /// Accumulated speeds (the reference's `M_bypass_modal_m`, `M_main_modal_m`, Python floats):
+    /// bypass (MMTM parameters feeding branch m) and main (branch m's own).
+    bypass: [f64; 2],
+    main: [f64; 2],
     /// Branch under curation and steps left.
     curating: Option<(usize, usize)>,
     curation_steps: usize,
@@ -88,27 +126,28 @@ fn accuracy(logits: &Tensor, labels: &[u32]) -> Result<f64> {
     Ok(right as f64 / labels.len().max(1) as f64)
 }
 
-/// `sum over tensors of ||grad||^2 / ||theta||^2` for the vars that have a gradient.
-fn speed(vars: &[Var], grads: &Grads) -> Result<f64> {
-    let mut total = 0.0;
+fn sum_sq(t: &Tensor) -> Result<f64> {
+    Ok(t.sqr()?
+        .sum_all()?
+        .to_dtype(candle_core::DType::F64)?
+        .to_scalar::<f64>()?)
+}
+
+/// A parameter group's learning speed as the reference's `compute_BDR` measures it:
+/// `sum ||grad||^2 / sum ||theta||^2` over the group's tensors (one ratio of sums, not a sum of
+/// per-tensor ratios). A tensor without a gradient counts with a zero gradient.
+fn group_speed(vars: &[Var], grads: &Grads) -> Result<f64> {
+    let (mut g2, mut t2) = (0.0, 0.0);
     for v in vars {
-        let Some(g) = grads.get(v) else { continue };
-        let g2 = g
-            .sqr()?
-            .sum_all()?
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
-        let t2 = v
-            .as_tensor()
-            .sqr()?
-            .sum_all()?
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
-        if t2 > 0.0 {
-            total += g2 / t2;
+        t2 += sum_sq(v.as_tensor())?;
+        if let Some(g) = grads.get(v) {
+            g2 += sum_sq(g)?;
         }
     }
-    Ok(total)
+    if t2 <= 0.0 {
+        bail!("greedy: a parameter group has zero norm, its learning speed is undefined");
+    }
+    Ok(g2 / t2)
 }
 
 impl Greedy {
@@ -122,6 +161,8 @@ impl Greedy {
         if val.is_empty() {
             bail!("greedy: the utilisation rate needs a val split (or set utilisation = false)");
         }
+        // Measured on the model as it is, not on a curated one.
+        self.set_curation(None);
         for (_, b) in blocks.iter() {
             b.record_squeeze();
         }
@@ -195,6 +236,7 @@ impl BalanceMethod for Greedy {
                 self.opts.seed + k as u64,
                 &dev,
             )?;
+            block.set_mean_rule(self.opts.mean_rule());
             blocks.push((s, block));
         }
         let blocks = Arc::new(blocks);
@@ -248,11 +290,11 @@ impl BalanceMethod for Greedy {
                     .filter(|(n, _)| n.starts_with(&format!("fc.{m}.")))
                     .map(|(_, v)| v.clone()),
             );
-            self.bypass[m] += speed(&bypass_vars, grads)? as f32;
-            self.main[m] += speed(&main_vars, grads)? as f32;
+            self.bypass[m] += group_speed(&bypass_vars, grads)?;
+            self.main[m] += group_speed(&main_vars, grads)?;
         }
         let s: Vec<f64> = (0..2)
-            .map(|m| (self.bypass[m] as f64 / (self.main[m] as f64).max(1e-30)).log10())
+            .map(|m| (self.bypass[m] / self.main[m].max(1e-300)).log10())
             .collect();
         self.last_d = s[0] - s[1];
         if ctx.epoch >= self.opts.start_epoch
@@ -281,10 +323,10 @@ impl BalanceMethod for Greedy {
     fn diagnostics(&self) -> Vec<(String, f64)> {
         let mut out = vec![
             ("greedy_speed_gap_d".into(), self.last_d),
-            ("greedy_bypass_speed_0".into(), self.bypass[0] as f64),
-            ("greedy_bypass_speed_1".into(), self.bypass[1] as f64),
-            ("greedy_main_speed_0".into(), self.main[0] as f64),
-            ("greedy_main_speed_1".into(), self.main[1] as f64),
+            ("greedy_bypass_speed_0".into(), self.bypass[0]),
+            ("greedy_bypass_speed_1".into(), self.bypass[1]),
+            ("greedy_main_speed_0".into(), self.main[0]),
+            ("greedy_main_speed_1".into(), self.main[1]),
             ("greedy_curation_steps".into(), self.curation_steps as f64),
         ];
         if let Some(u) = &self.utilisation {
@@ -308,6 +350,7 @@ impl BalanceMethod for Greedy {
             .unwrap_or((-1.0, 0.0));
         let v = [self.bypass[0], self.bypass[1], self.main[0], self.main[1]];
         Ok(vec![
+            // f64, so that a resumed run goes on with exactly these sums.
             ("speeds".into(), Tensor::new(&v, &candle_core::Device::Cpu)?),
             (
                 "curation".into(),
@@ -318,7 +361,7 @@ impl BalanceMethod for Greedy {
 
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
         if let Some(t) = state.get("speeds") {
-            let v = t.to_vec1::<f32>()?;
+            let v = t.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
             (self.bypass, self.main) = ([v[0], v[1]], [v[2], v[3]]);
         }
         if let Some(t) = state.get("curation") {
@@ -331,7 +374,8 @@ impl BalanceMethod for Greedy {
 }
 
 /// Options: `mmtm_after` (every stage from 2 on), `window` (5), `epsilon` (0.01), `start_epoch`
-/// (2), `seed` (0), `utilisation` (true).
+/// (1, 0-based: the second epoch, as the reference), `seed` (0), `utilisation` (true),
+/// `mmtm_mean_forwards` (`all`), `mmtm_mean_source` (`first-stream`), `curate_evaluation` (true).
 pub fn build(options: &toml::Table) -> Result<Box<dyn BalanceMethod>> {
     Ok(Box::new(Greedy {
         opts: crate::parse_options("greedy", options)?,

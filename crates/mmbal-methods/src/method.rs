@@ -109,6 +109,17 @@ impl EpochCtx<'_> {
     pub fn forward_all(&self, rows: &[Row]) -> Result<Collected> {
         collect_outputs(self.model, self.dataset, rows, self.batch_size)
     }
+    /// Eval-mode forward over `rows` served with their training transforms, drawn from
+    /// `(seed, stream)`; pick a stream no training epoch uses.
+    pub fn forward_all_augmented(&self, rows: &[Row], stream: u64) -> Result<Collected> {
+        crate::collect::collect_outputs_with(
+            self.model,
+            self.dataset,
+            rows,
+            self.batch_size,
+            Some((self.seed, stream)),
+        )
+    }
 }
 
 /// A balancing method. Every hook has the joint-training default, so joint training is this

@@ -18,8 +18,18 @@ use std::collections::HashMap;
 enum Variant {
     /// Clipped coefficients and the entropy regulariser (the paper).
     Paper,
-    /// The released code's hard switch: `alpha * PCE` on the weaker modality only.
+    /// The released code's hard switch: `alpha * PCE` on the weaker modality only (default).
     Code,
+}
+
+/// Which transforms serve the prototype pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ProtoTransforms {
+    /// The training transforms (the reference iterates its training loader), model in eval mode.
+    Train,
+    /// Deterministic evaluation transforms.
+    Eval,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -27,29 +37,43 @@ enum Variant {
 struct Options {
     variant: Variant,
     alpha: f64,
+    /// The prototype terms apply in epochs `modulation_starts..=modulation_ends` (0-based, both
+    /// ends included, as the reference's `modulation_starts <= epoch <= modulation_ends`);
+    /// outside it the loss is plain cross-entropy.
+    modulation_starts: usize,
+    modulation_ends: usize,
     /// Weight of the entropy regulariser on the dominant modality (paper variant).
     mu: f64,
     /// The regulariser applies in epochs `0..entropy_epochs`.
     entropy_epochs: usize,
-    /// Part of the training set used to compute prototypes (eval mode) before epoch 0 and after
-    /// every epoch.
+    /// Part of the training batches used for prototypes: the first `max(1, floor(batches *
+    /// proto_ratio))` batches of a shuffled pass (the reference's `len(loader) // 10`, at least
+    /// one), before epoch 0 and after every epoch.
     proto_ratio: f64,
-    /// `c = (1 - momentum) new + momentum old`.
+    proto_transforms: ProtoTransforms,
+    /// `c = (1 - momentum) new + momentum old`, from the prototypes computed after the second
+    /// epoch on (the reference's `epoch <= 0` test leaves the first two sets without momentum).
     momentum: f64,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
-            variant: Variant::Paper,
+            variant: Variant::Code,
             alpha: 1.0,
+            modulation_starts: 0,
+            modulation_ends: 100,
             mu: 0.01,
             entropy_epochs: 10,
             proto_ratio: 0.1,
+            proto_transforms: ProtoTransforms::Train,
             momentum: 0.0,
         }
     }
 }
+
+/// Seed stream of the prototype passes' training transforms (apart from the epochs' streams).
+const PROTO_STREAM: u64 = 0x5052_4f54_4f00_0000;
 
 pub struct Pmr {
     opts: Options,
@@ -87,16 +111,30 @@ fn coefficients(scores: &[f64], alpha: f64, variant: Variant) -> (Vec<f64>, Vec<
 }
 
 impl Pmr {
-    fn update_prototypes(&mut self, ctx: &EpochCtx) -> Result<()> {
+    /// Prototypes from a part of the training set. `pass` numbers the calls as the reference's
+    /// `epoch` argument does: 0 before training and after epoch 0, then the finished epoch; the
+    /// momentum applies from `pass >= 1` on.
+    fn update_prototypes(&mut self, ctx: &EpochCtx, pass: usize) -> Result<()> {
         let mut rows = ctx.train_rows();
         let mut rng = ChaCha8Rng::seed_from_u64(
             ctx.seed ^ (ctx.epoch as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D),
         );
         rows.shuffle(&mut rng);
-        let n = ((rows.len() as f64 * self.opts.proto_ratio).ceil() as usize)
-            .clamp(1, rows.len().max(1));
-        rows.truncate(n);
-        let c = ctx.forward_all(&rows)?;
+        let bs = ctx.batch_size.max(1);
+        let batches = rows.len().div_ceil(bs);
+        let used = ((batches as f64 * self.opts.proto_ratio).floor() as usize).max(1);
+        rows.truncate((used * bs).min(rows.len()));
+        let c = match self.opts.proto_transforms {
+            ProtoTransforms::Train => {
+                ctx.forward_all_augmented(&rows, PROTO_STREAM + ctx.epoch as u64)?
+            }
+            ProtoTransforms::Eval => ctx.forward_all(&rows)?,
+        };
+        let momentum = if pass >= 1 {
+            self.opts.momentum as f32
+        } else {
+            0.0
+        };
         let classes = ctx.dataset.manifest.classes.len();
         let dev = ctx.model.device();
         let mut new = Vec::new();
@@ -125,12 +163,7 @@ impl Pmr {
                         prev
                     } else {
                         let mean = sums[k * d + j] / counts[k] as f32;
-                        let mo = if old.is_some() {
-                            self.opts.momentum as f32
-                        } else {
-                            0.0
-                        };
-                        (1.0 - mo) * mean + mo * prev
+                        (1.0 - momentum) * mean + momentum * prev
                     };
                     proto.push(v);
                 }
@@ -150,7 +183,7 @@ impl BalanceMethod for Pmr {
     fn epoch_plan(&mut self, ctx: &EpochCtx) -> Result<Option<Vec<Row>>> {
         self.log.reset(&ctx.model.modalities);
         if self.prototypes.is_none() {
-            self.update_prototypes(ctx)?; // before epoch 0
+            self.update_prototypes(ctx, 0)?; // before epoch 0
         }
         Ok(None)
     }
@@ -177,7 +210,12 @@ impl BalanceMethod for Pmr {
             );
             logits.push(l);
         }
-        let (coeff, rho) = coefficients(&scores, self.opts.alpha, self.opts.variant);
+        let in_window =
+            (self.opts.modulation_starts..=self.opts.modulation_ends).contains(&ctx.epoch);
+        let (mut coeff, rho) = coefficients(&scores, self.opts.alpha, self.opts.variant);
+        if !in_window {
+            coeff.iter_mut().for_each(|k| *k = 0.0);
+        }
         self.log.add(&coeff, &rho);
         let mut loss = candle_nn::loss::cross_entropy(&out.fused_logits, labels)?;
         for (l, &k) in logits.iter().zip(&coeff) {
@@ -186,14 +224,15 @@ impl BalanceMethod for Pmr {
             }
         }
         if self.opts.variant == Variant::Paper
+            && in_window
             && self.opts.mu != 0.0
             && ctx.epoch < self.opts.entropy_epochs
         {
             // Entropy of each dominant modality's prototype prediction (batch mean), maximised
-            // with the weight its lead gives the weak modality's PCE: `alpha * clip(rho - 1, 0, 1)`
-            // (for two modalities, the weak one's coefficient). Matches the reference values.
+            // with weight `mu * clip(rho - 1, 0, 1)`: the paper's final loss weights the entropy
+            // terms by mu times the clipped coefficient, without alpha.
             for (l, &r) in logits.iter().zip(&rho) {
-                let weight = self.opts.alpha * (r - 1.0).clamp(0.0, 1.0);
+                let weight = (r - 1.0).clamp(0.0, 1.0);
                 if weight > 0.0 {
                     let logp = candle_nn::ops::log_softmax(l, 1)?;
                     let entropy = (logp.exp()? * &logp)?.sum(1)?.mean_all()?.neg()?;
@@ -205,7 +244,7 @@ impl BalanceMethod for Pmr {
     }
 
     fn on_epoch_end(&mut self, ctx: &EpochCtx) -> Result<()> {
-        self.update_prototypes(ctx)
+        self.update_prototypes(ctx, ctx.epoch)
     }
 
     fn diagnostics(&self) -> Vec<(String, f64)> {
@@ -232,8 +271,9 @@ impl BalanceMethod for Pmr {
     }
 }
 
-/// Options: `variant` (`paper` | `code`), `alpha` (1.0), `mu` (0.01), `entropy_epochs` (10),
-/// `proto_ratio` (0.1), `momentum` (0.0).
+/// Options: `variant` (`code` | `paper`), `alpha` (1.0), `modulation_starts` (0),
+/// `modulation_ends` (100), `mu` (0.01), `entropy_epochs` (10), `proto_ratio` (0.1),
+/// `proto_transforms` (`train` | `eval`), `momentum` (0.0).
 pub fn build(options: &toml::Table) -> Result<Box<dyn BalanceMethod>> {
     let opts: Options = crate::parse_options("pmr", options)?;
     if !(opts.proto_ratio > 0.0 && opts.proto_ratio <= 1.0) {

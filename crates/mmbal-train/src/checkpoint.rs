@@ -11,14 +11,15 @@ use std::path::Path;
 
 pub const FORMAT: &str = "mmbal-checkpoint-1";
 
-struct F32View {
+struct RawView {
+    dtype: Dtype,
     shape: Vec<usize>,
     bytes: Vec<u8>,
 }
 
-impl View for F32View {
+impl View for RawView {
     fn dtype(&self) -> Dtype {
-        Dtype::F32
+        self.dtype
     }
     fn shape(&self) -> &[usize] {
         &self.shape
@@ -31,8 +32,9 @@ impl View for F32View {
     }
 }
 
-/// Writes f32 tensors and metadata to `path` (through a temporary file, so a crash never leaves a
-/// half-written checkpoint).
+/// Writes tensors and metadata to `path` (through a temporary file, so a crash never leaves a
+/// half-written checkpoint): f64 tensors as f64 (method state kept in f64, restored exactly),
+/// every other dtype as f32.
 pub fn save(
     path: &Path,
     tensors: Vec<(String, Tensor)>,
@@ -40,15 +42,24 @@ pub fn save(
 ) -> Result<()> {
     let mut views = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
-        let values = t
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_device(&Device::Cpu)?
-            .to_vec1::<f32>()?;
-        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let flat = t.flatten_all()?.to_device(&Device::Cpu)?;
+        let (dtype, bytes) = if t.dtype() == DType::F64 {
+            let values = flat.to_vec1::<f64>()?;
+            (
+                Dtype::F64,
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        } else {
+            let values = flat.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            (
+                Dtype::F32,
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        };
         views.push((
             name,
-            F32View {
+            RawView {
+                dtype,
                 shape: t.dims().to_vec(),
                 bytes,
             },

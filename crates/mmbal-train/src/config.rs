@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use mmbal_data::audio::Fbank;
 use mmbal_data::recipe::{AudioRecipe, FramesRecipe, FrontEnd};
 use mmbal_data::Recipe;
-use mmbal_fusion::{EncoderSpec, FusionKind, LinearInit};
+use mmbal_fusion::{BnInit, EncoderSpec, FusionKind, LinearInit};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +34,10 @@ pub struct TrainConfig {
     /// size-if-correct benefit, feature masking, or input masking when a mixer joins the
     /// encoders.
     pub track_contributions: bool,
+    /// Which epoch's model the run reports as its result: `val` (the best val accuracy, first
+    /// on ties; needs a val split) or `last` (the last epoch, for data without a val split).
+    /// Test never selects.
+    pub select: Selection,
     pub data: DataConfig,
     pub model: ModelConfig,
     pub optimizer: OptimizerConfig,
@@ -53,6 +57,7 @@ impl Default for TrainConfig {
             prefetch: 2,
             eval_test: true,
             track_contributions: false,
+            select: Selection::Val,
             data: DataConfig::default(),
             model: ModelConfig::default(),
             // Adam: the small synthetic run converges in 10 epochs; the field's SGD recipe is
@@ -149,6 +154,30 @@ impl Default for SyntheticConfig {
     }
 }
 
+/// How the reported epoch is chosen (see [`TrainConfig::select`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Selection {
+    /// Best val accuracy, the first such epoch on ties.
+    #[default]
+    Val,
+    /// The last epoch.
+    Last,
+}
+
+impl Selection {
+    /// Whether `record` replaces `best` as the selected epoch.
+    pub fn prefers(self, record: &crate::EpochRecord, best: Option<&crate::EpochRecord>) -> bool {
+        match (self, best) {
+            (_, None) | (Selection::Last, _) => true,
+            (Selection::Val, Some(b)) => {
+                let acc = |r: &crate::EpochRecord| r.val.as_ref().map(|v| v.acc);
+                acc(record) > acc(b)
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
@@ -163,6 +192,7 @@ impl Default for ModelConfig {
         let small = |c| EncoderSpec::SmallCnn {
             in_channels: c,
             width: 8,
+            bn_init: BnInit::Ones,
         };
         ModelConfig {
             fusion: FusionKind::Concat,

@@ -25,7 +25,7 @@ pub mod optim;
 pub mod plots;
 pub mod schedule;
 mod trainer;
-pub use config::TrainConfig;
+pub use config::{Selection, TrainConfig};
 pub use trainer::{
     parse_device, read_log, train_step, EpochRecord, Events, Quiet, RunSummary, SplitMetrics,
     StepReport, Trainer,

@@ -5,7 +5,7 @@
 //! with the best val accuracy; the last epoch is reported too. Test never selects anything.
 
 use crate::checkpoint::{self, Checkpoint};
-use crate::config::TrainConfig;
+use crate::config::{Selection, TrainConfig};
 use crate::metrics::{accuracy, argmax, macro_f1};
 use crate::optim::Optimizer;
 use anyhow::{bail, Context, Result};
@@ -140,7 +140,10 @@ impl Events for Quiet {}
 pub struct RunSummary {
     pub method: String,
     pub dataset: String,
-    /// Chosen on val accuracy (first best epoch on ties).
+    /// How `best` was chosen (summaries written before this field: `val`).
+    #[serde(default)]
+    pub selection: Selection,
+    /// The selected epoch: best val accuracy (first on ties), or the last with `select = "last"`.
     pub best: Option<EpochRecord>,
     pub last: Option<EpochRecord>,
 }
@@ -224,6 +227,15 @@ impl Trainer {
         mut model: MultimodalModel,
         mut method: Box<dyn BalanceMethod>,
     ) -> Result<Trainer> {
+        if config.select == Selection::Val && dataset.rows(Split::Val).is_empty() {
+            bail!(
+                "the dataset `{}` has no val split, so no epoch can be selected on val (and test \
+                 never selects): add a val split to its split file or layout, or set \
+                 `select = \"last\"` in the config to report the last epoch (the summary then \
+                 says so)",
+                dataset.manifest.name
+            );
+        }
         method.prepare_model(&mut model)?;
         let optimizer = config.optimizer.build(model.params());
         let run_dir = config.run_dir();
@@ -561,12 +573,7 @@ impl Trainer {
             log.flush()?;
             self.epochs_done = epoch + 1;
             self.save_checkpoint(&dir.join("last.safetensors"))?;
-            let val_acc = |r: &EpochRecord| r.val.as_ref().map(|v| v.acc);
-            let improved = match &self.best {
-                None => true,
-                Some(b) => val_acc(&record) > val_acc(b),
-            };
-            if improved {
+            if self.config.select.prefers(&record, self.best.as_ref()) {
                 std::fs::copy(dir.join("last.safetensors"), dir.join("best.safetensors"))?;
                 self.best = Some(record.clone());
             }
@@ -576,6 +583,7 @@ impl Trainer {
         let summary = RunSummary {
             method: self.method.name().to_string(),
             dataset: self.dataset.manifest.name.clone(),
+            selection: self.config.select,
             best: self.best.clone(),
             last: self.last.clone(),
         };
@@ -608,12 +616,7 @@ impl Trainer {
                 continue;
             }
             kept.push(line.to_string());
-            let val_acc = |r: &EpochRecord| r.val.as_ref().map(|m| m.acc);
-            let better = match &self.best {
-                None => true,
-                Some(b) => val_acc(&record) > val_acc(b),
-            };
-            if better {
+            if self.config.select.prefers(&record, self.best.as_ref()) {
                 self.best = Some(record.clone());
             }
             self.last = Some(record);

@@ -4,7 +4,7 @@
 //! valuation of a batch (`shapley.*`).
 
 use candle_core::{DType, Device, Tensor, Var};
-use mmbal_encoders::{conv2d, max_pool2d, BatchNorm2d, Encoder};
+use mmbal_encoders::BatchNorm2d;
 use mmbal_fusion::{ForwardOut, FusionHead, FusionKind, LinearInit, MultimodalModel};
 use mmbal_methods::{BalanceMethod, Grads, Joint, StepCtx, StepIndex};
 use mmbal_train::optim::Sgd;
@@ -13,69 +13,8 @@ use mmbal_valuation::{value_batch, Benefit, MaskRoute};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// The fixture's encoder: Conv(cin, 4, 3, s2, p1) BN ReLU MaxPool(3, 2, 1) Conv(4, 8, 3, s1, p1)
-/// BN ReLU, with PyTorch's `nn.Sequential` names (0, 1, 4, 5).
-struct Tiny {
-    c0: Var,
-    bn1: BatchNorm2d,
-    c4: Var,
-    bn5: BatchNorm2d,
-}
-
-impl Encoder for Tiny {
-    fn out_dim(&self) -> usize {
-        8
-    }
-    fn num_stages(&self) -> usize {
-        1
-    }
-    fn stage_channels(&self, _i: usize) -> usize {
-        8
-    }
-    fn stage(&self, _i: usize, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let y = self
-            .bn1
-            .forward(&conv2d(x, self.c0.as_tensor(), 2, 1)?, train)?
-            .relu()?;
-        let y = max_pool2d(&y, 3, 2, 1)?;
-        self.bn5
-            .forward(&conv2d(&y, self.c4.as_tensor(), 1, 1)?, train)?
-            .relu()
-    }
-    fn params(&self) -> Vec<(String, Var)> {
-        vec![
-            ("0.weight".into(), self.c0.clone()),
-            ("1.weight".into(), self.bn1.weight.clone()),
-            ("1.bias".into(), self.bn1.bias.clone()),
-            ("4.weight".into(), self.c4.clone()),
-            ("5.weight".into(), self.bn5.weight.clone()),
-            ("5.bias".into(), self.bn5.bias.clone()),
-        ]
-    }
-    fn buffers(&self) -> Vec<(String, Tensor)> {
-        let (m1, v1) = self.bn1.running_stats();
-        let (m5, v5) = self.bn5.running_stats();
-        vec![
-            ("1.running_mean".into(), m1),
-            ("1.running_var".into(), v1),
-            ("5.running_mean".into(), m5),
-            ("5.running_var".into(), v5),
-        ]
-    }
-    fn set_buffer(&self, name: &str, value: Tensor) -> candle_core::Result<()> {
-        let (bn, stat) = match name.split_once('.') {
-            Some(("1", s)) => (&self.bn1, s),
-            Some(("5", s)) => (&self.bn5, s),
-            _ => candle_core::bail!("no buffer {name}"),
-        };
-        let (m, v) = bn.running_stats();
-        match stat {
-            "running_mean" => bn.set_running_stats(value, v),
-            _ => bn.set_running_stats(m, value),
-        }
-        Ok(())
-    }
-}
+mod common;
+use common::Tiny;
 
 fn fixtures() -> HashMap<String, Tensor> {
     let path = concat!(

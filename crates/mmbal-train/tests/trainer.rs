@@ -358,3 +358,66 @@ fn committed_configs_parse() {
     }
     assert!(n >= 7, "{n} configs");
 }
+
+/// An epoch record with the given val and test accuracies (everything else plain).
+fn record(epoch: usize, val: f64, test: f64) -> mmbal_train::EpochRecord {
+    let split = |acc: f64| {
+        serde_json::json!({"samples": 6, "loss": 1.0, "acc": acc, "macro_f1": acc,
+            "modality_acc": {}})
+    };
+    serde_json::from_value(serde_json::json!({
+        "epoch": epoch, "lr": 0.1, "train": split(0.5), "val": split(val), "test": split(test),
+        "method": {}, "score_ratio": {}, "contributions": {}, "train_seconds": 1.0,
+        "train_samples_per_s": 1.0
+    }))
+    .unwrap()
+}
+
+#[test]
+fn selection_follows_val_never_test() {
+    use mmbal_train::Selection;
+    // Epoch 2 is best on test, epoch 3 on val (epoch 4 ties it and comes later).
+    let records = [
+        record(1, 0.40, 0.40),
+        record(2, 0.50, 0.90),
+        record(3, 0.70, 0.60),
+        record(4, 0.70, 0.80),
+    ];
+    let pick = |sel: Selection| {
+        let mut best: Option<&mmbal_train::EpochRecord> = None;
+        for r in &records {
+            if sel.prefers(r, best) {
+                best = Some(r);
+            }
+        }
+        best.unwrap().epoch
+    };
+    assert_eq!(pick(Selection::Val), 3);
+    assert_eq!(pick(Selection::Last), 4);
+}
+
+#[test]
+fn no_val_split_is_an_error_unless_the_last_epoch_is_selected() {
+    let out = tmp("noval");
+    let data = out.join("data");
+    mmbal_data::datasets::generate_synthetic(&data, 3, 10, 0, 2).unwrap();
+    let split = std::fs::read_to_string(data.join("split.csv")).unwrap();
+    std::fs::write(data.join("split.csv"), split.replace(",val", ",train")).unwrap();
+    let mut cfg = small(&out, "noval", OptimizerConfig::default());
+    cfg.data.synthetic.dir = Some(data);
+    cfg.epochs = 2;
+    let err = Trainer::from_config(cfg.clone()).err().expect("refused");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("no val split") && msg.contains("select = \"last\""),
+        "{msg}"
+    );
+    cfg.select = mmbal_train::Selection::Last;
+    let summary = Trainer::from_config(cfg.clone())
+        .unwrap()
+        .run(&mut Quiet)
+        .unwrap();
+    assert_eq!(summary.best.as_ref().unwrap().epoch, 2);
+    let written = std::fs::read_to_string(cfg.run_dir().join("summary.json")).unwrap();
+    assert!(written.contains("\"selection\": \"last\""), "{written}");
+}
