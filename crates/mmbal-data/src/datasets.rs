@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The seed of the committed split files under `datasets/`.
 pub const SPLIT_SEED: u64 = 20261122;
@@ -267,4 +267,33 @@ mod tests {
         assert_eq!(a.lines().filter(|l| l.ends_with(",val")).count(), 30);
         assert_eq!(a.lines().filter(|l| l.ends_with(",train")).count(), 140);
     }
+}
+
+/// The shared real-data folder named by `MMBAL_SHARED_DATA` (a relative path is taken from
+/// `base`, the workspace root where the README's test command runs), for the tests and tools
+/// that read real data. `Ok(None)` when it is unset, empty or not a folder with files, so a
+/// local run can skip real-data checks; under CI (`CI=true`) the same is an error, so a test that
+/// exists to read real data fails instead of passing without having run.
+pub fn shared_data_dir(base: &Path) -> Result<Option<PathBuf>> {
+    let named = std::env::var("MMBAL_SHARED_DATA")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let dir = named.as_ref().map(|s| base.join(s));
+    let usable = dir
+        .as_ref()
+        .is_some_and(|d| std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()));
+    if usable {
+        return Ok(dir);
+    }
+    let what = match &dir {
+        None => "MMBAL_SHARED_DATA is not set".to_string(),
+        Some(d) => format!(
+            "MMBAL_SHARED_DATA={} is not a folder with data",
+            d.display()
+        ),
+    };
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        anyhow::bail!("{what}: under CI the real-data tests must run (point it at shared/data)");
+    }
+    Ok(None)
 }

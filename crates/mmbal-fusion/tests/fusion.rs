@@ -296,3 +296,43 @@ fn model_groups_masks_and_buffers() {
         .set_buffer("encoders.sound.bn0.running_mean", t.clone())
         .is_err());
 }
+
+#[test]
+fn batch_norm_weights_start_at_one_or_from_normal_1_002() {
+    let dev = Device::Cpu;
+    let names = vec!["a".to_string(), "b".to_string()];
+    let spec = |bn_init| EncoderSpec::Resnet18 {
+        in_channels: 1,
+        width: 0.125,
+        pretrained: None,
+        bn_init,
+    };
+    let bn_weights = |init| -> Vec<f32> {
+        let model = MultimodalModel::new(
+            &names,
+            &[spec(init), spec(init)],
+            FusionKind::Concat,
+            LinearInit::Pytorch,
+            3,
+            5,
+            &dev,
+        )
+        .unwrap();
+        model
+            .named_params()
+            .into_iter()
+            .filter(|(n, _)| n.contains("bn") && n.ends_with(".weight"))
+            .flat_map(|(_, v)| v.as_tensor().to_vec1::<f32>().unwrap())
+            .collect()
+    };
+    assert!(bn_weights(BnInit::Ones).iter().all(|&w| w == 1.0));
+    let w = bn_weights(BnInit::Normal);
+    let n = w.len() as f64;
+    let mean = w.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let std = (w.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+    assert!(
+        n > 100.0 && (mean - 1.0).abs() < 0.005,
+        "mean {mean} over {n}"
+    );
+    assert!((std - 0.02).abs() < 0.004, "std {std}");
+}

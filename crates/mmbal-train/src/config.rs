@@ -65,6 +65,8 @@ impl Default for TrainConfig {
             optimizer: OptimizerConfig::Adam {
                 lr: 3e-3,
                 weight_decay: 0.0,
+                betas: [0.9, 0.999],
+                eps: 1e-8,
             },
             schedule: Schedule::Constant,
             method: MethodConfig::default(),

@@ -38,16 +38,33 @@ pub enum OptimizerConfig {
         lr: f64,
         #[serde(default)]
         weight_decay: f64,
+        /// `[beta1, beta2]` (PyTorch's default `[0.9, 0.999]`; PMR's reference uses 0.99).
+        #[serde(default = "adam_betas")]
+        betas: [f64; 2],
+        #[serde(default = "adam_eps")]
+        eps: f64,
     },
     Adamw {
         lr: f64,
         #[serde(default = "adamw_decay")]
         weight_decay: f64,
+        #[serde(default = "adam_betas")]
+        betas: [f64; 2],
+        #[serde(default = "adam_eps")]
+        eps: f64,
     },
 }
 
 fn adamw_decay() -> f64 {
     0.01
+}
+
+fn adam_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+
+fn adam_eps() -> f64 {
+    1e-8
 }
 
 impl Default for OptimizerConfig {
@@ -76,12 +93,26 @@ impl OptimizerConfig {
                 momentum,
                 weight_decay,
             } => Box::new(Sgd::new(params, lr, momentum, weight_decay)),
-            OptimizerConfig::Adam { lr, weight_decay } => {
-                Box::new(Adam::new(params, lr, weight_decay))
-            }
-            OptimizerConfig::Adamw { lr, weight_decay } => {
-                Box::new(Adam::adamw(params, lr, weight_decay))
-            }
+            OptimizerConfig::Adam {
+                lr,
+                weight_decay,
+                betas,
+                eps,
+            } => Box::new(Adam {
+                betas: (betas[0], betas[1]),
+                eps,
+                ..Adam::new(params, lr, weight_decay)
+            }),
+            OptimizerConfig::Adamw {
+                lr,
+                weight_decay,
+                betas,
+                eps,
+            } => Box::new(Adam {
+                betas: (betas[0], betas[1]),
+                eps,
+                ..Adam::adamw(params, lr, weight_decay)
+            }),
         }
     }
 }
@@ -262,5 +293,35 @@ impl Optimizer for Adam {
             };
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod betas_tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn adam_betas_and_eps_from_the_config() {
+        let cfg: OptimizerConfig =
+            toml::from_str("kind = \"adam\"\nlr = 0.1\nbetas = [0.5, 0.9]\neps = 0.001").unwrap();
+        let p = Var::new(&[1.0f32], &Device::Cpu).unwrap();
+        let mut opt = cfg.build(vec![p.clone()]);
+        // Two steps with gradients 1 then 3, by hand in f64 (PyTorch's form).
+        let (b1, b2, eps, lr) = (0.5f64, 0.9f64, 1e-3, 0.1);
+        let (mut m, mut v, mut x) = (0.0f64, 0.0f64, 1.0f64);
+        for (t, g) in [(1, 1.0f64), (2, 3.0)] {
+            let loss = (p.as_tensor() * g).unwrap().sum_all().unwrap();
+            opt.step(&loss.backward().unwrap()).unwrap();
+            m = b1 * m + (1.0 - b1) * g;
+            v = b2 * v + (1.0 - b2) * g * g;
+            let denom = v.sqrt() / (1.0 - b2.powi(t)).sqrt() + eps;
+            x -= lr * (m / (1.0 - b1.powi(t))) / denom;
+        }
+        let got = p.as_tensor().to_vec1::<f32>().unwrap()[0] as f64;
+        assert!((got - x).abs() < 1e-6, "{got} vs {x}");
+        // The defaults are PyTorch's.
+        let d: OptimizerConfig = toml::from_str("kind = \"adam\"\nlr = 0.1").unwrap();
+        assert!(matches!(d, OptimizerConfig::Adam { betas: [0.9, 0.999], eps, .. } if eps == 1e-8));
     }
 }

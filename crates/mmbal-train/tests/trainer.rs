@@ -79,6 +79,8 @@ fn resumed_run_equals_uninterrupted_run() {
     let adam = OptimizerConfig::Adam {
         lr: 3e-3,
         weight_decay: 1e-4,
+        betas: [0.9, 0.999],
+        eps: 1e-8,
     };
     for (tag, opt, method) in [
         ("sgd", OptimizerConfig::default(), "joint"),

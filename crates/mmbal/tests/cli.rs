@@ -218,16 +218,26 @@ fn each_resampling_method_runs_two_epochs_and_valuate_writes_npy() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The shared data folder; under CI its absence fails the test instead of skipping it.
+fn shared_data(root: &Path) -> Option<PathBuf> {
+    mmbal_data::datasets::shared_data_dir(root).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
 /// Every registered method trains two epochs on real GRID clips through the command line:
 /// `mmbal preprocess`, then `mmbal train` with configs/grid.toml and the method's settings.
 #[test]
 fn every_method_trains_two_epochs_on_grid() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let Ok(shared) = std::env::var("MMBAL_SHARED_DATA").map(|p| root.join(p)) else {
+    let Some(shared) = shared_data(&root) else {
         eprintln!("MMBAL_SHARED_DATA is not set: GRID runs of every method not made");
         return;
     };
     if !shared.join("grid-s1").is_dir() {
+        assert!(!under_ci(), "{}/grid-s1 is missing", shared.display());
         eprintln!(
             "{}/grid-s1 is missing: GRID runs of every method not made",
             shared.display()
@@ -303,7 +313,7 @@ fn every_method_trains_two_epochs_on_grid() {
 #[test]
 fn preprocess_to_kinetics_sounds_layout_then_doctor_and_train() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let Ok(shared) = std::env::var("MMBAL_SHARED_DATA").map(|p| root.join(p)) else {
+    let Some(shared) = shared_data(&root) else {
         eprintln!("MMBAL_SHARED_DATA is not set: preprocess-then-train on GRID not run");
         return;
     };
