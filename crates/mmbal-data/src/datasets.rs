@@ -241,34 +241,6 @@ pub fn generate_synthetic(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grid_labels_from_names() {
-        assert_eq!(grid_digit("bbaf2n").unwrap(), 2);
-        assert_eq!(grid_digit("bbazzn").unwrap(), 0);
-        assert!(grid_digit("bbafxn").is_err());
-    }
-
-    #[test]
-    fn grid_split_is_stratified_and_seeded() {
-        let ids: Vec<String> = (0..10u8)
-            .flat_map(|d| {
-                (0..20).map(move |k| {
-                    format!("bbaf{}{k}", if d == 0 { 'z' } else { (b'0' + d) as char })
-                })
-            })
-            .collect();
-        let a = grid_split(&ids, 1).unwrap();
-        assert_eq!(a, grid_split(&ids, 1).unwrap());
-        assert_eq!(a.lines().filter(|l| l.ends_with(",test")).count(), 30);
-        assert_eq!(a.lines().filter(|l| l.ends_with(",val")).count(), 30);
-        assert_eq!(a.lines().filter(|l| l.ends_with(",train")).count(), 140);
-    }
-}
-
 /// The shared real-data folder named by `MMBAL_SHARED_DATA` (a relative path is taken from
 /// `base`, the workspace root where the README's test command runs), for the tests and tools
 /// that read real data. `Ok(None)` when it is unset, empty or not a folder with files, so a
@@ -296,4 +268,32 @@ pub fn shared_data_dir(base: &Path) -> Result<Option<PathBuf>> {
         anyhow::bail!("{what}: under CI the real-data tests must run (point it at shared/data)");
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_labels_from_names() {
+        assert_eq!(grid_digit("bbaf2n").unwrap(), 2);
+        assert_eq!(grid_digit("bbazzn").unwrap(), 0);
+        assert!(grid_digit("bbafxn").is_err());
+    }
+
+    #[test]
+    fn grid_split_is_stratified_and_seeded() {
+        let ids: Vec<String> = (0..10u8)
+            .flat_map(|d| {
+                (0..20).map(move |k| {
+                    format!("bbaf{}{k}", if d == 0 { 'z' } else { (b'0' + d) as char })
+                })
+            })
+            .collect();
+        let a = grid_split(&ids, 1).unwrap();
+        assert_eq!(a, grid_split(&ids, 1).unwrap());
+        assert_eq!(a.lines().filter(|l| l.ends_with(",test")).count(), 30);
+        assert_eq!(a.lines().filter(|l| l.ends_with(",val")).count(), 30);
+        assert_eq!(a.lines().filter(|l| l.ends_with(",train")).count(), 140);
+    }
 }

@@ -61,6 +61,13 @@ pub fn blend_weights(g: &[f64], o: &[f64]) -> Vec<f64> {
     }
 }
 
+/// One head's generalisation gain and overfitting change from its mean losses before (`0`) and
+/// after (`1`) training it alone: `G = val0 - val1` (positive when val loss fell) and
+/// `O = (val1 - train1) - (val0 - train0)` (positive when the train/val gap widened).
+pub fn gain_and_overfitting(train0: f64, val0: f64, train1: f64, val1: f64) -> (f64, f64) {
+    (val0 - val1, (val1 - train1) - (val0 - train0))
+}
+
 pub struct GBlending {
     opts: Options,
     /// Weights of the unimodal heads (modality order), then the fused head.
@@ -167,8 +174,9 @@ impl GBlending {
                 }
             }
             let (train1, val1) = (head_losses(ctx, &train)?, head_losses(ctx, &val)?);
-            g.push(val0[k] - val1[k]);
-            o.push((val1[k] - train1[k]) - (val0[k] - train0[k]));
+            let (gk, ok) = gain_and_overfitting(train0[k], val0[k], train1[k], val1[k]);
+            g.push(gk);
+            o.push(ok);
             restore(model, &snap)?;
         }
         // Rounded to f32: checkpoints hold f32, and a resumed run must train with the same weights.
@@ -274,7 +282,21 @@ pub fn build(options: &toml::Table) -> Result<Box<dyn BalanceMethod>> {
 
 #[cfg(test)]
 mod tests {
-    use super::blend_weights;
+    use super::{blend_weights, gain_and_overfitting};
+
+    #[test]
+    fn gain_and_overfitting_signs() {
+        // Train loss 1.0 -> 0.5, val 1.0 -> 0.9: val improved (G = 0.1 > 0) while the gap
+        // widened from 0 to 0.4 (O = 0.4 > 0).
+        let (g, o) = gain_and_overfitting(1.0, 1.0, 0.5, 0.9);
+        assert!(
+            (g - 0.1).abs() < 1e-12 && (o - 0.4).abs() < 1e-12,
+            "{g} {o}"
+        );
+        // Val got worse (G < 0) and the gap narrowed (O < 0): train 0.5 -> 0.6, val 0.9 -> 0.95.
+        let (g, o) = gain_and_overfitting(0.5, 0.9, 0.6, 0.95);
+        assert!(g < 0.0 && o < 0.0, "{g} {o}");
+    }
 
     #[test]
     fn weights_from_given_losses() {

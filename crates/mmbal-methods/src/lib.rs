@@ -44,7 +44,7 @@ mod registry;
 mod sample_level;
 mod valuation_pass;
 pub use collect::{collect_outputs, Collected};
-pub use gblending::blend_weights;
+pub use gblending::{blend_weights, gain_and_overfitting};
 pub use greedy::Utilisation;
 pub use joint::Joint;
 pub use method::{BalanceMethod, EpochCtx, Grads, StepCtx, StepIndex, StepPlan};

@@ -17,15 +17,13 @@ use std::collections::HashMap;
 
 /// mmbal's parameter or buffer name to the reference's state_dict name.
 fn reference_name(n: &str) -> String {
-    let n = n
-        .replace("encoders.audio.", "net_view_0.")
+    n.replace("encoders.audio.", "net_view_0.")
         .replace("encoders.visual.", "net_view_1.")
         .replace("head.fc.0.", "net_view_0_fc.")
         .replace("head.fc.1.", "net_view_1_fc.")
         .replace("mixer.stage0.squeeze.", "mmtm.fc_squeeze.")
         .replace("mixer.stage0.excite_a.", "mmtm.fc_visual.")
-        .replace("mixer.stage0.excite_b.", "mmtm.fc_skeleton.");
-    n
+        .replace("mixer.stage0.excite_b.", "mmtm.fc_skeleton.")
 }
 
 fn build(f: &HashMap<String, Tensor>, options: &str) -> (MultimodalModel, Box<dyn BalanceMethod>) {

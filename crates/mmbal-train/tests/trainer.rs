@@ -423,3 +423,54 @@ fn no_val_split_is_an_error_unless_the_last_epoch_is_selected() {
     let written = std::fs::read_to_string(cfg.run_dir().join("summary.json")).unwrap();
     assert!(written.contains("\"selection\": \"last\""), "{written}");
 }
+
+#[test]
+fn g_blending_estimation_puts_the_model_back_bit_for_bit() {
+    let out = tmp("gblend-restore");
+    let mut cfg = small(&out, "gblend", OptimizerConfig::default());
+    set_method(&mut cfg, "g-blending");
+    let mut t = Trainer::from_config(cfg).unwrap();
+    let values = |m: &mmbal_fusion::MultimodalModel| -> Vec<(String, Vec<f32>)> {
+        let mut v: Vec<(String, Vec<f32>)> = m
+            .named_params()
+            .into_iter()
+            .map(|(n, p)| (n, p.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
+            .collect();
+        v.extend(
+            m.buffers()
+                .into_iter()
+                .map(|(n, b)| (n, b.flatten_all().unwrap().to_vec1().unwrap())),
+        );
+        v
+    };
+    let before = values(&t.model);
+    let ctx = mmbal_methods::EpochCtx {
+        epoch: 0,
+        epochs: 2,
+        seed: t.config.seed,
+        batch_size: t.config.batch_size,
+        model: &t.model,
+        dataset: &t.dataset,
+        out_dir: None,
+    };
+    // Offline mode estimates the weights at the start of epoch 0: each head is trained alone
+    // (weights and BatchNorm statistics move), then the model is put back.
+    t.method.epoch_plan(&ctx).unwrap();
+    let weights: Vec<f64> = t
+        .method
+        .diagnostics()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("gblend_weight"))
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(weights.len(), 3, "{:?}", t.method.diagnostics());
+    assert!((weights.iter().sum::<f64>() - 1.0).abs() < 1e-6);
+    let after = values(&t.model);
+    assert_eq!(before.len(), after.len());
+    for ((n, a), (_, b)) in before.iter().zip(&after) {
+        assert!(
+            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{n} changed by the estimation"
+        );
+    }
+}
