@@ -161,8 +161,26 @@ impl Greedy {
         if val.is_empty() {
             bail!("greedy: the utilisation rate needs a val split (or set utilisation = false)");
         }
-        // Measured on the model as it is, not on a curated one.
+        // Measured on the model as it is, not on a curated one; the measurement's forwards must
+        // not move the running means training goes on with (nor a resumed run's checkpoint).
+        let saved: Vec<Vec<(String, Tensor)>> = blocks.iter().map(|(_, b)| b.buffers()).collect();
         self.set_curation(None);
+        let measured = self.measure_uncurated(ctx, blocks, &val);
+        for ((_, b), buffers) in blocks.iter().zip(saved) {
+            for (name, t) in buffers {
+                b.set_buffer(&name, t)?;
+            }
+        }
+        self.set_curation(self.curating.map(|(branch, _)| branch));
+        measured
+    }
+
+    fn measure_uncurated(
+        &self,
+        ctx: &EpochCtx,
+        blocks: &[(usize, Mmtm)],
+        val: &[Row],
+    ) -> Result<Utilisation> {
         for (_, b) in blocks.iter() {
             b.record_squeeze();
         }
@@ -171,7 +189,7 @@ impl Greedy {
             .iter()
             .map(|(_, b)| b.squeeze_means())
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let live = ctx.forward_all(&val)?;
+        let live = ctx.forward_all(val)?;
         let mut u = Utilisation {
             acc: [0.0; 2],
             acc_without_other: [0.0; 2],
@@ -182,7 +200,7 @@ impl Greedy {
             for ((_, b), mean) in blocks.iter().zip(&means) {
                 b.replace_squeeze(Some((other, mean[other].clone())));
             }
-            let cut = ctx.forward_all(&val);
+            let cut = ctx.forward_all(val);
             for (_, b) in blocks.iter() {
                 b.replace_squeeze(None);
             }

@@ -166,7 +166,10 @@ pub trait BalanceMethod: Send {
         Ok(())
     }
 
-    /// The prediction logits used for evaluation. Default: the fused logits.
+    /// The prediction logits used for evaluation, one batch at a time (the trainer calls it per
+    /// evaluation batch of `batch_size` rows, as the references' loaders serve them, so a method
+    /// whose prediction depends on the batch, such as MLA's official dynamic fusion, sees the
+    /// same batches). Default: the fused logits.
     fn predict(&self, fused: &Tensor, _unimodal: &[Tensor]) -> Result<Tensor> {
         Ok(fused.clone())
     }

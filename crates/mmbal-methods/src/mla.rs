@@ -11,12 +11,17 @@ use serde::Deserialize;
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 enum Inference {
     /// Fixed weights per modality (`fixed_weights`).
     Fixed,
-    /// Per sample, softmax over modalities of minus the entropy of each modality's prediction.
+    /// The official code's `--dynamic` fusion (`calculate_gating_weights`): one weight per
+    /// modality for a whole evaluation batch, softmax over modalities of minus the entropy of
+    /// the batch's softmax taken over the batch axis (`calculate_entropy`, `dim=0`).
     Dynamic,
+    /// Per sample, softmax over modalities of minus the entropy of each modality's prediction
+    /// (the paper's description).
+    DynamicPerSample,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -56,6 +61,23 @@ pub fn update_projector(p: &Tensor, r: &Tensor, alpha: f64) -> candle_core::Resu
     let p = (p - k.matmul(&k.t()?)?.broadcast_div(&denom)?)?;
     let norm = p.sqr()?.sum_all()?.sqrt()?;
     p.broadcast_div(&norm)
+}
+
+/// The official batch-level fusion weights: for each modality `H_m = -sum p log p` with
+/// `p = softmax(logits_m)` over the batch axis, summed over the whole `(B, C)` batch, then a
+/// softmax over modalities of `-H_m`. `unimodal[m]` is `(B, C)`; returns `(B, M)`, the same
+/// weights in every row.
+pub fn batch_entropy_weights(unimodal: &[Tensor]) -> candle_core::Result<Tensor> {
+    let neg_entropy: Vec<Tensor> = unimodal
+        .iter()
+        .map(|l| {
+            let logp = candle_nn::ops::log_softmax(l, 0)?;
+            (logp.exp()? * &logp)?.sum_all()?.reshape((1, 1))
+        })
+        .collect::<candle_core::Result<_>>()?;
+    let w = candle_nn::ops::softmax(&Tensor::cat(&neg_entropy, 1)?, 1)?;
+    let b = unimodal[0].dim(0)?;
+    w.broadcast_as((b, unimodal.len()))?.contiguous()
 }
 
 /// Per-sample fusion weights: softmax over modalities of minus each modality's prediction
@@ -154,7 +176,8 @@ impl BalanceMethod for Mla {
 
     fn predict(&self, _fused: &Tensor, unimodal: &[Tensor]) -> Result<Tensor> {
         let weights = match self.opts.inference {
-            Inference::Dynamic => entropy_weights(unimodal)?,
+            Inference::Dynamic => batch_entropy_weights(unimodal)?,
+            Inference::DynamicPerSample => entropy_weights(unimodal)?,
             Inference::Fixed => {
                 let w: Vec<f32> = self.fixed_weights().iter().map(|&x| x as f32).collect();
                 let b = unimodal[0].dim(0)?;
@@ -191,7 +214,8 @@ impl BalanceMethod for Mla {
     }
 }
 
-/// Options: `inference` (`dynamic` | `fixed`), `fixed_weights`, `project` (true).
+/// Options: `inference` (`dynamic` | `dynamic-per-sample` | `fixed`), `fixed_weights`,
+/// `project` (true).
 pub fn build(options: &toml::Table) -> Result<Box<dyn BalanceMethod>> {
     Ok(Box::new(Mla {
         opts: crate::parse_options("mla", options)?,

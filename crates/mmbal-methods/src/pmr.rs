@@ -110,6 +110,52 @@ fn coefficients(scores: &[f64], alpha: f64, variant: Variant) -> (Vec<f64>, Vec<
     (coeff, rho)
 }
 
+/// Class prototypes `(K, D)` from features `(N, D)` and their labels: each class's mean feature,
+/// blended as `(1 - momentum) mean + momentum previous` when `previous` prototypes are given. A
+/// class with no sample keeps its previous prototype (zero when there is none).
+pub fn prototypes_from(
+    features: &Tensor,
+    labels: &[u32],
+    classes: usize,
+    previous: Option<&Tensor>,
+    momentum: f32,
+) -> Result<Tensor> {
+    let f = features.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    let d = features.dim(1)?;
+    let mut sums = vec![0f32; classes * d];
+    let mut counts = vec![0usize; classes];
+    for (row, &y) in f.iter().zip(labels) {
+        let y = y as usize;
+        if y >= classes {
+            bail!("PMR: label {y} outside the {classes} classes");
+        }
+        counts[y] += 1;
+        for (j, v) in row.iter().enumerate() {
+            sums[y * d + j] += v;
+        }
+    }
+    let old = previous
+        .map(|p| {
+            p.to_device(&Device::Cpu)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()
+        })
+        .transpose()?;
+    let mut proto = Vec::with_capacity(classes * d);
+    for k in 0..classes {
+        for j in 0..d {
+            let prev = old.as_ref().map(|o| o[k][j]).unwrap_or(0.0);
+            proto.push(if counts[k] == 0 {
+                prev
+            } else {
+                let mean = sums[k * d + j] / counts[k] as f32;
+                (1.0 - momentum) * mean + momentum * prev
+            });
+        }
+    }
+    Ok(Tensor::from_vec(proto, (classes, d), &Device::Cpu)?)
+}
+
 impl Pmr {
     /// Prototypes from a part of the training set. `pass` numbers the calls as the reference's
     /// `epoch` argument does: 0 before training and after epoch 0, then the finished epoch; the
@@ -139,36 +185,10 @@ impl Pmr {
         let dev = ctx.model.device();
         let mut new = Vec::new();
         for (m, feats) in c.features.iter().enumerate() {
-            let f = feats.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-            let d = f.first().map(|r| r.len()).unwrap_or(0);
-            let mut sums = vec![0f32; classes * d];
-            let mut counts = vec![0usize; classes];
-            for (row, &y) in f.iter().zip(&c.labels) {
-                counts[y as usize] += 1;
-                for (j, v) in row.iter().enumerate() {
-                    sums[y as usize * d + j] += v;
-                }
-            }
-            // A class absent from the sample keeps its previous prototype (zero at first).
-            let old = self
-                .prototypes
-                .as_ref()
-                .map(|p| p[m].to_device(&Device::Cpu)?.to_vec2::<f32>())
-                .transpose()?;
-            let mut proto = Vec::with_capacity(classes * d);
-            for k in 0..classes {
-                for j in 0..d {
-                    let prev = old.as_ref().map(|o| o[k][j]).unwrap_or(0.0);
-                    let v = if counts[k] == 0 {
-                        prev
-                    } else {
-                        let mean = sums[k * d + j] / counts[k] as f32;
-                        (1.0 - momentum) * mean + momentum * prev
-                    };
-                    proto.push(v);
-                }
-            }
-            new.push(Tensor::from_vec(proto, (classes, d), &Device::Cpu)?.to_device(dev)?);
+            let previous = self.prototypes.as_ref().map(|p| &p[m]);
+            new.push(
+                prototypes_from(feats, &c.labels, classes, previous, momentum)?.to_device(dev)?,
+            );
         }
         self.prototypes = Some(new);
         Ok(())

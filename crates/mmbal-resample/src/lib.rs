@@ -38,17 +38,20 @@ use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-/// Extra copies of one modality of one sample for contribution `phi` (the reference's table; on
-/// the attainable values of two modalities it is `max(0, 2 (1 - phi))`).
+/// Extra copies of one modality of one sample for contribution `phi`: the reference's table
+/// (`code/datasets/dataloader.py`, strict bounds in f64): 1 for `0.4 < phi < 1`, 2 for
+/// `-0.1 < phi < 0.4`, 3 for `phi < -0.1`, none otherwise (`phi >= 1`, exactly 0.4 or -0.1, NaN).
+/// On the attainable values of two modalities it is `max(0, 2 (1 - phi))`.
 pub fn copies_for(phi: f32) -> usize {
-    if phi >= 1.0 {
-        0
-    } else if phi > 0.4 {
+    let c = phi as f64;
+    if 0.4 < c && c < 1.0 {
         1
-    } else if phi > -0.1 {
+    } else if -0.1 < c && c < 0.4 {
         2
-    } else {
+    } else if c < -0.1 {
         3
+    } else {
+        0
     }
 }
 
@@ -95,19 +98,16 @@ pub fn subset_for_valuation(train: &[usize], part_ratio: f64, seed: u64, epoch: 
     picked
 }
 
-/// Copies per modality for modality-level resampling from the mean contributions:
-/// `floor((2/3) * alpha * (gap_m - min gap) * n)` with `gap_m = 1 - means[m]`.
+/// Copies per modality for modality-level resampling from the mean contributions, as the
+/// reference computes them (`code/datasets/dataloader.py`: `int((|gap_a - gap_v| / 3 * 2) *
+/// alpha * length)`, in that order of operations and truncated, so a product that is whole in
+/// exact arithmetic may come out one short, as it does there), with `gap_m = 1 - means[m]` and,
+/// for any number of modalities, `gap_m - min gap` in place of the absolute difference.
 pub fn modality_level_copies(means: &[f64], alpha: f64, n: usize) -> Vec<usize> {
     let gaps: Vec<f64> = means.iter().map(|m| 1.0 - m).collect();
     let min = gaps.iter().cloned().fold(f64::INFINITY, f64::min);
-    // The 1e-9 keeps products that are whole numbers in exact arithmetic (0.6 * 30 * 2/3) from
-    // flooring one short in floating point.
     gaps.iter()
-        .map(|g| {
-            ((2.0 / 3.0) * alpha * (g - min) * n as f64 + 1e-9)
-                .floor()
-                .max(0.0) as usize
-        })
+        .map(|g| ((g - min) / 3.0 * 2.0 * alpha * n as f64).max(0.0) as usize)
         .collect()
 }
 

@@ -8,8 +8,19 @@ fn copy_counts_for_the_attainable_values() {
     for (phi, n) in [(-0.5, 3), (0.0, 2), (0.5, 1), (1.0, 0), (1.5, 0)] {
         assert_eq!(copies_for(phi), n, "phi {phi}");
     }
-    // Thresholds: 0.4 < phi < 1 -> 1; -0.1 < phi <= 0.4 -> 2; phi <= -0.1 -> 3.
-    for (phi, n) in [(0.41, 1), (0.4, 2), (-0.09, 2), (-0.1, 3), (0.999, 1)] {
+    // The reference's strict bounds, compared in f64: 0.4 < phi < 1 -> 1; -0.1 < phi < 0.4 -> 2;
+    // phi < -0.1 -> 3; otherwise (phi >= 1, NaN, exactly 0.4 or -0.1) none. No f32 is exactly
+    // 0.4 or -0.1: the one nearest 0.4 lies above it, the one nearest -0.1 below.
+    for (phi, n) in [
+        (0.41, 1),
+        (0.4, 1),
+        (0.39, 2),
+        (-0.09, 2),
+        (-0.1, 3),
+        (-0.11, 3),
+        (0.999, 1),
+        (f32::NAN, 0),
+    ] {
         assert_eq!(copies_for(phi), n, "phi {phi}");
     }
 }
@@ -51,7 +62,7 @@ fn sample_level_rows_carry_the_right_masks() {
 }
 
 #[test]
-fn modality_level_values_a_part_and_adds_floor_d_n_copies() {
+fn modality_level_values_a_part_and_adds_truncated_d_n_copies() {
     let train: Vec<usize> = (100..200).collect();
     let z = subset_for_valuation(&train, 0.2, 3, 5);
     assert_eq!(z.len(), 20);
@@ -68,9 +79,10 @@ fn modality_level_values_a_part_and_adds_floor_d_n_copies() {
     assert_eq!(rows.len(), 150);
     assert!(rows[100..].iter().all(|r| r.zeroed == vec![true, false]));
     assert!(rows[100..].iter().all(|r| train.contains(&r.sample)));
-    // Three modalities: each gets copies by its gap over the smallest.
+    // Three modalities: each gets copies by its gap over the smallest. 0.6 / 3 * 2 * 30 falls at
+    // 11.999... in floating point and truncates to 11, as the reference's expression does.
     assert_eq!(
         modality_level_copies(&[1.5, 0.9, 0.6], 1.0, 30),
-        vec![0, 12, 18]
+        vec![0, 11, 18]
     );
 }

@@ -391,8 +391,23 @@ impl Trainer {
         if rows.is_empty() {
             return Ok(None);
         }
-        let c = collect_outputs(&self.model, &self.dataset, &rows, self.config.batch_size)?;
-        let logits = self.method.predict(&c.fused, &c.unimodal)?;
+        let bs = self.config.batch_size.max(1);
+        let c = collect_outputs(&self.model, &self.dataset, &rows, bs)?;
+        // Predicted batch by batch: the same batches the loader served.
+        let mut parts = Vec::with_capacity(rows.len().div_ceil(bs));
+        for start in (0..rows.len()).step_by(bs) {
+            let n = bs.min(rows.len() - start);
+            let unimodal = c
+                .unimodal
+                .iter()
+                .map(|u| u.narrow(0, start, n))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            parts.push(
+                self.method
+                    .predict(&c.fused.narrow(0, start, n)?, &unimodal)?,
+            );
+        }
+        let logits = Tensor::cat(&parts, 0)?;
         let labels = Tensor::new(c.labels.as_slice(), &Device::Cpu)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &labels)?.to_scalar::<f32>()? as f64;
         let pred = argmax(&logits)?;

@@ -540,11 +540,7 @@ fn mla_fixed_inference_matches_official_valid() {
 
 /// Entropy-weighted fusion after the epoch: the official `valid --dynamic`
 /// (`calculate_gating_weights`: one weight pair per batch).
-// A known departure, not yet fixed: the official `--dynamic` fusion takes the softmax over the
-// batch axis (main.py:66, dim=0) and applies one weight pair to the whole batch (main.py:645);
-// mmbal weights each sample by its own entropies. Issue 12 stays open for it.
 #[test]
-#[ignore = "departure to fix: official dynamic fusion weights the whole batch at once"]
 fn mla_dynamic_inference_matches_official_valid() {
     let f = fixtures();
     let (mut model, _) = run(&f, "project = false");
@@ -562,7 +558,7 @@ fn mla_dynamic_inference_matches_official_valid() {
         TOL,
     );
     // The weights: the official pair applies to every sample of the batch.
-    let w = mmbal_methods::entropy_weights(&out.unimodal_logits).unwrap();
+    let w = mmbal_methods::batch_entropy_weights(&out.unimodal_logits).unwrap();
     let want = f["mla.eval.dynamic_weights"]
         .reshape((1, 2))
         .unwrap()

@@ -35,6 +35,11 @@ fn reference_name(n: &str) -> String {
 }
 
 fn model(f: &HashMap<String, Tensor>) -> MultimodalModel {
+    model_at(f, "init")
+}
+
+/// The tiny model with the weights and BatchNorm statistics stored under `prefix.`.
+fn model_at(f: &HashMap<String, Tensor>, prefix: &str) -> MultimodalModel {
     let dev = Device::Cpu;
     let head =
         FusionHead::new(FusionKind::Concat, &[8, 8], 5, LinearInit::Pytorch, 0, &dev).unwrap();
@@ -46,12 +51,12 @@ fn model(f: &HashMap<String, Tensor>) -> MultimodalModel {
     )
     .unwrap();
     for (n, v) in model.named_params() {
-        v.set(&get(f, &format!("init.{}", reference_name(&n))))
+        v.set(&get(f, &format!("{prefix}.{}", reference_name(&n))))
             .unwrap();
     }
     for (n, _) in model.buffers() {
         model
-            .set_buffer(&n, get(f, &format!("init.{}", reference_name(&n))))
+            .set_buffer(&n, get(f, &format!("{prefix}.{}", reference_name(&n))))
             .unwrap();
     }
     model
@@ -193,5 +198,45 @@ fn entropy_weighted_by_alpha_departs_from_the_paper() {
             loss.is_nan() || (loss - want).abs() > 1e-5 * want.abs(),
             "{case}: a doubled entropy term still matches"
         );
+    }
+}
+
+#[test]
+fn prototypes_follow_the_official_calculate_prototype() {
+    // The official run computed every prototype set from one batch (`proto_input`) in eval mode:
+    // before epoch 0 and after each epoch, with momentum 0.2 only from the set after epoch 1 on
+    // (its `epoch <= 0` test). Recompute each set from the model as it was then.
+    let f = fixture("pmr_official");
+    let labels: Vec<u32> = get(&f, "proto_input.label")
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let inputs = [get(&f, "proto_input.audio"), get(&f, "proto_input.visual")];
+    let momentum = scalar(&f, "meta.proto_momentum") as f32;
+    assert!(momentum > 0.0, "the fixture must exercise the momentum");
+    for set in 0..5 {
+        let (prefix, previous, mo) = match set {
+            0 => ("init".to_string(), None, 0.0),
+            s => (
+                format!("step.{}.after", 2 * (s - 1) + 1),
+                Some(s - 1),
+                if s >= 2 { momentum } else { 0.0 },
+            ),
+        };
+        let model = model_at(&f, &prefix);
+        let out = model.forward(&inputs, None, false).unwrap();
+        for (m, name) in ["audio", "visual"].iter().enumerate() {
+            let prev = previous.map(|p| get(&f, &format!("proto.{p}.{name}")));
+            let got =
+                mmbal_methods::prototypes_from(&out.features[m], &labels, 5, prev.as_ref(), mo)
+                    .unwrap();
+            assert_close(
+                &format!("proto.{set}.{name}"),
+                &got,
+                &get(&f, &format!("proto.{set}.{name}")),
+                1e-5,
+            );
+        }
     }
 }

@@ -505,7 +505,9 @@ fn mla_steps_match_pytorch() {
     let labels = f["label"].to_dtype(DType::U32).unwrap();
     let keep = Tensor::ones((10, 2), DType::F32, &dev).unwrap();
     let inputs = [f["input_audio"].clone(), f["input_visual"].clone()];
-    let mut mla = mmbal_methods::build_method("mla", &toml::Table::new()).unwrap();
+    // The per-sample entropy weighting, which the transcribed values describe.
+    let per_sample: toml::Table = toml::from_str("inference = \"dynamic-per-sample\"").unwrap();
+    let mut mla = mmbal_methods::build_method("mla", &per_sample).unwrap();
     mla.prepare_model(&mut model).unwrap();
     let mut method = HeadGrads {
         inner: mla,

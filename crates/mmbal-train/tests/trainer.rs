@@ -120,7 +120,10 @@ fn resumed_run_equals_uninterrupted_run() {
             let tb = &b.tensors[k];
             let d = (ta - tb).unwrap().abs().unwrap().max_all().unwrap();
             assert_eq!(
-                d.to_scalar::<f32>().unwrap(),
+                d.to_dtype(candle_core::DType::F64)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap(),
                 0.0,
                 "{tag}: {k} differs after resume"
             );
