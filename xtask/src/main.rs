@@ -204,6 +204,8 @@ fn results(rest: &[String]) -> Result<()> {
                     c.model.fusion = f;
                 }
                 let mut t = Trainer::from_config(c)?;
+                // The table is made anew: an earlier run of the same row is replaced.
+                t.set_overwrite(true);
                 let summary = t.run(&mut mmbal_train::Quiet)?;
                 let best = summary.best.context("no epoch ran")?;
                 let test = best.test.as_ref().context("test split not evaluated")?;

@@ -277,7 +277,11 @@ fn run_one(
             eprintln!("  resuming {}", dir.display());
             Trainer::resume(&last, Some(cfg.epochs), None)?
         } else {
-            Trainer::from_config(cfg)?
+            // Stopped before its first checkpoint (or never started): nothing to resume from,
+            // so whatever it left is replaced.
+            let mut t = Trainer::from_config(cfg)?;
+            t.set_overwrite(true);
+            t
         };
         t.run(&mut mmbal_train::Quiet)?;
         trained = true;

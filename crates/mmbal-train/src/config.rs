@@ -305,15 +305,88 @@ impl TrainConfig {
         let mut recipes = Vec::new();
         let mut encoders = Vec::new();
         for m in modalities {
-            recipes.push(self.data.recipes.get(m).cloned().with_context(|| {
-                format!("no recipe for modality `{m}`: add [data.recipes.{m}]")
-            })?);
-            encoders.push(self.model.encoders.get(m).cloned().with_context(|| {
+            let recipe =
+                self.data.recipes.get(m).cloned().with_context(|| {
+                    format!("no recipe for modality `{m}`: add [data.recipes.{m}]")
+                })?;
+            let encoder = self.model.encoders.get(m).cloned().with_context(|| {
                 format!("no encoder for modality `{m}`: add [model.encoders.{m}]")
-            })?);
+            })?;
+            check_encoder(m, &recipe, &encoder)?;
+            recipes.push(recipe);
+            encoders.push(encoder);
         }
         Ok((recipes, encoders))
     }
+
+    /// Values that would otherwise fail late (a division by zero after loading the data), loop
+    /// forever or write outside `out_dir`: each is an error naming the key.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            bail!("batch_size = 0: a batch needs at least one sample");
+        }
+        if self.epochs == 0 {
+            bail!("epochs = 0: nothing would be trained (and no checkpoint written); ask for at least 1");
+        }
+        check_run_name(&self.name)?;
+        let lr = self.optimizer.lr();
+        if !(lr.is_finite() && lr > 0.0) {
+            bail!("[optimizer] lr = {lr}: the learning rate must be a positive number");
+        }
+        Ok(())
+    }
+}
+
+/// A run name is one folder name inside `out_dir`: not empty, no path separator, not `.`/`..`.
+pub fn check_run_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains(['/', '\\'])
+        || Path::new(name).is_absolute()
+    {
+        bail!(
+            "run name `{name}`: a run name is one folder name inside out_dir (not empty, no `/` or \
+             `\\`, not `.` or `..`)"
+        );
+    }
+    Ok(())
+}
+
+/// The encoder of modality `m` must take what its recipe makes and have a positive width.
+fn check_encoder(m: &str, recipe: &Recipe, encoder: &EncoderSpec) -> Result<()> {
+    let shape = recipe.input_shape();
+    // (C, H, W) for audio and images, (T, C, H, W) for frames.
+    let channels = if shape.len() == 4 { shape[1] } else { shape[0] };
+    let (in_channels, width_ok, width) = match encoder {
+        EncoderSpec::Resnet18 {
+            in_channels, width, ..
+        } => (
+            *in_channels,
+            width.is_finite() && *width > 0.0,
+            width.to_string(),
+        ),
+        EncoderSpec::SmallCnn {
+            in_channels, width, ..
+        } => (*in_channels, *width > 0, width.to_string()),
+    };
+    if !width_ok {
+        bail!("[model.encoders.{m}] width = {width}: the width must be positive");
+    }
+    if channels != in_channels {
+        let kind = match recipe {
+            Recipe::Audio(_) => "an audio spectrogram",
+            Recipe::Frames(f) if f.flow => "optical flow (u, v)",
+            Recipe::Frames(f) if f.grey => "grey frames",
+            Recipe::Frames(_) => "RGB frames",
+            Recipe::Image(_) => "a grey image",
+        };
+        bail!(
+            "modality `{m}`: [data.recipes.{m}] makes {kind} with {channels} channel(s), but \
+             [model.encoders.{m}] has in_channels = {in_channels}"
+        );
+    }
+    Ok(())
 }
 
 /// Replaces `${VAR}` with the environment variable's value; an unset variable is an error.

@@ -52,14 +52,60 @@ pub fn train_step(
             turn,
         };
         let loss = method.loss(&ctx, &out)?;
-        total += loss.sum_all()?.to_scalar::<f32>()? as f64;
+        let value = loss
+            .sum_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_scalar::<f32>()? as f64;
+        let at_step = || {
+            let turn = turn
+                .map(|m| format!(" ({} turn)", model.modalities[m]))
+                .unwrap_or_default();
+            format!(
+                "epoch {}, batch {} of {}{turn}",
+                at.epoch + 1,
+                at.batch + 1,
+                at.batches
+            )
+        };
+        if !value.is_finite() {
+            bail!("{}: the loss is {value}; no step was taken", at_step());
+        }
+        total += value;
         let mut grads = Grads {
             store: loss.backward()?,
         };
         method.edit_gradients(&ctx, &out, &mut grads)?;
+        if let Some(name) = first_non_finite_gradient(model, &grads)? {
+            bail!(
+                "{}: the gradient of `{name}` is not finite (loss {value}); no step was taken",
+                at_step()
+            );
+        }
         optimizer.step(&grads.store)?;
     }
     Ok((total, out))
+}
+
+/// The name of the first parameter whose gradient holds a NaN or an infinity.
+fn first_non_finite_gradient(model: &MultimodalModel, grads: &Grads) -> Result<Option<String>> {
+    for (name, v) in model.named_params() {
+        if let Some(g) = grads.get(&v) {
+            if !all_finite(g)? {
+                return Ok(Some(name));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Whether every element is finite (one reduction: the sum of `x * 0` is NaN exactly when some
+/// element is NaN or infinite).
+fn all_finite(t: &Tensor) -> Result<bool> {
+    let probe = (t * 0.0)?
+        .sum_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_scalar::<f32>()?;
+    Ok(probe == 0.0)
 }
 
 /// `cpu` or `cuda:N`.
@@ -159,6 +205,43 @@ pub struct Trainer {
     best: Option<EpochRecord>,
     last: Option<EpochRecord>,
     run_dir: PathBuf,
+    /// Held for the trainer's life: one training per run folder.
+    _lock: std::fs::File,
+    overwrite: bool,
+}
+
+/// Files a finished or interrupted run leaves in its folder (the input cache stays).
+const RUN_OUTPUTS: [&str; 5] = [
+    "metrics.jsonl",
+    "summary.json",
+    "last.safetensors",
+    "best.safetensors",
+    "contributions",
+];
+
+/// Takes the run folder's lock file, so two trainings never write the same folder.
+fn lock_run_dir(dir: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create run folder", dir.display()))?;
+    let path = dir.join("run.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("{}: cannot open the run's lock file", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{}: another training is writing this run folder (it holds {}); pick another run \
+             name",
+            dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("{}: cannot lock", path.display()))
+        }
+    }
 }
 
 /// What one training step of [`Trainer::train_step`] reports.
@@ -189,9 +272,10 @@ impl Trainer {
     /// Builds the dataset (generating the synthetic one and the packed cache when needed), the
     /// model, the method and the optimizer from a config.
     pub fn from_config(config: TrainConfig) -> Result<Trainer> {
+        config.validate()?;
         let device = parse_device(&config.device)?;
-        std::fs::create_dir_all(config.run_dir())
-            .with_context(|| format!("{}: cannot create run folder", config.run_dir().display()))?;
+        // Locked before anything is written there (the input cache is built below).
+        let lock = lock_run_dir(&config.run_dir())?;
         let (card_dir, root) = config.dataset_location()?;
         let manifest = Manifest::load(&card_dir, &root)?;
         let (recipes, encoders) = config.per_modality(&manifest.modalities)?;
@@ -217,15 +301,27 @@ impl Trainer {
             &device,
         )?;
         let method = build_method(&config.method.name, &config.method.options)?;
-        Trainer::from_parts(config, Arc::new(dataset), model, method)
+        Trainer::assemble(config, Arc::new(dataset), model, method, lock)
     }
 
     /// A trainer over parts built elsewhere (custom encoders, a dataset from code).
     pub fn from_parts(
         config: TrainConfig,
         dataset: Arc<Dataset>,
+        model: MultimodalModel,
+        method: Box<dyn BalanceMethod>,
+    ) -> Result<Trainer> {
+        config.validate()?;
+        let lock = lock_run_dir(&config.run_dir())?;
+        Trainer::assemble(config, dataset, model, method, lock)
+    }
+
+    fn assemble(
+        config: TrainConfig,
+        dataset: Arc<Dataset>,
         mut model: MultimodalModel,
         mut method: Box<dyn BalanceMethod>,
+        lock: std::fs::File,
     ) -> Result<Trainer> {
         if config.select == Selection::Val && dataset.rows(Split::Val).is_empty() {
             bail!(
@@ -250,13 +346,33 @@ impl Trainer {
             best: None,
             last: None,
             run_dir,
+            _lock: lock,
+            overwrite: false,
         })
+    }
+
+    /// Lets a fresh run replace the results of an earlier run of the same name (its log,
+    /// checkpoints, summary and contributions are deleted when training starts). Without it, a
+    /// fresh run in a folder that holds results is refused.
+    pub fn set_overwrite(&mut self, overwrite: bool) {
+        self.overwrite = overwrite;
     }
 
     /// Rebuilds a run from its checkpoint and continues it (to `epochs` in all when given).
     pub fn resume(path: &Path, epochs: Option<usize>, device: Option<&str>) -> Result<Trainer> {
         let ck = Checkpoint::load(path)?;
         let mut config = TrainConfig::from_toml(ck.meta("config")?, path)?;
+        // The run goes on in the checkpoint's own folder, wherever it is run from.
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let dir = std::fs::canonicalize(dir)
+            .with_context(|| format!("{}: cannot find the run folder", dir.display()))?;
+        if let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) {
+            config.out_dir = parent.to_path_buf();
+            config.name = name.to_string_lossy().into_owned();
+        }
         if let Some(e) = epochs {
             config.epochs = e;
         }
@@ -282,6 +398,9 @@ impl Trainer {
                     var.dims()
                 );
             }
+            if !all_finite(t)? {
+                bail!("parameter `{name}` holds NaN or infinite values");
+            }
             var.set(&t.to_device(var.device())?)?;
         }
         let bufs = ck.section("buffer");
@@ -305,12 +424,25 @@ impl Trainer {
     }
 
     /// Writes the model, optimizer and method state with the config and progress.
+    /// Refuses (writes nothing) when a weight or buffer is not finite.
     pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
         for (n, v) in self.model.named_params() {
+            if !all_finite(v.as_tensor())? {
+                bail!(
+                    "{}: not written, parameter `{n}` holds NaN or infinite values",
+                    path.display()
+                );
+            }
             tensors.push((format!("model.{n}"), v.as_tensor().clone()));
         }
         for (n, t) in self.model.buffers() {
+            if !all_finite(&t)? {
+                bail!(
+                    "{}: not written, buffer `{n}` holds NaN or infinite values",
+                    path.display()
+                );
+            }
             tensors.push((format!("buffer.{n}"), t));
         }
         for (n, t) in self.optimizer.state() {
@@ -559,10 +691,49 @@ impl Trainer {
     /// `best.safetensors` (best val accuracy), `summary.json`, SVG plots, the resolved `config.toml`
     /// and, when the data root has one, the preprocessing `recipe.toml` as `data-recipe.toml`
     /// into the run folder.
+    ///
+    /// A fresh run refuses a folder that already holds results unless [`Trainer::set_overwrite`]
+    /// allowed it. After every epoch the folder is consistent: `last.safetensors`, then
+    /// `best.safetensors` when the epoch is selected (both written whole through a temporary
+    /// file), then `summary.json` naming exactly those epochs.
     pub fn run(&mut self, events: &mut dyn Events) -> Result<RunSummary> {
         let dir = self.config.run_dir();
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("config.toml"), self.config.to_toml())?;
+        let cannot_write = |p: &Path| format!("{}: cannot write", p.display());
+        if self.epochs_done >= self.config.epochs {
+            bail!(
+                "{}: the run already has {} epochs; ask for more than that to go on",
+                dir.display(),
+                self.epochs_done
+            );
+        }
+        if self.epochs_done == 0 {
+            let earlier: Vec<&str> = RUN_OUTPUTS
+                .iter()
+                .copied()
+                .filter(|f| dir.join(f).exists())
+                .collect();
+            if !earlier.is_empty() && !self.overwrite {
+                bail!(
+                    "{}: holds the results of an earlier run ({}); resume it with --resume \
+                     {}, choose another run name, or replace it with --overwrite",
+                    dir.display(),
+                    earlier.join(", "),
+                    dir.join("last.safetensors").display()
+                );
+            }
+            for f in earlier {
+                let p = dir.join(f);
+                let removed = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+                removed.with_context(|| format!("{}: cannot remove", p.display()))?;
+            }
+        }
+        let config_path = dir.join("config.toml");
+        std::fs::write(&config_path, self.config.to_toml())
+            .with_context(|| cannot_write(&config_path))?;
         // How the data was made, when `mmbal preprocess` recorded it: the run names its recipe.
         if let Ok((_, root)) = self.config.dataset_location() {
             let made = root.join("recipe.toml");
@@ -583,18 +754,47 @@ impl Trainer {
             self.restore_records(&log_path)?;
         }
         for epoch in self.epochs_done..self.config.epochs {
-            let record = self.run_epoch(epoch, events)?;
-            writeln!(log, "{}", serde_json::to_string(&record)?)?;
-            log.flush()?;
+            let record = self
+                .run_epoch(epoch, events)
+                .with_context(|| match self.epochs_done {
+                    0 => format!(
+                        "{}: stopped; no epoch was finished, nothing was saved",
+                        dir.display()
+                    ),
+                    n => format!(
+                        "{}: stopped; the run can go on from its last good checkpoint (epoch {n}): \
+                         --resume {}",
+                        dir.display(),
+                        dir.join("last.safetensors").display()
+                    ),
+                })?;
+            writeln!(log, "{}", serde_json::to_string(&record)?)
+                .and_then(|_| log.flush())
+                .with_context(|| cannot_write(&log_path))?;
             self.epochs_done = epoch + 1;
             self.save_checkpoint(&dir.join("last.safetensors"))?;
-            if self.config.select.prefers(&record, self.best.as_ref()) {
-                std::fs::copy(dir.join("last.safetensors"), dir.join("best.safetensors"))?;
+            let selected = self.config.select.prefers(&record, self.best.as_ref());
+            if selected {
+                let (tmp, best) = (
+                    dir.join("best.safetensors.tmp"),
+                    dir.join("best.safetensors"),
+                );
+                std::fs::copy(dir.join("last.safetensors"), &tmp)
+                    .and_then(|_| std::fs::rename(&tmp, &best))
+                    .with_context(|| cannot_write(&best))?;
                 self.best = Some(record.clone());
             }
+            self.last = Some(record.clone());
+            self.write_summary(&dir)?;
             events.epoch_end(&record);
-            self.last = Some(record);
         }
+        let summary = self.write_summary(&dir)?;
+        crate::plots::plot_run(&dir, &self.model.modalities)?;
+        Ok(summary)
+    }
+
+    /// `summary.json`, written whole (temporary file, then rename) after the checkpoints it names.
+    fn write_summary(&self, dir: &Path) -> Result<RunSummary> {
         let summary = RunSummary {
             method: self.method.name().to_string(),
             dataset: self.dataset.manifest.name.clone(),
@@ -602,11 +802,10 @@ impl Trainer {
             best: self.best.clone(),
             last: self.last.clone(),
         };
-        // Written whole or not at all: a finished run is one with a summary.
-        let tmp = dir.join("summary.json.tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(&summary)?)?;
-        std::fs::rename(&tmp, dir.join("summary.json"))?;
-        crate::plots::plot_run(&dir, &self.model.modalities)?;
+        let (tmp, path) = (dir.join("summary.json.tmp"), dir.join("summary.json"));
+        std::fs::write(&tmp, serde_json::to_string_pretty(&summary)?)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .with_context(|| format!("{}: cannot write", path.display()))?;
         Ok(summary)
     }
 

@@ -477,3 +477,149 @@ fn g_blending_estimation_puts_the_model_back_bit_for_bit() {
         );
     }
 }
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_writes_no_checkpoint() {
+    let out = tmp("nan");
+    let cfg = small(
+        &out,
+        "nan",
+        OptimizerConfig::Sgd {
+            lr: 1e30,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        },
+    );
+    let err = Trainer::from_config(cfg.clone())
+        .unwrap()
+        .run(&mut Quiet)
+        .err()
+        .expect("a run with lr 1e30 must stop");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("epoch 1, batch "), "{msg}");
+    assert!(
+        msg.contains("the loss is") || msg.contains("is not finite"),
+        "{msg}"
+    );
+    assert!(msg.contains("nothing was saved"), "{msg}");
+    for f in ["last.safetensors", "best.safetensors", "summary.json"] {
+        assert!(!cfg.run_dir().join(f).exists(), "{f} was written");
+    }
+}
+
+#[test]
+fn one_training_per_run_folder_and_no_silent_overwrite() {
+    let out = tmp("lock");
+    let mut cfg = small(&out, "locked", OptimizerConfig::default());
+    cfg.epochs = 1;
+    let mut first = Trainer::from_config(cfg.clone()).unwrap();
+    // A second training of the same run while the first holds it.
+    let err = Trainer::from_config(cfg.clone()).err().expect("refused");
+    assert!(
+        format!("{err:#}").contains("another training is writing this run folder"),
+        "{err:#}"
+    );
+    first.run(&mut Quiet).unwrap();
+    drop(first);
+    // Done: a fresh run of the same name is refused, its results untouched...
+    let log = std::fs::read_to_string(cfg.run_dir().join("metrics.jsonl")).unwrap();
+    let err = Trainer::from_config(cfg.clone())
+        .unwrap()
+        .run(&mut Quiet)
+        .err()
+        .expect("refused");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("holds the results of an earlier run") && msg.contains("--overwrite"),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(cfg.run_dir().join("metrics.jsonl")).unwrap(),
+        log
+    );
+    // ... unless replacing it was asked for.
+    let mut again = Trainer::from_config(cfg.clone()).unwrap();
+    again.set_overwrite(true);
+    again.run(&mut Quiet).unwrap();
+}
+
+#[test]
+fn summary_names_the_epochs_of_the_checkpoints_beside_it() {
+    let out = tmp("summary");
+    let mut cfg = small(&out, "summary", OptimizerConfig::default());
+    cfg.epochs = 3;
+    let summary = Trainer::from_config(cfg.clone())
+        .unwrap()
+        .run(&mut Quiet)
+        .unwrap();
+    let dir = cfg.run_dir();
+    let written: mmbal_train::RunSummary =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let epochs = |f: &str| -> usize {
+        Checkpoint::load(&dir.join(f))
+            .unwrap()
+            .meta("epochs_done")
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(written.best.unwrap().epoch, epochs("best.safetensors"));
+    assert_eq!(written.last.unwrap().epoch, epochs("last.safetensors"));
+    assert_eq!(summary.last.unwrap().epoch, 3);
+    assert!(!dir.join("best.safetensors.tmp").exists());
+}
+
+#[test]
+fn config_values_that_would_fail_late_are_errors_naming_the_key() {
+    let out = tmp("validate");
+    let base = small(&out, "validate", OptimizerConfig::default());
+    let err = |c: TrainConfig| format!("{:#}", Trainer::from_config(c).err().expect("refused"));
+    let mut c = base.clone();
+    c.batch_size = 0;
+    assert!(err(c).contains("batch_size = 0"));
+    let mut c = base.clone();
+    c.epochs = 0;
+    assert!(err(c).contains("epochs = 0"));
+    for bad in [-1.0, 0.0, f64::NAN] {
+        let mut c = base.clone();
+        c.optimizer = OptimizerConfig::Sgd {
+            lr: bad,
+            momentum: 0.9,
+            weight_decay: 0.0,
+        };
+        assert!(err(c).contains("[optimizer] lr ="), "lr {bad}");
+    }
+    for name in ["", "a/b", "..", "/tmp/x", "a\\b"] {
+        let mut c = base.clone();
+        c.name = name.into();
+        assert!(
+            err(c).contains("a run name is one folder name"),
+            "name `{name}`"
+        );
+    }
+    let mut c = base.clone();
+    c.model.encoders.insert(
+        "audio".into(),
+        mmbal_fusion::EncoderSpec::SmallCnn {
+            in_channels: 1,
+            width: 0,
+            bn_init: Default::default(),
+        },
+    );
+    assert!(err(c).contains("[model.encoders.audio] width = 0"));
+    let mut c = base.clone();
+    c.model.encoders.insert(
+        "visual".into(),
+        mmbal_fusion::EncoderSpec::Resnet18 {
+            in_channels: 3,
+            width: 0.125,
+            pretrained: None,
+            bn_init: Default::default(),
+        },
+    );
+    let msg = err(c);
+    assert!(
+        msg.contains("modality `visual`") && msg.contains("in_channels = 3"),
+        "{msg}"
+    );
+}

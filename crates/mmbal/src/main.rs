@@ -27,8 +27,8 @@ enum Command {
         /// TOML config; every field has a default (see `mmbal config`).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Continue a run from its checkpoint (its own config is used).
-        #[arg(long, conflicts_with = "config")]
+        /// Continue a run from its checkpoint (its own config and folder are used).
+        #[arg(long, conflicts_with_all = ["config", "name", "overwrite"])]
         resume: Option<PathBuf>,
         /// Override the number of epochs.
         #[arg(long)]
@@ -42,6 +42,9 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Replace the results of an earlier run of the same name (refused without it).
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Evaluate a checkpoint on a split.
     Eval {
@@ -208,6 +211,7 @@ fn train(
     device: Option<String>,
     name: Option<String>,
     quiet: bool,
+    overwrite: bool,
 ) -> Result<()> {
     let started = Instant::now();
     let mut trainer = match resume {
@@ -228,7 +232,9 @@ fn train(
                 cfg.run_dir().display()
             );
             println!("{}", cfg.to_toml());
-            Trainer::from_config(cfg)?
+            let mut t = Trainer::from_config(cfg)?;
+            t.set_overwrite(overwrite);
+            t
         }
     };
     let ds = &trainer.dataset;
@@ -468,7 +474,8 @@ fn main() -> Result<()> {
             device,
             name,
             quiet,
-        } => train(config, resume, epochs, device, name, quiet),
+            overwrite,
+        } => train(config, resume, epochs, device, name, quiet, overwrite),
         Command::Eval {
             checkpoint,
             split,

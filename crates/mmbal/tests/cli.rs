@@ -424,3 +424,44 @@ width = 4
     assert_eq!(rec["val"]["samples"].as_u64(), Some(2), "{rec}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `--resume` goes on in the checkpoint's own folder whatever the working directory, refuses
+/// `--name`, and a fresh run of an existing name is refused unless `--overwrite` is given.
+#[test]
+fn resume_writes_into_the_checkpoints_folder_and_runs_are_not_overwritten() {
+    let dir = tmp("resume-elsewhere");
+    let elsewhere = tmp("resume-cwd");
+    std::fs::write(dir.join("tiny.toml"), TINY).unwrap();
+    let o = mmbal(&dir, &["train", "--config", "tiny.toml", "--quiet"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ck = dir.join("runs/tiny/last.safetensors");
+    let ck = ck.to_str().unwrap();
+    let o = mmbal(
+        &elsewhere,
+        &["train", "--resume", ck, "--epochs", "2", "--quiet"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        !elsewhere.join("runs").exists(),
+        "nothing written elsewhere"
+    );
+    let log = std::fs::read_to_string(dir.join("runs/tiny/metrics.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 2);
+    let o = mmbal(&elsewhere, &["train", "--resume", ck, "--name", "other"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--name"), "{}", text(&o));
+    let o = mmbal(&dir, &["train", "--config", "tiny.toml", "--quiet"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("holds the results of an earlier run"),
+        "{}",
+        text(&o)
+    );
+    let o = mmbal(
+        &dir,
+        &["train", "--config", "tiny.toml", "--quiet", "--overwrite"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let log = std::fs::read_to_string(dir.join("runs/tiny/metrics.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 1, "the earlier run was replaced");
+}
