@@ -493,8 +493,7 @@ fn a_non_finite_loss_stops_the_run_and_writes_no_checkpoint() {
     let err = Trainer::from_config(cfg.clone())
         .unwrap()
         .run(&mut Quiet)
-        .err()
-        .expect("a run with lr 1e30 must stop");
+        .expect_err("a run with lr 1e30 must stop");
     let msg = format!("{err:#}");
     assert!(msg.contains("epoch 1, batch "), "{msg}");
     assert!(
@@ -526,8 +525,7 @@ fn one_training_per_run_folder_and_no_silent_overwrite() {
     let err = Trainer::from_config(cfg.clone())
         .unwrap()
         .run(&mut Quiet)
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     let msg = format!("{err:#}");
     assert!(
         msg.contains("holds the results of an earlier run") && msg.contains("--overwrite"),
