@@ -1,11 +1,13 @@
 //! A dataset's health, before any training: counts per class and split, frames per clip,
 //! spectrogram shapes, and the recipe the data was made with (`recipe.toml` beside it) against
-//! the recipes about to read it. Whether every file decodes is [`crate::Dataset::check_all`]:
-//! [`examine`] leaves unreadable files to it, so that each problem is reported once.
+//! the recipes about to read it; every file of a frame folder, with gaps in its numbered
+//! sequence. Whether every file the recipes read decodes is [`crate::Dataset::check_all`]:
+//! [`examine`] leaves those files to it, so that each problem is reported once, and checks the
+//! frames that decoding never reads (outside a recipe's `span`).
 
 use crate::manifest::{Manifest, Source, Split};
 use crate::preprocess::PreprocessRecipe;
-use crate::recipe::{FrontEnd, Recipe};
+use crate::recipe::{FramesRecipe, FrontEnd, Recipe};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -53,7 +55,13 @@ pub fn examine(manifest: &Manifest, recipes: &[Recipe], root: &Path) -> Examinat
             split.name(),
             idx.len()
         ));
-        if !idx.is_empty() && !empty.is_empty() {
+        if split == Split::Train && !idx.is_empty() && !empty.is_empty() {
+            ex.problems.push(format!(
+                "{} class(es) without a training sample: {} (a class never seen in training cannot be learnt)",
+                empty.len(),
+                empty.join(", ")
+            ));
+        } else if !idx.is_empty() && !empty.is_empty() {
             ex.lines.push(format!(
                 "  {} class(es) without {} samples: {}",
                 empty.len(),
@@ -78,23 +86,23 @@ pub fn examine(manifest: &Manifest, recipes: &[Recipe], root: &Path) -> Examinat
         let sources: Vec<&Source> = manifest.samples.iter().map(|s| &s.sources[m]).collect();
         match recipe {
             Recipe::Frames(f) => {
-                let counts: Vec<Result<usize, String>> = sources
+                let folders: Vec<FolderCheck> = sources
                     .par_iter()
                     .map(|s| {
-                        s.paths()
-                            .iter()
-                            .map(|p| crate::video::list_frames(p).map(|v| v.len()))
-                            .try_fold(usize::MAX, |acc, n| n.map(|n| acc.min(n)))
-                            .map_err(|e| format!("{e:#}"))
+                        let checks: Vec<FolderCheck> =
+                            s.paths().iter().map(|p| check_frame_folder(f, p)).collect();
+                        FolderCheck {
+                            frames: checks
+                                .iter()
+                                .map(|c| c.frames)
+                                .try_fold(usize::MAX, |acc, n| n.map(|n| acc.min(n))),
+                            problems: checks.into_iter().flat_map(|c| c.problems).collect(),
+                        }
                     })
                     .collect();
-                let ok: Vec<usize> = counts
-                    .iter()
-                    .filter_map(|c| c.as_ref().ok())
-                    .copied()
-                    .collect();
+                let ok: Vec<usize> = folders.iter().filter_map(|c| c.frames).collect();
                 // Unreadable folders are left to `check_all`, which names each one.
-                let unreadable = counts.len() - ok.len();
+                let unreadable = folders.len() - ok.len();
                 if unreadable > 0 {
                     ex.lines.push(format!(
                         "[{name}] {unreadable} clip(s) without a readable frame folder (named below)"
@@ -112,6 +120,10 @@ pub fn examine(manifest: &Manifest, recipes: &[Recipe], root: &Path) -> Examinat
                             String::new()
                         }
                     ));
+                }
+                for c in folders {
+                    ex.problems
+                        .extend(c.problems.into_iter().map(|p| format!("[{name}] {p}")));
                 }
             }
             Recipe::Audio(a) => {
@@ -150,6 +162,51 @@ pub fn examine(manifest: &Manifest, recipes: &[Recipe], root: &Path) -> Examinat
         }
     }
     ex
+}
+
+/// What [`check_frame_folder`] found in one folder.
+struct FolderCheck {
+    /// The number of frames; `None` when the folder cannot be listed (left to `check_all`).
+    frames: Option<usize>,
+    problems: Vec<String>,
+}
+
+/// Checks every file of a frame folder, not only those the recipe reads: a gap in the numbered
+/// sequence, and frames outside the recipe's span that are cut short or do not decode (frames
+/// inside the span are decoded by `check_all`, which reports them).
+fn check_frame_folder(f: &FramesRecipe, dir: &Path) -> FolderCheck {
+    let Ok(files) = crate::video::list_frames(dir) else {
+        return FolderCheck {
+            frames: None,
+            problems: Vec::new(),
+        };
+    };
+    let mut problems = Vec::new();
+    let (missing, total) = crate::video::frame_gaps(&files, 5);
+    if total > 0 {
+        problems.push(format!(
+            "{}: {total} frame(s) missing from the sequence of {} frames: {}{}",
+            dir.display(),
+            files.len(),
+            missing.join(", "),
+            if total > missing.len() { ", ..." } else { "" }
+        ));
+    }
+    let read = f.span_range(files.len()).unwrap_or(0..0);
+    for (i, file) in files.iter().enumerate() {
+        if read.contains(&i) {
+            continue;
+        }
+        if let Err(e) = crate::video::read_image(file, f.grey || f.flow) {
+            problems.push(format!(
+                "{e:#} (outside the recipe's span, not read in training)"
+            ));
+        }
+    }
+    FolderCheck {
+        frames: Some(files.len()),
+        problems,
+    }
 }
 
 /// Compares the audio recipe about to read the data with the one that made it, if recorded.

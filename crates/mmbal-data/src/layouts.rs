@@ -208,8 +208,11 @@ fn csv_fields(line: &str) -> Result<Vec<String>> {
     Ok(out.into_iter().map(|f| f.trim().to_string()).collect())
 }
 
+/// A list file's text, without a leading byte-order mark.
 fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(crate::manifest::strip_bom(&text).to_string())
 }
 
 /// Non-empty lines with their 1-based numbers.
@@ -415,6 +418,15 @@ fn carve(train: &[Entry], fraction: f64, seed: u64) -> HashSet<String> {
 
 /// Reads a community layout under `root` into a manifest.
 pub fn load(card: &DatasetCard, layout: &Layout, root: &Path) -> Result<Manifest> {
+    load_with_train_list(card, layout, root).map(|(m, _)| m)
+}
+
+/// [`load`], and the file that lists the train split (for messages about it).
+pub fn load_with_train_list(
+    card: &DatasetCard,
+    layout: &Layout,
+    root: &Path,
+) -> Result<(Manifest, PathBuf)> {
     if !(0.0..1.0).contains(&layout.val_fraction) {
         bail!(
             "[layout] val_fraction must be in [0, 1), got {}",
@@ -422,6 +434,10 @@ pub fn load(card: &DatasetCard, layout: &Layout, root: &Path) -> Result<Manifest
         );
     }
     let mut notes = Vec::new();
+    let train_list = match layout.split_lists() {
+        Some((train, _, _)) => root.join(train),
+        None => root.join(layout.list_file()),
+    };
     let mut entries = match (layout.kind, layout.split_lists()) {
         (LayoutKind::VggSound, _) => {
             let path = root.join(layout.list_file());
@@ -532,13 +548,14 @@ pub fn load(card: &DatasetCard, layout: &Layout, root: &Path) -> Result<Manifest
             missing.len()
         ));
     }
-    Ok(Manifest {
+    let manifest = Manifest {
         name: card.name.clone(),
         classes,
         modalities: templates.into_iter().map(|(m, _)| m).collect(),
         samples,
         notes,
-    })
+    };
+    Ok((manifest, train_list))
 }
 
 /// The val entries: the val list when it exists; otherwise, where the community has none,

@@ -4,8 +4,8 @@
 //! manifests with any number of named modalities ([`manifest`]), the community layouts of
 //! Kinetics-Sounds, CREMA-D, UCF-101, VGGSound, AVE and MM-Debiased ([`layouts`]), the audio front ends of the
 //! field (librosa STFT, Kaldi fbank: [`audio`]), video frames and their augmentation ([`video`]),
-//! per-modality recipes ([`recipe`]), a packed cache stamped with its recipe ([`cache`]), and a
-//! deterministic parallel loader ([`loader`]).
+//! per-modality recipes ([`recipe`]), a packed cache stamped with its recipe and its source
+//! files ([`cache`]), and a deterministic parallel loader ([`loader`]).
 //!
 //! ```
 //! use mmbal_data::audio::{Fbank, Stft};

@@ -83,13 +83,15 @@ impl Dataset {
     }
 
     /// Uses the packed cache at `path`, building it first when absent. A cache stamped with
-    /// another recipe is an error, never silently rebuilt.
+    /// another recipe is an error, never silently rebuilt. A cache whose source files changed
+    /// since it was built is rebuilt, and a note in the manifest's notes names the files; one
+    /// whose source files were deleted is an error naming them
+    /// ([`PackedCache::open_or_rebuild`]).
     pub fn with_cache(manifest: Manifest, recipes: Vec<Recipe>, path: &Path) -> Result<Dataset> {
         let mut ds = Dataset::new(manifest, recipes)?;
-        if !path.exists() {
-            PackedCache::build(path, &ds.manifest, &ds.recipes)?;
-        }
-        ds.cache = Some(PackedCache::open(path, &ds.manifest, &ds.recipes)?);
+        let (cache, note) = PackedCache::open_or_rebuild(path, &ds.manifest, &ds.recipes)?;
+        ds.manifest.notes.extend(note);
+        ds.cache = Some(cache);
         Ok(ds)
     }
 

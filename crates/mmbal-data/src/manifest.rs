@@ -142,7 +142,7 @@ impl Manifest {
         let card_path = card_dir.join("dataset.toml");
         let text = std::fs::read_to_string(&card_path)
             .with_context(|| format!("{}: cannot read dataset card", card_path.display()))?;
-        let card: DatasetCard = toml::from_str(&text)
+        let card: DatasetCard = toml::from_str(strip_bom(&text))
             .with_context(|| format!("{}: invalid dataset card", card_path.display()))?;
         if let Some(layout) = &card.layout {
             if card.split_file.is_some() || !card.modalities.is_empty() {
@@ -152,8 +152,11 @@ impl Manifest {
                     card_path.display()
                 );
             }
-            return crate::layouts::load(&card, layout, data_root)
-                .with_context(|| format!("dataset card {}", card_path.display()));
+            let (manifest, train_list) =
+                crate::layouts::load_with_train_list(&card, layout, data_root)
+                    .with_context(|| format!("dataset card {}", card_path.display()))?;
+            manifest.check_training_classes(&train_list)?;
+            return Ok(manifest);
         }
         let Some(split_file) = &card.split_file else {
             bail!(
@@ -164,7 +167,58 @@ impl Manifest {
         let split_path = card_dir.join(split_file);
         let split_text = std::fs::read_to_string(&split_path)
             .with_context(|| format!("{}: cannot read split file", split_path.display()))?;
-        Manifest::from_split_text(&card, &split_text, &split_path, data_root)
+        let manifest = Manifest::from_split_text(&card, &split_text, &split_path, data_root)?;
+        manifest.check_training_classes(&split_path)?;
+        Ok(manifest)
+    }
+
+    /// Every class needs training samples: a class the model never sees in training cannot be
+    /// learnt, and its accuracy would read as a property of the method. `file` is where the
+    /// train split is listed (named in the error). [`Manifest::load`] calls this.
+    pub fn check_training_classes(&self, file: &Path) -> Result<()> {
+        let mut count = vec![[0usize; 3]; self.classes.len()];
+        for s in &self.samples {
+            if let Some(c) = count.get_mut(s.label) {
+                c[Split::ALL.iter().position(|&x| x == s.split).unwrap()] += 1;
+            }
+        }
+        if count.iter().all(|c| c[0] == 0) {
+            bail!(
+                "{}: the train split is empty: none of the {} classes has a training sample",
+                file.display(),
+                self.classes.len()
+            );
+        }
+        let empty: Vec<String> = count
+            .iter()
+            .zip(&self.classes)
+            .filter(|(c, _)| c[0] == 0)
+            .map(|(c, name)| {
+                let elsewhere: Vec<&str> = [Split::Val, Split::Test]
+                    .iter()
+                    .zip(&c[1..])
+                    .filter(|(_, &n)| n > 0)
+                    .map(|(s, _)| s.name())
+                    .collect();
+                if elsewhere.is_empty() {
+                    format!("`{name}` (no sample in any split)")
+                } else {
+                    format!("`{name}` (only in {})", elsewhere.join(" and "))
+                }
+            })
+            .collect();
+        if !empty.is_empty() {
+            bail!(
+                "{}: {} class(es) of dataset {} have no training sample: {}; a class never seen in \
+                 training cannot be learnt: add training samples for it, or leave it out of the \
+                 card's `classes` (and its samples out of the splits)",
+                file.display(),
+                empty.len(),
+                self.name,
+                empty.join(", ")
+            );
+        }
+        Ok(())
     }
 
     /// Parses split lines `id,label,split[,extra columns]`; the first line is the header.
@@ -178,7 +232,7 @@ impl Manifest {
         if card.modalities.is_empty() {
             bail!("{}: dataset card lists no modality", file.display());
         }
-        let mut lines = text
+        let mut lines = strip_bom(text)
             .lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty());
@@ -287,6 +341,12 @@ impl Manifest {
                 )
             })
     }
+}
+
+/// The text without a leading byte-order mark (U+FEFF), which editors on Windows write at the
+/// start of UTF-8 files and which would otherwise stick to the first header or id.
+pub fn strip_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use crate::recipe::{audio_spectrogram, AudioRecipe, FrontEnd};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -45,6 +46,10 @@ pub struct PreprocessRecipe {
     pub spectrogram: Option<String>,
     #[serde(default)]
     pub audio: Option<AudioRecipe>,
+    /// Not part of the recipe (never written to `recipe.toml`): whether an output folder made
+    /// with another recipe may be replaced ([`prepare_output`]); refused when false.
+    #[serde(skip)]
+    pub replace: bool,
 }
 
 impl Default for PreprocessRecipe {
@@ -59,6 +64,7 @@ impl Default for PreprocessRecipe {
             wav_sample_rate: 16000,
             spectrogram: None,
             audio: None,
+            replace: false,
         }
     }
 }
@@ -151,7 +157,12 @@ impl PreprocessRecipe {
             at.insert(parts[parts.len() - 1].to_string(), value);
         }
         let text = toml::to_string(&table)?;
-        toml::from_str(&text).with_context(|| format!("recipe after --set {}", sets.join(" ")))
+        let recipe: PreprocessRecipe = toml::from_str(&text)
+            .with_context(|| format!("recipe after --set {}", sets.join(" ")))?;
+        Ok(PreprocessRecipe {
+            replace: self.replace,
+            ..recipe
+        })
     }
 
     fn path(&self, out: &Path, template: &str, id: &str) -> PathBuf {
@@ -162,8 +173,40 @@ impl PreprocessRecipe {
     pub fn load(path: &Path) -> Result<PreprocessRecipe> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read", path.display()))?;
-        toml::from_str(&text)
+        toml::from_str(crate::manifest::strip_bom(&text))
             .with_context(|| format!("{}: not a preprocessing recipe", path.display()))
+    }
+
+    /// Where this recipe and `other` differ, one `key: this -> other` per field (dotted keys
+    /// into the TOML form); empty when they make the same outputs.
+    pub fn differences(&self, other: &PreprocessRecipe) -> Result<Vec<String>> {
+        fn flat(prefix: &str, t: &toml::Table, out: &mut BTreeMap<String, String>) {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match v {
+                    toml::Value::Table(inner) => flat(&key, inner, out),
+                    other => {
+                        out.insert(key, other.to_string());
+                    }
+                }
+            }
+        }
+        let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+        flat("", &toml::Table::try_from(self)?, &mut a);
+        flat("", &toml::Table::try_from(other)?, &mut b);
+        let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        let absent = "(absent)".to_string();
+        Ok(keys
+            .into_iter()
+            .filter_map(|k| {
+                let (x, y) = (a.get(k).unwrap_or(&absent), b.get(k).unwrap_or(&absent));
+                (x != y).then(|| format!("{k}: {x} -> {y}"))
+            })
+            .collect())
     }
 }
 
@@ -199,7 +242,10 @@ fn run_ffmpeg(args: &[&str], input: &Path, what: &str) -> Result<()> {
 }
 
 /// Converts one video: frames, WAV and (if the recipe has one) the spectrogram. Returns the
-/// number of frames written.
+/// number of frames written. Everything is written into a staging folder inside `out` and moved
+/// into place only when the whole clip succeeded (replacing that clip's earlier outputs whole),
+/// so a failed video leaves nothing behind. A video whose decoded length falls short of the
+/// length its container header claims (a file cut short) is an error naming it.
 pub fn preprocess_video(
     input: &Path,
     out: &Path,
@@ -209,6 +255,70 @@ pub fn preprocess_video(
     if !input.is_file() {
         bail!("{}: no such video file", input.display());
     }
+    let staging = out.join(format!(".mmbal-partial-{id}-{}", std::process::id()));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("{}: cannot remove", staging.display()))?;
+    }
+    std::fs::create_dir_all(&staging)
+        .with_context(|| format!("{}: cannot create", staging.display()))?;
+    let result = convert_video(input, &staging, id, recipe)
+        .and_then(|n| move_into_place(&staging, out, id, recipe).map(|_| n));
+    let cleanup = std::fs::remove_dir_all(&staging);
+    match (result, cleanup) {
+        (Ok(n), Ok(())) => Ok(n),
+        (Ok(_), Err(e)) => Err(e).with_context(|| {
+            format!(
+                "{}: cannot remove the staging folder (the clip itself is complete)",
+                staging.display()
+            )
+        }),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(c)) => Err(e.context(format!(
+            "and the staging folder {} could not be removed: {c}",
+            staging.display()
+        ))),
+    }
+}
+
+/// The outputs of one clip, relative to the output folder: the frame folder, then the files.
+fn outputs(recipe: &PreprocessRecipe, id: &str) -> Vec<PathBuf> {
+    let mut v = vec![
+        PathBuf::from(recipe.frames.replace("{id}", id)),
+        PathBuf::from(recipe.wav.replace("{id}", id)),
+    ];
+    if let (Some(t), Some(_)) = (&recipe.spectrogram, &recipe.audio) {
+        v.push(PathBuf::from(t.replace("{id}", id)));
+    }
+    v
+}
+
+/// Moves a complete clip from `staging` into `out`; an earlier frame folder of the clip is
+/// removed first (never merged: another frame rate would leave stale frames in it).
+fn move_into_place(staging: &Path, out: &Path, id: &str, recipe: &PreprocessRecipe) -> Result<()> {
+    for rel in outputs(recipe, id) {
+        let (from, to) = (staging.join(&rel), out.join(&rel));
+        if to.is_dir() && !to.is_symlink() {
+            std::fs::remove_dir_all(&to)
+                .with_context(|| format!("{}: cannot remove the earlier frames", to.display()))?;
+        }
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("{}: cannot create", parent.display()))?;
+        }
+        std::fs::rename(&from, &to).with_context(|| {
+            format!(
+                "{}: cannot move into place as {}",
+                from.display(),
+                to.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// The conversion of one video into `out` (the staging folder).
+fn convert_video(input: &Path, out: &Path, id: &str, recipe: &PreprocessRecipe) -> Result<usize> {
     let frames = recipe.path(out, &recipe.frames, id);
     let wav = recipe.path(out, &recipe.wav, id);
     std::fs::create_dir_all(&frames)
@@ -251,6 +361,7 @@ pub fn preprocess_video(
         input,
         "audio",
     )?;
+    check_decoded_length(input, &wav, count, recipe.fps)?;
     if let (Some(template), Some(a)) = (&recipe.spectrogram, &recipe.audio) {
         let w = crate::audio::read_wav(&wav)?;
         if w.samples.is_empty() {
@@ -270,6 +381,80 @@ pub fn preprocess_video(
     Ok(count)
 }
 
+/// How long the container header says the video is, in seconds (`ffprobe`): the format's
+/// duration, and for a video stream that states its frame count, that count at its average
+/// rate (an AVI header keeps the count of the whole file when the file is cut). `None` when the
+/// header states no length (a live-recorded WebM).
+pub fn claimed_duration(input: &Path) -> Result<Option<f64>> {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration:stream=codec_type,nb_frames,avg_frame_rate",
+            "-of",
+            "json",
+        ])
+        .arg(input)
+        .output()
+        .context(
+            "cannot run `ffprobe` (part of ffmpeg): install it (Debian: apt-get install ffmpeg)",
+        )?;
+    if !out.status.success() {
+        bail!(
+            "{}: ffprobe cannot read the container header: {}",
+            input.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("{}: unreadable ffprobe output", input.display()))?;
+    let number = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<f64>().ok());
+    let mut claims: Vec<f64> = v["format"]["duration"]
+        .as_str()
+        .into_iter()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    for s in v["streams"].as_array().into_iter().flatten() {
+        if s["codec_type"] != "video" {
+            continue;
+        }
+        let rate = s["avg_frame_rate"].as_str().and_then(|r| {
+            let (n, d) = r.split_once('/')?;
+            let (n, d) = (n.parse::<f64>().ok()?, d.parse::<f64>().ok()?);
+            (n > 0.0 && d > 0.0).then_some(n / d)
+        });
+        if let (Some(n), Some(rate)) = (number(&s["nb_frames"]), rate) {
+            claims.push(n / rate);
+        }
+    }
+    Ok(claims
+        .into_iter()
+        .filter(|c| c.is_finite() && *c > 0.0)
+        .reduce(f64::max))
+}
+
+/// Errors when what decoded (the WAV's length, or the frames at `fps`, whichever is longer)
+/// falls short of the header's length by more than 0.5 s or 2%: the file was cut short.
+fn check_decoded_length(input: &Path, wav: &Path, frames: usize, fps: f64) -> Result<()> {
+    let Some(claimed) = claimed_duration(input)? else {
+        return Ok(());
+    };
+    let reader = hound::WavReader::open(wav)
+        .with_context(|| format!("{}: cannot read the extracted audio", wav.display()))?;
+    let audio = reader.duration() as f64 / reader.spec().sample_rate as f64;
+    let video = frames as f64 / fps;
+    let tolerance = (0.02 * claimed).max(0.5);
+    if audio.max(video) + tolerance < claimed {
+        bail!(
+            "{}: cut short or damaged: its header claims {claimed:.2} s, but only {audio:.2} s of \
+             audio and {frames} frame(s) at {fps} fps ({video:.2} s) decode",
+            input.display()
+        );
+    }
+    Ok(())
+}
+
 /// What preprocessing a folder did: every file is in exactly one list.
 #[derive(Debug, Default)]
 pub struct FolderReport {
@@ -279,12 +464,17 @@ pub struct FolderReport {
     pub failed: Vec<String>,
     /// Files that are not videos (by extension), left alone.
     pub ignored: Vec<PathBuf>,
+    /// Outputs of another recipe removed from the output folder before (only when
+    /// [`PreprocessRecipe::replace`] was set and its `recipe.toml` differed).
+    pub removed: Vec<PathBuf>,
 }
 
 const VIDEO_EXTENSIONS: [&str; 8] = ["mp4", "mpg", "mpeg", "avi", "webm", "mkv", "mov", "flv"];
 
 /// Preprocesses every video file of `input_dir` (by extension) in parallel (ids are file
-/// stems) and writes `recipe.toml` into `out`.
+/// stems) and writes `recipe.toml` into `out` ([`prepare_output`]: an output folder made with
+/// another recipe is refused unless [`PreprocessRecipe::replace`]). Two videos with one id
+/// (`test.avi` and `test.mp4`) are refused before anything is written.
 pub fn preprocess_folder(
     input_dir: &Path,
     out: &Path,
@@ -302,18 +492,39 @@ pub fn preprocess_folder(
             .map(|e| VIDEO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
             .unwrap_or(false)
     });
-    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
-    write_recipe(out, recipe)?;
+    let mut by_id: BTreeMap<String, Vec<&PathBuf>> = BTreeMap::new();
+    for v in &videos {
+        by_id.entry(id_of(v)).or_default().push(v);
+    }
+    let shared: Vec<String> = by_id
+        .iter()
+        .filter(|(_, files)| files.len() > 1)
+        .map(|(id, files)| {
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            format!("`{id}`: {}", names.join(" and "))
+        })
+        .collect();
+    if !shared.is_empty() {
+        bail!(
+            "{}: {} id(s) shared by several videos (the id is the file name without its \
+             extension, and their outputs would mix): {}; rename or move all but one",
+            input_dir.display(),
+            shared.len(),
+            shared.join("; ")
+        );
+    }
+    let removed = prepare_output(out, recipe)?;
     let results: Vec<(String, Result<usize>)> = videos
         .par_iter()
         .map(|f| {
-            let id = f.file_stem().unwrap().to_string_lossy().into_owned();
+            let id = id_of(f);
             let r = preprocess_video(f, out, &id, recipe);
             (id, r)
         })
         .collect();
     let mut report = FolderReport {
         ignored,
+        removed,
         ..FolderReport::default()
     };
     for (id, r) in results {
@@ -325,8 +536,111 @@ pub fn preprocess_folder(
     Ok(report)
 }
 
-/// Writes `out/recipe.toml`.
+fn id_of(video: &Path) -> String {
+    video
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Makes `out` ready for the outputs of `recipe`: creates it, checks the `recipe.toml` an
+/// earlier run left there, and writes this recipe's. A folder made with another recipe is
+/// refused, naming the differing fields (its clips would be made two ways, and `recipe.toml`
+/// would describe only some), unless [`PreprocessRecipe::replace`]: then every output of the old
+/// recipe (the frame folders and files its templates name) is removed first, and returned.
+pub fn prepare_output(out: &Path, recipe: &PreprocessRecipe) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let path = out.join("recipe.toml");
+    let mut removed = Vec::new();
+    if path.exists() {
+        match PreprocessRecipe::load(&path) {
+            Ok(old) => {
+                let diff = old.differences(recipe)?;
+                if !diff.is_empty() && !recipe.replace {
+                    bail!(
+                        "{}: the output folder was made with another recipe (`{}`, which differs \
+                         from the requested one in {}); use another output folder, or replace the \
+                         folder's outputs (--replace)",
+                        path.display(),
+                        old.name,
+                        diff.join(", ")
+                    );
+                }
+                if !diff.is_empty() {
+                    removed = remove_outputs(out, &old)?;
+                }
+            }
+            Err(e) if !recipe.replace => {
+                return Err(e.context(format!(
+                    "{}: the output folder's recipe cannot be read, so its outputs may have been \
+                     made another way; use another output folder, or replace it (--replace)",
+                    path.display()
+                )))
+            }
+            Err(_) => {}
+        }
+    }
+    write_recipe_file(out, recipe)?;
+    Ok(removed)
+}
+
+/// The outputs of `old` in `out`: every frame folder and file its templates name, found by
+/// listing the folder where each template's `{id}` is.
+fn remove_outputs(out: &Path, old: &PreprocessRecipe) -> Result<Vec<PathBuf>> {
+    let mut templates = vec![(old.frames.as_str(), true), (old.wav.as_str(), false)];
+    if let Some(t) = &old.spectrogram {
+        templates.push((t.as_str(), false));
+    }
+    let mut removed = Vec::new();
+    for (template, is_dir) in templates {
+        let parts: Vec<&str> = template.split('/').collect();
+        let Some(at) = parts.iter().position(|p| p.contains("{id}")) else {
+            continue;
+        };
+        let Some((prefix, suffix)) = parts[at].split_once("{id}") else {
+            continue;
+        };
+        let dir = out.join(parts[..at].join("/"));
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut found: Vec<PathBuf> = Vec::new();
+        for e in entries {
+            let e = e.with_context(|| format!("{}: cannot list", dir.display()))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let id = name
+                .strip_prefix(prefix)
+                .and_then(|r| r.strip_suffix(suffix))
+                .filter(|id| !id.is_empty() && !id.starts_with('.'));
+            if let Some(id) = id {
+                let p = out.join(template.replace("{id}", id));
+                let kind_matches = if is_dir { p.is_dir() } else { p.is_file() };
+                if kind_matches {
+                    found.push(p);
+                }
+            }
+        }
+        found.sort();
+        for p in found {
+            if is_dir {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            }
+            .with_context(|| format!("{}: cannot remove", p.display()))?;
+            removed.push(p);
+        }
+    }
+    Ok(removed)
+}
+
+/// Writes `out/recipe.toml`, refusing a folder made with another recipe unless
+/// [`PreprocessRecipe::replace`] ([`prepare_output`], whose list of removed outputs this drops).
 pub fn write_recipe(out: &Path, recipe: &PreprocessRecipe) -> Result<()> {
+    prepare_output(out, recipe).map(|_| ())
+}
+
+fn write_recipe_file(out: &Path, recipe: &PreprocessRecipe) -> Result<()> {
     let path = out.join("recipe.toml");
     let text = format!(
         "# Written by mmbal {} (mmbal preprocess): how this folder was made.\n{}",
@@ -349,7 +663,7 @@ pub fn read_labels(path: &Path) -> Result<Vec<LabelLine>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read label file", path.display()))?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in crate::manifest::strip_bom(&text).lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
@@ -476,11 +790,25 @@ mod tests {
             .with_overrides(&["fps=2".into(), "audio.front_end.num_mel_bins=64".into()])
             .unwrap();
         assert_eq!(o.fps, 2.0);
-        match o.audio.unwrap().front_end {
+        match o.audio.clone().unwrap().front_end {
             FrontEnd::Fbank(f) => assert_eq!(f.num_mel_bins, 64),
             _ => panic!("fbank expected"),
         }
         assert!(r.with_overrides(&["fsp=2".into()]).is_err());
         assert!(r.with_overrides(&["nothing.here=2".into()]).is_err());
+        // `replace` is no recipe field: not settable, not written, not a difference.
+        assert!(r.with_overrides(&["replace=true".into()]).is_err());
+        assert_eq!(
+            r.differences(&o).unwrap(),
+            vec![
+                "audio.front_end.num_mel_bins: 128 -> 64".to_string(),
+                "fps: 1.0 -> 2.0".to_string()
+            ]
+        );
+        let replacing = PreprocessRecipe {
+            replace: true,
+            ..r.clone()
+        };
+        assert!(r.differences(&replacing).unwrap().is_empty());
     }
 }

@@ -120,6 +120,18 @@ impl FramesRecipe {
             self.cache_width.unwrap_or(up(self.width)),
         )
     }
+    /// The frames of a clip of `n` frames that decoding reads: those inside `span` (all without
+    /// one); `None` when the span keeps none.
+    pub fn span_range(&self, n: usize) -> Option<std::ops::Range<usize>> {
+        let Some([start, end]) = self.span else {
+            return (n > 0).then_some(0..n);
+        };
+        let (a, b) = (
+            (start * n as f64).floor() as usize,
+            ((end * n as f64).ceil() as usize).min(n),
+        );
+        ((0.0..1.0).contains(&start) && b > a).then_some(a..b)
+    }
     fn channels(&self) -> usize {
         if self.flow {
             2
@@ -398,20 +410,14 @@ fn subtract_bin_means(s: &mut Spectrogram, time_along_rows: bool) {
 
 fn decode_frames(f: &FramesRecipe, dir: &Path) -> Result<Decoded> {
     let mut files = video::list_frames(dir)?;
-    if let Some([start, end]) = f.span {
-        let n = files.len() as f64;
-        let (a, b) = (
-            (start * n).floor() as usize,
-            ((end * n).ceil() as usize).min(files.len()),
-        );
-        if !(0.0..1.0).contains(&start) || b <= a {
-            bail!(
-                "{}: span [{start}, {end}] keeps no frames of {}",
-                dir.display(),
-                files.len()
-            );
-        }
-        files = files[a..b].to_vec();
+    match f.span_range(files.len()) {
+        Some(r) => files = files[r].to_vec(),
+        None => bail!(
+            "{}: span {:?} keeps no frames of {}",
+            dir.display(),
+            f.span.unwrap_or([0.0, 1.0]),
+            files.len()
+        ),
     }
     let (ch, cw) = f.cache_size();
     let c = f.channels();

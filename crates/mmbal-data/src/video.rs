@@ -25,10 +25,15 @@ impl Image {
     }
 }
 
-/// Decodes a JPEG (or PNG) file to RGB, or to one grey channel when `grey`.
+/// Decodes a JPEG (or PNG) file to RGB, or to one grey channel when `grey`. A JPEG must be
+/// whole ([`check_jpeg`]): decoders fill a cut-off image with grey and report no error.
 pub fn read_image(path: &Path, grey: bool) -> Result<Image> {
-    let img = image::ImageReader::open(path)
-        .with_context(|| format!("{}: cannot open image", path.display()))?
+    let bytes =
+        std::fs::read(path).with_context(|| format!("{}: cannot open image", path.display()))?;
+    if let Err(e) = check_jpeg(&bytes) {
+        bail!("{}: {e}", path.display());
+    }
+    let img = image::ImageReader::new(std::io::Cursor::new(&bytes))
         .with_guessed_format()
         .with_context(|| format!("{}: cannot read image", path.display()))?
         .decode()
@@ -51,6 +56,131 @@ pub fn read_image(path: &Path, grey: bool) -> Result<Image> {
         width: w,
         data,
     })
+}
+
+/// Checks that JPEG data (bytes starting with the SOI marker `FFD8`; anything else passes) is
+/// whole: every segment fits in the file and the entropy-coded data ends with the end-of-image
+/// marker `FFD9`. A file cut short fails here, where the decoders of the `image` crate would
+/// return a picture grey below the cut and no error. Bytes after `FFD9` are allowed.
+pub fn check_jpeg(bytes: &[u8]) -> std::result::Result<(), String> {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return Ok(());
+    }
+    let n = bytes.len();
+    let truncated = |what: &str| {
+        Err(format!(
+            "truncated JPEG: the file ends after {n} bytes {what}, without the end-of-image marker FFD9"
+        ))
+    };
+    let mut pos = 2;
+    loop {
+        // The next marker: 0xFF, any fill bytes 0xFF, then the marker code. Stray bytes before a
+        // marker are skipped, as libjpeg does (with a warning).
+        while pos < n && bytes[pos] != 0xFF {
+            pos += 1;
+        }
+        while pos < n && bytes[pos] == 0xFF {
+            pos += 1;
+        }
+        if pos >= n {
+            return truncated("between segments");
+        }
+        let marker = bytes[pos];
+        pos += 1;
+        match marker {
+            0xD9 => return Ok(()),
+            // Standalone markers: restart markers, TEM.
+            0xD0..=0xD7 | 0x01 => continue,
+            _ => {}
+        }
+        if pos + 2 > n {
+            return truncated(&format!("inside the length of segment FF{marker:02X}"));
+        }
+        let len = u16::from_be_bytes([bytes[pos], bytes[pos + 1]]) as usize;
+        if len < 2 {
+            return Err(format!(
+                "corrupt JPEG: segment FF{marker:02X} at byte {} has length {len}",
+                pos - 2
+            ));
+        }
+        if pos + len > n {
+            return truncated(&format!(
+                "inside segment FF{marker:02X} (which needs {} bytes from byte {})",
+                len,
+                pos - 2
+            ));
+        }
+        pos += len;
+        if marker == 0xDA {
+            // Entropy-coded data: runs until a marker other than a stuffed 0xFF00 or a restart.
+            loop {
+                match bytes[pos..].iter().position(|&b| b == 0xFF) {
+                    None => return truncated("inside the entropy-coded image data"),
+                    Some(k) => pos += k,
+                }
+                let mut next = pos + 1;
+                while next < n && bytes[next] == 0xFF {
+                    next += 1;
+                }
+                if next >= n {
+                    return truncated("inside the entropy-coded image data");
+                }
+                match bytes[next] {
+                    0x00 | 0xD0..=0xD7 => pos = next + 1,
+                    _ => {
+                        pos = next - 1;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Missing numbers in a frame sequence: the frames of a folder named alike with a running number
+/// (`frame_00001.jpg`, `frame_00002.jpg`, ...) should have no gap between the first and the
+/// last. Returns the file names that would fill the gaps (at most `limit`) and how many there
+/// are in all; nothing when the names do not follow one numbered pattern.
+pub fn frame_gaps(frames: &[PathBuf], limit: usize) -> (Vec<String>, usize) {
+    let mut pattern: Option<(String, String, usize)> = None;
+    let mut numbers = Vec::with_capacity(frames.len());
+    for f in frames {
+        let Some(name) = f.file_name().and_then(|n| n.to_str()) else {
+            return (Vec::new(), 0);
+        };
+        let (stem, ext) = match name.rfind('.') {
+            Some(i) => (&name[..i], &name[i..]),
+            None => (name, ""),
+        };
+        let digits = stem.len() - stem.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+        if digits == 0 {
+            return (Vec::new(), 0);
+        }
+        let prefix = &stem[..stem.len() - digits];
+        let Ok(number) = stem[stem.len() - digits..].parse::<u64>() else {
+            return (Vec::new(), 0);
+        };
+        match &pattern {
+            None => pattern = Some((prefix.to_string(), ext.to_string(), digits)),
+            Some((p, e, _)) if p == prefix && e == ext => {}
+            Some(_) => return (Vec::new(), 0),
+        }
+        numbers.push(number);
+    }
+    let Some((prefix, ext, width)) = pattern else {
+        return (Vec::new(), 0);
+    };
+    numbers.sort_unstable();
+    numbers.dedup();
+    let mut missing = Vec::new();
+    let mut total = 0u64;
+    for w in numbers.windows(2) {
+        total += w[1] - w[0] - 1;
+        for k in (w[0] + 1..w[1]).take(limit - missing.len()) {
+            missing.push(format!("{prefix}{k:0width$}{ext}"));
+        }
+    }
+    (missing, total as usize)
 }
 
 /// The frame files of a clip folder, sorted by name. Errors when the folder is missing or empty.
@@ -245,6 +375,66 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
+
+    fn encoded(side: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(side, side, |x, y| {
+            image::Rgb([
+                (x * 7 % 256) as u8,
+                (y * 13 % 256) as u8,
+                ((x ^ y) % 256) as u8,
+            ])
+        });
+        let mut bytes = Vec::new();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+        bytes
+    }
+
+    #[test]
+    fn whole_jpegs_pass_and_every_cut_fails() {
+        let whole = encoded(40);
+        assert_eq!(check_jpeg(&whole), Ok(()));
+        // Bytes after the end-of-image marker are allowed; other formats are not checked.
+        let mut padded = whole.clone();
+        padded.extend_from_slice(b"\0\0trailer");
+        assert_eq!(check_jpeg(&padded), Ok(()));
+        assert_eq!(check_jpeg(b"\x89PNG\r\n"), Ok(()));
+        for keep in (2..whole.len()).step_by(7).chain([whole.len() - 1]) {
+            let e = check_jpeg(&whole[..keep]).unwrap_err();
+            assert!(e.starts_with("truncated JPEG"), "{keep}: {e}");
+        }
+        // Stuffed 0xFF00 and restart markers inside the entropy-coded data are no end.
+        let mut synthetic = vec![0xFF, 0xD8, 0xFF, 0xDA, 0x00, 0x02];
+        synthetic.extend_from_slice(&[0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD3, 0x56]);
+        assert!(check_jpeg(&synthetic).is_err());
+        synthetic.extend_from_slice(&[0xFF, 0xD9]);
+        assert_eq!(check_jpeg(&synthetic), Ok(()));
+    }
+
+    #[test]
+    fn gaps_in_numbered_frames() {
+        let names = |v: &[&str]| v.iter().map(PathBuf::from).collect::<Vec<_>>();
+        let gaps = |v: &[&str]| frame_gaps(&names(v), 2);
+        assert_eq!(
+            gaps(&[
+                "d/frame_00001.jpg",
+                "d/frame_00002.jpg",
+                "d/frame_00004.jpg"
+            ]),
+            (vec!["frame_00003.jpg".to_string()], 1)
+        );
+        assert_eq!(
+            gaps(&["img1.png", "img5.png"]),
+            (vec!["img2.png".to_string(), "img3.png".to_string()], 3)
+        );
+        assert_eq!(gaps(&["frame_00002.jpg", "frame_00003.jpg"]), (vec![], 0));
+        // Names that do not follow one numbered pattern are not judged.
+        assert_eq!(gaps(&["a1.jpg", "b3.jpg"]), (vec![], 0));
+        assert_eq!(gaps(&["first.jpg", "second.jpg"]), (vec![], 0));
+    }
 
     #[test]
     fn eval_frames_are_segment_centres() {

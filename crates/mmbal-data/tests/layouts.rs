@@ -242,6 +242,34 @@ fn crema_d_reads_wav_or_npy_audio_and_rejects_unknown_emotions() {
     .unwrap();
     std::fs::write(root.join("test.csv"), "chaplin,NEU\n").unwrap();
     let c = card(&root, "name = \"cremad\"\n[layout]\nkind = \"crema-d\"\n");
+    // The six emotions are the classes: four of them without a training clip is an error.
+    let e = load_err(&c, &root);
+    assert!(
+        e.contains("train.csv") && e.contains("`NEU` (only in test)") && e.contains("`ANG`"),
+        "{e}"
+    );
+    // One more training clip per missing emotion (copies of a clip under new ids).
+    std::fs::remove_file(root.join("val.csv")).unwrap();
+    let mut train = std::fs::read_to_string(root.join("train.csv")).unwrap();
+    for emo in ["NEU", "FEA", "DIS", "ANG"] {
+        let id = format!("bbaf2n_{emo}");
+        std::fs::copy(
+            root.join("AudioWAV/bbaf2n.wav"),
+            root.join(format!("AudioWAV/{id}.wav")),
+        )
+        .unwrap();
+        std::fs::copy(
+            root.join("spec/bbaf2n.npy"),
+            root.join(format!("spec/{id}.npy")),
+        )
+        .unwrap();
+        copy_frames(
+            &root.join("Image-01-FPS/bbaf2n"),
+            &root.join(format!("Image-01-FPS/{id}")),
+        );
+        train.push_str(&format!("{id},{emo}\n"));
+    }
+    std::fs::write(root.join("train.csv"), train).unwrap();
     let m = Manifest::load(&c, &root).unwrap();
     assert_eq!(m.classes, vec!["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]);
     assert_eq!(m.indices(Split::Val).len(), 2, "carved from train");

@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use mmbal_data::preprocess::{
-    preprocess_folder, preprocess_video, read_labels, write_lists, write_recipe, FolderReport,
+    prepare_output, preprocess_folder, preprocess_video, read_labels, write_lists, FolderReport,
     PreprocessRecipe,
 };
 use mmbal_data::{Dataset, Manifest, Split};
@@ -106,6 +106,10 @@ enum Command {
         /// `id,label[,split]` per line: write the recipe's layout lists for the clips done.
         #[arg(long)]
         labels: Option<PathBuf>,
+        /// The output folder was made with another recipe: delete its outputs and make them
+        /// anew (refused without it).
+        #[arg(long)]
+        replace: bool,
     },
     /// Dataset checks.
     Data {
@@ -413,9 +417,10 @@ fn preprocess(
             .file_stem()
             .and_then(|s| s.to_str())
             .with_context(|| format!("{}: no file name", input.display()))?;
-        std::fs::create_dir_all(output)?;
-        write_recipe(output, recipe)?;
-        let mut r = FolderReport::default();
+        let mut r = FolderReport {
+            removed: prepare_output(output, recipe)?,
+            ..FolderReport::default()
+        };
         match preprocess_video(input, output, id, recipe) {
             Ok(n) => r.done.push((id.to_string(), n)),
             Err(e) => r.failed.push(format!("{e:#}")),
@@ -428,6 +433,9 @@ fn preprocess(
         output.display(),
         recipe.name
     );
+    for f in &report.removed {
+        println!("  removed (made with the earlier recipe): {}", f.display());
+    }
     for f in &report.ignored {
         println!("  not a video (by extension), left alone: {}", f.display());
     }
@@ -502,6 +510,7 @@ fn main() -> Result<()> {
             jpeg_quality,
             mut sets,
             labels,
+            replace,
         } => {
             // The flags are shorthands for --set.
             if let Some(v) = fps {
@@ -513,7 +522,8 @@ fn main() -> Result<()> {
             if let Some(v) = jpeg_quality {
                 sets.push(format!("jpeg_quality={v}"));
             }
-            let recipe = PreprocessRecipe::named(&recipe)?.with_overrides(&sets)?;
+            let mut recipe = PreprocessRecipe::named(&recipe)?.with_overrides(&sets)?;
+            recipe.replace = replace;
             preprocess(&input, &output, &recipe, labels.as_deref())
         }
         Command::Data {
