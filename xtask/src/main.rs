@@ -1,5 +1,7 @@
 //! `cargo xtask bench step [--config FILE] [--device D] [--steps N]`: training-step time and
 //! samples/s on the first batches of a config's training split.
+//! `cargo xtask bench cpu [--rows avmnist,grid,cremad] [--repeats N] [--steps N] [--threads N]`:
+//! mmbal against PyTorch, side by side, on the CPU (see bench_cpu.rs).
 //! `cargo xtask bench loader [--config FILE] [--epochs N]`: loader throughput (decoded cache,
 //! augmentation, batch assembly) in samples/s, without a model.
 //! Speed goals are checked with these, never with timed tests. Each prints one JSON line.
@@ -12,6 +14,7 @@
 //! resumable matrix of runs, written to DIR/table1.md, DIR/table1.csv and figures
 //! (see reproduce.rs).
 
+mod bench_cpu;
 mod reproduce;
 
 use anyhow::{bail, Context, Result};
@@ -257,10 +260,11 @@ fn main() -> Result<()> {
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["bench", "step", ..] => bench_step(&parse(&args[2..])?),
         ["bench", "loader", ..] => bench_loader(&parse(&args[2..])?),
+        ["bench", "cpu", ..] => bench_cpu::bench_cpu(&args[2..]),
         ["results", ..] => results(&args[1..]),
         ["reproduce", "table1", ..] => reproduce::table1(&args[2..]),
         _ => bail!(
-            "usage: cargo xtask bench step [--config FILE] [--device D] [--steps N]\n       cargo xtask bench loader [--config FILE] [--epochs N]\n       cargo xtask results --config FILE [--config FILE ...] [--seeds N] [--epochs N] [--set METHOD:KEY=VALUE ...] [--out FILE]\n       cargo xtask reproduce table1 [--datasets A,B] [--methods A,B] [--seeds N] [--profile quick|paper] [--epochs N] [--device D] [--out DIR]"
+            "usage: cargo xtask bench step [--config FILE] [--device D] [--steps N]\n       cargo xtask bench cpu [--rows avmnist,grid,cremad] [--repeats N] [--steps N] [--threads N]\n       cargo xtask bench loader [--config FILE] [--epochs N]\n       cargo xtask results --config FILE [--config FILE ...] [--seeds N] [--epochs N] [--set METHOD:KEY=VALUE ...] [--out FILE]\n       cargo xtask reproduce table1 [--datasets A,B] [--methods A,B] [--seeds N] [--profile quick|paper] [--epochs N] [--device D] [--out DIR]"
         ),
     }
 }
