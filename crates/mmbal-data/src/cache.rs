@@ -91,7 +91,9 @@ fn list_changes<'a>(changes: impl IntoIterator<Item = &'a SourceChange>) -> Stri
 }
 
 /// Every file the samples' sources name: the file itself, or the frames of a folder (the files
-/// decoding lists). Files that do not exist are left out (decoding reports them).
+/// decoding lists), as absolute paths, so that a cache built from one working directory is
+/// checked the same from another (a resumed run). Files that do not exist are left out
+/// (decoding reports them).
 fn source_files(manifest: &Manifest) -> BTreeSet<PathBuf> {
     manifest
         .samples
@@ -106,6 +108,9 @@ fn source_files(manifest: &Manifest) -> BTreeSet<PathBuf> {
                 }
             }
             files
+                .into_iter()
+                .map(|f| std::fs::canonicalize(&f).unwrap_or(f))
+                .collect::<Vec<_>>()
         })
         .collect::<Vec<_>>()
         .into_iter()

@@ -9,23 +9,14 @@ use mmbal_data::preprocess::{preprocess_folder, preprocess_video, write_recipe, 
 use mmbal_data::recipe::{AudioRecipe, DecodedData, FramesRecipe, FrontEnd, Recipe};
 use std::path::{Path, PathBuf};
 
+mod common;
+
 fn shared() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    // Under CI a missing folder fails the test instead of skipping it.
-    let dir = mmbal_data::datasets::shared_data_dir(&root).unwrap_or_else(|e| panic!("{e:#}"));
-    if dir.is_none() {
-        eprintln!(
-            "MMBAL_SHARED_DATA is not set or not a folder: layout checks on real clips not run"
-        );
-    }
-    dir
+    common::shared("layout checks on real clips")
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mmbal-layout-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::scratch("layout", name)
 }
 
 /// Four GRID clips (digits two and three, two each) and one clip of the clips folder.

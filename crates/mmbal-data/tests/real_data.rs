@@ -1,29 +1,21 @@
 //! Tests on real data from the shared folder (MMBAL_SHARED_DATA) and on bad inputs.
 
-use mmbal_data::audio::Fbank;
 use mmbal_data::loader::{batches, Dataset, Row};
 use mmbal_data::manifest::{DatasetCard, Manifest, Split};
 use mmbal_data::preprocess::{preprocess_video, PreprocessRecipe};
-use mmbal_data::recipe::{AudioRecipe, FramesRecipe, FrontEnd, Recipe};
+use mmbal_data::recipe::{FramesRecipe, Recipe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod common;
+use common::fbank_recipe;
+
 fn shared() -> Option<PathBuf> {
-    // A relative path is taken from the workspace root, where the README's command runs.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    // Under CI a missing folder fails the test instead of skipping it.
-    let dir = mmbal_data::datasets::shared_data_dir(&root).unwrap_or_else(|e| panic!("{e:#}"));
-    if dir.is_none() {
-        eprintln!("MMBAL_SHARED_DATA is not set or not a folder: real-data checks not run");
-    }
-    dir
+    common::shared("real-data checks")
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mmbal-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::scratch("test", name)
 }
 
 fn av_card() -> DatasetCard {
@@ -31,24 +23,6 @@ fn av_card() -> DatasetCard {
         "name = \"t\"\nclasses = [\"zero\", \"one\", \"two\", \"three\", \"four\", \"five\", \"six\", \"seven\", \"eight\", \"nine\"]\nsplit_file = \"split.csv\"\n[[modality]]\nname = \"audio\"\nsource = \"audio/{id}.wav\"\n[[modality]]\nname = \"visual\"\nsource = \"visual/{id}\"\n",
     )
     .unwrap()
-}
-
-/// Kaldi fbank with 40 mel bins, mean removed, padded or cut to `frames`.
-fn fbank_recipe(sample_rate: u32, frames: usize) -> Recipe {
-    Recipe::Audio(AudioRecipe {
-        sample_rate,
-        offset_seconds: 0.0,
-        clip_seconds: None,
-        remove_mean: true,
-        bin_mean_norm: false,
-        front_end: FrontEnd::Fbank(Fbank {
-            num_mel_bins: 40,
-            ..Fbank::default()
-        }),
-        frames,
-        norm_mean: 0.0,
-        norm_std: 1.0,
-    })
 }
 
 fn recipes() -> Vec<Recipe> {

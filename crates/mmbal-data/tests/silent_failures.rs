@@ -1,46 +1,23 @@
 //! Reproductions of silent failures ("Runs that never lie"): each test builds the bad input
 //! itself (or takes it from MMBAL_SHARED_DATA) and checks that it is an error naming the file.
 
-use mmbal_data::audio::{write_wav, Fbank, Waveform};
+use mmbal_data::audio::{write_wav, Waveform};
 use mmbal_data::loader::Dataset;
 use mmbal_data::manifest::{Manifest, Split};
 use mmbal_data::preprocess::{preprocess_folder, preprocess_video, read_labels, PreprocessRecipe};
-use mmbal_data::recipe::{AudioRecipe, FramesRecipe, FrontEnd, Recipe};
+use mmbal_data::recipe::{FramesRecipe, Recipe};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::fbank_recipe;
+
 fn shared() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    // Under CI a missing folder fails the test instead of skipping it.
-    let dir = mmbal_data::datasets::shared_data_dir(&root).unwrap_or_else(|e| panic!("{e:#}"));
-    if dir.is_none() {
-        eprintln!("MMBAL_SHARED_DATA is not set or not a folder: real-data checks not run");
-    }
-    dir
+    common::shared("real-data checks")
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mmbal-silent-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn fbank_recipe(sample_rate: u32, frames: usize) -> Recipe {
-    Recipe::Audio(AudioRecipe {
-        sample_rate,
-        offset_seconds: 0.0,
-        clip_seconds: None,
-        remove_mean: true,
-        bin_mean_norm: false,
-        front_end: FrontEnd::Fbank(Fbank {
-            num_mel_bins: 40,
-            ..Fbank::default()
-        }),
-        frames,
-        norm_mean: 0.0,
-        norm_std: 1.0,
-    })
+    common::scratch("silent", name)
 }
 
 fn frames_recipe(count: usize, span: Option<[f64; 2]>) -> FramesRecipe {

@@ -8,8 +8,8 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{assert_close, fixture, get, scalar, tiny_blank};
-use mmbal_fusion::{FusionHead, FusionKind, LinearInit, MultimodalModel};
+use common::{assert_close, av_model, fixture, get, scalar, tiny_blank};
+use mmbal_fusion::{FusionKind, MultimodalModel};
 use mmbal_methods::{build_method, BalanceMethod, StepIndex};
 use mmbal_train::optim::Sgd;
 use mmbal_train::train_step;
@@ -27,15 +27,7 @@ fn reference_name(n: &str) -> String {
 }
 
 fn build(f: &HashMap<String, Tensor>, options: &str) -> (MultimodalModel, Box<dyn BalanceMethod>) {
-    let dev = Device::Cpu;
-    let head = FusionHead::new(FusionKind::Sum, &[8, 8], 5, LinearInit::Pytorch, 0, &dev).unwrap();
-    let mut model = MultimodalModel::from_parts(
-        vec!["audio".into(), "visual".into()],
-        vec![Box::new(tiny_blank(1)), Box::new(tiny_blank(3))],
-        head,
-        &dev,
-    )
-    .unwrap();
+    let mut model = av_model(FusionKind::Sum, tiny_blank(1), tiny_blank(3));
     let options: toml::Table = toml::from_str(options).unwrap();
     let mut method = build_method("greedy", &options).unwrap();
     method.prepare_model(&mut model).unwrap();

@@ -12,13 +12,15 @@
 //! is compared with mmbal's `project = true`. Evaluation: the official `valid` with fixed
 //! (0.55 / 0.45) and `--dynamic` fusion.
 
-use candle_core::{DType, Device, Tensor, Var};
-use mmbal_encoders::{conv2d, max_pool2d, relu, BatchNorm2d, Encoder};
-use mmbal_fusion::{ForwardOut, FusionHead, FusionKind, LinearInit, MultimodalModel};
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::{batch, fixture, max_abs, meta, official_model, official_name, Report};
+use mmbal_fusion::{ForwardOut, FusionKind, MultimodalModel};
 use mmbal_methods::{BalanceMethod, Grads, StepCtx, StepIndex, StepPlan};
 use mmbal_train::optim::Sgd;
 use mmbal_train::train_step;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 const BATCHES: usize = 3;
 const MODS: [&str; 2] = ["audio", "visual"];
@@ -27,145 +29,8 @@ const TOL: f32 = 1e-5;
 /// Gradients: relative tolerance.
 const GTOL: f32 = 1e-4;
 
-/// The fixture's encoder: Conv(cin, 4, 3, s2, p1) BN ReLU MaxPool(3, 2, 1) Conv(4, 8, 3, s1, p1)
-/// BN ReLU, named as the official script's tiny backbone (the slots of the official ResNet:
-/// conv1, bn1, layer1.0, layer1.1).
-struct Tiny {
-    conv1: Var,
-    bn1: BatchNorm2d,
-    conv2: Var,
-    bn2: BatchNorm2d,
-}
-
-impl Encoder for Tiny {
-    fn out_dim(&self) -> usize {
-        8
-    }
-    fn num_stages(&self) -> usize {
-        1
-    }
-    fn stage_channels(&self, _i: usize) -> usize {
-        8
-    }
-    fn stage(&self, _i: usize, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let y = relu(
-            &self
-                .bn1
-                .forward(&conv2d(x, self.conv1.as_tensor(), 2, 1)?, train)?,
-        )?;
-        let y = max_pool2d(&y, 3, 2, 1)?;
-        relu(
-            &self
-                .bn2
-                .forward(&conv2d(&y, self.conv2.as_tensor(), 1, 1)?, train)?,
-        )
-    }
-    fn params(&self) -> Vec<(String, Var)> {
-        vec![
-            ("conv1.weight".into(), self.conv1.clone()),
-            ("bn1.weight".into(), self.bn1.weight.clone()),
-            ("bn1.bias".into(), self.bn1.bias.clone()),
-            ("layer1.0.weight".into(), self.conv2.clone()),
-            ("layer1.1.weight".into(), self.bn2.weight.clone()),
-            ("layer1.1.bias".into(), self.bn2.bias.clone()),
-        ]
-    }
-    fn buffers(&self) -> Vec<(String, Tensor)> {
-        let (m1, v1) = self.bn1.running_stats();
-        let (m2, v2) = self.bn2.running_stats();
-        vec![
-            ("bn1.running_mean".into(), m1),
-            ("bn1.running_var".into(), v1),
-            ("layer1.1.running_mean".into(), m2),
-            ("layer1.1.running_var".into(), v2),
-        ]
-    }
-    fn set_buffer(&self, name: &str, value: Tensor) -> candle_core::Result<()> {
-        let (bn, stat) = if let Some(s) = name.strip_prefix("bn1.") {
-            (&self.bn1, s)
-        } else if let Some(s) = name.strip_prefix("layer1.1.") {
-            (&self.bn2, s)
-        } else {
-            candle_core::bail!("no buffer {name}")
-        };
-        let (m, v) = bn.running_stats();
-        match stat {
-            "running_mean" => bn.set_running_stats(value, v),
-            _ => bn.set_running_stats(m, value),
-        }
-        Ok(())
-    }
-}
-
 fn fixtures() -> HashMap<String, Tensor> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/mla_official.safetensors"
-    );
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-fn official_module(modality: &str) -> &'static str {
-    match modality {
-        "audio" => "audio_net",
-        "visual" => "visual_net",
-        m => panic!("no modality {m}"),
-    }
-}
-
-/// `encoders.audio.conv1.weight` -> `audio_net.conv1.weight`; `head.fc.weight` ->
-/// `fusion_module.fc_out.weight`.
-fn official_name(n: &str) -> String {
-    if let Some(rest) = n.strip_prefix("encoders.") {
-        let (m, p) = rest.split_once('.').unwrap();
-        format!("{}.{p}", official_module(m))
-    } else if let Some(p) = n.strip_prefix("head.fc.") {
-        format!("fusion_module.fc_out.{p}")
-    } else {
-        panic!("unexpected parameter {n}")
-    }
-}
-
-fn tiny(f: &HashMap<String, Tensor>, m: &str) -> Tiny {
-    let dev = Device::Cpu;
-    let o = official_module(m);
-    let var = |k: &str| Var::from_tensor(&f[&format!("init.{o}.{k}")]).unwrap();
-    let bn = |p: &str, c: usize| {
-        let b = BatchNorm2d::new(c, &dev).unwrap();
-        b.weight.set(&f[&format!("init.{o}.{p}.weight")]).unwrap();
-        b.bias.set(&f[&format!("init.{o}.{p}.bias")]).unwrap();
-        b.set_running_stats(
-            f[&format!("init.{o}.{p}.running_mean")].clone(),
-            f[&format!("init.{o}.{p}.running_var")].clone(),
-        );
-        b
-    };
-    Tiny {
-        conv1: var("conv1.weight"),
-        bn1: bn("bn1", 4),
-        conv2: var("layer1.0.weight"),
-        bn2: bn("layer1.1", 8),
-    }
-}
-
-/// The official initial weights, one head `Linear(8, 5)` shared by both modalities.
-fn tiny_model(f: &HashMap<String, Tensor>) -> MultimodalModel {
-    let dev = Device::Cpu;
-    let head =
-        FusionHead::new(FusionKind::Shared, &[8, 8], 5, LinearInit::Pytorch, 0, &dev).unwrap();
-    let model = MultimodalModel::from_parts(
-        vec!["audio".into(), "visual".into()],
-        vec![Box::new(tiny(f, "audio")), Box::new(tiny(f, "visual"))],
-        head,
-        &dev,
-    )
-    .unwrap();
-    for (n, v) in model.named_params() {
-        if n.starts_with("head.") {
-            v.set(&f[&format!("init.{}", official_name(&n))]).unwrap();
-        }
-    }
-    model
+    fixture("mla_official")
 }
 
 /// What one turn of mmbal did.
@@ -253,83 +118,10 @@ impl BalanceMethod for Recorder {
     }
 }
 
-#[derive(Default)]
-struct Report {
-    max: BTreeMap<&'static str, (f32, String)>,
-    failures: Vec<String>,
-}
-
-impl Report {
-    fn tensor(&mut self, kind: &'static str, name: &str, got: &Tensor, want: &Tensor, tol: f32) {
-        if got.dims() != want.dims() {
-            self.failures.push(format!(
-                "{name}: shape {:?} vs official {:?}",
-                got.dims(),
-                want.dims()
-            ));
-            return;
-        }
-        let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
-        let (got, want) = (f(got), f(want));
-        let max = |t: Tensor| {
-            t.abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        let d = max((&got - &want).unwrap());
-        let rel = d / max(want).max(1e-3);
-        self.note(kind, name, rel, tol);
-    }
-    fn scalar(&mut self, kind: &'static str, name: &str, got: f64, want: f64, tol: f32) {
-        let rel = ((got - want).abs() / want.abs().max(1e-3)) as f32;
-        self.note(kind, name, rel, tol);
-    }
-    fn note(&mut self, kind: &'static str, name: &str, rel: f32, tol: f32) {
-        if rel > tol || rel.is_nan() {
-            self.failures.push(format!(
-                "{name}: relative difference {rel:e} (tolerance {tol:e})"
-            ));
-        }
-        let e = self.max.entry(kind).or_insert((0.0, String::new()));
-        if e.1.is_empty() || rel > e.0 || rel.is_nan() {
-            *e = (rel, name.to_string());
-        }
-    }
-    fn finish(self, what: &str) {
-        for (kind, (rel, name)) in &self.max {
-            println!("{what}: {kind}: max relative difference {rel:e} ({name})");
-        }
-        assert!(
-            self.failures.is_empty(),
-            "{what} departs from the official code ({} differences):\n  {}",
-            self.failures.len(),
-            self.failures.join("\n  ")
-        );
-    }
-}
-
-fn meta(f: &HashMap<String, Tensor>, k: &str) -> f64 {
-    let v = f[k].flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
-    format!("{v}").parse().unwrap()
-}
-
-fn batch(f: &HashMap<String, Tensor>, b: usize) -> ([Tensor; 2], Tensor) {
-    (
-        [
-            f[&format!("input_audio.b{b}")].clone(),
-            f[&format!("input_visual.b{b}")].clone(),
-        ],
-        f[&format!("label.b{b}")].to_dtype(DType::U32).unwrap(),
-    )
-}
-
 /// Runs mmbal's `mla` with `options` over the fixture's three batches (one epoch).
 fn run(f: &HashMap<String, Tensor>, options: &str) -> (MultimodalModel, Recorder) {
     let dev = Device::Cpu;
-    let mut model = tiny_model(f);
+    let mut model = official_model(f, FusionKind::Shared);
     let opts: toml::Table = toml::from_str(options).unwrap();
     let mut inner = mmbal_methods::build_method("mla", &opts).unwrap();
     inner.prepare_model(&mut model).unwrap();
@@ -346,7 +138,7 @@ fn run(f: &HashMap<String, Tensor>, options: &str) -> (MultimodalModel, Recorder
     let batches = meta(f, "meta.batches") as usize;
     assert_eq!(batches, BATCHES);
     for b in 0..batches {
-        let (inputs, labels) = batch(f, b);
+        let (inputs, labels) = batch(f, &format!("b{b}"));
         let keep = Tensor::ones((labels.dim(0).unwrap(), 2), DType::F32, &dev).unwrap();
         let at = StepIndex {
             epoch: 0,
@@ -437,36 +229,15 @@ fn fixture_is_what_the_official_code_runs() {
         for m in MODS {
             // The official projection never fires: P stays I, the head gradient is untouched.
             let p = format!("mla.b{b}.{m}");
-            let d = (&f[&format!("{p}.P")] - &eye).unwrap().abs().unwrap();
-            assert_eq!(
-                d.max_all().unwrap().to_scalar::<f32>().unwrap(),
-                0.0,
-                "{p}.P"
-            );
+            let d = (&f[&format!("{p}.P")] - &eye).unwrap();
+            assert_eq!(max_abs(&d), 0.0, "{p}.P");
             let w = "fusion_module.fc_out.weight";
             let d = (&f[&format!("{p}.used.{w}")] - &f[&format!("{p}.grad.{w}")]).unwrap();
-            assert_eq!(
-                d.abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap(),
-                0.0
-            );
+            assert_eq!(max_abs(&d), 0.0);
         }
     }
     // With the name check matched it projects from the second turn on.
-    let moved = |k: &str| {
-        (&f[k] - &eye)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
+    let moved = |k: &str| max_abs(&(&f[k] - &eye).unwrap());
     assert_eq!(moved("mla_proj.b0.audio.P"), 0.0);
     assert!(moved("mla_proj.b0.visual.P") > 0.1);
 }
@@ -499,7 +270,7 @@ fn mla_projection_matches_official_before_update() {
 }
 
 fn eval_outputs(f: &HashMap<String, Tensor>, model: &MultimodalModel) -> ForwardOut {
-    let (inputs, _) = batch(f, BATCHES);
+    let (inputs, _) = batch(f, &format!("b{BATCHES}"));
     model.forward(&inputs, None, false).unwrap()
 }
 

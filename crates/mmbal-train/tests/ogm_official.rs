@@ -10,10 +10,12 @@
 //! diagnostics), the scale applied to each conv kernel gradient, raw gradients, and weights and
 //! BatchNorm statistics after every step must equal the official ones.
 
-use candle_core::{DType, Device, Tensor, Var};
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::{batch, fixture, floats, meta, official_model, official_name, Report};
 use mmbal_data::{Dataset, Manifest, Row};
-use mmbal_encoders::{conv2d, max_pool2d, relu, BatchNorm2d, Encoder};
-use mmbal_fusion::{ForwardOut, FusionHead, FusionKind, LinearInit, MultimodalModel};
+use mmbal_fusion::{ForwardOut, FusionKind, MultimodalModel};
 use mmbal_methods::{BalanceMethod, EpochCtx, Grads, StepCtx, StepIndex, StepPlan};
 use mmbal_train::optim::Sgd;
 use mmbal_train::train_step;
@@ -24,146 +26,8 @@ const EPOCHS: usize = 4;
 /// Relative tolerance (difference / max |official value|).
 const TOL: f32 = 1e-5;
 
-/// The fixture's encoder: Conv(cin, 4, 3, s2, p1) BN ReLU MaxPool(3, 2, 1) Conv(4, 8, 3, s1, p1)
-/// BN ReLU, named as the official script's tiny backbone (the slots of the official ResNet:
-/// conv1, bn1, layer1.0, layer1.1).
-struct Tiny {
-    conv1: Var,
-    bn1: BatchNorm2d,
-    conv2: Var,
-    bn2: BatchNorm2d,
-}
-
-impl Encoder for Tiny {
-    fn out_dim(&self) -> usize {
-        8
-    }
-    fn num_stages(&self) -> usize {
-        1
-    }
-    fn stage_channels(&self, _i: usize) -> usize {
-        8
-    }
-    fn stage(&self, _i: usize, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let y = relu(
-            &self
-                .bn1
-                .forward(&conv2d(x, self.conv1.as_tensor(), 2, 1)?, train)?,
-        )?;
-        let y = max_pool2d(&y, 3, 2, 1)?;
-        relu(
-            &self
-                .bn2
-                .forward(&conv2d(&y, self.conv2.as_tensor(), 1, 1)?, train)?,
-        )
-    }
-    fn params(&self) -> Vec<(String, Var)> {
-        vec![
-            ("conv1.weight".into(), self.conv1.clone()),
-            ("bn1.weight".into(), self.bn1.weight.clone()),
-            ("bn1.bias".into(), self.bn1.bias.clone()),
-            ("layer1.0.weight".into(), self.conv2.clone()),
-            ("layer1.1.weight".into(), self.bn2.weight.clone()),
-            ("layer1.1.bias".into(), self.bn2.bias.clone()),
-        ]
-    }
-    fn buffers(&self) -> Vec<(String, Tensor)> {
-        let (m1, v1) = self.bn1.running_stats();
-        let (m2, v2) = self.bn2.running_stats();
-        vec![
-            ("bn1.running_mean".into(), m1),
-            ("bn1.running_var".into(), v1),
-            ("layer1.1.running_mean".into(), m2),
-            ("layer1.1.running_var".into(), v2),
-        ]
-    }
-    fn set_buffer(&self, name: &str, value: Tensor) -> candle_core::Result<()> {
-        let (bn, stat) = if let Some(s) = name.strip_prefix("bn1.") {
-            (&self.bn1, s)
-        } else if let Some(s) = name.strip_prefix("layer1.1.") {
-            (&self.bn2, s)
-        } else {
-            candle_core::bail!("no buffer {name}")
-        };
-        let (m, v) = bn.running_stats();
-        match stat {
-            "running_mean" => bn.set_running_stats(value, v),
-            _ => bn.set_running_stats(m, value),
-        }
-        Ok(())
-    }
-}
-
 fn fixtures() -> HashMap<String, Tensor> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/ogm_official.safetensors"
-    );
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-/// Official modules: `audio_net`, `visual_net`, `fusion_module.fc_out`.
-fn official_module(modality: &str) -> &'static str {
-    match modality {
-        "audio" => "audio_net",
-        "visual" => "visual_net",
-        m => panic!("no modality {m}"),
-    }
-}
-
-/// Model name (`encoders.audio.conv1.weight`, `head.fc.weight`) to the official state_dict name
-/// (`audio_net.conv1.weight`, `fusion_module.fc_out.weight`).
-fn official_name(n: &str) -> String {
-    if let Some(rest) = n.strip_prefix("encoders.") {
-        let (m, p) = rest.split_once('.').unwrap();
-        format!("{}.{p}", official_module(m))
-    } else if let Some(p) = n.strip_prefix("head.fc.") {
-        format!("fusion_module.fc_out.{p}")
-    } else {
-        panic!("unexpected parameter {n}")
-    }
-}
-
-fn tiny(f: &HashMap<String, Tensor>, m: &str) -> Tiny {
-    let dev = Device::Cpu;
-    let o = official_module(m);
-    let var = |k: &str| Var::from_tensor(&f[&format!("init.{o}.{k}")]).unwrap();
-    let bn = |p: &str, c: usize| {
-        let b = BatchNorm2d::new(c, &dev).unwrap();
-        b.weight.set(&f[&format!("init.{o}.{p}.weight")]).unwrap();
-        b.bias.set(&f[&format!("init.{o}.{p}.bias")]).unwrap();
-        b.set_running_stats(
-            f[&format!("init.{o}.{p}.running_mean")].clone(),
-            f[&format!("init.{o}.{p}.running_var")].clone(),
-        );
-        b
-    };
-    Tiny {
-        conv1: var("conv1.weight"),
-        bn1: bn("bn1", 4),
-        conv2: var("layer1.0.weight"),
-        bn2: bn("layer1.1", 8),
-    }
-}
-
-/// The fixture's model with the official initial weights: concat head Linear(16, 5).
-fn tiny_model(f: &HashMap<String, Tensor>) -> MultimodalModel {
-    let dev = Device::Cpu;
-    let head =
-        FusionHead::new(FusionKind::Concat, &[8, 8], 5, LinearInit::Pytorch, 0, &dev).unwrap();
-    let model = MultimodalModel::from_parts(
-        vec!["audio".into(), "visual".into()],
-        vec![Box::new(tiny(f, "audio")), Box::new(tiny(f, "visual"))],
-        head,
-        &dev,
-    )
-    .unwrap();
-    for (n, v) in model.named_params() {
-        if n.starts_with("head.") {
-            v.set(&f[&format!("init.{}", official_name(&n))]).unwrap();
-        }
-    }
-    model
+    fixture("ogm_official")
 }
 
 /// A method that keeps the gradients it was handed and the ones it passed on.
@@ -212,96 +76,6 @@ impl BalanceMethod for Recorder {
     }
 }
 
-/// Collects every comparison: the largest relative difference per kind, and the failures.
-#[derive(Default)]
-struct Report {
-    max: std::collections::BTreeMap<&'static str, (f32, String)>,
-    failures: Vec<String>,
-}
-
-impl Report {
-    fn tensor(&mut self, kind: &'static str, name: &str, got: &Tensor, want: &Tensor, tol: f32) {
-        if got.dims() != want.dims() {
-            self.failures.push(format!(
-                "{name}: shape {:?} vs official {:?}",
-                got.dims(),
-                want.dims()
-            ));
-            return;
-        }
-        let want = want.to_dtype(DType::F32).unwrap();
-        let got = got.to_dtype(DType::F32).unwrap();
-        let d = (&got - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let scale = want
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .max(1e-3);
-        self.note(kind, name, d / scale, tol);
-    }
-
-    fn scalar(&mut self, kind: &'static str, name: &str, got: f64, want: f64, tol: f32) {
-        let rel = ((got - want).abs() / want.abs().max(1e-3)) as f32;
-        if rel > tol {
-            self.failures
-                .push(format!("{name}: mmbal {got} vs official {want}"));
-        }
-        self.record(kind, name, rel);
-    }
-
-    fn note(&mut self, kind: &'static str, name: &str, rel: f32, tol: f32) {
-        if rel > tol || rel.is_nan() {
-            self.failures.push(format!(
-                "{name}: relative difference {rel:e} (tolerance {tol:e})"
-            ));
-        }
-        self.record(kind, name, rel);
-    }
-
-    fn record(&mut self, kind: &'static str, name: &str, rel: f32) {
-        let e = self.max.entry(kind).or_insert((0.0, String::new()));
-        if e.1.is_empty() || rel > e.0 || rel.is_nan() {
-            *e = (rel, name.to_string());
-        }
-    }
-
-    fn finish(self, what: &str) {
-        for (kind, (rel, name)) in &self.max {
-            println!("{what}: {kind}: max relative difference {rel:e} ({name})");
-        }
-        assert!(
-            self.failures.is_empty(),
-            "{what} departs from the official code:\n  {}",
-            self.failures.join("\n  ")
-        );
-    }
-}
-
-/// A float32 fixture scalar as the decimal it was written from (0.8, not 0.800000011920929).
-fn meta(f: &HashMap<String, Tensor>, k: &str) -> f64 {
-    let v = scalars(f, k)[0] as f32;
-    format!("{v}").parse().unwrap()
-}
-
-fn scalars(f: &HashMap<String, Tensor>, k: &str) -> Vec<f64> {
-    f[k].to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
-}
-
 /// An empty dataset: `epoch_plan` only needs the context to start its per-epoch log.
 fn empty_dataset() -> Arc<Dataset> {
     let manifest = Manifest {
@@ -317,22 +91,12 @@ fn empty_dataset() -> Arc<Dataset> {
 /// mmbal's method options matching the official arguments in the fixture.
 fn options(f: &HashMap<String, Tensor>, extra: &str) -> toml::Table {
     let alpha = meta(f, "meta.alpha");
-    let w = scalars(f, "meta.window");
+    let w = floats(f, "meta.window");
     let text = format!(
         "alpha = {alpha}\nstart_epoch = {}\nend_epoch = {}\n{extra}",
         w[0] as usize, w[1] as usize
     );
     toml::from_str(&text).unwrap()
-}
-
-fn batch(f: &HashMap<String, Tensor>, e: usize) -> ([Tensor; 2], Tensor) {
-    (
-        [
-            f[&format!("input_audio.e{e}")].clone(),
-            f[&format!("input_visual.e{e}")].clone(),
-        ],
-        f[&format!("label.e{e}")].to_dtype(DType::U32).unwrap(),
-    )
 }
 
 /// Runs the four epochs with `method` (wrapped in a [`Recorder`]) and calls `check` after each
@@ -343,7 +107,7 @@ fn run(
     mut check: impl FnMut(usize, f64, &ForwardOut, &Recorder, &MultimodalModel),
 ) {
     let dev = Device::Cpu;
-    let model = tiny_model(f);
+    let model = official_model(f, FusionKind::Concat);
     let dataset = empty_dataset();
     let mut rec = Recorder {
         inner: method,
@@ -367,7 +131,7 @@ fn run(
             out_dir: None,
         };
         assert!(rec.epoch_plan(&ctx).unwrap().is_none());
-        let (inputs, labels) = batch(f, e);
+        let (inputs, labels) = batch(f, &format!("e{e}"));
         let keep = Tensor::ones((labels.dim(0).unwrap(), 2), DType::F32, &dev).unwrap();
         let at = StepIndex {
             epoch: e,
@@ -404,14 +168,14 @@ fn diag(rec: &Recorder) -> HashMap<String, f64> {
 #[test]
 fn fixture_covers_both_leads_and_the_window_edges() {
     let f = fixtures();
-    let w = scalars(&f, "meta.window");
+    let w = floats(&f, "meta.window");
     assert_eq!((w[0], w[1]), (1.0, 2.0));
-    let ratio_v = |e: usize| scalars(&f, &format!("ogm.e{e}.ratio"))[1];
+    let ratio_v = |e: usize| floats(&f, &format!("ogm.e{e}.ratio"))[1];
     assert!(ratio_v(1) < 0.98, "epoch 1: audio leads");
     assert!(ratio_v(2) > 1.02, "epoch 2: visual leads");
     for e in 0..EPOCHS {
-        let coeff = scalars(&f, &format!("ogm.e{e}.coeff"));
-        let applied = scalars(&f, &format!("ogm.e{e}.applied"));
+        let coeff = floats(&f, &format!("ogm.e{e}.coeff"));
+        let applied = floats(&f, &format!("ogm.e{e}.applied"));
         // The official code computes a coefficient in every epoch...
         assert!(coeff.iter().any(|c| *c < 0.5), "epoch {e}: {coeff:?}");
         // ...and applies it only inside modulation_starts <= epoch <= modulation_ends.
@@ -446,7 +210,7 @@ fn ogm_four_epochs_match_official_train_epoch() {
             "loss",
             &format!("{p}.loss"),
             loss,
-            scalars(&f, &format!("{p}.loss"))[0],
+            floats(&f, &format!("{p}.loss"))[0],
             TOL,
         );
         report.tensor(
@@ -473,8 +237,8 @@ fn ogm_four_epochs_match_official_train_epoch() {
         // Scores, ratios and coefficients: the method's diagnostics (one step per epoch, so the
         // epoch means are this step's values). The official code computes them in every epoch.
         let d = diag(rec);
-        let want_coeff = scalars(&f, &format!("{p}.coeff"));
-        let want_ratio = scalars(&f, &format!("{p}.ratio"));
+        let want_coeff = floats(&f, &format!("{p}.coeff"));
+        let want_ratio = floats(&f, &format!("{p}.ratio"));
         for (i, m) in ["audio", "visual"].iter().enumerate() {
             match d.get(&format!("ogm_coeff_{m}")) {
                 Some(&c) => {
@@ -495,7 +259,7 @@ fn ogm_four_epochs_match_official_train_epoch() {
         }
         // The coefficient formula alone, on the official scores.
         let (k, _) = mmbal_methods::ogm_coefficients(
-            &scalars(&f, &format!("{p}.score")),
+            &floats(&f, &format!("{p}.score")),
             meta(&f, "meta.alpha"),
         );
         for (i, m) in ["audio", "visual"].iter().enumerate() {
@@ -508,7 +272,7 @@ fn ogm_four_epochs_match_official_train_epoch() {
             );
         }
         // What was applied: every gradient's scale; only 4-D kernels of an encoder may move.
-        let applied = scalars(&f, &format!("{p}.applied"));
+        let applied = floats(&f, &format!("{p}.applied"));
         for (n, v) in model.named_params() {
             let (raw, used) = (&rec.raw[&n], &rec.used[&n]);
             report.tensor(
@@ -586,7 +350,7 @@ fn ogm_ge_noise_where_and_how_the_official_code_adds_it() {
     let mut report = Report::default();
     run(&f, method, |e, _loss, _out, rec, model| {
         let p = format!("ogm_ge.e{e}");
-        let coeff = scalars(&f, &format!("{p}.coeff"));
+        let coeff = floats(&f, &format!("{p}.coeff"));
         if e <= 1 {
             let d = diag(rec);
             for (i, m) in ["audio", "visual"].iter().enumerate() {
@@ -613,7 +377,7 @@ fn ogm_ge_noise_where_and_how_the_official_code_adds_it() {
                 "visual"
             };
             let official = official_name(&n);
-            let official_noise = scalars(&f, &format!("{p}.noise_std.{official}"))[0];
+            let official_noise = floats(&f, &format!("{p}.noise_std.{official}"))[0];
             // Where the official code modulates (it adds noise exactly there), the scale is
             // mmbal's own coefficient this step (its trajectory differs from the official one
             // once noise was added); elsewhere the gradient must be left as it is.
@@ -626,7 +390,7 @@ fn ogm_ge_noise_where_and_how_the_official_code_adds_it() {
             let ratio = std(&noise) / (std(raw) + 1e-8);
             if official_noise > 0.0 {
                 let official_ratio =
-                    official_noise / (scalars(&f, &format!("{p}.grad_std.{official}"))[0] + 1e-8);
+                    official_noise / (floats(&f, &format!("{p}.grad_std.{official}"))[0] + 1e-8);
                 println!(
                     "{p} {n}: noise std / grad std mmbal {ratio:.3}, official {official_ratio:.3}"
                 );

@@ -10,8 +10,8 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{assert_close, fixture, get, scalar, tiny_blank};
-use mmbal_fusion::{FusionHead, FusionKind, LinearInit, MultimodalModel};
+use common::{assert_close, av_model, fixture, get, scalar, tiny_blank};
+use mmbal_fusion::{FusionKind, MultimodalModel};
 use mmbal_methods::{build_method, BalanceMethod, StepIndex};
 use mmbal_train::optim::Sgd;
 use mmbal_train::train_step;
@@ -40,16 +40,7 @@ fn model(f: &HashMap<String, Tensor>) -> MultimodalModel {
 
 /// The tiny model with the weights and BatchNorm statistics stored under `prefix.`.
 fn model_at(f: &HashMap<String, Tensor>, prefix: &str) -> MultimodalModel {
-    let dev = Device::Cpu;
-    let head =
-        FusionHead::new(FusionKind::Concat, &[8, 8], 5, LinearInit::Pytorch, 0, &dev).unwrap();
-    let model = MultimodalModel::from_parts(
-        vec!["audio".into(), "visual".into()],
-        vec![Box::new(tiny_blank(1)), Box::new(tiny_blank(3))],
-        head,
-        &dev,
-    )
-    .unwrap();
+    let model = av_model(FusionKind::Concat, tiny_blank(1), tiny_blank(3));
     for (n, v) in model.named_params() {
         v.set(&get(f, &format!("{prefix}.{}", reference_name(&n))))
             .unwrap();

@@ -3,9 +3,8 @@
 //! running statistics after SGD(lr 0.1, momentum 0.9, weight decay 1e-4)) and the Shapley
 //! valuation of a batch (`shapley.*`).
 
-use candle_core::{DType, Device, Tensor, Var};
-use mmbal_encoders::BatchNorm2d;
-use mmbal_fusion::{ForwardOut, FusionHead, FusionKind, LinearInit, MultimodalModel};
+use candle_core::{DType, Device, Tensor};
+use mmbal_fusion::{ForwardOut, FusionKind, MultimodalModel};
 use mmbal_methods::{BalanceMethod, Grads, Joint, StepCtx, StepIndex};
 use mmbal_train::optim::Sgd;
 use mmbal_train::train_step;
@@ -14,35 +13,16 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 mod common;
-use common::Tiny;
+use common::{assert_close, av_model, fixture, Tiny, TinyNames};
 
 fn fixtures() -> HashMap<String, Tensor> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/tiny_av.safetensors"
-    );
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+    fixture("tiny_av")
 }
 
 fn tiny(f: &HashMap<String, Tensor>, m: &str) -> Tiny {
-    let dev = Device::Cpu;
-    let var = |k: &str| Var::from_tensor(&f[&format!("init.{m}.{k}")]).unwrap();
-    let bn = |i: usize, c: usize| {
-        let b = BatchNorm2d::new(c, &dev).unwrap();
-        b.weight.set(&f[&format!("init.{m}.{i}.weight")]).unwrap();
-        b.bias.set(&f[&format!("init.{m}.{i}.bias")]).unwrap();
-        b.set_running_stats(
-            f[&format!("init.{m}.{i}.running_mean")].clone(),
-            f[&format!("init.{m}.{i}.running_var")].clone(),
-        );
-        b
-    };
-    Tiny {
-        c0: var("0.weight"),
-        bn1: bn(1, 4),
-        c4: var("4.weight"),
-        bn5: bn(5, 8),
-    }
+    Tiny::from_fn(TinyNames::Sequential, |k| {
+        f[&format!("init.{m}.{k}")].clone()
+    })
 }
 
 /// Joint training that also keeps the raw gradients it was handed.
@@ -70,30 +50,6 @@ impl BalanceMethod for Recording {
     }
 }
 
-fn assert_close(name: &str, got: &Tensor, want: &Tensor, tol: f32) {
-    assert_eq!(got.dims(), want.dims(), "{name}");
-    let d = (got - want.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let scale = want
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        .max(1e-3);
-    assert!(
-        d <= tol * scale,
-        "{name}: max difference {d} (scale {scale})"
-    );
-}
-
 /// Model name (`encoders.audio.0.weight`, `head.fc.weight`) to fixture name (`audio.0.weight`,
 /// `head.weight`).
 fn fixture_name(n: &str) -> String {
@@ -102,16 +58,7 @@ fn fixture_name(n: &str) -> String {
 
 /// The fixture's model with its initial weights.
 fn tiny_model(f: &HashMap<String, Tensor>) -> MultimodalModel {
-    let dev = Device::Cpu;
-    let head =
-        FusionHead::new(FusionKind::Concat, &[8, 8], 5, LinearInit::Pytorch, 0, &dev).unwrap();
-    let model = MultimodalModel::from_parts(
-        vec!["audio".into(), "visual".into()],
-        vec![Box::new(tiny(f, "audio")), Box::new(tiny(f, "visual"))],
-        head,
-        &dev,
-    )
-    .unwrap();
+    let model = av_model(FusionKind::Concat, tiny(f, "audio"), tiny(f, "visual"));
     for (n, v) in model.head.params() {
         v.set(&f[&format!("init.head.{}", n.trim_start_matches("fc."))])
             .unwrap();
@@ -489,15 +436,7 @@ impl BalanceMethod for HeadGrads {
 fn mla_steps_match_pytorch() {
     let f = fixtures();
     let dev = Device::Cpu;
-    let head =
-        FusionHead::new(FusionKind::Shared, &[8, 8], 5, LinearInit::Pytorch, 0, &dev).unwrap();
-    let mut model = MultimodalModel::from_parts(
-        vec!["audio".into(), "visual".into()],
-        vec![Box::new(tiny(&f, "audio")), Box::new(tiny(&f, "visual"))],
-        head,
-        &dev,
-    )
-    .unwrap();
+    let mut model = av_model(FusionKind::Shared, tiny(&f, "audio"), tiny(&f, "visual"));
     for (n, v) in model.head.params() {
         v.set(&f[&format!("mla.head_init.{}", n.trim_start_matches("fc."))])
             .unwrap();

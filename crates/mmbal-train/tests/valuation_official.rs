@@ -13,16 +13,15 @@
 //! the official part means, including the copy counts at the sample-level thresholds and the
 //! truncation of the modality-level `d * N`.
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 use mmbal_data::Row;
-use mmbal_encoders::BatchNorm2d;
-use mmbal_fusion::{FusionHead, FusionKind, LinearInit, MultimodalModel};
+use mmbal_fusion::{FusionKind, MultimodalModel};
 use mmbal_resample::{copies_for, modality_level_copies, modality_level_plan, sample_level_plan};
 use mmbal_valuation::{value_batch, Benefit, MaskRoute, Valuation};
 use std::collections::HashMap;
 
 mod common;
-use common::{assert_close, fixture, Tiny};
+use common::{assert_close, av_model, fixture, floats, ints, max_abs, meta, Tiny, TinyNames};
 
 /// Relative tolerance of the logits (difference / max |official value|).
 const TOL: f32 = 1e-5;
@@ -51,75 +50,25 @@ fn official_name(n: &str) -> String {
     format!("model.{m}_net.{slot}.{what}")
 }
 
+/// The official weights and BatchNorm statistics of modality `m`, looked up by their official
+/// names.
 fn tiny(f: &HashMap<String, Tensor>, m: &str) -> Tiny {
-    let dev = Device::Cpu;
-    let t = |k: &str| {
-        f.get(&format!("model.{m}_net.{k}"))
-            .unwrap_or_else(|| panic!("fixture has no model.{m}_net.{k}"))
+    Tiny::from_fn(TinyNames::Sequential, |k| {
+        let key = official_name(&format!("encoders.{m}.{k}"));
+        f.get(&key)
+            .unwrap_or_else(|| panic!("fixture has no {key}"))
             .clone()
-    };
-    let bn = |p: &str, c: usize| {
-        let b = BatchNorm2d::new(c, &dev).unwrap();
-        b.weight.set(&t(&format!("{p}.weight"))).unwrap();
-        b.bias.set(&t(&format!("{p}.bias"))).unwrap();
-        b.set_running_stats(
-            t(&format!("{p}.running_mean")),
-            t(&format!("{p}.running_var")),
-        );
-        b
-    };
-    Tiny {
-        c0: Var::from_tensor(&t("conv1.weight")).unwrap(),
-        bn1: bn("bn1", 4),
-        c4: Var::from_tensor(&t("layer1.0.weight")).unwrap(),
-        bn5: bn("layer1.1", 8),
-    }
+    })
 }
 
 /// The valued model: the official weights and BatchNorm statistics after its warm-up epochs,
 /// concat head Linear(16, 5).
 fn tiny_model(f: &HashMap<String, Tensor>) -> MultimodalModel {
-    let dev = Device::Cpu;
-    let head =
-        FusionHead::new(FusionKind::Concat, &[8, 8], 5, LinearInit::Pytorch, 0, &dev).unwrap();
-    let model = MultimodalModel::from_parts(
-        vec!["audio".into(), "visual".into()],
-        vec![Box::new(tiny(f, "audio")), Box::new(tiny(f, "visual"))],
-        head,
-        &dev,
-    )
-    .unwrap();
+    let model = av_model(FusionKind::Concat, tiny(f, "audio"), tiny(f, "visual"));
     for (n, v) in model.named_params() {
         v.set(&f[&official_name(&n)]).unwrap();
     }
     model
-}
-
-fn ints(f: &HashMap<String, Tensor>, k: &str) -> Vec<i64> {
-    f.get(k)
-        .unwrap_or_else(|| panic!("fixture has no `{k}`"))
-        .to_dtype(DType::I64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn floats(f: &HashMap<String, Tensor>, k: &str) -> Vec<f64> {
-    f.get(k)
-        .unwrap_or_else(|| panic!("fixture has no `{k}`"))
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-/// A float32 fixture scalar as the decimal it was written from (0.2, not 0.20000000298).
-fn meta(f: &HashMap<String, Tensor>, k: &str) -> f64 {
-    format!("{}", floats(f, k)[0] as f32).parse().unwrap()
 }
 
 /// The official drop code of a row: 0 nothing zeroed, 1 audio zeroed, 2 visual zeroed.
@@ -223,18 +172,10 @@ fn contributions_match_official_execute_modulation() {
             .contiguous()
             .unwrap();
         let logits = model.head.forward(&features, Some(&keep)).unwrap().fused;
-        let max = |t: &Tensor| {
-            t.abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        let d = max(&(&logits - &f[key]).unwrap());
+        let d = max_abs(&(&logits - &f[key]).unwrap());
         println!(
             "{key}: max |mmbal - official| {d:e} (max |official| {})",
-            max(&f[key])
+            max_abs(&f[key])
         );
         assert_close(key, &logits, &f[key], TOL);
     }
