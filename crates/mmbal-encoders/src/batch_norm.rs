@@ -3,6 +3,7 @@
 //! evaluation mode uses the running statistics. The running statistics are plain tensors kept
 //! outside any optimizer.
 
+use crate::batch_norm_op::{BatchNormTrain, BatchStats};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::sync::Mutex;
 
@@ -39,9 +40,23 @@ impl BatchNorm2d {
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train && x.device().is_cpu() && x.dtype() == DType::F32 {
+            return self.forward_train_fused(x);
+        }
         let c = self.weight.dim(0)?;
         let shape = (1, c, 1, 1);
-        let (mean, var) = if train {
+        if !train {
+            // Evaluation: one per-channel affine map, `x * scale + shift` with
+            // `scale = w / sqrt(running_var + eps)` and `shift = b - running_mean * scale`
+            // computed on the (C) vectors: two passes over x instead of four.
+            let (rm, rv) = self.running_stats();
+            let scale = self.weight.as_tensor().div(&(rv + self.eps)?.sqrt()?)?;
+            let shift = self.bias.as_tensor().sub(&rm.mul(&scale)?)?;
+            return x
+                .broadcast_mul(&scale.reshape(shape)?)?
+                .broadcast_add(&shift.reshape(shape)?);
+        }
+        let (mean, var) = {
             let (n, _, h, w) = x.dims4()?;
             let count = (n * h * w) as f64;
             let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
@@ -58,15 +73,43 @@ impl BatchNorm2d {
             let new_var = ((&running.1 * (1.0 - m))? + (unbiased * m)?)?;
             *running = (new_mean, new_var);
             (mean, var)
-        } else {
-            let running = self.running.lock().unwrap();
-            (running.0.reshape(shape)?, running.1.reshape(shape)?)
         };
         let xhat = x
             .broadcast_sub(&mean)?
             .broadcast_div(&(var + self.eps)?.sqrt()?)?;
         xhat.broadcast_mul(&self.weight.reshape(shape)?)?
             .broadcast_add(&self.bias.reshape(shape)?)
+    }
+}
+
+impl BatchNorm2d {
+    /// Training-mode forward on the CPU through the fused op (`batch_norm_op`), then the running
+    /// statistics from the batch's mean and biased variance, as the composed path does.
+    fn forward_train_fused(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let stats: BatchStats = Default::default();
+        let y = x.contiguous()?.apply_op3(
+            self.weight.as_tensor(),
+            self.bias.as_tensor(),
+            BatchNormTrain {
+                eps: self.eps,
+                stats: stats.clone(),
+            },
+        )?;
+        let Some((mean, var)) = stats.lock().unwrap().take() else {
+            candle_core::bail!("batch norm: the fused forward left no statistics");
+        };
+        let count = (n * h * w) as f64;
+        let dev = x.device();
+        let mean = Tensor::from_vec(mean, c, dev)?;
+        let var = Tensor::from_vec(var, c, dev)?;
+        let mut running = self.running.lock().unwrap();
+        let m = self.momentum;
+        let new_mean = ((&running.0 * (1.0 - m))? + (mean * m)?)?;
+        let unbiased = (var * (count / (count - 1.0).max(1.0)))?;
+        let new_var = ((&running.1 * (1.0 - m))? + (unbiased * m)?)?;
+        *running = (new_mean, new_var);
+        Ok(y)
     }
 }
 

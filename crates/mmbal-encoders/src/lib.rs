@@ -26,6 +26,7 @@ use candle_core::{Result, Tensor};
 
 mod activation;
 mod batch_norm;
+mod batch_norm_op;
 mod encoder;
 mod pool;
 mod pretrained;

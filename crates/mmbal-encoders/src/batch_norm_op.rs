@@ -1,0 +1,177 @@
+//! BatchNorm's training-mode forward and backward fused into two CPU passes. Composed from candle
+//! ops, the forward is a dozen tensor ops and its backward a chain of broadcast reductions that
+//! candle runs on one thread; here each channel's statistics, and each plane's output, are
+//! computed in parallel (rayon), in f64 accumulation, with PyTorch's formulas:
+//!
+//! * forward: `mean`, biased `var` over (N, H, W); `y = (x - mean) / sqrt(var + eps) * w + b`;
+//! * backward: with `xhat = (x - mean) * invstd` and `M = N * H * W`, `db = sum dy`,
+//!   `dw = sum dy * xhat`, `dx = w * invstd / M * (M * dy - db - xhat * dw)`.
+
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// Per-channel mean and biased variance of the last forward, for the running statistics.
+pub(crate) type BatchStats = Arc<Mutex<Option<(Vec<f32>, Vec<f32>)>>>;
+
+pub(crate) struct BatchNormTrain {
+    pub eps: f64,
+    pub stats: BatchStats,
+}
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        bail!("batch norm: {what} must be contiguous")
+    };
+    Ok(&s.as_slice::<f32>()?[start..end])
+}
+
+/// Mean and biased variance of every channel of an `(n, c, hw)` array (two passes, f64).
+fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let planes = || (0..n).map(move |i| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw]);
+            let m = (n * hw) as f64;
+            let mean = planes()
+                .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
+                .sum::<f64>()
+                / m;
+            let var = planes()
+                .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
+                .sum::<f64>()
+                / m;
+            (mean, var)
+        })
+        .collect()
+}
+
+impl CustomOp3 for BatchNormTrain {
+    fn name(&self) -> &'static str {
+        "mmbal-batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = xl.shape().dims4()?;
+        let (x, weight, bias) = (
+            slice(xs, xl, "x")?,
+            slice(ws, wl, "weight")?,
+            slice(bs, bl, "bias")?,
+        );
+        let hw = h * w;
+        let stats = channel_stats(x, n, c, hw);
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(hw.max(1))
+            .enumerate()
+            .for_each(|(p, out)| {
+                let ch = p % c;
+                let (mean, var) = stats[ch];
+                let invstd = 1.0 / (var + self.eps).sqrt();
+                let (scale, shift) = (invstd * weight[ch] as f64, bias[ch] as f64);
+                for (o, &v) in out.iter_mut().zip(&x[p * hw..(p + 1) * hw]) {
+                    *o = ((v as f64 - mean) * scale + shift) as f32;
+                }
+            });
+        *self.stats.lock().unwrap() = Some((
+            stats.iter().map(|s| s.0 as f32).collect(),
+            stats.iter().map(|s| s.1 as f32).collect(),
+        ));
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = weight.dim(0)?;
+        let len = x.elem_count();
+        // One packed result: dx, then dw, then db.
+        let packed = x.contiguous()?.apply_op3_no_bwd(
+            &grad.contiguous()?,
+            &weight.contiguous()?,
+            &BatchNormTrainBackward { eps: self.eps },
+        )?;
+        let dx = packed.narrow(0, 0, len)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, len, c)?;
+        let db = packed.narrow(0, len + c, c)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+struct BatchNormTrainBackward {
+    eps: f64,
+}
+
+impl CustomOp3 for BatchNormTrainBackward {
+    fn name(&self) -> &'static str {
+        "mmbal-batch-norm-train-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = xl.shape().dims4()?;
+        let (x, dy, weight) = (
+            slice(xs, xl, "x")?,
+            slice(gs, gl, "grad")?,
+            slice(ws, wl, "weight")?,
+        );
+        let hw = h * w;
+        let m = (n * hw) as f64;
+        let stats = channel_stats(x, n, c, hw);
+        // Per channel: invstd, sum dy, sum dy * xhat.
+        let sums: Vec<(f64, f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mean, var) = stats[ch];
+                let invstd = 1.0 / (var + self.eps).sqrt();
+                let (mut db, mut dw) = (0.0, 0.0);
+                for i in 0..n {
+                    let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
+                    for (&g, &v) in dy[r.clone()].iter().zip(&x[r]) {
+                        db += g as f64;
+                        dw += g as f64 * (v as f64 - mean) * invstd;
+                    }
+                }
+                (invstd, db, dw)
+            })
+            .collect();
+        let len = x.len();
+        let mut out = vec![0f32; len + 2 * c];
+        let (dx, rest) = out.split_at_mut(len);
+        dx.par_chunks_mut(hw.max(1)).enumerate().for_each(|(p, o)| {
+            let ch = p % c;
+            let (mean, _) = stats[ch];
+            let (invstd, db, dw) = sums[ch];
+            let k = weight[ch] as f64 * invstd / m;
+            let r = p * hw..(p + 1) * hw;
+            for ((o, &g), &v) in o.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
+                let xhat = (v as f64 - mean) * invstd;
+                *o = (k * (m * g as f64 - db - xhat * dw)) as f32;
+            }
+        });
+        for (ch, (_, db, dw)) in sums.iter().enumerate() {
+            rest[ch] = *dw as f32;
+            rest[c + ch] = *db as f32;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(len + 2 * c)))
+    }
+}
