@@ -2,7 +2,7 @@
 //! the first two followed by a 2x2 max-pool, then a spatial mean. Widths `w, 2w, 4w`.
 
 use crate::resnet::kaiming;
-use crate::{conv2d, max_pool2d, relu, BatchNorm2d, Encoder};
+use crate::{add_channel_bias, conv2d, max_pool2d, relu, BatchNorm2d, Encoder};
 use candle_core::{bail, Device, Result, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -45,7 +45,7 @@ impl Encoder for SmallCnn {
         let Some((w, b, bn)) = self.convs.get(i) else {
             bail!("SmallCnn has 3 stages, asked for stage {i}")
         };
-        let y = conv2d(x, w.as_tensor(), 1, 1)?.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
+        let y = add_channel_bias(&conv2d(x, w.as_tensor(), 1, 1)?, b.as_tensor())?;
         let y = relu(&bn.forward(&y, train)?)?;
         // Not candle's pool: its backward scales the gradient by the share of tied maxima.
         if i < 2 {

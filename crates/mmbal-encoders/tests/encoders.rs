@@ -195,3 +195,40 @@ fn imagenet_weights_load_from_torchvision_timm_and_transformers_names() {
     assert!(format!("{err:#}").contains("conv1.weight"), "{err:#}");
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+#[test]
+fn channel_bias_matches_broadcast_add_in_both_passes() {
+    // candle's broadcast_add is exact here (its backward is a plain sum); the custom op must
+    // agree, gradients included (in a SmallCnn the bias gradient is rounding noise, since a
+    // training-mode BatchNorm follows, so the model tests cannot check it).
+    use candle_core::{Device, Tensor, Var};
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 4, 5, 6), &dev).unwrap()).unwrap();
+    let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 4, &dev).unwrap()).unwrap();
+    let up = Tensor::randn(0f32, 1.0, (3, 4, 5, 6), &dev).unwrap();
+    let ours = mmbal_encoders::add_channel_bias(x.as_tensor(), b.as_tensor()).unwrap();
+    let theirs = x
+        .as_tensor()
+        .broadcast_add(&b.as_tensor().reshape((1, 4, 1, 1)).unwrap())
+        .unwrap();
+    let max = |t: Tensor| {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert_eq!(max((&ours - &theirs).unwrap()), 0.0);
+    let g1 = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
+    let g2 = (theirs * &up)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for v in [&x, &b] {
+        let d = max((g1.get(v).unwrap() - g2.get(v).unwrap()).unwrap());
+        assert!(d < 1e-5, "gradient differs by {d}");
+    }
+}
