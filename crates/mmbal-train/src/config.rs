@@ -27,6 +27,9 @@ pub struct TrainConfig {
     pub device: String,
     /// Batches prepared ahead of the trainer.
     pub prefetch: usize,
+    /// CPU threads for the model and the loader (candle and rayon read `RAYON_NUM_THREADS`,
+    /// which the command line sets from this before anything runs); 0 = every core.
+    pub threads: usize,
     /// Evaluate the test split every epoch (selection always uses val).
     pub eval_test: bool,
     /// After every epoch, value each modality's Shapley contribution on the training split for
@@ -55,6 +58,7 @@ impl Default for TrainConfig {
             batch_size: 16,
             device: "cpu".into(),
             prefetch: 2,
+            threads: 0,
             eval_test: true,
             track_contributions: false,
             select: Selection::Val,

@@ -8,6 +8,7 @@ use mmbal_data::preprocess::{
     PreprocessRecipe,
 };
 use mmbal_data::{Dataset, Manifest, Split};
+use mmbal_train::checkpoint::Checkpoint;
 use mmbal_train::{EpochRecord, Events, SplitMetrics, TrainConfig, Trainer};
 use mmbal_valuation::{Benefit, MaskRoute};
 use std::path::{Path, PathBuf};
@@ -20,32 +21,38 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// TOML config; every field has a default (see `mmbal config`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue a run from its checkpoint (its own config and folder are used).
+    #[arg(long, conflicts_with_all = ["config", "name", "overwrite"])]
+    resume: Option<PathBuf>,
+    /// Override the number of epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// `cpu` or `cuda:N`.
+    #[arg(long)]
+    device: Option<String>,
+    /// Override the run name (results in <out_dir>/<name>).
+    #[arg(long)]
+    name: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// CPU threads (overrides the config's `threads`; 0 = every core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Replace the results of an earlier run of the same name (refused without it).
+    #[arg(long)]
+    overwrite: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Train a model. Without --config: joint training on the generated synthetic dataset.
-    Train {
-        /// TOML config; every field has a default (see `mmbal config`).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Continue a run from its checkpoint (its own config and folder are used).
-        #[arg(long, conflicts_with_all = ["config", "name", "overwrite"])]
-        resume: Option<PathBuf>,
-        /// Override the number of epochs.
-        #[arg(long)]
-        epochs: Option<usize>,
-        /// `cpu` or `cuda:N`.
-        #[arg(long)]
-        device: Option<String>,
-        /// Override the run name (results in <out_dir>/<name>).
-        #[arg(long)]
-        name: Option<String>,
-        /// No progress bar.
-        #[arg(long)]
-        quiet: bool,
-        /// Replace the results of an earlier run of the same name (refused without it).
-        #[arg(long)]
-        overwrite: bool,
-    },
+    Train(TrainArgs),
     /// Evaluate a checkpoint on a split.
     Eval {
         #[arg(long)]
@@ -201,6 +208,14 @@ fn metrics_line(m: &SplitMetrics) -> String {
     )
 }
 
+/// Sets the thread count candle and rayon read (`RAYON_NUM_THREADS`) before any of their pools
+/// exists; 0 leaves the default (every core, or the variable as the user set it).
+fn use_threads(n: usize) {
+    if n > 0 {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
 fn load_config(path: &Option<PathBuf>) -> Result<TrainConfig> {
     match path {
         Some(p) => TrainConfig::load(p),
@@ -208,20 +223,31 @@ fn load_config(path: &Option<PathBuf>) -> Result<TrainConfig> {
     }
 }
 
-fn train(
-    config: Option<PathBuf>,
-    resume: Option<PathBuf>,
-    epochs: Option<usize>,
-    device: Option<String>,
-    name: Option<String>,
-    quiet: bool,
-    overwrite: bool,
-) -> Result<()> {
+fn train(args: TrainArgs) -> Result<()> {
+    let TrainArgs {
+        config,
+        resume,
+        epochs,
+        device,
+        name,
+        quiet,
+        threads,
+        overwrite,
+    } = args;
     let started = Instant::now();
     let mut trainer = match resume {
-        Some(ck) => Trainer::resume(&ck, epochs, device.as_deref())?,
+        Some(ck) => {
+            let saved = Checkpoint::load(&ck)?;
+            let cfg = TrainConfig::from_toml(saved.meta("config")?, &ck)?;
+            use_threads(threads.unwrap_or(cfg.threads));
+            Trainer::resume(&ck, epochs, device.as_deref())?
+        }
         None => {
             let mut cfg = load_config(&config)?;
+            if let Some(t) = threads {
+                cfg.threads = t;
+            }
+            use_threads(cfg.threads);
             if let Some(e) = epochs {
                 cfg.epochs = e;
             }
@@ -475,15 +501,7 @@ fn preprocess(
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Train {
-            config,
-            resume,
-            epochs,
-            device,
-            name,
-            quiet,
-            overwrite,
-        } => train(config, resume, epochs, device, name, quiet, overwrite),
+        Command::Train(args) => train(args),
         Command::Eval {
             checkpoint,
             split,

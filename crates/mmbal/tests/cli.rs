@@ -465,3 +465,24 @@ fn resume_writes_into_the_checkpoints_folder_and_runs_are_not_overwritten() {
     let log = std::fs::read_to_string(dir.join("runs/tiny/metrics.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 1, "the earlier run was replaced");
 }
+
+/// `--threads` is recorded in the run's config (and given to candle and rayon).
+#[test]
+fn threads_flag_is_recorded_in_the_run_config() {
+    let dir = tmp("threads");
+    std::fs::write(dir.join("tiny.toml"), TINY).unwrap();
+    let o = mmbal(
+        &dir,
+        &[
+            "train",
+            "--config",
+            "tiny.toml",
+            "--threads",
+            "1",
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let cfg = std::fs::read_to_string(dir.join("runs/tiny/config.toml")).unwrap();
+    assert!(cfg.contains("threads = 1"), "{cfg}");
+}
