@@ -246,6 +246,15 @@ impl BalanceMethod for Greedy {
             if s >= a.num_stages() || s >= b.num_stages() {
                 bail!("greedy: no encoder stage {s} to put an MMTM block after");
             }
+            let (ca, cb) = (a.stage_channels(s), b.stage_channels(s));
+            if self.opts.mmtm_mean_source == MeanSource::FirstStream && ca != cb {
+                bail!(
+                    "greedy: the MMTM block after stage {s} joins {ca} and {cb} channels; the \
+                     reference takes both curation means from stream 0's excitation, which needs \
+                     equal channel counts: set mmtm_mean_source = \"own\" (or use encoders of \
+                     equal widths)"
+                );
+            }
             let dev = model.device().clone();
             let block = Mmtm::new(
                 a.stage_channels(s),

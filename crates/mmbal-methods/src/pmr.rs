@@ -159,21 +159,18 @@ pub fn prototypes_from(
 impl Pmr {
     /// Prototypes from a part of the training set. `pass` numbers the calls as the reference's
     /// `epoch` argument does: 0 before training and after epoch 0, then the finished epoch; the
-    /// momentum applies from `pass >= 1` on.
-    fn update_prototypes(&mut self, ctx: &EpochCtx, pass: usize) -> Result<()> {
+    /// momentum applies from `pass >= 1` on. `stream` picks the shuffle and the augmentation.
+    fn update_prototypes(&mut self, ctx: &EpochCtx, pass: usize, stream: u64) -> Result<()> {
         let mut rows = ctx.train_rows();
-        let mut rng = ChaCha8Rng::seed_from_u64(
-            ctx.seed ^ (ctx.epoch as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D),
-        );
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(ctx.seed ^ (stream + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
         rows.shuffle(&mut rng);
         let bs = ctx.batch_size.max(1);
         let batches = rows.len().div_ceil(bs);
         let used = ((batches as f64 * self.opts.proto_ratio).floor() as usize).max(1);
         rows.truncate((used * bs).min(rows.len()));
         let c = match self.opts.proto_transforms {
-            ProtoTransforms::Train => {
-                ctx.forward_all_augmented(&rows, PROTO_STREAM + ctx.epoch as u64)?
-            }
+            ProtoTransforms::Train => ctx.forward_all_augmented(&rows, PROTO_STREAM + stream)?,
             ProtoTransforms::Eval => ctx.forward_all(&rows)?,
         };
         let momentum = if pass >= 1 {
@@ -203,7 +200,7 @@ impl BalanceMethod for Pmr {
     fn epoch_plan(&mut self, ctx: &EpochCtx) -> Result<Option<Vec<Row>>> {
         self.log.reset(&ctx.model.modalities);
         if self.prototypes.is_none() {
-            self.update_prototypes(ctx, 0)?; // before epoch 0
+            self.update_prototypes(ctx, 0, 0)?; // before epoch 0
         }
         Ok(None)
     }
@@ -264,7 +261,8 @@ impl BalanceMethod for Pmr {
     }
 
     fn on_epoch_end(&mut self, ctx: &EpochCtx) -> Result<()> {
-        self.update_prototypes(ctx, ctx.epoch)
+        // A fresh draw each time (stream = passes so far), as the reference's shuffled loader.
+        self.update_prototypes(ctx, ctx.epoch, ctx.epoch as u64 + 1)
     }
 
     fn diagnostics(&self) -> Vec<(String, f64)> {

@@ -205,18 +205,24 @@ pub struct Trainer {
     best: Option<EpochRecord>,
     last: Option<EpochRecord>,
     run_dir: PathBuf,
-    /// Held for the trainer's life: one training per run folder.
-    _lock: std::fs::File,
+    /// Held for the trainer's life: one training per run folder (`None` for a checkpoint opened
+    /// to evaluate, which writes no results).
+    lock: Option<std::fs::File>,
     overwrite: bool,
 }
 
 /// Files a finished or interrupted run leaves in its folder (the input cache stays).
-const RUN_OUTPUTS: [&str; 5] = [
+const RUN_OUTPUTS: [&str; 10] = [
     "metrics.jsonl",
     "summary.json",
     "last.safetensors",
     "best.safetensors",
     "contributions",
+    "data-recipe.toml",
+    "accuracy.svg",
+    "method.svg",
+    "contributions.svg",
+    "contributions_hist.svg",
 ];
 
 /// Takes the run folder's lock file, so two trainings never write the same folder.
@@ -272,10 +278,18 @@ impl Trainer {
     /// Builds the dataset (generating the synthetic one and the packed cache when needed), the
     /// model, the method and the optimizer from a config.
     pub fn from_config(config: TrainConfig) -> Result<Trainer> {
+        Trainer::build(config, true)
+    }
+
+    fn build(config: TrainConfig, lock: bool) -> Result<Trainer> {
         config.validate()?;
         let device = parse_device(&config.device)?;
         // Locked before anything is written there (the input cache is built below).
-        let lock = lock_run_dir(&config.run_dir())?;
+        let lock = if lock {
+            Some(lock_run_dir(&config.run_dir())?)
+        } else {
+            None
+        };
         let (card_dir, root) = config.dataset_location()?;
         let manifest = Manifest::load(&card_dir, &root)?;
         let (recipes, encoders) = config.per_modality(&manifest.modalities)?;
@@ -313,7 +327,7 @@ impl Trainer {
     ) -> Result<Trainer> {
         config.validate()?;
         let lock = lock_run_dir(&config.run_dir())?;
-        Trainer::assemble(config, dataset, model, method, lock)
+        Trainer::assemble(config, dataset, model, method, Some(lock))
     }
 
     fn assemble(
@@ -321,7 +335,7 @@ impl Trainer {
         dataset: Arc<Dataset>,
         mut model: MultimodalModel,
         mut method: Box<dyn BalanceMethod>,
-        lock: std::fs::File,
+        lock: Option<std::fs::File>,
     ) -> Result<Trainer> {
         if config.select == Selection::Val && dataset.rows(Split::Val).is_empty() {
             bail!(
@@ -346,7 +360,7 @@ impl Trainer {
             best: None,
             last: None,
             run_dir,
-            _lock: lock,
+            lock,
             overwrite: false,
         })
     }
@@ -358,8 +372,24 @@ impl Trainer {
         self.overwrite = overwrite;
     }
 
-    /// Rebuilds a run from its checkpoint and continues it (to `epochs` in all when given).
+    /// Rebuilds a run from its checkpoint and continues it (to `epochs` in all when given),
+    /// holding its run folder's lock.
     pub fn resume(path: &Path, epochs: Option<usize>, device: Option<&str>) -> Result<Trainer> {
+        Trainer::restore(path, epochs, device, true)
+    }
+
+    /// A checkpoint's model, method and data, to evaluate or value: the run folder is not
+    /// locked (a run may still be training there), and [`Trainer::run`] must not be called.
+    pub fn open(path: &Path, device: Option<&str>) -> Result<Trainer> {
+        Trainer::restore(path, None, device, false)
+    }
+
+    fn restore(
+        path: &Path,
+        epochs: Option<usize>,
+        device: Option<&str>,
+        lock: bool,
+    ) -> Result<Trainer> {
         let ck = Checkpoint::load(path)?;
         let mut config = TrainConfig::from_toml(ck.meta("config")?, path)?;
         // The run goes on in the checkpoint's own folder, wherever it is run from.
@@ -379,7 +409,7 @@ impl Trainer {
         if let Some(d) = device {
             config.device = d.to_string();
         }
-        let mut t = Trainer::from_config(config)?;
+        let mut t = Trainer::build(config, lock)?;
         t.load_checkpoint(&ck)
             .with_context(|| format!("{}: restoring the run", path.display()))?;
         Ok(t)
@@ -643,6 +673,9 @@ impl Trainer {
             } else {
                 mmbal_valuation::MaskRoute::Features
             };
+            // A diagnostic: its (masked) forwards must not move state that training goes on
+            // with, such as MMTM running means fed by every forward.
+            let saved = self.model.buffers();
             let v = mmbal_valuation::valuate(
                 &self.model,
                 &self.dataset,
@@ -651,7 +684,11 @@ impl Trainer {
                 route,
                 mmbal_valuation::Benefit::SizeIfCorrect,
                 None,
-            )?;
+            );
+            for (name, t) in saved {
+                self.model.set_buffer(&name, t)?;
+            }
+            let v = v?;
             self.model
                 .modalities
                 .iter()
@@ -698,6 +735,12 @@ impl Trainer {
     /// file), then `summary.json` naming exactly those epochs.
     pub fn run(&mut self, events: &mut dyn Events) -> Result<RunSummary> {
         let dir = self.config.run_dir();
+        if self.lock.is_none() {
+            bail!(
+                "{}: opened to evaluate, not to train (use Trainer::resume)",
+                dir.display()
+            );
+        }
         let cannot_write = |p: &Path| format!("{}: cannot write", p.display());
         if self.epochs_done >= self.config.epochs {
             bail!(

@@ -621,3 +621,73 @@ fn config_values_that_would_fail_late_are_errors_naming_the_key() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_checkpoint_can_be_evaluated_while_its_run_trains() {
+    let out = tmp("open");
+    let mut cfg = small(&out, "open", OptimizerConfig::default());
+    cfg.epochs = 1;
+    Trainer::from_config(cfg.clone())
+        .unwrap()
+        .run(&mut Quiet)
+        .unwrap();
+    let last = cfg.run_dir().join("last.safetensors");
+    // The run goes on (holding its folder) while its best checkpoint is evaluated.
+    let _training = Trainer::resume(&last, Some(2), None).unwrap();
+    let mut eval = Trainer::open(&cfg.run_dir().join("best.safetensors"), None).unwrap();
+    assert!(eval.evaluate(mmbal_data::Split::Val).unwrap().is_some());
+    let err = eval.run(&mut Quiet).expect_err("opened to evaluate");
+    assert!(format!("{err:#}").contains("not to train"), "{err:#}");
+}
+
+#[test]
+fn greedy_with_unequal_channels_is_refused_before_training() {
+    let out = tmp("greedy-widths");
+    let mut cfg = small(&out, "greedy-widths", OptimizerConfig::default());
+    set_method(&mut cfg, "greedy");
+    cfg.model.encoders.insert(
+        "visual".into(),
+        mmbal_fusion::EncoderSpec::SmallCnn {
+            in_channels: 1,
+            width: 4,
+            bn_init: Default::default(),
+        },
+    );
+    let err = format!("{:#}", Trainer::from_config(cfg).err().expect("refused"));
+    assert!(err.contains("mmtm_mean_source = \"own\""), "{err}");
+}
+
+#[test]
+fn contribution_tracking_leaves_greedys_training_unchanged() {
+    // Its valuation forwards would feed the MMTM running means; the trainer restores them.
+    let out = tmp("greedy-track");
+    let mut runs = Vec::new();
+    for track in [false, true] {
+        let mut cfg = small(
+            &out,
+            &format!("greedy-track-{track}"),
+            OptimizerConfig::default(),
+        );
+        set_method(&mut cfg, "greedy");
+        cfg.track_contributions = track;
+        Trainer::from_config(cfg.clone())
+            .unwrap()
+            .run(&mut Quiet)
+            .unwrap();
+        runs.push(Checkpoint::load(&cfg.run_dir().join("last.safetensors")).unwrap());
+    }
+    for (k, a) in &runs[0].tensors {
+        let b = &runs[1].tensors[k];
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_dtype(candle_core::DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert_eq!(d, 0.0, "{k} differs when contributions are tracked");
+    }
+}

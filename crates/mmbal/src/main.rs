@@ -329,7 +329,7 @@ fn parse_split(s: &str) -> Result<Split> {
 
 fn eval(checkpoint: &Path, split: &str, device: Option<String>) -> Result<()> {
     let split = parse_split(split)?;
-    let trainer = Trainer::resume(checkpoint, None, device.as_deref())?;
+    let trainer = Trainer::open(checkpoint, device.as_deref())?;
     match trainer.evaluate(split)? {
         Some(m) => println!("{}", serde_json::to_string_pretty(&m)?),
         None => bail!(
@@ -361,7 +361,7 @@ fn valuate(
     };
     let split_name = split;
     let split = parse_split(split)?;
-    let trainer = Trainer::resume(checkpoint, None, device.as_deref())?;
+    let trainer = Trainer::open(checkpoint, device.as_deref())?;
     let rows = trainer.dataset.rows(split);
     if rows.is_empty() {
         bail!(
