@@ -345,6 +345,21 @@ impl MultimodalModel {
         }
     }
 
+    /// Runs `f` (eval-mode passes of a diagnostic) and then puts every buffer back as it was,
+    /// whether `f` succeeded or not: state that every forward feeds, such as MMTM running means,
+    /// does not move.
+    pub fn keeping_buffers<T, E: From<candle_core::Error>>(
+        &self,
+        f: impl FnOnce() -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        let saved = self.buffers();
+        let out = f();
+        for (name, t) in saved {
+            self.set_buffer(&name, t)?;
+        }
+        out
+    }
+
     /// BatchNorm running statistics (`encoders.<modality>.<name>`) and mixer state
     /// (`mixer.<name>`).
     pub fn buffers(&self) -> Vec<(String, Tensor)> {

@@ -163,14 +163,10 @@ impl Greedy {
         }
         // Measured on the model as it is, not on a curated one; the measurement's forwards must
         // not move the running means training goes on with (nor a resumed run's checkpoint).
-        let saved: Vec<Vec<(String, Tensor)>> = blocks.iter().map(|(_, b)| b.buffers()).collect();
         self.set_curation(None);
-        let measured = self.measure_uncurated(ctx, blocks, &val);
-        for ((_, b), buffers) in blocks.iter().zip(saved) {
-            for (name, t) in buffers {
-                b.set_buffer(&name, t)?;
-            }
-        }
+        let measured = ctx
+            .model
+            .keeping_buffers(|| self.measure_uncurated(ctx, blocks, &val));
         self.set_curation(self.curating.map(|(branch, _)| branch));
         measured
     }

@@ -98,12 +98,8 @@ impl OptimizerConfig {
                 weight_decay,
                 betas,
                 eps,
-            } => Box::new(Adam {
-                betas: (betas[0], betas[1]),
-                eps,
-                ..Adam::new(params, lr, weight_decay)
-            }),
-            OptimizerConfig::Adamw {
+            }
+            | OptimizerConfig::Adamw {
                 lr,
                 weight_decay,
                 betas,
@@ -111,7 +107,8 @@ impl OptimizerConfig {
             } => Box::new(Adam {
                 betas: (betas[0], betas[1]),
                 eps,
-                ..Adam::adamw(params, lr, weight_decay)
+                decoupled: matches!(self, OptimizerConfig::Adamw { .. }),
+                ..Adam::new(params, lr, weight_decay)
             }),
         }
     }

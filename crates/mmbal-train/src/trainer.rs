@@ -675,20 +675,17 @@ impl Trainer {
             };
             // A diagnostic: its (masked) forwards must not move state that training goes on
             // with, such as MMTM running means fed by every forward.
-            let saved = self.model.buffers();
-            let v = mmbal_valuation::valuate(
-                &self.model,
-                &self.dataset,
-                &self.dataset.rows(Split::Train),
-                self.config.batch_size,
-                route,
-                mmbal_valuation::Benefit::SizeIfCorrect,
-                None,
-            );
-            for (name, t) in saved {
-                self.model.set_buffer(&name, t)?;
-            }
-            let v = v?;
+            let v = self.model.keeping_buffers(|| {
+                mmbal_valuation::valuate(
+                    &self.model,
+                    &self.dataset,
+                    &self.dataset.rows(Split::Train),
+                    self.config.batch_size,
+                    route,
+                    mmbal_valuation::Benefit::SizeIfCorrect,
+                    None,
+                )
+            })?;
             self.model
                 .modalities
                 .iter()
