@@ -66,12 +66,11 @@ impl BatchNorm2d {
                 .mean_keepdim(0)?
                 .mean_keepdim(2)?
                 .mean_keepdim(3)?;
-            let mut running = self.running.lock().unwrap();
-            let m = self.momentum;
-            let new_mean = ((&running.0 * (1.0 - m))? + (mean.flatten_all()?.detach() * m)?)?;
-            let unbiased = (var.flatten_all()?.detach() * (count / (count - 1.0).max(1.0)))?;
-            let new_var = ((&running.1 * (1.0 - m))? + (unbiased * m)?)?;
-            *running = (new_mean, new_var);
+            self.update_running(
+                &mean.flatten_all()?.detach(),
+                &var.flatten_all()?.detach(),
+                count,
+            )?;
             (mean, var)
         };
         let xhat = x
@@ -83,6 +82,18 @@ impl BatchNorm2d {
 }
 
 impl BatchNorm2d {
+    /// Running statistics from a batch's per-channel mean and biased variance over `count`
+    /// values: momentum `m`, the variance made unbiased, as PyTorch does.
+    fn update_running(&self, mean: &Tensor, var: &Tensor, count: f64) -> Result<()> {
+        let mut running = self.running.lock().unwrap();
+        let m = self.momentum;
+        let new_mean = ((&running.0 * (1.0 - m))? + (mean * m)?)?;
+        let unbiased = (var * (count / (count - 1.0).max(1.0)))?;
+        let new_var = ((&running.1 * (1.0 - m))? + (unbiased * m)?)?;
+        *running = (new_mean, new_var);
+        Ok(())
+    }
+
     /// Training-mode forward on the CPU through the fused op (`batch_norm_op`), then the running
     /// statistics from the batch's mean and biased variance, as the composed path does.
     fn forward_train_fused(&self, x: &Tensor) -> Result<Tensor> {
@@ -99,16 +110,12 @@ impl BatchNorm2d {
         let Some((mean, var)) = stats.lock().unwrap().take() else {
             candle_core::bail!("batch norm: the fused forward left no statistics");
         };
-        let count = (n * h * w) as f64;
         let dev = x.device();
-        let mean = Tensor::from_vec(mean, c, dev)?;
-        let var = Tensor::from_vec(var, c, dev)?;
-        let mut running = self.running.lock().unwrap();
-        let m = self.momentum;
-        let new_mean = ((&running.0 * (1.0 - m))? + (mean * m)?)?;
-        let unbiased = (var * (count / (count - 1.0).max(1.0)))?;
-        let new_var = ((&running.1 * (1.0 - m))? + (unbiased * m)?)?;
-        *running = (new_mean, new_var);
+        self.update_running(
+            &Tensor::from_vec(mean, c, dev)?,
+            &Tensor::from_vec(var, c, dev)?,
+            (n * h * w) as f64,
+        )?;
         Ok(y)
     }
 }
