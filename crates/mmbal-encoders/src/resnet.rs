@@ -4,8 +4,9 @@
 //! ImageNet weights map by name. Init: conv Kaiming normal, fan_out, ReLU gain; BN weight 1, bias 0.
 
 use crate::batch_norm::set_named_stat;
-use crate::{conv2d, max_pool2d, relu, BatchNorm2d, Encoder};
+use crate::{BatchNorm2d, Encoder};
 use candle_core::{bail, DType, Device, Result, Tensor, Var};
+use mmbal_ops::{conv2d, max_pool2d, relu};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};

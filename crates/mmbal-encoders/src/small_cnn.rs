@@ -2,8 +2,9 @@
 //! the first two followed by a 2x2 max-pool, then a spatial mean. Widths `w, 2w, 4w`.
 
 use crate::resnet::kaiming;
-use crate::{add_channel_bias, conv2d, max_pool2d, relu, BatchNorm2d, Encoder};
+use crate::{BatchNorm2d, Encoder};
 use candle_core::{bail, Device, Result, Tensor, Var};
+use mmbal_ops::{add_channel_bias, conv2d, max_pool2d, relu};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 

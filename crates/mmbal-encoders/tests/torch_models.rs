@@ -11,7 +11,8 @@
 //! and its `relu` passes gradient where the input is exactly 0. These tests fail with either.
 
 use candle_core::{safetensors, DType, Device, Tensor, Var};
-use mmbal_encoders::{max_pool2d, max_pool2d_composite, relu, Encoder, ResNet18, SmallCnn};
+use mmbal_encoders::{Encoder, ResNet18, SmallCnn};
+use mmbal_ops::{max_pool2d, max_pool2d_composite, relu};
 use std::collections::{BTreeSet, HashMap};
 
 fn fixture() -> HashMap<String, Tensor> {

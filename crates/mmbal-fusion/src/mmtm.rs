@@ -158,7 +158,7 @@ impl Mmtm {
 
     fn excite_from(&self, s: [Tensor; 2]) -> Result<[Tensor; 2]> {
         let s = Tensor::cat(&s, 1)?;
-        let z = mmbal_encoders::relu(&self.squeeze.forward(&s)?)?;
+        let z = mmbal_ops::relu(&self.squeeze.forward(&s)?)?;
         Ok([
             candle_nn::ops::sigmoid(&self.excite[0].forward(&z)?)?,
             candle_nn::ops::sigmoid(&self.excite[1].forward(&z)?)?,

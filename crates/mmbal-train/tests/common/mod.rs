@@ -3,8 +3,9 @@
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Tensor, Var};
-use mmbal_encoders::{conv2d, max_pool2d, relu, BatchNorm2d, Encoder};
+use mmbal_encoders::{BatchNorm2d, Encoder};
 use mmbal_fusion::{FusionHead, FusionKind, LinearInit, MultimodalModel};
+use mmbal_ops::{conv2d, max_pool2d, relu};
 use std::collections::{BTreeMap, HashMap};
 
 /// How a [`Tiny`] names its layers (conv, BN, conv, BN).

@@ -1,22 +1,90 @@
-//! BatchNorm's training-mode forward and backward fused into two CPU passes. Composed from candle
-//! ops, the forward is a dozen tensor ops and its backward a chain of broadcast reductions that
-//! candle runs on one thread; here each channel's statistics, and each plane's output, are
-//! computed in parallel (rayon), in f64 accumulation, with PyTorch's formulas:
+//! Batch normalisation of `(N, C, H, W)` maps as PyTorch computes it, without the running
+//! statistics (those belong to the layer): [`batch_norm_train`] normalises with the batch's mean
+//! and biased variance and returns them; [`batch_norm_eval`] applies given statistics.
+//!
+//! On the CPU the training forward and its backward are two fused passes (custom ops). Composed
+//! from candle ops, the forward is a dozen tensor ops and its backward a chain of broadcast
+//! reductions that candle runs on one thread; here each channel's statistics, and each plane's
+//! output, are computed in parallel (rayon), in f64 accumulation, with PyTorch's formulas:
 //!
 //! * forward: `mean`, biased `var` over (N, H, W); `y = (x - mean) / sqrt(var + eps) * w + b`;
 //! * backward: with `xhat = (x - mean) * invstd` and `M = N * H * W`, `db = sum dy`,
 //!   `dw = sum dy * xhat`, `dx = w * invstd / M * (M * dy - db - xhat * dw)`.
 
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
-/// Per-channel mean and biased variance of the last forward, for the running statistics.
-pub(crate) type BatchStats = Arc<Mutex<Option<(Vec<f32>, Vec<f32>)>>>;
+/// Per-channel mean and biased variance of the last forward, handed out of the op.
+type BatchStats = Arc<Mutex<Option<(Vec<f32>, Vec<f32>)>>>;
 
-pub(crate) struct BatchNormTrain {
-    pub eps: f64,
-    pub stats: BatchStats,
+/// Training-mode batch norm of an `(N, C, H, W)` map with per-channel `weight` and `bias`:
+/// `(y, mean, var)`, the batch's per-channel mean and biased variance as detached `(C)` tensors
+/// (for the caller's running statistics). Gradients flow to `x`, `weight` and `bias`.
+pub fn batch_norm_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (_, c, _, _) = x.dims4()?;
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        let stats: BatchStats = Default::default();
+        let y = x.contiguous()?.apply_op3(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            BatchNormTrain {
+                eps,
+                stats: stats.clone(),
+            },
+        )?;
+        let Some((mean, var)) = stats.lock().unwrap().take() else {
+            bail!("batch norm: the fused forward left no statistics");
+        };
+        let dev = x.device();
+        return Ok((
+            y,
+            Tensor::from_vec(mean, c, dev)?,
+            Tensor::from_vec(var, c, dev)?,
+        ));
+    }
+    let shape = (1, c, 1, 1);
+    let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
+    let var = x
+        .broadcast_sub(&mean)?
+        .sqr()?
+        .mean_keepdim(0)?
+        .mean_keepdim(2)?
+        .mean_keepdim(3)?;
+    let y = x
+        .broadcast_sub(&mean)?
+        .broadcast_div(&(&var + eps)?.sqrt()?)?
+        .broadcast_mul(&weight.reshape(shape)?)?
+        .broadcast_add(&bias.reshape(shape)?)?;
+    Ok((y, mean.flatten_all()?.detach(), var.flatten_all()?.detach()))
+}
+
+/// Evaluation-mode batch norm with given per-channel `mean` and `var`: one per-channel affine
+/// map, `x * scale + shift` with `scale = w / sqrt(var + eps)` and `shift = b - mean * scale`
+/// computed on the `(C)` vectors (two passes over x instead of four).
+pub fn batch_norm_eval(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let shape = (1, weight.dim(0)?, 1, 1);
+    let scale = weight.div(&(var + eps)?.sqrt()?)?;
+    let shift = bias.sub(&mean.mul(&scale)?)?;
+    x.broadcast_mul(&scale.reshape(shape)?)?
+        .broadcast_add(&shift.reshape(shape)?)
+}
+
+struct BatchNormTrain {
+    eps: f64,
+    stats: BatchStats,
 }
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {

@@ -5,6 +5,7 @@
 //! from basic ops (strided window views and `maximum`), whose backward candle gets right.
 
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy)]
 struct MaxPool {
@@ -19,40 +20,31 @@ impl MaxPool {
         (o(h), o(w))
     }
 
-    /// Calls `visit(out_index, in_index_of_max)` for every output element of one (N*C) plane set.
-    fn for_each_argmax(
-        &self,
-        x: &[f32],
-        planes: usize,
-        h: usize,
-        w: usize,
-        mut visit: impl FnMut(usize, usize),
-    ) {
+    /// Calls `visit(out_index, in_index_of_max)` for every output element of one plane, in
+    /// scan order (indices within the plane).
+    fn plane_argmax(&self, plane: &[f32], h: usize, w: usize, mut visit: impl FnMut(usize, usize)) {
         let (oh, ow) = self.out_dims(h, w);
-        for p in 0..planes {
-            let plane = &x[p * h * w..(p + 1) * h * w];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut best = (f32::NEG_INFINITY, usize::MAX);
-                    for ky in 0..self.kernel {
-                        let iy = (oy * self.stride + ky) as isize - self.padding as isize;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        for kx in 0..self.kernel {
-                            let ix = (ox * self.stride + kx) as isize - self.padding as isize;
-                            if ix < 0 || ix >= w as isize {
-                                continue;
-                            }
-                            let i = iy as usize * w + ix as usize;
-                            // Strictly greater keeps the first maximum; NaN propagates as PyTorch does.
-                            if plane[i] > best.0 || plane[i].is_nan() || best.1 == usize::MAX {
-                                best = (plane[i], i);
-                            }
+        // The kernel rows (columns) of output row (column) `o` that lie inside the input.
+        let range = |o: usize, n: usize| {
+            let start = o * self.stride;
+            let lo = start.max(self.padding);
+            let hi = (start + self.kernel).min(n + self.padding);
+            (lo - self.padding, hi - self.padding)
+        };
+        for oy in 0..oh {
+            let (y0, y1) = range(oy, h);
+            for ox in 0..ow {
+                let (x0, x1) = range(ox, w);
+                let mut best = (f32::NEG_INFINITY, usize::MAX);
+                for iy in y0..y1 {
+                    for (ix, &v) in plane[iy * w + x0..iy * w + x1].iter().enumerate() {
+                        // Strictly greater keeps the first maximum; NaN propagates as PyTorch does.
+                        if v > best.0 || v.is_nan() || best.1 == usize::MAX {
+                            best = (v, iy * w + x0 + ix);
                         }
                     }
-                    visit((p * oh + oy) * ow + ox, p * h * w + best.1);
                 }
+                visit(oy * ow + ox, best.1);
             }
         }
     }
@@ -75,7 +67,12 @@ impl CustomOp1 for MaxPool {
         let (x, planes, h, w) = f32_input(s, l)?;
         let (oh, ow) = self.out_dims(h, w);
         let mut y = vec![0f32; planes * oh * ow];
-        self.for_each_argmax(x, planes, h, w, |o, i| y[o] = x[i]);
+        y.par_chunks_mut((oh * ow).max(1))
+            .enumerate()
+            .for_each(|(p, out)| {
+                let plane = &x[p * h * w..(p + 1) * h * w];
+                self.plane_argmax(plane, h, w, |o, i| out[o] = plane[i]);
+            });
         let (n, c, _, _) = l.shape().dims4()?;
         Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
     }
@@ -102,14 +99,21 @@ impl CustomOp2 for MaxPoolBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, planes, h, w) = f32_input(s1, l1)?;
+        let (x, _, h, w) = f32_input(s1, l1)?;
         let Some((start, end)) = l2.contiguous_offsets() else {
             bail!("max_pool2d backward: grad must be contiguous")
         };
         let g = &s2.as_slice::<f32>()?[start..end];
+        let (oh, ow) = self.0.out_dims(h, w);
         let mut dx = vec![0f32; x.len()];
-        self.0
-            .for_each_argmax(x, planes, h, w, |o, i| dx[i] += g[o]);
+        // Planes in parallel; within a plane the additions keep scan order.
+        dx.par_chunks_mut((h * w).max(1))
+            .enumerate()
+            .for_each(|(p, d)| {
+                let g = &g[p * oh * ow..(p + 1) * oh * ow];
+                self.0
+                    .plane_argmax(&x[p * h * w..(p + 1) * h * w], h, w, |o, i| d[i] += g[o]);
+            });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }

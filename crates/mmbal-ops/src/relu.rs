@@ -1,0 +1,91 @@
+//! ReLU with PyTorch's backward. candle 0.11.1 passes the gradient where the input is `>= 0`, so an
+//! input of exactly 0 (a zero-padded region through a bias-free convolution, a BatchNorm output
+//! that lands on 0) gets the gradient that PyTorch withholds: PyTorch's `threshold_backward` passes
+//! it only where the output is `> 0`. On the CPU this is a custom op; on other devices the same
+//! result comes from a constant mask.
+
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Elements per parallel task: big enough that a task outweighs its scheduling.
+const CHUNK: usize = 1 << 14;
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        bail!("relu: {what} must be contiguous")
+    };
+    Ok(&s.as_slice::<f32>()?[start..end])
+}
+
+struct Relu;
+
+impl CustomOp1 for Relu {
+    fn name(&self) -> &'static str {
+        "mmbal-relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "input")?;
+        let mut y = vec![0f32; x.len()];
+        // `x > 0 ? x : 0`, keeping NaN as PyTorch does.
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(y, x)| {
+                for (o, &v) in y.iter_mut().zip(x) {
+                    *o = if v > 0.0 || v.is_nan() { v } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            res.contiguous()?
+                .apply_op2_no_bwd(&grad.contiguous()?, &ReluBackward)?,
+        ))
+    }
+}
+
+/// `(y, dy)` to `dy` where `y > 0`, else 0, in one parallel pass.
+struct ReluBackward;
+
+impl CustomOp2 for ReluBackward {
+    fn name(&self) -> &'static str {
+        "mmbal-relu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ys: &CpuStorage,
+        yl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (y, g) = (f32_slice(ys, yl, "output")?, f32_slice(gs, gl, "grad")?);
+        if y.len() != g.len() {
+            bail!(
+                "relu backward: output {:?}, gradient {:?}",
+                yl.shape(),
+                gl.shape()
+            );
+        }
+        let mut dx = vec![0f32; y.len()];
+        dx.par_chunks_mut(CHUNK)
+            .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .for_each(|(d, (y, g))| {
+                for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
+                    *d = if y > 0.0 { g } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(dx), yl.shape().clone()))
+    }
+}
+
+/// `max(x, 0)` whose gradient is zero where the output is not positive (PyTorch's rule).
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        return x.contiguous()?.apply_op1(Relu);
+    }
+    let mask = x.gt(0f32)?.to_dtype(x.dtype())?.detach();
+    x.relu()?.mul(&mask)
+}
