@@ -75,11 +75,9 @@ pub fn batch_norm_eval(
     var: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
-    let shape = (1, weight.dim(0)?, 1, 1);
     let scale = weight.div(&(var + eps)?.sqrt()?)?;
     let shift = bias.sub(&mean.mul(&scale)?)?;
-    x.broadcast_mul(&scale.reshape(shape)?)?
-        .broadcast_add(&shift.reshape(shape)?)
+    crate::channel::channel_affine(x, &scale, &shift)
 }
 
 struct BatchNormTrain {

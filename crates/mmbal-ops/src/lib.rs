@@ -12,7 +12,7 @@
 //! | [`batch_norm_train`], [`batch_norm_eval`] | one fused pass each way; candle's composed backward reduces on one thread |
 //! | [`max_pool2d`] | padding, and the gradient to the first maximum; candle's backward is wrong unless kernel == stride |
 //! | [`relu`] | no gradient at exactly 0, as PyTorch; candle passes it |
-//! | [`add_channel_bias`] | the bias gradient summed per channel in parallel |
+//! | [`add_channel_bias`], [`channel_affine`] | one parallel pass; the per-channel gradients summed per channel in parallel |
 //!
 //! ```
 //! use candle_core::{DType, Device, Var};
@@ -26,13 +26,13 @@
 //! ```
 
 mod batch_norm;
-mod channel_bias;
+mod channel;
 mod conv;
 mod max_pool;
 mod relu;
 
 pub use batch_norm::{batch_norm_eval, batch_norm_train};
-pub use channel_bias::add_channel_bias;
+pub use channel::{add_channel_bias, channel_affine};
 pub use conv::conv2d;
 pub use max_pool::{max_pool2d, max_pool2d_composite};
 pub use relu::relu;

@@ -291,3 +291,28 @@ fn conv2d_rejects_mismatched_channels_and_small_inputs() {
     let err = conv2d(&x, &randn(&[3, 2, 7, 7], 2), 1, 1).unwrap_err();
     assert!(err.to_string().contains("smaller than kernel"), "{err}");
 }
+
+#[test]
+fn channel_affine_matches_broadcast_ops_in_both_passes() {
+    // BatchNorm's evaluation form; gradients reach scale and shift (and through them a
+    // BatchNorm's weight and bias) in eval-mode passes that methods differentiate.
+    let x = Var::from_tensor(&randn(&[3, 4, 5, 6], 1)).unwrap();
+    let a = Var::from_tensor(&randn(&[4], 2)).unwrap();
+    let b = Var::from_tensor(&randn(&[4], 3)).unwrap();
+    let up = randn(&[3, 4, 5, 6], 4);
+    let ours = mmbal_ops::channel_affine(x.as_tensor(), a.as_tensor(), b.as_tensor()).unwrap();
+    let shape = (1, 4, 1, 1);
+    let theirs = x
+        .as_tensor()
+        .broadcast_mul(&a.as_tensor().reshape(shape).unwrap())
+        .unwrap()
+        .broadcast_add(&b.as_tensor().reshape(shape).unwrap())
+        .unwrap();
+    assert_eq!(max_abs_diff(&ours, &theirs), 0.0);
+    let g1 = backward_against(&ours, &up);
+    let g2 = backward_against(&theirs, &up);
+    for (name, v) in [("dx", &x), ("dscale", &a), ("dshift", &b)] {
+        let d = max_abs_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
+        assert!(d < 1e-5, "{name} differs by {d}");
+    }
+}

@@ -1,0 +1,171 @@
+//! Per-channel maps of an `(N, C, H, W)` tensor, on the CPU in one parallel pass each way: a bias
+//! (`x + b[c]`) and an affine map (`x * a[c] + b[c]`, BatchNorm's evaluation form). Through
+//! candle's broadcast ops the forward is one pass per operand and the gradient of the
+//! per-channel operands a sum over (N, H, W) that candle reduces on one thread; here each plane
+//! is mapped, and each channel summed, by its own task (f64 accumulation).
+
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,
+};
+use rayon::prelude::*;
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        bail!("channel bias: {what} must be contiguous")
+    };
+    Ok(&s.as_slice::<f32>()?[start..end])
+}
+
+struct AddChannelBias;
+
+impl CustomOp2 for AddChannelBias {
+    fn name(&self) -> &'static str {
+        "mmbal-add-channel-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, c, h, w) = xl.shape().dims4()?;
+        let (x, b) = (slice(xs, xl, "x")?, slice(bs, bl, "bias")?);
+        let hw = (h * w).max(1);
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(hw).enumerate().for_each(|(p, out)| {
+            let v = b[p % c];
+            for (o, &xi) in out.iter_mut().zip(&x[p * hw..(p + 1) * hw]) {
+                *o = xi + v;
+            }
+        });
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let c = b.dim(0)?;
+        let db = grad.contiguous()?.apply_op1_no_bwd(&SumPerChannel(c))?;
+        Ok((Some(grad.clone()), Some(db)))
+    }
+}
+
+/// `(N, C, H, W)` to the `(C)` sums over N, H and W.
+struct SumPerChannel(usize);
+
+impl CustomOp1 for SumPerChannel {
+    fn name(&self) -> &'static str {
+        "mmbal-sum-per-channel"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let g = slice(s, l, "grad")?;
+        let hw = h * w;
+        let sums: Vec<f32> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                (0..n)
+                    .map(|i| {
+                        g[(i * c + ch) * hw..(i * c + ch + 1) * hw]
+                            .iter()
+                            .map(|&v| v as f64)
+                            .sum::<f64>()
+                    })
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        Ok((CpuStorage::F32(sums), Shape::from(self.0)))
+    }
+}
+
+/// `x + bias[c]` over channel c of an `(N, C, H, W)` map; the custom op on the CPU in f32,
+/// candle's `broadcast_add` elsewhere.
+pub fn add_channel_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && x.rank() == 4 {
+        return x
+            .contiguous()?
+            .apply_op2(&bias.contiguous()?, AddChannelBias);
+    }
+    x.broadcast_add(&bias.reshape((1, (), 1, 1))?)
+}
+
+/// `(x, scale, shift)` to `x * scale[c] + shift[c]`.
+struct ChannelAffine;
+
+impl CustomOp3 for ChannelAffine {
+    fn name(&self) -> &'static str {
+        "mmbal-channel-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        a_s: &CpuStorage,
+        al: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, c, h, w) = xl.shape().dims4()?;
+        let (x, a, b) = (
+            slice(xs, xl, "x")?,
+            slice(a_s, al, "scale")?,
+            slice(bs, bl, "shift")?,
+        );
+        if a.len() != c || b.len() != c {
+            bail!(
+                "channel affine: {c} channels, scale {}, shift {}",
+                a.len(),
+                b.len()
+            );
+        }
+        let hw = (h * w).max(1);
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(hw).enumerate().for_each(|(p, out)| {
+            let (a, b) = (a[p % c], b[p % c]);
+            for (o, &xi) in out.iter_mut().zip(&x[p * hw..(p + 1) * hw]) {
+                *o = xi * a + b;
+            }
+        });
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = a.dim(0)?;
+        let grad = grad.contiguous()?;
+        let zero = a.zeros_like()?;
+        let dx = grad.apply_op3_no_bwd(a, &zero, &ChannelAffine)?;
+        let da = (&grad * x)?.apply_op1_no_bwd(&SumPerChannel(c))?;
+        let db = grad.apply_op1_no_bwd(&SumPerChannel(c))?;
+        Ok((Some(dx), Some(da), Some(db)))
+    }
+}
+
+/// `x * scale[c] + shift[c]` over channel c of an `(N, C, H, W)` map; the custom op on the CPU
+/// in f32, candle's broadcast ops elsewhere.
+pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && x.rank() == 4 {
+        return x.contiguous()?.apply_op3(
+            &scale.contiguous()?,
+            &shift.contiguous()?,
+            ChannelAffine,
+        );
+    }
+    let shape = (1, (), 1, 1);
+    x.broadcast_mul(&scale.reshape(shape)?)?
+        .broadcast_add(&shift.reshape(shape)?)
+}
