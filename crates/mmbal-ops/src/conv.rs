@@ -30,8 +30,8 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
     if wc != c {
         bail!("conv2d: input has {c} channels, the filter expects {wc}");
     }
-    if stride == 0 {
-        bail!("conv2d: stride 0");
+    if stride == 0 || c == 0 {
+        bail!("conv2d: needs stride >= 1 and at least one input channel (stride {stride}, {c} channels)");
     }
     for (n, k) in [(h, kh), (wd, kw)] {
         if n + 2 * padding < k {
