@@ -11,6 +11,7 @@
 //! * backward: with `xhat = (x - mean) * invstd` and `M = N * H * W`, `db = sum dy`,
 //!   `dw = sum dy * xhat`, `dx = w * invstd / M * (M * dy - db - xhat * dw)`.
 
+use crate::contiguous_f32;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -85,13 +86,6 @@ struct BatchNormTrain {
     stats: BatchStats,
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let Some((start, end)) = l.contiguous_offsets() else {
-        bail!("batch norm: {what} must be contiguous")
-    };
-    Ok(&s.as_slice::<f32>()?[start..end])
-}
-
 /// Mean and biased variance of every channel of an `(n, c, hw)` array (two passes, f64).
 fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
     (0..c)
@@ -128,9 +122,9 @@ impl CustomOp3 for BatchNormTrain {
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = xl.shape().dims4()?;
         let (x, weight, bias) = (
-            slice(xs, xl, "x")?,
-            slice(ws, wl, "weight")?,
-            slice(bs, bl, "bias")?,
+            contiguous_f32("batch norm", xs, xl, "x")?,
+            contiguous_f32("batch norm", ws, wl, "weight")?,
+            contiguous_f32("batch norm", bs, bl, "bias")?,
         );
         let hw = h * w;
         let stats = channel_stats(x, n, c, hw);
@@ -196,9 +190,9 @@ impl CustomOp3 for BatchNormTrainBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = xl.shape().dims4()?;
         let (x, dy, weight) = (
-            slice(xs, xl, "x")?,
-            slice(gs, gl, "grad")?,
-            slice(ws, wl, "weight")?,
+            contiguous_f32("batch norm", xs, xl, "x")?,
+            contiguous_f32("batch norm", gs, gl, "grad")?,
+            contiguous_f32("batch norm", ws, wl, "weight")?,
         );
         let hw = h * w;
         let m = (n * hw) as f64;

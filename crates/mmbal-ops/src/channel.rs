@@ -4,17 +4,11 @@
 //! per-channel operands a sum over (N, H, W) that candle reduces on one thread; here each plane
 //! is mapped, and each channel summed, by its own task (f64 accumulation).
 
+use crate::contiguous_f32;
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,
 };
 use rayon::prelude::*;
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let Some((start, end)) = l.contiguous_offsets() else {
-        bail!("channel bias: {what} must be contiguous")
-    };
-    Ok(&s.as_slice::<f32>()?[start..end])
-}
 
 struct AddChannelBias;
 
@@ -31,7 +25,10 @@ impl CustomOp2 for AddChannelBias {
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (_, c, h, w) = xl.shape().dims4()?;
-        let (x, b) = (slice(xs, xl, "x")?, slice(bs, bl, "bias")?);
+        let (x, b) = (
+            contiguous_f32("channel bias", xs, xl, "x")?,
+            contiguous_f32("channel bias", bs, bl, "bias")?,
+        );
         let hw = (h * w).max(1);
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(hw).enumerate().for_each(|(p, out)| {
@@ -66,7 +63,7 @@ impl CustomOp1 for SumPerChannel {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l.shape().dims4()?;
-        let g = slice(s, l, "grad")?;
+        let g = contiguous_f32("channel bias", s, l, "grad")?;
         let hw = h * w;
         let sums: Vec<f32> = (0..c)
             .into_par_iter()
@@ -115,9 +112,9 @@ impl CustomOp3 for ChannelAffine {
     ) -> Result<(CpuStorage, Shape)> {
         let (_, c, h, w) = xl.shape().dims4()?;
         let (x, a, b) = (
-            slice(xs, xl, "x")?,
-            slice(a_s, al, "scale")?,
-            slice(bs, bl, "shift")?,
+            contiguous_f32("channel bias", xs, xl, "x")?,
+            contiguous_f32("channel bias", a_s, al, "scale")?,
+            contiguous_f32("channel bias", bs, bl, "shift")?,
         );
         if a.len() != c || b.len() != c {
             bail!(

@@ -15,6 +15,7 @@
 //! gradient is summed in at most [`FILTER_GROUPS`] groups of consecutive samples, each in sample
 //! order, then the groups in order.
 
+use crate::contiguous_f32;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -110,6 +111,15 @@ impl Geometry {
 
     fn input_len(&self) -> usize {
         self.c * self.h * self.w
+    }
+
+    /// Refuses an output gradient whose shape is not the output's.
+    fn check_output_grad(&self, grad: &Shape) -> Result<()> {
+        let want = [self.n, self.o, self.oh, self.ow];
+        if grad.dims() != want {
+            bail!("conv2d backward: gradient {grad:?}, expected {want:?}");
+        }
+        Ok(())
     }
 
     /// A 1x1 stride-1 unpadded convolution: the column matrix is the input itself.
@@ -271,13 +281,6 @@ fn inner_parallelism(tasks: usize) -> Parallelism {
     }
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let Some((start, end)) = l.contiguous_offsets() else {
-        bail!("conv2d: {what} must be contiguous")
-    };
-    Ok(&s.as_slice::<f32>()?[start..end])
-}
-
 struct Conv2dOp {
     stride: usize,
     padding: usize,
@@ -296,7 +299,10 @@ impl CustomOp2 for Conv2dOp {
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(xl.shape(), wl.shape(), self.stride, self.padding)?;
-        let (x, w) = (f32_slice(xs, xl, "x")?, f32_slice(ws, wl, "w")?);
+        let (x, w) = (
+            contiguous_f32("conv2d", xs, xl, "x")?,
+            contiguous_f32("conv2d", ws, wl, "w")?,
+        );
         let (k, l, o) = (g.k(), g.l(), g.o);
         let par = inner_parallelism(g.n);
         let mut y = vec![0f32; g.n * o * l];
@@ -375,14 +381,11 @@ impl CustomOp2 for Conv2dDataGrad {
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(&self.input, wl.shape(), self.stride, self.padding)?;
-        if gl.shape().dims() != [g.n, g.o, g.oh, g.ow] {
-            bail!(
-                "conv2d backward: gradient {:?}, expected {:?}",
-                gl.shape(),
-                (g.n, g.o, g.oh, g.ow)
-            );
-        }
-        let (dy, w) = (f32_slice(gs, gl, "grad")?, f32_slice(ws, wl, "w")?);
+        g.check_output_grad(gl.shape())?;
+        let (dy, w) = (
+            contiguous_f32("conv2d", gs, gl, "grad")?,
+            contiguous_f32("conv2d", ws, wl, "w")?,
+        );
         let (k, l, o) = (g.k(), g.l(), g.o);
         let par = inner_parallelism(g.n);
         let mut dx = vec![0f32; g.n * g.input_len()];
@@ -423,14 +426,11 @@ impl CustomOp2 for Conv2dFilterGrad {
         gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(xl.shape(), &self.filter, self.stride, self.padding)?;
-        if gl.shape().dims() != [g.n, g.o, g.oh, g.ow] {
-            bail!(
-                "conv2d backward: gradient {:?}, expected {:?}",
-                gl.shape(),
-                (g.n, g.o, g.oh, g.ow)
-            );
-        }
-        let (x, dy) = (f32_slice(xs, xl, "x")?, f32_slice(gs, gl, "grad")?);
+        g.check_output_grad(gl.shape())?;
+        let (x, dy) = (
+            contiguous_f32("conv2d", xs, xl, "x")?,
+            contiguous_f32("conv2d", gs, gl, "grad")?,
+        );
         let (k, l, o) = (g.k(), g.l(), g.o);
         let groups = g.n.clamp(1, FILTER_GROUPS);
         let per_group = g.n.div_ceil(groups);

@@ -36,3 +36,16 @@ pub use channel::{add_channel_bias, channel_affine};
 pub use conv::conv2d;
 pub use max_pool::{max_pool2d, max_pool2d_composite};
 pub use relu::relu;
+
+/// The f32 values of a contiguous CPU tensor; the error names the op and the operand.
+fn contiguous_f32<'a>(
+    op: &str,
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: {what} must be contiguous")
+    };
+    Ok(&s.as_slice::<f32>()?[start..end])
+}

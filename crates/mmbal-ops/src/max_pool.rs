@@ -4,6 +4,7 @@
 //! padding 1) is not. On the CPU this is a custom op; on other devices the same result is built
 //! from basic ops (strided window views and `maximum`), whose backward candle gets right.
 
+use crate::contiguous_f32;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -52,10 +53,7 @@ impl MaxPool {
 
 fn f32_input<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], usize, usize, usize)> {
     let (n, c, h, w) = l.shape().dims4()?;
-    let Some((start, end)) = l.contiguous_offsets() else {
-        bail!("max_pool2d: input must be contiguous")
-    };
-    Ok((&s.as_slice::<f32>()?[start..end], n * c, h, w))
+    Ok((contiguous_f32("max_pool2d", s, l, "input")?, n * c, h, w))
 }
 
 impl CustomOp1 for MaxPool {
@@ -100,10 +98,7 @@ impl CustomOp2 for MaxPoolBackward {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, _, h, w) = f32_input(s1, l1)?;
-        let Some((start, end)) = l2.contiguous_offsets() else {
-            bail!("max_pool2d backward: grad must be contiguous")
-        };
-        let g = &s2.as_slice::<f32>()?[start..end];
+        let g = contiguous_f32("max_pool2d backward", s2, l2, "grad")?;
         let (oh, ow) = self.0.out_dims(h, w);
         let mut dx = vec![0f32; x.len()];
         // Planes in parallel; within a plane the additions keep scan order.

@@ -4,18 +4,12 @@
 //! it only where the output is `> 0`. On the CPU this is a custom op; on other devices the same
 //! result comes from a constant mask.
 
+use crate::contiguous_f32;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Elements per parallel task: big enough that a task outweighs its scheduling.
 const CHUNK: usize = 1 << 14;
-
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let Some((start, end)) = l.contiguous_offsets() else {
-        bail!("relu: {what} must be contiguous")
-    };
-    Ok(&s.as_slice::<f32>()?[start..end])
-}
 
 struct Relu;
 
@@ -25,7 +19,7 @@ impl CustomOp1 for Relu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, "input")?;
+        let x = contiguous_f32("relu", s, l, "input")?;
         let mut y = vec![0f32; x.len()];
         // `x > 0 ? x : 0`, keeping NaN as PyTorch does.
         y.par_chunks_mut(CHUNK)
@@ -61,7 +55,10 @@ impl CustomOp2 for ReluBackward {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (y, g) = (f32_slice(ys, yl, "output")?, f32_slice(gs, gl, "grad")?);
+        let (y, g) = (
+            contiguous_f32("relu", ys, yl, "output")?,
+            contiguous_f32("relu", gs, gl, "grad")?,
+        );
         if y.len() != g.len() {
             bail!(
                 "relu backward: output {:?}, gradient {:?}",
