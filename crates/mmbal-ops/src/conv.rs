@@ -3,9 +3,11 @@
 //!
 //! On the CPU it is a custom op built on im2col and the `gemm` crate (the one candle uses):
 //! forward `y_n = W · cols(x_n)`, data gradient `dx_n = col2im(Wᵀ · dy_n)`, filter gradient
-//! `dW = Σ_n dy_n · cols(x_n)ᵀ`, samples in parallel. candle's own backward runs the data gradient
-//! through its direct transposed-convolution loops and the filter gradient as a convolution whose
-//! kernel is the whole output map, both far slower; the filter gradient is also where candle
+//! `dW = Σ_n dy_n · cols(x_n)ᵀ`, chunks of samples in parallel. On small maps a chunk's samples
+//! share one product (their column matrices side by side), since `gemm` is slow on products of
+//! a few dozen columns. candle's own backward runs the data gradient through its direct
+//! transposed-convolution loops and the filter gradient as a convolution whose kernel is the
+//! whole output map, both far slower; the filter gradient is also where candle
 //! 0.11.1 breaks: it computes one output padding from the height and reuses it for the width, so
 //! a stride-2 convolution of a 257x188 spectrogram (the OGM-GE CREMA-D shape) fails. Off the CPU
 //! the convolution goes through candle with explicit padding, keeping only the input rows and
@@ -13,7 +15,7 @@
 //!
 //! Determinism: every sum has a fixed order that does not depend on the thread count. The filter
 //! gradient is summed in at most [`FILTER_GROUPS`] groups of consecutive samples, each in sample
-//! order, then the groups in order.
+//! order, then the groups in order; how many samples share a product depends on the shapes alone.
 
 use crate::contiguous_f32;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
@@ -122,6 +124,17 @@ impl Geometry {
         Ok(())
     }
 
+    /// Samples per matrix product so that it has about `target` columns; one for a pointwise
+    /// convolution, whose input is its own column matrix. Depends on the shapes alone, so the
+    /// sums (and their bits) do not depend on the thread count.
+    fn samples_per_product(&self, target: usize) -> usize {
+        if self.pointwise() {
+            1
+        } else {
+            (target / self.l().max(1)).clamp(1, self.n.max(1))
+        }
+    }
+
     /// A 1x1 stride-1 unpadded convolution: the column matrix is the input itself.
     fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
@@ -162,61 +175,131 @@ impl Geometry {
     }
 }
 
-/// `cols` (K x L, row-major) from one sample `x` (C x H x W); zeros where a window leaves the
-/// image. Every value of `cols` is written (no clearing pass first).
-fn im2col(g: &Geometry, x: &[f32], cols: &mut [f32]) {
-    let (l, s) = (g.l(), g.stride);
-    for c in 0..g.c {
-        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for i in 0..g.kh {
-            for j in 0..g.kw {
-                let row = (c * g.kh + i) * g.kw + j;
-                let (lo, hi) = g.valid_cols(j);
-                let out = &mut cols[row * l..(row + 1) * l];
-                for (oh, seg) in out.chunks_exact_mut(g.ow).enumerate() {
-                    let ih = (oh * s + i).checked_sub(g.pad).filter(|&ih| ih < g.h);
-                    let (Some(ih), true) = (ih, lo < hi) else {
-                        seg.fill(0.0);
-                        continue;
-                    };
-                    // Plain loops: the runs are short (a few to a few dozen values), where
-                    // memcpy and memset calls cost more than the copies.
-                    for v in &mut seg[..lo] {
-                        *v = 0.0;
-                    }
-                    for v in &mut seg[hi..] {
-                        *v = 0.0;
-                    }
-                    let src = &plane[ih * g.w..(ih + 1) * g.w];
-                    let iw0 = lo * s + j - g.pad;
-                    if s == 1 {
-                        for (d, v) in seg[lo..hi].iter_mut().zip(&src[iw0..]) {
-                            *d = *v;
+/// Builds and scatters back one sample's column matrix (K x L) inside a wider matrix: row `r`
+/// of sample `t` at `cols[r * ld + t * L..][..L]`, so that several samples share one product.
+///
+/// Wide stride-1 rows are copied in runs; short or strided rows (small maps, the stride-2 stems)
+/// go through a gather table, one input index per column-matrix entry, because there the cost of
+/// each run's bounds and loop set-up outweighs the copy (measured: 0.3 ns per entry for the
+/// table against 0.5 to 4.6 ns for runs on 2x3 to 32x48 maps, 0.15 for runs 47 wide).
+struct Columns<'g> {
+    g: &'g Geometry,
+    /// Input index of each entry, the sample's length for entries in the zero padding.
+    table: Option<Vec<u32>>,
+}
+
+/// Output rows at least this wide (at stride 1) are copied in runs rather than gathered.
+const RUN_MIN_WIDTH: usize = 16;
+
+impl<'g> Columns<'g> {
+    fn new(g: &'g Geometry) -> Columns<'g> {
+        let by_table = (g.stride > 1 || g.ow < RUN_MIN_WIDTH) && g.input_len() < u32::MAX as usize;
+        let table = by_table.then(|| {
+            let l = g.l();
+            let mut t = vec![g.input_len() as u32; g.k() * l];
+            g.for_each_segment(|row, c, ih, oh, lo, len| {
+                let iw0 = lo * g.stride + row % g.kw - g.pad;
+                let first = (c * g.h + ih) * g.w + iw0;
+                let dst = &mut t[row * l + oh * g.ow + lo..][..len];
+                for (q, d) in dst.iter_mut().enumerate() {
+                    *d = (first + q * g.stride) as u32;
+                }
+            });
+            t
+        });
+        Columns { g, table }
+    }
+
+    /// A scratch copy of one sample with a zero after it, for the table's padding entries.
+    fn scratch(&self) -> Vec<f32> {
+        let len = match self.table {
+            Some(_) => self.g.input_len() + 1,
+            None => 0,
+        };
+        vec![0.0; len]
+    }
+
+    /// Writes sample `x` (C x H x W) into columns `off..off + L` of `cols` (row stride `ld`);
+    /// every entry is written, zeros where a window leaves the image.
+    fn fill(&self, x: &[f32], scratch: &mut [f32], cols: &mut [f32], ld: usize, off: usize) {
+        let g = self.g;
+        let l = g.l();
+        if let Some(table) = &self.table {
+            scratch[..x.len()].copy_from_slice(x);
+            scratch[x.len()] = 0.0;
+            for (r, idx) in table.chunks_exact(l).enumerate() {
+                for (d, &i) in cols[r * ld + off..][..l].iter_mut().zip(idx) {
+                    *d = scratch[i as usize];
+                }
+            }
+            return;
+        }
+        let s = g.stride;
+        for c in 0..g.c {
+            let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    let row = (c * g.kh + i) * g.kw + j;
+                    let (lo, hi) = g.valid_cols(j);
+                    let out = &mut cols[row * ld + off..][..l];
+                    for (oh, seg) in out.chunks_exact_mut(g.ow).enumerate() {
+                        let ih = (oh * s + i).checked_sub(g.pad).filter(|&ih| ih < g.h);
+                        let (Some(ih), true) = (ih, lo < hi) else {
+                            seg.fill(0.0);
+                            continue;
+                        };
+                        // Plain loops: the runs are short, where memcpy and memset calls cost
+                        // more than the copies.
+                        for v in &mut seg[..lo] {
+                            *v = 0.0;
                         }
-                    } else {
-                        for (d, v) in seg[lo..hi].iter_mut().zip(src[iw0..].iter().step_by(s)) {
-                            *d = *v;
+                        for v in &mut seg[hi..] {
+                            *v = 0.0;
+                        }
+                        let src = &plane[ih * g.w..(ih + 1) * g.w];
+                        let iw0 = lo * s + j - g.pad;
+                        if s == 1 {
+                            for (d, v) in seg[lo..hi].iter_mut().zip(&src[iw0..]) {
+                                *d = *v;
+                            }
+                        } else {
+                            let src = src[iw0..].iter().step_by(s);
+                            for (d, v) in seg[lo..hi].iter_mut().zip(src) {
+                                *d = *v;
+                            }
                         }
                     }
                 }
             }
         }
     }
-}
 
-/// Adds `cols` (K x L) back onto one sample's gradient `dx` (C x H x W), which the caller
-/// zeroed; the order of the additions is fixed.
-fn col2im(g: &Geometry, cols: &[f32], dx: &mut [f32]) {
-    let (l, s) = (g.l(), g.stride);
-    g.for_each_segment(|row, c, ih, oh, lo, len| {
-        let j = row % g.kw;
-        let iw0 = lo * s + j - g.pad;
-        let dst = &mut dx[(c * g.h + ih) * g.w..(c * g.h + ih + 1) * g.w];
-        let src = &cols[row * l + oh * g.ow + lo..row * l + oh * g.ow + lo + len];
-        for (t, v) in src.iter().enumerate() {
-            dst[iw0 + t * s] += v;
+    /// Adds columns `off..off + L` of `cols` (row stride `ld`) back onto one sample's gradient
+    /// `dx` (C x H x W), which the caller zeroed. The additions run in column-matrix order (row,
+    /// then output position) on both paths, so the two give the same bits.
+    fn add_back(&self, cols: &[f32], ld: usize, off: usize, scratch: &mut [f32], dx: &mut [f32]) {
+        let g = self.g;
+        let l = g.l();
+        if let Some(table) = &self.table {
+            scratch.fill(0.0);
+            for (r, idx) in table.chunks_exact(l).enumerate() {
+                for (v, &i) in cols[r * ld + off..][..l].iter().zip(idx) {
+                    scratch[i as usize] += v;
+                }
+            }
+            dx.copy_from_slice(&scratch[..dx.len()]);
+            return;
         }
-    });
+        let s = g.stride;
+        g.for_each_segment(|row, c, ih, oh, lo, len| {
+            let iw0 = lo * s + row % g.kw - g.pad;
+            let dst = &mut dx[(c * g.h + ih) * g.w..(c * g.h + ih + 1) * g.w];
+            let src = &cols[row * ld + off + oh * g.ow + lo..][..len];
+            for (t, v) in src.iter().enumerate() {
+                dst[iw0 + t * s] += v;
+            }
+        });
+    }
 }
 
 /// Row-major matrix view for `gemm`: element (r, c) at `ptr[r * rs + c * cs]`.
@@ -281,6 +364,44 @@ fn inner_parallelism(tasks: usize) -> Parallelism {
     }
 }
 
+/// Columns aimed at per matrix product in the forward and data-gradient passes: products over
+/// a few dozen columns (small maps) run at a tenth of `gemm`'s speed, so samples are batched
+/// until about this many (measured with `gemm` 0.19 at 8-64 channels, 2 to 1920 columns).
+const PRODUCT_COLUMNS: usize = 256;
+
+/// The same for the filter gradient, whose product sums over the columns: past a few hundred
+/// `gemm` slows down again there.
+const FILTER_PRODUCT_COLUMNS: usize = 128;
+
+/// Per-thread buffers: one chunk's column matrix, its output or output-gradient rows, and one
+/// padded sample for the gather table.
+struct Scratch {
+    cols: Vec<f32>,
+    out: Vec<f32>,
+    sample: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(g: &Geometry, columns: &Columns, nb: usize) -> Scratch {
+        let several = nb > 1 && !g.pointwise();
+        Scratch {
+            cols: vec![0.0; if g.pointwise() { 0 } else { g.k() * g.l() * nb }],
+            out: vec![0.0; if several { g.o * g.l() * nb } else { 0 }],
+            sample: columns.scratch(),
+        }
+    }
+}
+
+/// `m` samples' (O x L) blocks side by side as one O x mL matrix.
+fn gather_samples(src: &[f32], o: usize, l: usize, dst: &mut [f32]) {
+    let ld = src.len() / o;
+    for (t, st) in src.chunks_exact(o * l).enumerate() {
+        for (r, sr) in st.chunks_exact(l).enumerate() {
+            dst[r * ld + t * l..][..l].copy_from_slice(sr);
+        }
+    }
+}
+
 struct Conv2dOp {
     stride: usize,
     padding: usize,
@@ -304,19 +425,49 @@ impl CustomOp2 for Conv2dOp {
             contiguous_f32("conv2d", ws, wl, "w")?,
         );
         let (k, l, o) = (g.k(), g.l(), g.o);
-        let par = inner_parallelism(g.n);
+        let nb = g.samples_per_product(PRODUCT_COLUMNS);
+        let par = inner_parallelism(g.n.div_ceil(nb));
+        let columns = Columns::new(&g);
         let mut y = vec![0f32; g.n * o * l];
-        y.par_chunks_mut(o * l).enumerate().for_each_init(
-            || vec![0f32; if g.pointwise() { 0 } else { k * l }],
-            |cols, (i, yi)| {
-                let xi = &x[i * g.input_len()..(i + 1) * g.input_len()];
-                let cols: &[f32] = if g.pointwise() {
-                    xi
-                } else {
-                    im2col(&g, xi, cols);
-                    cols
-                };
-                matmul(yi, (o, l, k), mat(w, k, 1), mat(cols, l, 1), false, par);
+        y.par_chunks_mut(nb * o * l).enumerate().for_each_init(
+            || Scratch::new(&g, &columns, nb),
+            |sc, (ci, ychunk)| {
+                let m = ychunk.len() / (o * l);
+                let xs = &x[ci * nb * g.input_len()..][..m * g.input_len()];
+                if g.pointwise() {
+                    // nb is 1 here: the input is its own column matrix.
+                    matmul(ychunk, (o, l, k), mat(w, k, 1), mat(xs, l, 1), false, par);
+                    return;
+                }
+                let ld = m * l;
+                for (t, xi) in xs.chunks_exact(g.input_len()).enumerate() {
+                    columns.fill(xi, &mut sc.sample, &mut sc.cols, ld, t * l);
+                }
+                if m == 1 {
+                    matmul(
+                        ychunk,
+                        (o, l, k),
+                        mat(w, k, 1),
+                        mat(&sc.cols, l, 1),
+                        false,
+                        par,
+                    );
+                    return;
+                }
+                // One product for the chunk (O x mL), then each sample's rows into place.
+                matmul(
+                    &mut sc.out,
+                    (o, ld, k),
+                    mat(w, k, 1),
+                    mat(&sc.cols, ld, 1),
+                    false,
+                    par,
+                );
+                for (t, yt) in ychunk.chunks_exact_mut(o * l).enumerate() {
+                    for (r, yr) in yt.chunks_exact_mut(l).enumerate() {
+                        yr.copy_from_slice(&sc.out[r * ld + t * l..][..l]);
+                    }
+                }
             },
         );
         Ok((CpuStorage::F32(y), Shape::from((g.n, o, g.oh, g.ow))))
@@ -387,21 +538,42 @@ impl CustomOp2 for Conv2dDataGrad {
             contiguous_f32("conv2d", ws, wl, "w")?,
         );
         let (k, l, o) = (g.k(), g.l(), g.o);
-        let par = inner_parallelism(g.n);
+        let nb = g.samples_per_product(PRODUCT_COLUMNS);
+        let par = inner_parallelism(g.n.div_ceil(nb));
+        let columns = Columns::new(&g);
         let mut dx = vec![0f32; g.n * g.input_len()];
-        dx.par_chunks_mut(g.input_len()).enumerate().for_each_init(
-            || vec![0f32; if g.pointwise() { 0 } else { k * l }],
-            |cols, (i, dxi)| {
-                let dyi = &dy[i * o * l..(i + 1) * o * l];
-                // Wᵀ (K x O): element (r, o) at w[o * K + r].
-                if g.pointwise() {
-                    matmul(dxi, (k, l, o), mat(w, 1, k), mat(dyi, l, 1), false, par);
-                } else {
-                    matmul(cols, (k, l, o), mat(w, 1, k), mat(dyi, l, 1), false, par);
-                    col2im(&g, cols, dxi);
-                }
-            },
-        );
+        dx.par_chunks_mut(nb * g.input_len())
+            .enumerate()
+            .for_each_init(
+                || Scratch::new(&g, &columns, nb),
+                |sc, (ci, dxchunk)| {
+                    let m = dxchunk.len() / g.input_len();
+                    let dys = &dy[ci * nb * o * l..][..m * o * l];
+                    // Wᵀ (K x O): element (r, o) at w[o * K + r].
+                    if g.pointwise() {
+                        matmul(dxchunk, (k, l, o), mat(w, 1, k), mat(dys, l, 1), false, par);
+                        return;
+                    }
+                    let ld = m * l;
+                    let dys: &[f32] = if m == 1 {
+                        dys
+                    } else {
+                        gather_samples(dys, o, l, &mut sc.out);
+                        &sc.out
+                    };
+                    matmul(
+                        &mut sc.cols,
+                        (k, ld, o),
+                        mat(w, 1, k),
+                        mat(dys, ld, 1),
+                        false,
+                        par,
+                    );
+                    for (t, dxi) in dxchunk.chunks_exact_mut(g.input_len()).enumerate() {
+                        columns.add_back(&sc.cols, ld, t * l, &mut sc.sample, dxi);
+                    }
+                },
+            );
         Ok((CpuStorage::F32(dx), self.input.clone()))
     }
 }
@@ -434,28 +606,40 @@ impl CustomOp2 for Conv2dFilterGrad {
         let (k, l, o) = (g.k(), g.l(), g.o);
         let groups = g.n.clamp(1, FILTER_GROUPS);
         let per_group = g.n.div_ceil(groups);
+        let nb = g.samples_per_product(FILTER_PRODUCT_COLUMNS).min(per_group);
         let par = inner_parallelism(groups);
+        let columns = Columns::new(&g);
         let partials: Vec<Vec<f32>> = (0..groups)
             .into_par_iter()
             .map(|grp| {
                 let mut acc = vec![0f32; o * k];
-                let mut cols = vec![0f32; if g.pointwise() { 0 } else { k * l }];
+                let mut sc = Scratch::new(&g, &columns, nb);
                 let samples = grp * per_group..((grp + 1) * per_group).min(g.n);
-                for (t, i) in samples.enumerate() {
-                    let xi = &x[i * g.input_len()..(i + 1) * g.input_len()];
+                for (t, first) in samples.clone().step_by(nb).enumerate() {
+                    let m = nb.min(samples.end - first);
+                    let xs = &x[first * g.input_len()..][..m * g.input_len()];
+                    let dys = &dy[first * o * l..][..m * o * l];
+                    let ld = m * l;
                     let cols: &[f32] = if g.pointwise() {
-                        xi
+                        xs
                     } else {
-                        im2col(&g, xi, &mut cols);
-                        &cols
+                        for (q, xi) in xs.chunks_exact(g.input_len()).enumerate() {
+                            columns.fill(xi, &mut sc.sample, &mut sc.cols, ld, q * l);
+                        }
+                        &sc.cols
                     };
-                    let dyi = &dy[i * o * l..(i + 1) * o * l];
-                    // colsᵀ (L x K): element (p, r) at cols[r * L + p].
+                    let dys: &[f32] = if m == 1 {
+                        dys
+                    } else {
+                        gather_samples(dys, o, l, &mut sc.out);
+                        &sc.out
+                    };
+                    // colsᵀ (mL x K): element (p, r) at cols[r * ld + p].
                     matmul(
                         &mut acc,
-                        (o, k, l),
-                        mat(dyi, l, 1),
-                        mat(cols, 1, l),
+                        (o, k, ld),
+                        mat(dys, ld, 1),
+                        mat(cols, 1, ld),
                         t > 0,
                         par,
                     );

@@ -180,10 +180,11 @@ fn channel_bias_matches_broadcast_add_in_both_passes() {
 
 /// (batch, in channels, height, width, out channels, kernel, stride, padding): every
 /// convolution shape of SmallCnn and ResNet-18 (stem 7x7/2, 3x3/1, 3x3/2, 1x1/2 downsample),
-/// a pointwise one, a batch of one and batches that leave filter-gradient groups uneven.
+/// a pointwise one, a batch of one, batches that leave filter-gradient groups uneven, and
+/// small maps whose samples share one product (copied in runs and through the gather table).
 type ConvShape = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-const CONV_SHAPES: [ConvShape; 9] = [
+const CONV_SHAPES: [ConvShape; 10] = [
     (4, 1, 28, 28, 8, 3, 1, 1),
     (3, 3, 32, 24, 5, 7, 2, 3),
     (9, 4, 10, 12, 6, 3, 1, 1),
@@ -193,6 +194,7 @@ const CONV_SHAPES: [ConvShape; 9] = [
     (1, 2, 6, 8, 3, 3, 1, 1),
     (17, 2, 6, 6, 3, 3, 1, 0),
     (2, 3, 5, 7, 2, 5, 1, 2),
+    (7, 3, 2, 20, 4, 3, 1, 1),
 ];
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
