@@ -185,18 +185,35 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-pub fn bench_cpu(args: &[String]) -> Result<()> {
-    let mut wanted: Option<Vec<String>> = None;
-    let (mut repeats, mut steps, mut threads) = (3usize, None::<usize>, None::<usize>);
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--rows" => wanted = Some(value()?.split(',').map(str::to_string).collect()),
-            "--repeats" => repeats = value()?.parse()?,
-            "--steps" => steps = Some(value()?.parse()?),
-            "--threads" => threads = Some(value()?.parse()?),
-            _ => bail!("unknown flag {flag}"),
+/// `cargo xtask bench cpu` options.
+#[derive(clap::Args)]
+pub struct CpuArgs {
+    /// Rows to run, comma-separated (avmnist, grid, cremad); all when absent.
+    #[arg(long, value_delimiter = ',')]
+    rows: Option<Vec<String>>,
+    /// Alternating measurements per side; medians are printed.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Timed steps per measurement, overriding each row's own.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Threads for both sides; must equal RAYON_NUM_THREADS (default: that variable, else
+    /// every core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+pub fn bench_cpu(args: CpuArgs) -> Result<()> {
+    let CpuArgs {
+        rows: wanted,
+        repeats,
+        steps,
+        threads,
+    } = args;
+    if let Some(w) = &wanted {
+        let known: Vec<&str> = rows().iter().map(|r| r.name).collect();
+        if let Some(bad) = w.iter().find(|n| !known.contains(&n.as_str())) {
+            bail!("--rows: no row named {bad} (rows: {})", known.join(", "));
         }
     }
     let check = Command::new(python()).args(["-c", "import torch"]).output();

@@ -5,6 +5,7 @@
 //! `cargo xtask bench loader [--config FILE] [--epochs N]`: loader throughput (decoded cache,
 //! augmentation, batch assembly) in samples/s, without a model.
 //! Speed goals are checked with these, never with timed tests. Each prints one JSON line.
+//! `cargo xtask --help`, and `--help` after any task, lists every option with its default.
 //! `cargo xtask results --config FILE [--config FILE ...] [--seeds N] [--epochs N] [--set METHOD:KEY=VALUE ...]
 //! [--out FILE]`: joint training and every registered method on each config, N seeds each; the epoch with the
 //! best val accuracy is reported on test (mean +- std of accuracy and macro-F1, per-modality
@@ -18,37 +19,93 @@ mod bench_cpu;
 mod reproduce;
 
 use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
 use mmbal_data::{batches, Split};
 use mmbal_train::{TrainConfig, Trainer};
 use std::path::PathBuf;
 use std::time::Instant;
 
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "mmbal's project tasks: benchmarks, the results table, Table 1",
+    bin_name = "cargo xtask"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Speed: training step, loader, mmbal against PyTorch on the CPU. Each prints JSON lines.
+    #[command(subcommand)]
+    Bench(Bench),
+    /// Joint training and every registered method on each config, several seeds each; the
+    /// epoch with the best val accuracy is reported on test as a Markdown table.
+    Results(ResultsArgs),
+    /// The valuation paper's tables as resumable matrices of runs.
+    #[command(subcommand)]
+    Reproduce(Reproduce),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Training-step time and samples/s on the first batch of a config's training split.
+    Step(Args),
+    /// mmbal against PyTorch, side by side, on the CPU (see bench_cpu.rs).
+    Cpu(bench_cpu::CpuArgs),
+    /// Loader throughput (decoded cache, augmentation, batch assembly) without a model.
+    Loader(Args),
+}
+
+#[derive(Subcommand)]
+enum Reproduce {
+    /// Table 1: a resumable matrix of runs written to DIR/table1.md, table1.csv and figures.
+    Table1(reproduce::Table1Args),
+}
+
+#[derive(clap::Args)]
 struct Args {
+    /// Training config (TOML); the embedded default when absent.
+    #[arg(long)]
     config: Option<PathBuf>,
+    /// Device to run on (cpu, cuda, cuda:N), overriding the config's.
+    #[arg(long)]
     device: Option<String>,
+    /// Timed steps (bench step).
+    #[arg(long, default_value_t = 20)]
     steps: usize,
+    /// Passes over the training split (bench loader).
+    #[arg(long, default_value_t = 1)]
     epochs: usize,
 }
 
-fn parse(rest: &[String]) -> Result<Args> {
-    let mut a = Args {
-        config: None,
-        device: None,
-        steps: 20,
-        epochs: 1,
-    };
-    let mut it = rest.iter();
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--config" => a.config = Some(PathBuf::from(value()?)),
-            "--device" => a.device = Some(value()?.clone()),
-            "--steps" => a.steps = value()?.parse()?,
-            "--epochs" => a.epochs = value()?.parse()?,
-            _ => bail!("unknown flag {flag}"),
-        }
-    }
-    Ok(a)
+#[derive(clap::Args)]
+struct ResultsArgs {
+    /// A training config (TOML); give several for several datasets.
+    #[arg(long = "config", required = true)]
+    configs: Vec<PathBuf>,
+    /// Seeds per method, 0..N.
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    /// Epochs, overriding each config's.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// A method option, METHOD:KEY=VALUE (VALUE read as TOML, else as a string); repeatable.
+    #[arg(long = "set", value_parser = parse_set)]
+    sets: Vec<(String, String, toml::Value)>,
+    /// The Markdown file written.
+    #[arg(long, default_value = "docs/results.md")]
+    out: PathBuf,
+}
+
+/// The command line as typed, for provenance in what the tasks write.
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!("cargo xtask {}", args.join(" "))
+        .trim_end()
+        .to_string()
 }
 
 fn config(a: &Args) -> Result<TrainConfig> {
@@ -162,25 +219,14 @@ fn parse_set(text: &str) -> Result<(String, String, toml::Value)> {
     Ok((method.to_string(), key.to_string(), value))
 }
 
-fn results(rest: &[String]) -> Result<()> {
-    let mut configs = Vec::new();
-    let (mut seeds, mut epochs, mut out) = (3u64, None, PathBuf::from("docs/results.md"));
-    let mut sets: Vec<(String, String, toml::Value)> = Vec::new();
-    let mut it = rest.iter();
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--config" => configs.push(PathBuf::from(value()?)),
-            "--seeds" => seeds = value()?.parse()?,
-            "--epochs" => epochs = Some(value()?.parse::<usize>()?),
-            "--out" => out = PathBuf::from(value()?),
-            "--set" => sets.push(parse_set(value()?)?),
-            _ => bail!("unknown flag {flag}"),
-        }
-    }
-    if configs.is_empty() {
-        bail!("results: give at least one --config");
-    }
+fn results(a: ResultsArgs) -> Result<()> {
+    let ResultsArgs {
+        configs,
+        seeds,
+        epochs,
+        sets,
+        out,
+    } = a;
     let mut table = String::from(
         "| dataset | method | test acc | test macro-F1 | per-modality test acc | best val epoch |\n|---|---|---|---|---|---|\n",
     );
@@ -245,7 +291,7 @@ fn results(rest: &[String]) -> Result<()> {
             ));
         }
     }
-    let command = format!("cargo xtask results {}", rest.join(" "));
+    let command = command_line();
     let doc = format!(
         "# Results\n\nMade by `{command}` ({seeds} seeds per row; the epoch with the best val accuracy is \
          reported on test; per-modality accuracy is each modality's unimodal logits).\n\n{table}"
@@ -256,15 +302,11 @@ fn results(rest: &[String]) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["bench", "step", ..] => bench_step(&parse(&args[2..])?),
-        ["bench", "loader", ..] => bench_loader(&parse(&args[2..])?),
-        ["bench", "cpu", ..] => bench_cpu::bench_cpu(&args[2..]),
-        ["results", ..] => results(&args[1..]),
-        ["reproduce", "table1", ..] => reproduce::table1(&args[2..]),
-        _ => bail!(
-            "usage: cargo xtask bench step [--config FILE] [--device D] [--steps N]\n       cargo xtask bench cpu [--rows avmnist,grid,cremad] [--repeats N] [--steps N] [--threads N]\n       cargo xtask bench loader [--config FILE] [--epochs N]\n       cargo xtask results --config FILE [--config FILE ...] [--seeds N] [--epochs N] [--set METHOD:KEY=VALUE ...] [--out FILE]\n       cargo xtask reproduce table1 [--datasets A,B] [--methods A,B] [--seeds N] [--profile quick|paper] [--epochs N] [--device D] [--out DIR]"
-        ),
+    match Cli::parse().task {
+        Task::Bench(Bench::Step(a)) => bench_step(&a),
+        Task::Bench(Bench::Loader(a)) => bench_loader(&a),
+        Task::Bench(Bench::Cpu(a)) => bench_cpu::bench_cpu(a),
+        Task::Results(a) => results(a),
+        Task::Reproduce(Reproduce::Table1(a)) => reproduce::table1(a),
     }
 }

@@ -48,44 +48,36 @@ const TABLE1_METHODS: [&str; 6] = [
     "modality-level",
 ];
 
-struct Options {
+/// `cargo xtask reproduce table1` options.
+#[derive(clap::Args)]
+pub struct Table1Args {
+    /// Datasets, comma-separated; the profile's own when absent (quick: grid-s1 and avmnist
+    /// with the shared data, else synthetic).
+    #[arg(long, value_delimiter = ',')]
     datasets: Option<Vec<String>>,
+    /// Methods, comma-separated; joint is always added (gains are over it).
+    #[arg(long, value_delimiter = ',', default_values_t = TABLE1_METHODS.map(String::from))]
     methods: Vec<String>,
+    /// Seeds per method, 0..N, paired across methods.
+    #[arg(long, default_value_t = 3)]
     seeds: u64,
+    /// Schedule and sizes: quick (this machine) or paper (the paper's, for a GPU).
+    #[arg(long, default_value = "quick", value_parser = ["quick", "paper"])]
     profile: String,
+    /// Folder of the runs and the table; finished runs there are never redone.
+    #[arg(long, default_value = "results")]
     out: PathBuf,
+    /// Epochs, overriding the profile's.
+    #[arg(long)]
     epochs: Option<usize>,
+    /// Device to run on (cpu, cuda, cuda:N).
+    #[arg(long)]
     device: Option<String>,
 }
 
-fn parse(rest: &[String]) -> Result<Options> {
-    let mut o = Options {
-        datasets: None,
-        methods: TABLE1_METHODS.iter().map(|m| m.to_string()).collect(),
-        seeds: 3,
-        profile: "quick".into(),
-        out: PathBuf::from("results"),
-        epochs: None,
-        device: None,
-    };
-    let list = |v: &str| {
-        v.split(',')
-            .map(|s| s.trim().to_string())
-            .collect::<Vec<_>>()
-    };
-    let mut it = rest.iter();
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--datasets" => o.datasets = Some(list(value()?)),
-            "--methods" => o.methods = list(value()?),
-            "--seeds" => o.seeds = value()?.parse()?,
-            "--profile" => o.profile = value()?.clone(),
-            "--out" => o.out = PathBuf::from(value()?),
-            "--epochs" => o.epochs = Some(value()?.parse()?),
-            "--device" => o.device = Some(value()?.clone()),
-            _ => bail!("unknown flag {flag}"),
-        }
+fn check(mut o: Table1Args) -> Result<Table1Args> {
+    for m in &mut o.methods {
+        *m = m.trim().to_string();
     }
     for m in &o.methods {
         if !mmbal_methods::METHODS.iter().any(|(n, _)| n == m) {
@@ -95,6 +87,11 @@ fn parse(rest: &[String]) -> Result<Options> {
     if !o.methods.iter().any(|m| m == "joint") {
         // Gains are over joint training, so joint always runs.
         o.methods.insert(0, "joint".into());
+    }
+    if let Some(d) = &mut o.datasets {
+        for s in d.iter_mut() {
+            *s = s.trim().to_string();
+        }
     }
     Ok(o)
 }
@@ -310,15 +307,13 @@ struct Cell {
     curves: BTreeMap<String, BTreeMap<usize, Vec<f64>>>,
 }
 
-pub fn table1(rest: &[String]) -> Result<()> {
-    let o = parse(rest)?;
+pub fn table1(args: Table1Args) -> Result<()> {
+    let o = check(args)?;
     let datasets = match &o.datasets {
         Some(d) => d.clone(),
         None => default_datasets(&o.profile)?,
     };
-    let command = format!("cargo xtask reproduce table1 {}", rest.join(" "))
-        .trim_end()
-        .to_string();
+    let command = crate::command_line();
     let revision = git_revision();
     let root = o.out.join("table1").join(&o.profile);
     let started = Instant::now();
@@ -398,7 +393,7 @@ pub fn table1(rest: &[String]) -> Result<()> {
 }
 
 fn write_outputs(
-    o: &Options,
+    o: &Table1Args,
     datasets: &[String],
     cells: &BTreeMap<(String, String), Cell>,
     command: &str,
