@@ -1,77 +1,91 @@
-//! NumPy `.npy` files (format 1.0/2.0, C order): float32 and float64 arrays read as f32, and a
-//! minimal writer. The community layouts store spectrograms this way (Kinetics-Sounds
-//! `<name>.npy`); mmbal writes contributions and preprocessed spectrograms with it.
+//! NumPy `.npy` files through the `npyz` crate: float32 and float64 arrays (either byte order,
+//! C or Fortran order) read as C-order f32, and writers for float32 and int64 arrays. The
+//! community layouts store spectrograms this way (Kinetics-Sounds `<name>.npy`); mmbal writes
+//! contributions, their sample indices and preprocessed spectrograms with it.
 
 use anyhow::{bail, Context, Result};
-use std::io::Write;
+use npyz::{DType, NpyFile, NpyHeader, Order, TypeChar, WriterBuilder};
 use std::path::Path;
 
-/// Reads a C-order float32 or float64 `.npy` array as `(shape, values)` (f64 narrowed to f32).
+/// Reads a float32 or float64 `.npy` array as `(shape, values)` in C order (f64 narrowed to
+/// f32, a Fortran-order array transposed).
 pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     parse_f32(&bytes).with_context(|| format!("{}: not a readable .npy array", path.display()))
 }
 
 fn parse_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        bail!("no .npy magic");
-    }
-    let (len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        _ if bytes.len() >= 12 => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
+    let mut data = bytes;
+    let header = NpyHeader::from_reader(&mut data).context("bad .npy header")?;
+    let width = match header.dtype() {
+        DType::Plain(t) if t.type_char() == TypeChar::Float && matches!(t.size_field(), 4 | 8) => {
+            t.size_field() as usize
+        }
+        other => bail!(
+            "expected a float32 or float64 array, found dtype {}",
+            other.descr()
         ),
-        _ => bail!("truncated header"),
     };
-    if bytes.len() < start + len {
-        bail!("truncated header");
-    }
-    let header = std::str::from_utf8(&bytes[start..start + len]).context("header is not text")?;
-    if header.contains("'fortran_order': True") {
-        bail!("Fortran-order arrays are not supported, header {header}");
-    }
-    let width = if header.contains("'descr': '<f4'") {
-        4
-    } else if header.contains("'descr': '<f8'") {
-        8
-    } else {
-        bail!("expected a float32 or float64 array, header {header}");
-    };
-    let shape_txt = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|r| r.split(')').next())
-        .context("no shape in header")?;
-    let shape: Vec<usize> = shape_txt
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(|t| t.parse())
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("bad shape ({shape_txt})"))?;
-    let data = &bytes[start + len..];
+    let shape: Vec<usize> = header.shape().iter().map(|&d| d as usize).collect();
     let n: usize = shape.iter().product();
+    // npyz reads the values it needs and would ignore the rest: a size mismatch is an error.
     if data.len() != width * n {
         bail!(
             "{} data bytes for shape {shape:?} ({width}-byte values)",
             data.len()
         );
     }
-    let values = if width == 4 {
-        data.chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
+    let order = header.order();
+    let npy = NpyFile::with_header(header, data);
+    let values: Vec<f32> = if width == 4 {
+        npy.into_vec::<f32>()?
     } else {
-        data.chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+        npy.into_vec::<f64>()?
+            .into_iter()
+            .map(|v| v as f32)
             .collect()
+    };
+    let values = match order {
+        Order::C => values,
+        Order::Fortran => fortran_to_c(&shape, &values),
     };
     Ok((shape, values))
 }
 
-/// Writes a float32 array.
+/// Column-major values of `shape` in row-major order.
+fn fortran_to_c(shape: &[usize], values: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; values.len()];
+    let mut index = vec![0usize; shape.len()];
+    for v in out.iter_mut() {
+        // `index` walks C order; its Fortran offset has the first axis fastest.
+        let (mut off, mut stride) = (0, 1);
+        for (i, &d) in index.iter().zip(shape) {
+            off += i * stride;
+            stride *= d;
+        }
+        *v = values[off];
+        for (i, &d) in index.iter_mut().zip(shape).rev() {
+            *i += 1;
+            if *i < d {
+                break;
+            }
+            *i = 0;
+        }
+    }
+    out
+}
+
+/// Writes a C-order float32 array.
 pub fn write_f32(path: &Path, shape: &[usize], values: &[f32]) -> Result<()> {
+    write(path, shape, values)
+}
+
+/// Writes a C-order int64 array.
+pub fn write_i64(path: &Path, shape: &[usize], values: &[i64]) -> Result<()> {
+    write(path, shape, values)
+}
+
+fn write<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[usize], values: &[T]) -> Result<()> {
     if shape.iter().product::<usize>() != values.len() {
         bail!(
             "{}: {} values for shape {shape:?}",
@@ -79,42 +93,19 @@ pub fn write_f32(path: &Path, shape: &[usize], values: &[f32]) -> Result<()> {
             values.len()
         );
     }
-    write(path, "<f4", shape, |w| {
-        values
-            .iter()
-            .try_for_each(|v| w.write_all(&v.to_le_bytes()))
-    })
-}
-
-/// Writes a `.npy` file with dtype `descr` (`<f4`, `<i8`, ...); `body` writes the values.
-pub fn write(
-    path: &Path,
-    descr: &str,
-    shape: &[usize],
-    body: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
-) -> Result<()> {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_txt = if dims.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
-    let mut header =
-        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
-    // Magic (6) + version (2) + length (2) + header + newline, padded to a multiple of 64.
-    let unpadded = 10 + header.len() + 1;
-    header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
-    header.push('\n');
+    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
     let file = std::fs::File::create(path)
         .with_context(|| format!("{}: cannot create", path.display()))?;
-    let mut w = std::io::BufWriter::new(file);
-    w.write_all(b"\x93NUMPY\x01\x00")?;
-    w.write_all(&(header.len() as u16).to_le_bytes())?;
-    w.write_all(header.as_bytes())?;
-    body(&mut w).with_context(|| format!("{}: cannot write", path.display()))?;
-    w.flush()
-        .with_context(|| format!("{}: cannot write", path.display()))?;
-    Ok(())
+    let written = (|| -> std::io::Result<()> {
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&shape)
+            .writer(std::io::BufWriter::new(file))
+            .begin_nd()?;
+        w.extend(values.iter().copied())?;
+        w.finish()
+    })();
+    written.with_context(|| format!("{}: cannot write", path.display()))
 }
 
 #[cfg(test)]
@@ -137,6 +128,51 @@ mod tests {
         assert!(format!("{:#}", parse_f32(&bytes).unwrap_err()).contains("data bytes"));
     }
 
+    /// `np.save` bytes of `header` (padded to a multiple of 64 bytes) followed by `data`.
+    fn npy_bytes(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut header = header.to_string();
+        let unpadded = 10 + header.len() + 1;
+        header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
+        header.push('\n');
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend((header.len() as u16).to_le_bytes());
+        bytes.extend(header.as_bytes());
+        bytes.extend(data);
+        bytes
+    }
+
+    #[test]
+    fn reads_fortran_order_and_big_endian_in_c_order() {
+        // np.save(np.asfortranarray(np.arange(6, dtype="<f4").reshape(2, 3))): the values in
+        // column order 0 3 1 4 2 5.
+        let data: Vec<u8> = [0f32, 3.0, 1.0, 4.0, 2.0, 5.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let f = npy_bytes(
+            "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }",
+            &data,
+        );
+        let c_order = (vec![2, 3], vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(parse_f32(&f).unwrap(), c_order);
+        // np.arange(6, dtype=">f4").reshape(2, 3)
+        let data: Vec<u8> = (0..6).flat_map(|v| (v as f32).to_be_bytes()).collect();
+        let b = npy_bytes(
+            "{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }",
+            &data,
+        );
+        assert_eq!(parse_f32(&b).unwrap(), c_order);
+        let i = npy_bytes(
+            "{'descr': '<i8', 'fortran_order': False, 'shape': (1,), }",
+            &[0; 8],
+        );
+        let err = format!("{:#}", parse_f32(&i).unwrap_err());
+        assert!(
+            err.contains("float32 or float64") && err.contains("i8"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn round_trips_float32() {
         let dir = std::env::temp_dir().join(format!("mmbal-npy-{}", std::process::id()));
@@ -153,6 +189,11 @@ mod tests {
             read_f32(&p).unwrap(),
             (vec![2, 3], vec![0.0, 1.0, 2.0, 3.0, 4.0, -5.5])
         );
+        let q = dir.join("b.npy");
+        write_i64(&q, &[3], &[7, -1, 1 << 40]).unwrap();
+        let bytes = std::fs::read(&q).unwrap();
+        assert!(String::from_utf8_lossy(&bytes).contains("'descr': '<i8'"));
+        assert_eq!(&bytes[bytes.len() - 8..], &(1i64 << 40).to_le_bytes());
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

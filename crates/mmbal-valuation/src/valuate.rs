@@ -53,17 +53,9 @@ impl Valuation {
     /// Writes the values as a float32 `.npy` array `(samples, modalities)` and the manifest
     /// indices as an int64 `.npy` vector beside it (`<stem>.samples.npy`).
     pub fn write_npy(&self, path: &Path) -> Result<()> {
-        mmbal_data::npy::write(path, "<f4", &[self.samples.len(), self.modalities], |w| {
-            self.values
-                .iter()
-                .try_for_each(|v| w.write_all(&v.to_le_bytes()))
-        })?;
-        let ids = path.with_extension("samples.npy");
-        mmbal_data::npy::write(&ids, "<i8", &[self.samples.len()], |w| {
-            self.samples
-                .iter()
-                .try_for_each(|&s| w.write_all(&(s as i64).to_le_bytes()))
-        })
+        mmbal_data::npy::write_f32(path, &[self.samples.len(), self.modalities], &self.values)?;
+        let ids: Vec<i64> = self.samples.iter().map(|&s| s as i64).collect();
+        mmbal_data::npy::write_i64(&path.with_extension("samples.npy"), &[ids.len()], &ids)
     }
 }
 

@@ -152,7 +152,7 @@ fn values_write_as_npy() {
     assert_eq!((10 + header_len) % 64, 0);
     let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
     assert!(
-        header.contains("'descr': '<f4'") && header.contains("'shape': (3, 2)"),
+        header.contains("'descr': '<f4'") && header.contains("'shape': (3, 2"),
         "{header}"
     );
     let data: Vec<f32> = bytes[10 + header_len..]
@@ -164,9 +164,11 @@ fn values_write_as_npy() {
     assert_eq!((shape, back), (vec![3, 2], val.values.clone()));
     let ids = std::fs::read(path.with_extension("samples.npy")).unwrap();
     let h = u16::from_le_bytes([ids[8], ids[9]]) as usize;
-    assert!(std::str::from_utf8(&ids[10..10 + h])
-        .unwrap()
-        .contains("(3,)"));
+    let ids_header = std::str::from_utf8(&ids[10..10 + h]).unwrap();
+    assert!(
+        ids_header.contains("'descr': '<i8'") && ids_header.contains("'shape': (3,"),
+        "{ids_header}"
+    );
     assert_eq!(
         i64::from_le_bytes(ids[10 + h + 8..10 + h + 16].try_into().unwrap()),
         9
