@@ -408,7 +408,25 @@ fn write_outputs(
         o.seeds,
         o.out.join("table1").join(&o.profile).display()
     );
-    let mut csv = String::from("dataset,method,seeds,acc_val_selected_mean,acc_val_selected_std,f1_val_selected_mean,f1_val_selected_std,acc_last_mean,acc_last_std,f1_last_mean,f1_last_std,gain_over_joint,modality_acc,contribution,train_seconds_mean,reported_gain_elsewhere\n");
+    let mut csv = csv::Writer::from_writer(Vec::new());
+    csv.write_record([
+        "dataset",
+        "method",
+        "seeds",
+        "acc_val_selected_mean",
+        "acc_val_selected_std",
+        "f1_val_selected_mean",
+        "f1_val_selected_std",
+        "acc_last_mean",
+        "acc_last_std",
+        "f1_last_mean",
+        "f1_last_std",
+        "gain_over_joint",
+        "modality_acc",
+        "contribution",
+        "train_seconds_mean",
+        "reported_gain_elsewhere",
+    ])?;
     for dataset in datasets {
         let joint = cells
             .get(&(dataset.clone(), "joint".to_string()))
@@ -456,15 +474,25 @@ fn write_outputs(
             let (fm, fsd) = crate::mean_std(&c.f1_best);
             let (lm, lsd) = crate::mean_std(&c.acc_last);
             let (lfm, lfsd) = crate::mean_std(&c.f1_last);
-            csv.push_str(&format!(
-                "{dataset},{method},{},{am:.4},{asd:.4},{fm:.4},{fsd:.4},{lm:.4},{lsd:.4},{lfm:.4},{lfsd:.4},{},{},{},{:.1},{}\n",
-                c.acc_best.len(),
-                gain.map(|g| format!("{:.4}", g / 100.0)).unwrap_or_default(),
+            let f4 = |v: f64| format!("{v:.4}");
+            csv.write_record([
+                dataset.clone(),
+                method.clone(),
+                c.acc_best.len().to_string(),
+                f4(am),
+                f4(asd),
+                f4(fm),
+                f4(fsd),
+                f4(lm),
+                f4(lsd),
+                f4(lfm),
+                f4(lfsd),
+                gain.map(|g| f4(g / 100.0)).unwrap_or_default(),
                 kv(&c.modality_acc),
                 kv(&c.contribution),
-                crate::mean_std(&c.train_seconds).0,
-                reported.map(|g| format!("{:.4}", g / 100.0)).unwrap_or_default(),
-            ));
+                format!("{:.1}", crate::mean_std(&c.train_seconds).0),
+                reported.map(|g| f4(g / 100.0)).unwrap_or_default(),
+            ])?;
             if method != "joint" {
                 if let Some(g) = gain {
                     let sd = 100.0 * crate::mean_std(&c.acc_best).1;
@@ -509,6 +537,7 @@ fn write_outputs(
     let md_path = o.out.join("table1.md");
     std::fs::write(&md_path, md).with_context(|| format!("{}: cannot write", md_path.display()))?;
     let csv_path = o.out.join("table1.csv");
+    let csv = csv.into_inner().map_err(|e| e.into_error())?;
     std::fs::write(&csv_path, csv)
         .with_context(|| format!("{}: cannot write", csv_path.display()))?;
     println!("{}\n{}", md_path.display(), csv_path.display());

@@ -184,30 +184,6 @@ impl Entry {
     }
 }
 
-/// Splits one CSV line, honouring double quotes (`"a, b"`, `""` inside quotes).
-fn csv_fields(line: &str) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    let mut field = String::new();
-    let mut chars = line.chars().peekable();
-    let mut quoted = false;
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                field.push('"');
-                chars.next();
-            }
-            '"' => quoted = !quoted,
-            ',' if !quoted => out.push(std::mem::take(&mut field)),
-            c => field.push(c),
-        }
-    }
-    if quoted {
-        bail!("unterminated quote");
-    }
-    out.push(field);
-    Ok(out.into_iter().map(|f| f.trim().to_string()).collect())
-}
-
 /// A list file's text, without a leading byte-order mark.
 fn read_text(path: &Path) -> Result<String> {
     let text = std::fs::read_to_string(path)
@@ -231,14 +207,14 @@ fn parse_list(kind: LayoutKind, path: &Path, split: Split) -> Result<Vec<Entry>>
         let at = || format!("{}:{n}", path.display());
         let (id, label) = match kind {
             LayoutKind::KineticsSounds => {
-                let f = csv_fields(line).with_context(at)?;
+                let f = crate::csv_line::fields(line).with_context(at)?;
                 if f.len() != 3 || f[0].is_empty() || f[2].is_empty() {
                     bail!("{}: expected `name,10,label`, found `{line}`", at());
                 }
                 (f[0].clone(), f[2].clone())
             }
             LayoutKind::CremaD => {
-                let f = csv_fields(line).with_context(at)?;
+                let f = crate::csv_line::fields(line).with_context(at)?;
                 if f.len() != 2 || f[0].is_empty() || f[1].is_empty() {
                     bail!("{}: expected `clip,EMO`, found `{line}`", at());
                 }
@@ -298,7 +274,7 @@ fn parse_vggsound(path: &Path, split_of: &dyn Fn(&str) -> Option<Split>) -> Resu
     let mut out = Vec::new();
     for (n, line) in numbered(&text) {
         let at = || format!("{}:{n}", path.display());
-        let f = csv_fields(line).with_context(at)?;
+        let f = crate::csv_line::fields(line).with_context(at)?;
         let start = f.get(1).and_then(|s| s.parse::<u64>().ok());
         let (Some(start), 4) = (start, f.len()) else {
             bail!(
@@ -669,19 +645,6 @@ fn label_index(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn csv_fields_honour_quotes() {
-        assert_eq!(
-            csv_fields(r#"abc,30,"dog barking, loud",test"#).unwrap(),
-            vec!["abc", "30", "dog barking, loud", "test"]
-        );
-        assert_eq!(
-            csv_fields(r#"a,"say ""hi""""#).unwrap(),
-            vec!["a", r#"say "hi""#]
-        );
-        assert!(csv_fields(r#"a,"open"#).is_err());
-    }
 
     #[test]
     fn carving_is_stratified_and_deterministic() {

@@ -21,6 +21,7 @@
 
 pub mod audio;
 pub mod cache;
+mod csv_line;
 pub mod datasets;
 pub mod doctor;
 pub mod layouts;

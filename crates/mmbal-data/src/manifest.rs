@@ -239,7 +239,9 @@ impl Manifest {
         let (_, header) = lines
             .next()
             .ok_or_else(|| anyhow!("{}: empty split file", file.display()))?;
-        let cols: Vec<&str> = header.split(',').map(str::trim).collect();
+        let cols = crate::csv_line::fields(header)
+            .with_context(|| format!("{}:1: bad header `{header}`", file.display()))?;
+        let cols: Vec<&str> = cols.iter().map(String::as_str).collect();
         if cols.len() < 3 || cols[..3] != ["id", "label", "split"] {
             bail!(
                 "{}:1: header must start with `id,label,split`, found `{header}`",
@@ -263,7 +265,8 @@ impl Manifest {
         let mut seen = std::collections::HashSet::new();
         for (i, line) in lines {
             let at = || format!("{}:{}", file.display(), i + 1);
-            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+            let owned = crate::csv_line::fields(line).with_context(at)?;
+            let fields: Vec<&str> = owned.iter().map(String::as_str).collect();
             if fields.len() != cols.len() {
                 bail!(
                     "{}: expected {} comma-separated fields ({}), found {}",

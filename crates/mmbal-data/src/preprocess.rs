@@ -15,6 +15,7 @@
 //! The stored spectrograms are not normalised; the training recipe normalises them.
 
 use crate::audio::{Fbank, Stft};
+use crate::csv_line;
 use crate::layouts::LayoutKind;
 use crate::recipe::{audio_spectrogram, AudioRecipe, FrontEnd};
 use anyhow::{bail, Context, Result};
@@ -669,7 +670,7 @@ pub fn read_labels(path: &Path) -> Result<Vec<LabelLine>> {
             continue;
         }
         let at = format!("{}:{}", path.display(), i + 1);
-        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        let f = crate::csv_line::fields(line).with_context(|| at.clone())?;
         if !(2..=3).contains(&f.len()) || f[0].is_empty() || f[1].is_empty() {
             bail!("{at}: expected `id,label[,split]`, found `{line}`");
         }
@@ -723,9 +724,9 @@ pub fn write_lists(
             LayoutKind::KineticsSounds => (
                 format!("{split}.txt"),
                 // The middle field is not read back; the frame count is what it held.
-                format!("{},{n},{}", l.id, l.label),
+                csv_line::line(&[&l.id, &n.to_string(), &l.label])?,
             ),
-            LayoutKind::CremaD => (format!("{split}.csv"), format!("{},{}", l.id, l.label)),
+            LayoutKind::CremaD => (format!("{split}.csv"), csv_line::line(&[&l.id, &l.label])?),
             LayoutKind::VggSound => {
                 let (ytid, start) =
                     l.id.rsplit_once('_')
@@ -736,11 +737,6 @@ pub fn write_lists(
                                 l.id
                             )
                         })?;
-                let label = if l.label.contains(',') {
-                    format!("\"{}\"", l.label)
-                } else {
-                    l.label.clone()
-                };
                 let file = if l.split == Split::Val {
                     "val.csv"
                 } else {
@@ -748,7 +744,7 @@ pub fn write_lists(
                 };
                 (
                     file.to_string(),
-                    format!("{ytid},{},{label},{split}", start.parse::<u64>()?),
+                    csv_line::line(&[ytid, &start.parse::<u64>()?.to_string(), &l.label, split])?,
                 )
             }
             other => bail!(
