@@ -1,7 +1,7 @@
 //! `mmbal`: train, evaluate, value modalities, preprocess and check datasets from the command line.
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use mmbal_data::preprocess::{
     prepare_output, preprocess_folder, preprocess_video, read_labels, write_lists, FolderReport,
@@ -13,6 +13,64 @@ use mmbal_train::{EpochRecord, Events, SplitMetrics, TrainConfig, Trainer};
 use mmbal_valuation::{Benefit, MaskRoute};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// A split of the dataset.
+#[derive(Clone, Copy, ValueEnum)]
+enum SplitArg {
+    Train,
+    Val,
+    Test,
+}
+
+impl SplitArg {
+    fn split(self) -> Split {
+        match self {
+            SplitArg::Train => Split::Train,
+            SplitArg::Val => Split::Val,
+            SplitArg::Test => Split::Test,
+        }
+    }
+}
+
+/// Where a modality is removed for valuation.
+#[derive(Clone, Copy, ValueEnum)]
+enum RouteArg {
+    /// Zero the modality's pooled feature (the reference).
+    Features,
+    /// Zero the modality's input.
+    Inputs,
+}
+
+/// The benefit of a subset of modalities for one sample.
+#[derive(Clone, Copy, ValueEnum)]
+enum BenefitArg {
+    /// |S| if the subset's top-1 prediction is the label, else 0 (Wei et al.).
+    SizeIfCorrect,
+    /// 1 if the subset's top-1 prediction is the label, else 0.
+    Correct,
+    /// The softmax probability of the label.
+    TrueClassProb,
+}
+
+/// A named preprocessing recipe.
+#[derive(Clone, Copy, ValueEnum)]
+enum RecipeArg {
+    /// Frames and WAV audio only.
+    Plain,
+    /// Kinetics-Sounds layout, Kaldi fbank spectrograms.
+    KsFbank,
+    /// CREMA-D layout, OGM-GE's STFT spectrograms.
+    CremadStft,
+    /// VGGSound layout, its STFT spectrograms.
+    VggsoundStft,
+}
+
+/// The name clap shows and parses for a value.
+fn value_name(v: impl ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
 
 #[derive(Parser)]
 #[command(name = "mmbal", version, about = "Balanced multimodal learning")]
@@ -55,36 +113,43 @@ enum Command {
     Train(TrainArgs),
     /// Evaluate a checkpoint on a split.
     Eval {
+        /// A checkpoint written by training (`best.safetensors` or `last.safetensors` in a run
+        /// folder).
         #[arg(long)]
         checkpoint: PathBuf,
-        /// train, val or test.
-        #[arg(long, default_value = "test")]
-        split: String,
+        /// The split evaluated.
+        #[arg(long, value_enum, default_value_t = SplitArg::Test)]
+        split: SplitArg,
+        /// Device to run on (`cpu`, `cuda` or `cuda:N`), overriding the run's.
         #[arg(long)]
         device: Option<String>,
     },
     /// Shapley contribution of every modality to every sample of a split, for a checkpoint.
     /// Writes `<out>/valuation_<split>.npy` (samples x modalities) and `.samples.npy` (indices).
     Valuate {
+        /// A checkpoint written by training (`best.safetensors` or `last.safetensors` in a run
+        /// folder).
         #[arg(long)]
         checkpoint: PathBuf,
-        /// train, val or test.
-        #[arg(long, default_value = "train")]
-        split: String,
-        /// features (zero the pooled feature; the reference) or inputs (zero the input).
-        #[arg(long, default_value = "features")]
-        route: String,
-        /// size-if-correct (the paper), correct, or true-class-prob.
-        #[arg(long, default_value = "size-if-correct")]
-        benefit: String,
+        /// The split valued.
+        #[arg(long, value_enum, default_value_t = SplitArg::Train)]
+        split: SplitArg,
+        /// Where a modality is removed.
+        #[arg(long, value_enum, default_value_t = RouteArg::Features)]
+        route: RouteArg,
+        /// The benefit of a subset of modalities.
+        #[arg(long, value_enum, default_value_t = BenefitArg::SizeIfCorrect)]
+        benefit: BenefitArg,
         /// Output folder (default: the checkpoint's folder).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Device to run on (`cpu`, `cuda` or `cuda:N`), overriding the run's.
         #[arg(long)]
         device: Option<String>,
     },
     /// Print the default config (or the resolved form of --config) as TOML.
     Config {
+        /// A TOML config to resolve (every absent field takes its default).
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -94,17 +159,19 @@ enum Command {
         /// A video file or a folder of videos.
         #[arg(long)]
         input: PathBuf,
+        /// The layout folder written (created if absent).
         #[arg(long)]
         output: PathBuf,
-        /// plain (frames + WAV), ks-fbank, cremad-stft or vggsound-stft.
-        #[arg(long, default_value = "plain")]
-        recipe: String,
+        /// What is written: the layout and the spectrograms.
+        #[arg(long, value_enum, default_value_t = RecipeArg::Plain)]
+        recipe: RecipeArg,
         /// Frames per second to extract (the field uses 1; GRID lips need 25).
         #[arg(long)]
         fps: Option<f64>,
         /// Sample rate of the WAV written.
         #[arg(long)]
         sample_rate: Option<u32>,
+        /// JPEG quality of the frames written (ffmpeg's scale, 2 best to 31 worst).
         #[arg(long)]
         jpeg_quality: Option<u32>,
         /// Any recipe parameter, KEY=VALUE (TOML value; dotted keys: audio.frames=512).
@@ -318,17 +385,8 @@ fn train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn parse_split(s: &str) -> Result<Split> {
-    Ok(match s {
-        "train" => Split::Train,
-        "val" => Split::Val,
-        "test" => Split::Test,
-        _ => bail!("split `{s}`: expected train, val or test"),
-    })
-}
-
-fn eval(checkpoint: &Path, split: &str, device: Option<String>) -> Result<()> {
-    let split = parse_split(split)?;
+fn eval(checkpoint: &Path, split: SplitArg, device: Option<String>) -> Result<()> {
+    let split = split.split();
     let trainer = Trainer::open(checkpoint, device.as_deref())?;
     match trainer.evaluate(split)? {
         Some(m) => println!("{}", serde_json::to_string_pretty(&m)?),
@@ -342,25 +400,23 @@ fn eval(checkpoint: &Path, split: &str, device: Option<String>) -> Result<()> {
 
 fn valuate(
     checkpoint: &Path,
-    split: &str,
-    route: &str,
-    benefit: &str,
+    split: SplitArg,
+    route: RouteArg,
+    benefit: BenefitArg,
     out: Option<PathBuf>,
     device: Option<String>,
 ) -> Result<()> {
     let route = match route {
-        "features" => MaskRoute::Features,
-        "inputs" => MaskRoute::Inputs,
-        _ => bail!("route `{route}`: expected features or inputs"),
+        RouteArg::Features => MaskRoute::Features,
+        RouteArg::Inputs => MaskRoute::Inputs,
     };
     let benefit = match benefit {
-        "size-if-correct" => Benefit::SizeIfCorrect,
-        "correct" => Benefit::Correct,
-        "true-class-prob" => Benefit::TrueClassProb,
-        _ => bail!("benefit `{benefit}`: expected size-if-correct, correct or true-class-prob"),
+        BenefitArg::SizeIfCorrect => Benefit::SizeIfCorrect,
+        BenefitArg::Correct => Benefit::Correct,
+        BenefitArg::TrueClassProb => Benefit::TrueClassProb,
     };
-    let split_name = split;
-    let split = parse_split(split)?;
+    let split_name = value_name(split);
+    let split = split.split();
     let trainer = Trainer::open(checkpoint, device.as_deref())?;
     let rows = trainer.dataset.rows(split);
     if rows.is_empty() {
@@ -506,7 +562,7 @@ fn main() -> Result<()> {
             checkpoint,
             split,
             device,
-        } => eval(&checkpoint, &split, device),
+        } => eval(&checkpoint, split, device),
         Command::Valuate {
             checkpoint,
             split,
@@ -514,7 +570,7 @@ fn main() -> Result<()> {
             benefit,
             out,
             device,
-        } => valuate(&checkpoint, &split, &route, &benefit, out, device),
+        } => valuate(&checkpoint, split, route, benefit, out, device),
         Command::Config { config } => {
             print!("{}", load_config(&config)?.to_toml());
             Ok(())
@@ -540,7 +596,7 @@ fn main() -> Result<()> {
             if let Some(v) = jpeg_quality {
                 sets.push(format!("jpeg_quality={v}"));
             }
-            let mut recipe = PreprocessRecipe::named(&recipe)?.with_overrides(&sets)?;
+            let mut recipe = PreprocessRecipe::named(&value_name(recipe))?.with_overrides(&sets)?;
             recipe.replace = replace;
             preprocess(&input, &output, &recipe, labels.as_deref())
         }

@@ -214,7 +214,7 @@ fn each_resampling_method_runs_two_epochs_and_valuate_writes_npy() {
             "pixels",
         ],
     );
-    assert!(!o.status.success() && text(&o).contains("expected features or inputs"));
+    assert!(!o.status.success() && text(&o).contains("possible values: features, inputs"));
     let _ = std::fs::remove_dir_all(dir);
 }
 
