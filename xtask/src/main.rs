@@ -212,11 +212,11 @@ fn parse_set(text: &str) -> Result<(String, String, toml::Value)> {
     if !mmbal_methods::METHODS.iter().any(|(n, _)| *n == method) {
         bail!("--set {text}: no method named {method}");
     }
-    let value = match format!("v = {value}").parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").context("parsed value")?,
-        Err(_) => toml::Value::String(value.to_string()),
-    };
-    Ok((method.to_string(), key.to_string(), value))
+    Ok((
+        method.to_string(),
+        key.to_string(),
+        mmbal_data::overrides::parse_value(value),
+    ))
 }
 
 fn results(a: ResultsArgs) -> Result<()> {

@@ -28,6 +28,7 @@ pub mod layouts;
 pub mod loader;
 pub mod manifest;
 pub mod npy;
+pub mod overrides;
 pub mod preprocess;
 pub mod recipe;
 pub mod video;

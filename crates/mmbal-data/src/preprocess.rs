@@ -140,22 +140,7 @@ impl PreprocessRecipe {
     pub fn with_overrides(&self, sets: &[String]) -> Result<PreprocessRecipe> {
         let mut table = toml::Table::try_from(self)?;
         for set in sets {
-            let (key, value) = set
-                .split_once('=')
-                .with_context(|| format!("--set {set}: expected KEY=VALUE"))?;
-            let value = match format!("v = {value}").parse::<toml::Table>() {
-                Ok(mut t) => t.remove("v").context("parsed value")?,
-                Err(_) => toml::Value::String(value.to_string()),
-            };
-            let parts: Vec<&str> = key.split('.').collect();
-            let mut at = &mut table;
-            for p in &parts[..parts.len() - 1] {
-                at = at
-                    .get_mut(*p)
-                    .and_then(|v| v.as_table_mut())
-                    .with_context(|| format!("--set {set}: the recipe has no table `{p}`"))?;
-            }
-            at.insert(parts[parts.len() - 1].to_string(), value);
+            crate::overrides::apply(&mut table, set, "the recipe")?;
         }
         let text = toml::to_string(&table)?;
         let recipe: PreprocessRecipe = toml::from_str(&text)

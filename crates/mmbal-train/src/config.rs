@@ -246,6 +246,17 @@ impl TrainConfig {
         TrainConfig::from_toml(&text, file)
     }
 
+    /// This config with `KEY=VALUE` overrides applied (dotted keys, `method.options.alpha=0.5`);
+    /// an unknown key is an error naming it.
+    pub fn with_overrides(&self, sets: &[String]) -> Result<TrainConfig> {
+        let mut table = toml::Table::try_from(self)?;
+        for set in sets {
+            mmbal_data::overrides::apply(&mut table, set, "the config")?;
+        }
+        toml::from_str(&toml::to_string(&table)?)
+            .with_context(|| format!("config after --set {}", sets.join(" ")))
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a config always serialises")
     }

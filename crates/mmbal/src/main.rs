@@ -102,6 +102,10 @@ struct TrainArgs {
     /// CPU threads (overrides the config's `threads`; 0 = every core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Any config field, KEY=VALUE (TOML value; dotted keys: `optimizer.lr=0.01`,
+    /// `method.options.alpha=0.5`); applied after --config, before --epochs and --device.
+    #[arg(long = "set", conflicts_with = "resume")]
+    sets: Vec<String>,
     /// Replace the results of an earlier run of the same name (refused without it).
     #[arg(long)]
     overwrite: bool,
@@ -299,6 +303,7 @@ fn train(args: TrainArgs) -> Result<()> {
         name,
         quiet,
         threads,
+        sets,
         overwrite,
     } = args;
     let started = Instant::now();
@@ -310,7 +315,7 @@ fn train(args: TrainArgs) -> Result<()> {
             Trainer::resume(&ck, epochs, device.as_deref())?
         }
         None => {
-            let mut cfg = load_config(&config)?;
+            let mut cfg = load_config(&config)?.with_overrides(&sets)?;
             if let Some(t) = threads {
                 cfg.threads = t;
             }

@@ -486,3 +486,44 @@ fn threads_flag_is_recorded_in_the_run_config() {
     let cfg = std::fs::read_to_string(dir.join("runs/tiny/config.toml")).unwrap();
     assert!(cfg.contains("threads = 1"), "{cfg}");
 }
+
+#[test]
+fn set_overrides_any_config_field_and_rejects_unknown_keys() {
+    let dir = tmp("set");
+    std::fs::write(dir.join("tiny.toml"), TINY).unwrap();
+    let o = mmbal(
+        &dir,
+        &[
+            "train",
+            "--config",
+            "tiny.toml",
+            "--set",
+            "seed=5",
+            "--set",
+            "data.synthetic.per_class=6",
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let cfg = std::fs::read_to_string(dir.join("runs/tiny/config.toml")).unwrap();
+    assert!(
+        cfg.contains("seed = 5") && cfg.contains("per_class = 6"),
+        "{cfg}"
+    );
+    let o = mmbal(
+        &dir,
+        &["train", "--config", "tiny.toml", "--set", "epochz=3"],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("epochz"),
+        "{}",
+        text(&o)
+    );
+    let o = mmbal(&dir, &["train", "--set", "optimiser.lr=0.1"]);
+    assert!(
+        !o.status.success() && text(&o).contains("the config has no table `optimiser`"),
+        "{}",
+        text(&o)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
