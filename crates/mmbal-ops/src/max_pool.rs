@@ -5,7 +5,7 @@
 //! from basic ops (strided window views and `maximum`), whose backward candle gets right.
 
 use crate::contiguous_f32;
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +51,66 @@ impl MaxPool {
     }
 }
 
+impl MaxPool {
+    /// Non-overlapping windows inside the image (SmallCnn's 2x2/2): the case with a
+    /// branch-free path. On activations "is this the new maximum" is a coin toss, and the
+    /// mispredicted branches of the scan cost ~40x the arithmetic (2.4 against 0.05 ns per
+    /// input on a 2x2 pool measured on this machine).
+    fn tiled(&self) -> bool {
+        self.padding == 0 && self.kernel == self.stride
+    }
+
+    /// Forward values of one plane for [`MaxPool::tiled`] pools: the scan-order rule of
+    /// `plane_argmax` (strictly greater, or NaN) applied to every output of a row at once, one
+    /// window offset at a time, so the values are the same bits.
+    fn plane_max_tiled(&self, plane: &[f32], w: usize, out: &mut [f32], ow: usize) {
+        let k = self.kernel;
+        for (oy, best) in out.chunks_exact_mut(ow).enumerate() {
+            for i in 0..k {
+                for j in 0..k {
+                    let start = (oy * k + i) * w + j;
+                    let src = &plane[start..start + (ow - 1) * k + 1];
+                    if (i, j) == (0, 0) {
+                        for (b, v) in best.iter_mut().zip(src.iter().step_by(k)) {
+                            *b = *v;
+                        }
+                        continue;
+                    }
+                    for (b, &v) in best.iter_mut().zip(src.iter().step_by(k)) {
+                        let take = (v > *b) | v.is_nan();
+                        *b = if take { v } else { *b };
+                    }
+                }
+            }
+        }
+    }
+
+    /// The window position `plane_argmax` picks for output `(oy, ox)` of a [`MaxPool::tiled`]
+    /// pool whose value is `y`: the first position equal to `y` (no earlier one can be, or it
+    /// would have been kept), or for a NaN the last NaN (each NaN replaces the one before).
+    fn argmax_tiled(&self, plane: &[f32], w: usize, (oy, ox): (usize, usize), y: f32) -> usize {
+        let k = self.kernel;
+        let pos = |i: usize, j: usize| (oy * k + i) * w + ox * k + j;
+        let mut at = pos(0, 0);
+        if y.is_nan() {
+            for i in 0..k {
+                for j in 0..k {
+                    let p = pos(i, j);
+                    at = if plane[p].is_nan() { p } else { at };
+                }
+            }
+        } else {
+            for i in (0..k).rev() {
+                for j in (0..k).rev() {
+                    let p = pos(i, j);
+                    at = if plane[p] == y { p } else { at };
+                }
+            }
+        }
+        at
+    }
+}
+
 fn f32_input<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], usize, usize, usize)> {
     let (n, c, h, w) = l.shape().dims4()?;
     Ok((contiguous_f32("max_pool2d", s, l, "input")?, n * c, h, w))
@@ -69,14 +129,19 @@ impl CustomOp1 for MaxPool {
             .enumerate()
             .for_each(|(p, out)| {
                 let plane = &x[p * h * w..(p + 1) * h * w];
-                self.plane_argmax(plane, h, w, |o, i| out[o] = plane[i]);
+                if self.tiled() && ow > 0 {
+                    self.plane_max_tiled(plane, w, out, ow);
+                } else {
+                    self.plane_argmax(plane, h, w, |o, i| out[o] = plane[i]);
+                }
             });
         let (n, c, _, _) = l.shape().dims4()?;
         Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.contiguous()?.apply_op3_no_bwd(
+            &res.contiguous()?,
             &grad.contiguous()?,
             &MaxPoolBackward(*self),
         )?))
@@ -85,7 +150,8 @@ impl CustomOp1 for MaxPool {
 
 struct MaxPoolBackward(MaxPool);
 
-impl CustomOp2 for MaxPoolBackward {
+/// `(x, y, dy)` to `dx`, `y` the forward output.
+impl CustomOp3 for MaxPoolBackward {
     fn name(&self) -> &'static str {
         "mmbal-max-pool2d-backward"
     }
@@ -96,18 +162,29 @@ impl CustomOp2 for MaxPoolBackward {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, _, h, w) = f32_input(s1, l1)?;
-        let g = contiguous_f32("max_pool2d backward", s2, l2, "grad")?;
+        let y = contiguous_f32("max_pool2d backward", s2, l2, "output")?;
+        let g = contiguous_f32("max_pool2d backward", s3, l3, "grad")?;
         let (oh, ow) = self.0.out_dims(h, w);
         let mut dx = vec![0f32; x.len()];
         // Planes in parallel; within a plane the additions keep scan order.
         dx.par_chunks_mut((h * w).max(1))
             .enumerate()
             .for_each(|(p, d)| {
+                let plane = &x[p * h * w..(p + 1) * h * w];
                 let g = &g[p * oh * ow..(p + 1) * oh * ow];
-                self.0
-                    .plane_argmax(&x[p * h * w..(p + 1) * h * w], h, w, |o, i| d[i] += g[o]);
+                if self.0.tiled() {
+                    // Windows do not overlap: each input gets at most one addition.
+                    let y = &y[p * oh * ow..(p + 1) * oh * ow];
+                    for (o, (&yo, &go)) in y.iter().zip(g).enumerate() {
+                        d[self.0.argmax_tiled(plane, w, (o / ow, o % ow), yo)] += go;
+                    }
+                } else {
+                    self.0.plane_argmax(plane, h, w, |o, i| d[i] += g[o]);
+                }
             });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }

@@ -109,6 +109,32 @@ fn max_pool_ties_send_the_gradient_to_the_first_maximum() {
 }
 
 #[test]
+fn max_pool_propagates_nan_and_sends_its_gradient_to_the_last_nan() {
+    // PyTorch's CPU rule `val > max || isnan(val)`: a NaN wins, and a later NaN wins again.
+    // Expected values printed by PyTorch 2.11: x = tensor(v).reshape(1, 1, 4, 4);
+    // y = F.max_pool2d(x, 2, 2, 0); (y * [[10, 20], [30, 40]]).sum().backward().
+    let nan = f32::NAN;
+    let v = [
+        1., nan, 2., nan, 0., nan, 3., 4., 7., 1., 1., 7., 2., 2., 9., 1.,
+    ];
+    let x = Tensor::new(&v, &Device::Cpu).unwrap();
+    let x = Var::from_tensor(&x.reshape((1, 1, 4, 4)).unwrap()).unwrap();
+    let y = mmbal_ops::max_pool2d(x.as_tensor(), 2, 2, 0).unwrap();
+    let yv = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(
+        yv[0].is_nan() && yv[1].is_nan() && yv[2..] == [7.0, 9.0],
+        "{yv:?}"
+    );
+    let up = Tensor::new(&[[[[10f32, 20.], [30., 40.]]]], &Device::Cpu).unwrap();
+    let g = (&y * up).unwrap().sum_all().unwrap().backward().unwrap();
+    let dx = g.get(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>();
+    let want = [
+        0., 0., 0., 20., 0., 10., 0., 0., 30., 0., 0., 0., 0., 0., 40., 0.,
+    ];
+    assert_eq!(dx.unwrap(), want);
+}
+
+#[test]
 fn composite_max_pool_matches_the_custom_op_in_both_passes() {
     // The composite is the non-CPU path; on the CPU it must agree with the golden-tested op.
     for (h, w, k, s, p) in [
@@ -116,9 +142,12 @@ fn composite_max_pool_matches_the_custom_op_in_both_passes() {
         (20, 17, 3, 2, 1),
         (8, 8, 2, 2, 0),
         (7, 9, 3, 1, 1),
+        (9, 7, 2, 2, 0),
+        (10, 11, 3, 3, 0),
     ] {
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, h, w), &Device::Cpu).unwrap())
-            .unwrap();
+        // Rounded to whole numbers: many ties inside windows, where the first maximum must win.
+        let x = Tensor::randn(0f32, 1.0, (2, 3, h, w), &Device::Cpu).unwrap();
+        let x = Var::from_tensor(&x.round().unwrap()).unwrap();
         let a = max_pool2d(x.as_tensor(), k, s, p).unwrap();
         let b = max_pool2d_composite(x.as_tensor(), k, s, p).unwrap();
         assert_eq!(a.dims(), b.dims(), "{h}x{w} k{k} s{s} p{p}");
