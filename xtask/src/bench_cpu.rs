@@ -203,7 +203,9 @@ pub struct CpuArgs {
     threads: Option<usize>,
 }
 
-pub fn bench_cpu(args: CpuArgs) -> Result<()> {
+/// `retained`: whether mmbal's side keeps freed memory (`mmbal_ops::retain_freed_memory`);
+/// PyTorch's side runs with its defaults.
+pub fn bench_cpu(args: CpuArgs, retained: bool) -> Result<()> {
     let CpuArgs {
         rows: wanted,
         repeats,
@@ -260,6 +262,7 @@ pub fn bench_cpu(args: CpuArgs) -> Result<()> {
             "row": row.name,
             "batch": row.batch,
             "threads": threads,
+            "mmbal_retains_freed_memory": retained,
             "repeats": repeats,
             "steps": n,
             "mmbal_train_ms": median(mt.clone()),

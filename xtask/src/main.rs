@@ -302,10 +302,12 @@ fn results(a: ResultsArgs) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    // As in `mmbal`: freed tensors stay in the process (glibc); the bench prints whether it took.
+    let retained = mmbal_ops::retain_freed_memory();
     match Cli::parse().task {
         Task::Bench(Bench::Step(a)) => bench_step(&a),
         Task::Bench(Bench::Loader(a)) => bench_loader(&a),
-        Task::Bench(Bench::Cpu(a)) => bench_cpu::bench_cpu(a),
+        Task::Bench(Bench::Cpu(a)) => bench_cpu::bench_cpu(a, retained),
         Task::Results(a) => results(a),
         Task::Reproduce(Reproduce::Table1(a)) => reproduce::table1(a),
     }

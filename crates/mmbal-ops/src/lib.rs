@@ -14,6 +14,8 @@
 //! | [`relu`] | no gradient at exactly 0, as PyTorch; candle passes it |
 //! | [`add_channel_bias`], [`channel_affine`] | one parallel pass; the per-channel gradients summed per channel in parallel |
 //!
+//! [`retain_freed_memory`] is the one process-wide setting: binaries that train call it first.
+//!
 //! ```
 //! use candle_core::{DType, Device, Var};
 //! let x = Var::ones((1, 1, 257, 188), DType::F32, &Device::Cpu).unwrap();
@@ -29,12 +31,14 @@ mod batch_norm;
 mod channel;
 mod conv;
 mod max_pool;
+mod memory;
 mod relu;
 
 pub use batch_norm::{batch_norm_eval, batch_norm_train};
 pub use channel::{add_channel_bias, channel_affine};
 pub use conv::conv2d;
 pub use max_pool::{max_pool2d, max_pool2d_composite};
+pub use memory::retain_freed_memory;
 pub use relu::relu;
 
 /// The f32 values of a contiguous CPU tensor; the error names the op and the operand.
