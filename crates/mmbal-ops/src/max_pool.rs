@@ -22,7 +22,9 @@ impl MaxPool {
     }
 
     /// Calls `visit(out_index, in_index_of_max)` for every output element of one plane, in
-    /// scan order (indices within the plane).
+    /// scan order (indices within the plane): PyTorch's CPU rule written as a plain scan, kept
+    /// as the reference the branch-free kernels below are tested against.
+    #[cfg(test)]
     fn plane_argmax(&self, plane: &[f32], h: usize, w: usize, mut visit: impl FnMut(usize, usize)) {
         let (oh, ow) = self.out_dims(h, w);
         // The kernel rows (columns) of output row (column) `o` that lie inside the input.
@@ -52,31 +54,37 @@ impl MaxPool {
 }
 
 impl MaxPool {
-    /// Non-overlapping windows inside the image (SmallCnn's 2x2/2): the case with a
-    /// branch-free path. On activations "is this the new maximum" is a coin toss, and the
-    /// mispredicted branches of the scan cost ~40x the arithmetic (2.4 against 0.05 ns per
-    /// input on a 2x2 pool measured on this machine).
-    fn tiled(&self) -> bool {
-        self.padding == 0 && self.kernel == self.stride
+    /// The output columns `ox` whose input column `ox * stride + j - padding` (window column
+    /// `j`) lies inside a row of width `w`.
+    fn valid_cols(&self, j: usize, w: usize, ow: usize) -> (usize, usize) {
+        let (s, p) = (self.stride, self.padding);
+        let lo = if p > j { (p - j).div_ceil(s) } else { 0 };
+        let hi = (w + p).checked_sub(j).map_or(0, |e| e.div_ceil(s)).min(ow);
+        (lo.min(hi), hi)
     }
 
-    /// Forward values of one plane for [`MaxPool::tiled`] pools: the scan-order rule of
-    /// `plane_argmax` (strictly greater, or NaN) applied to every output of a row at once, one
-    /// window offset at a time, so the values are the same bits.
-    fn plane_max_tiled(&self, plane: &[f32], w: usize, out: &mut [f32], ow: usize) {
-        let k = self.kernel;
+    /// Forward values of one plane. The scan-order rule (a value is taken if strictly greater
+    /// or NaN) is applied to a whole output row at once, one window offset at a time, with
+    /// selects instead of branches: on activations "is this the new maximum?" is a coin toss,
+    /// and the mispredicted branches of a plain scan cost ~40x the arithmetic (2.4 against
+    /// 0.05 ns per input for a 2x2 pool on this machine). Starting from -inf instead of the
+    /// window's first value gives the same value bits (tested against the scan).
+    fn plane_max(&self, plane: &[f32], (h, w): (usize, usize), out: &mut [f32], ow: usize) {
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
         for (oy, best) in out.chunks_exact_mut(ow).enumerate() {
+            best.fill(f32::NEG_INFINITY);
             for i in 0..k {
+                let Some(iy) = (oy * s + i).checked_sub(p).filter(|&iy| iy < h) else {
+                    continue;
+                };
+                let row = &plane[iy * w..(iy + 1) * w];
                 for j in 0..k {
-                    let start = (oy * k + i) * w + j;
-                    let src = &plane[start..start + (ow - 1) * k + 1];
-                    if (i, j) == (0, 0) {
-                        for (b, v) in best.iter_mut().zip(src.iter().step_by(k)) {
-                            *b = *v;
-                        }
+                    let (lo, hi) = self.valid_cols(j, w, ow);
+                    if lo >= hi {
                         continue;
                     }
-                    for (b, &v) in best.iter_mut().zip(src.iter().step_by(k)) {
+                    let src = row[lo * s + j - p..].iter().step_by(s);
+                    for (b, &v) in best[lo..hi].iter_mut().zip(src) {
                         let take = (v > *b) | v.is_nan();
                         *b = if take { v } else { *b };
                     }
@@ -85,26 +93,35 @@ impl MaxPool {
         }
     }
 
-    /// The window position `plane_argmax` picks for output `(oy, ox)` of a [`MaxPool::tiled`]
-    /// pool whose value is `y`: the first position equal to `y` (no earlier one can be, or it
-    /// would have been kept), or for a NaN the last NaN (each NaN replaces the one before).
-    fn argmax_tiled(&self, plane: &[f32], w: usize, (oy, ox): (usize, usize), y: f32) -> usize {
-        let k = self.kernel;
-        let pos = |i: usize, j: usize| (oy * k + i) * w + ox * k + j;
-        let mut at = pos(0, 0);
-        if y.is_nan() {
-            for i in 0..k {
-                for j in 0..k {
-                    let p = pos(i, j);
-                    at = if plane[p].is_nan() { p } else { at };
-                }
-            }
-        } else {
-            for i in (0..k).rev() {
-                for j in (0..k).rev() {
-                    let p = pos(i, j);
-                    at = if plane[p] == y { p } else { at };
-                }
+    /// The input position the scan picks for output `(oy, ox)` whose value is `y`: the first
+    /// window position equal to `y` (an earlier equal one would have been kept), or for a NaN
+    /// the last NaN (each NaN replaces the one before), as PyTorch's CPU kernel does.
+    fn argmax(
+        &self,
+        plane: &[f32],
+        (h, w): (usize, usize),
+        (oy, ox): (usize, usize),
+        y: f32,
+    ) -> usize {
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        let nan = y.is_nan();
+        let mut at = usize::MAX;
+        for i in 0..k {
+            let Some(iy) = (oy * s + i).checked_sub(p).filter(|&iy| iy < h) else {
+                continue;
+            };
+            for j in 0..k {
+                let Some(ix) = (ox * s + j).checked_sub(p).filter(|&ix| ix < w) else {
+                    continue;
+                };
+                let q = iy * w + ix;
+                let v = plane[q];
+                let hit = if nan {
+                    v.is_nan()
+                } else {
+                    (v == y) & (at == usize::MAX)
+                };
+                at = if hit { q } else { at };
             }
         }
         at
@@ -129,10 +146,8 @@ impl CustomOp1 for MaxPool {
             .enumerate()
             .for_each(|(p, out)| {
                 let plane = &x[p * h * w..(p + 1) * h * w];
-                if self.tiled() && ow > 0 {
-                    self.plane_max_tiled(plane, w, out, ow);
-                } else {
-                    self.plane_argmax(plane, h, w, |o, i| out[o] = plane[i]);
+                if ow > 0 {
+                    self.plane_max(plane, (h, w), out, ow);
                 }
             });
         let (n, c, _, _) = l.shape().dims4()?;
@@ -170,20 +185,16 @@ impl CustomOp3 for MaxPoolBackward {
         let g = contiguous_f32("max_pool2d backward", s3, l3, "grad")?;
         let (oh, ow) = self.0.out_dims(h, w);
         let mut dx = vec![0f32; x.len()];
-        // Planes in parallel; within a plane the additions keep scan order.
+        // Planes in parallel; within a plane the additions go in output scan order (windows
+        // may overlap), as the plain scan's did.
         dx.par_chunks_mut((h * w).max(1))
             .enumerate()
             .for_each(|(p, d)| {
                 let plane = &x[p * h * w..(p + 1) * h * w];
                 let g = &g[p * oh * ow..(p + 1) * oh * ow];
-                if self.0.tiled() {
-                    // Windows do not overlap: each input gets at most one addition.
-                    let y = &y[p * oh * ow..(p + 1) * oh * ow];
-                    for (o, (&yo, &go)) in y.iter().zip(g).enumerate() {
-                        d[self.0.argmax_tiled(plane, w, (o / ow, o % ow), yo)] += go;
-                    }
-                } else {
-                    self.0.plane_argmax(plane, h, w, |o, i| d[i] += g[o]);
+                let y = &y[p * oh * ow..(p + 1) * oh * ow];
+                for (o, (&yo, &go)) in y.iter().zip(g).enumerate() {
+                    d[self.0.argmax(plane, (h, w), (o / ow, o % ow), yo)] += go;
                 }
             });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
@@ -273,4 +284,64 @@ pub fn max_pool2d_composite(
         });
     }
     Ok(out.expect("kernel >= 1"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MaxPool;
+
+    #[test]
+    fn branch_free_kernels_match_the_plain_scan_bitwise() {
+        // Values from a small set (ties everywhere), with NaN, -inf and signed zeros.
+        let pool = [
+            -0.0f32,
+            0.0,
+            1.0,
+            2.0,
+            f32::NAN,
+            f32::NEG_INFINITY,
+            1.0,
+            2.0,
+        ];
+        let mut state = 7u64;
+        for (h, w, kernel, stride, padding) in [
+            (9, 8, 3, 2, 1),
+            (8, 8, 2, 2, 0),
+            (7, 9, 3, 1, 1),
+            (9, 7, 2, 2, 0),
+            (10, 11, 3, 3, 0),
+            (5, 6, 2, 1, 1),
+            (3, 3, 3, 2, 1),
+        ] {
+            let m = MaxPool {
+                kernel,
+                stride,
+                padding,
+            };
+            let (oh, ow) = m.out_dims(h, w);
+            for _ in 0..20 {
+                let plane: Vec<f32> = (0..h * w)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        pool[(state % pool.len() as u64) as usize]
+                    })
+                    .collect();
+                let mut want = vec![0usize; oh * ow];
+                m.plane_argmax(&plane, h, w, |o, i| want[o] = i);
+                let mut y = vec![0f32; oh * ow];
+                m.plane_max(&plane, (h, w), &mut y, ow);
+                for (o, &i) in want.iter().enumerate() {
+                    let tag = format!("{h}x{w} k{kernel} s{stride} p{padding} output {o}");
+                    assert_eq!(y[o].to_bits(), plane[i].to_bits(), "{tag}: value");
+                    assert_eq!(
+                        m.argmax(&plane, (h, w), (o / ow, o % ow), y[o]),
+                        i,
+                        "{tag}: index"
+                    );
+                }
+            }
+        }
+    }
 }
