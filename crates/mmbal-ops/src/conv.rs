@@ -17,7 +17,7 @@
 //! gradient is summed in at most [`FILTER_GROUPS`] groups of consecutive samples, each in sample
 //! order, then the groups in order; how many samples share a product depends on the shapes alone.
 
-use crate::contiguous_f32;
+use crate::{contiguous_f32, window};
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -142,13 +142,12 @@ impl Geometry {
 
     /// The output columns `ow` whose input column `ow * stride + j - pad` lies inside the image.
     fn valid_cols(&self, j: usize) -> (usize, usize) {
-        let (s, p) = (self.stride, self.pad);
-        let lo = if p > j { (p - j).div_ceil(s) } else { 0 };
-        let hi = (self.w + p)
-            .checked_sub(j)
-            .map_or(0, |e| e.div_ceil(s))
-            .min(self.ow);
-        (lo.min(hi), hi)
+        window::outputs_inside(j, self.stride, self.pad, self.w, self.ow)
+    }
+
+    /// The input row output row `oh` reads at kernel row `i`, or `None` in the padding.
+    fn input_row(&self, oh: usize, i: usize) -> Option<usize> {
+        window::input_at(oh, i, self.stride, self.pad, self.h)
     }
 
     /// Calls `f(row, c, ih, oh, lo, len)` for each run of the column matrix that reads inside
@@ -164,9 +163,8 @@ impl Geometry {
                         continue;
                     }
                     for oh in 0..self.oh {
-                        match (oh * self.stride + i).checked_sub(self.pad) {
-                            Some(ih) if ih < self.h => f(row, c, ih, oh, lo, hi - lo),
-                            _ => {}
+                        if let Some(ih) = self.input_row(oh, i) {
+                            f(row, c, ih, oh, lo, hi - lo);
                         }
                     }
                 }
@@ -243,8 +241,7 @@ impl<'g> Columns<'g> {
                     let (lo, hi) = g.valid_cols(j);
                     let out = &mut cols[row * ld + off..][..l];
                     for (oh, seg) in out.chunks_exact_mut(g.ow).enumerate() {
-                        let ih = (oh * s + i).checked_sub(g.pad).filter(|&ih| ih < g.h);
-                        let (Some(ih), true) = (ih, lo < hi) else {
+                        let (Some(ih), true) = (g.input_row(oh, i), lo < hi) else {
                             seg.fill(0.0);
                             continue;
                         };
@@ -271,6 +268,15 @@ impl<'g> Columns<'g> {
                     }
                 }
             }
+        }
+    }
+
+    /// Writes the samples `xs` (each C x H x W) side by side into `sc.cols` (row stride
+    /// samples x L).
+    fn fill_samples(&self, xs: &[f32], sc: &mut Scratch) {
+        let (n, l) = (xs.len() / self.g.input_len(), self.g.l());
+        for (t, xi) in xs.chunks_exact(self.g.input_len()).enumerate() {
+            self.fill(xi, &mut sc.sample, &mut sc.cols, n * l, t * l);
         }
     }
 
@@ -392,6 +398,17 @@ impl Scratch {
     }
 }
 
+/// The inverse of [`gather_samples`]: an O x mL matrix back into `m` samples' (O x L) blocks.
+/// `m` comes from `dst`; `src` may be a longer scratch buffer.
+fn scatter_samples(src: &[f32], o: usize, l: usize, dst: &mut [f32]) {
+    let ld = dst.len() / o;
+    for (t, dt) in dst.chunks_exact_mut(o * l).enumerate() {
+        for (r, dr) in dt.chunks_exact_mut(l).enumerate() {
+            dr.copy_from_slice(&src[r * ld + t * l..][..l]);
+        }
+    }
+}
+
 /// `m` samples' (O x L) blocks side by side as one O x mL matrix.
 fn gather_samples(src: &[f32], o: usize, l: usize, dst: &mut [f32]) {
     let ld = src.len() / o;
@@ -440,9 +457,7 @@ impl CustomOp2 for Conv2dOp {
                     return;
                 }
                 let ld = m * l;
-                for (t, xi) in xs.chunks_exact(g.input_len()).enumerate() {
-                    columns.fill(xi, &mut sc.sample, &mut sc.cols, ld, t * l);
-                }
+                columns.fill_samples(xs, sc);
                 if m == 1 {
                     matmul(
                         ychunk,
@@ -463,11 +478,7 @@ impl CustomOp2 for Conv2dOp {
                     false,
                     par,
                 );
-                for (t, yt) in ychunk.chunks_exact_mut(o * l).enumerate() {
-                    for (r, yr) in yt.chunks_exact_mut(l).enumerate() {
-                        yr.copy_from_slice(&sc.out[r * ld + t * l..][..l]);
-                    }
-                }
+                scatter_samples(&sc.out, o, l, ychunk);
             },
         );
         Ok((CpuStorage::F32(y), Shape::from((g.n, o, g.oh, g.ow))))
@@ -623,9 +634,7 @@ impl CustomOp2 for Conv2dFilterGrad {
                     let cols: &[f32] = if g.pointwise() {
                         xs
                     } else {
-                        for (q, xi) in xs.chunks_exact(g.input_len()).enumerate() {
-                            columns.fill(xi, &mut sc.sample, &mut sc.cols, ld, q * l);
-                        }
+                        columns.fill_samples(xs, &mut sc);
                         &sc.cols
                     };
                     let dys: &[f32] = if m == 1 {

@@ -33,6 +33,7 @@ mod conv;
 mod max_pool;
 mod memory;
 mod relu;
+mod window;
 
 pub use batch_norm::{batch_norm_eval, batch_norm_train};
 pub use channel::{add_channel_bias, channel_affine};

@@ -4,7 +4,7 @@
 //! padding 1) is not. On the CPU this is a custom op; on other devices the same result is built
 //! from basic ops (strided window views and `maximum`), whose backward candle gets right.
 
-use crate::contiguous_f32;
+use crate::{contiguous_f32, window};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -51,17 +51,6 @@ impl MaxPool {
             }
         }
     }
-}
-
-impl MaxPool {
-    /// The output columns `ox` whose input column `ox * stride + j - padding` (window column
-    /// `j`) lies inside a row of width `w`.
-    fn valid_cols(&self, j: usize, w: usize, ow: usize) -> (usize, usize) {
-        let (s, p) = (self.stride, self.padding);
-        let lo = if p > j { (p - j).div_ceil(s) } else { 0 };
-        let hi = (w + p).checked_sub(j).map_or(0, |e| e.div_ceil(s)).min(ow);
-        (lo.min(hi), hi)
-    }
 
     /// Forward values of one plane. The scan-order rule (a value is taken if strictly greater
     /// or NaN) is applied to a whole output row at once, one window offset at a time, with
@@ -74,12 +63,12 @@ impl MaxPool {
         for (oy, best) in out.chunks_exact_mut(ow).enumerate() {
             best.fill(f32::NEG_INFINITY);
             for i in 0..k {
-                let Some(iy) = (oy * s + i).checked_sub(p).filter(|&iy| iy < h) else {
+                let Some(iy) = window::input_at(oy, i, s, p, h) else {
                     continue;
                 };
                 let row = &plane[iy * w..(iy + 1) * w];
                 for j in 0..k {
-                    let (lo, hi) = self.valid_cols(j, w, ow);
+                    let (lo, hi) = window::outputs_inside(j, s, p, w, ow);
                     if lo >= hi {
                         continue;
                     }
@@ -107,11 +96,11 @@ impl MaxPool {
         let nan = y.is_nan();
         let mut at = usize::MAX;
         for i in 0..k {
-            let Some(iy) = (oy * s + i).checked_sub(p).filter(|&iy| iy < h) else {
+            let Some(iy) = window::input_at(oy, i, s, p, h) else {
                 continue;
             };
             for j in 0..k {
-                let Some(ix) = (ox * s + j).checked_sub(p).filter(|&ix| ix < w) else {
+                let Some(ix) = window::input_at(ox, j, s, p, w) else {
                     continue;
                 };
                 let q = iy * w + ix;

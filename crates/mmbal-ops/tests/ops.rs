@@ -210,10 +210,11 @@ fn channel_bias_matches_broadcast_add_in_both_passes() {
 /// (batch, in channels, height, width, out channels, kernel, stride, padding): every
 /// convolution shape of SmallCnn and ResNet-18 (stem 7x7/2, 3x3/1, 3x3/2, 1x1/2 downsample),
 /// a pointwise one, a batch of one, batches that leave filter-gradient groups uneven, and
-/// small maps whose samples share one product (copied in runs and through the gather table).
+/// small maps whose samples share one product (copied in runs and through the gather table),
+/// the last product with fewer samples than the others but more than one.
 type ConvShape = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-const CONV_SHAPES: [ConvShape; 10] = [
+const CONV_SHAPES: [ConvShape; 11] = [
     (4, 1, 28, 28, 8, 3, 1, 1),
     (3, 3, 32, 24, 5, 7, 2, 3),
     (9, 4, 10, 12, 6, 3, 1, 1),
@@ -224,6 +225,7 @@ const CONV_SHAPES: [ConvShape; 10] = [
     (17, 2, 6, 6, 3, 3, 1, 0),
     (2, 3, 5, 7, 2, 5, 1, 2),
     (7, 3, 2, 20, 4, 3, 1, 1),
+    (15, 2, 4, 5, 3, 3, 1, 1),
 ];
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
