@@ -227,7 +227,8 @@ pub fn bench_cpu(args: CpuArgs, retained: bool) -> Result<()> {
             python()
         );
     }
-    // Both sides get the same cores: candle and rayon read RAYON_NUM_THREADS.
+    // Both sides get the same cores: candle's pool (mmbal's kernels) and rayon's read
+    // RAYON_NUM_THREADS; candle reads CANDLE_NUM_THREADS first, so that may not differ.
     let threads = threads.unwrap_or_else(|| {
         std::env::var("RAYON_NUM_THREADS")
             .ok()
@@ -239,6 +240,11 @@ pub fn bench_cpu(args: CpuArgs, retained: bool) -> Result<()> {
             "run with RAYON_NUM_THREADS={threads} set, so that mmbal uses the {threads} thread(s) \
              PyTorch is given"
         );
+    }
+    if let Ok(c) = std::env::var("CANDLE_NUM_THREADS") {
+        if c != threads.to_string() {
+            bail!("CANDLE_NUM_THREADS={c} would give mmbal's kernels other than the {threads} thread(s) PyTorch is given: unset it");
+        }
     }
     for row in rows() {
         if let Some(w) = &wanted {

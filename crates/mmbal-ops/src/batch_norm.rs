@@ -5,7 +5,7 @@
 //! On the CPU the training forward and its backward are two fused passes (custom ops). Composed
 //! from candle ops, the forward is a dozen tensor ops and its backward a chain of broadcast
 //! reductions that candle runs on one thread; here each channel's statistics, and each plane's
-//! output, are computed in parallel (rayon), in f64 accumulation, with PyTorch's formulas:
+//! output, are computed in parallel, in f64 accumulation, with PyTorch's formulas:
 //!
 //! * forward: `mean`, biased `var` over (N, H, W); `y = (x - mean) / sqrt(var + eps) * w + b`;
 //! * backward: with `xhat = (x - mean) * invstd` and `M = N * H * W`, `db = sum dy`,
@@ -13,7 +13,6 @@
 
 use crate::contiguous_f32;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
 /// Per-channel mean and biased variance of the last forward, handed out of the op.
@@ -88,22 +87,19 @@ struct BatchNormTrain {
 
 /// Mean and biased variance of every channel of an `(n, c, hw)` array (two passes, f64).
 fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
-    (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let planes = || (0..n).map(move |i| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw]);
-            let m = (n * hw) as f64;
-            let mean = planes()
-                .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
-                .sum::<f64>()
-                / m;
-            let var = planes()
-                .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
-                .sum::<f64>()
-                / m;
-            (mean, var)
-        })
-        .collect()
+    crate::pool::map(c, |ch| {
+        let planes = || (0..n).map(move |i| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw]);
+        let m = (n * hw) as f64;
+        let mean = planes()
+            .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
+            .sum::<f64>()
+            / m;
+        let var = planes()
+            .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
+            .sum::<f64>()
+            / m;
+        (mean, var)
+    })
 }
 
 impl CustomOp3 for BatchNormTrain {
@@ -129,17 +125,15 @@ impl CustomOp3 for BatchNormTrain {
         let hw = h * w;
         let stats = channel_stats(x, n, c, hw);
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(hw.max(1))
-            .enumerate()
-            .for_each(|(p, out)| {
-                let ch = p % c;
-                let (mean, var) = stats[ch];
-                let invstd = 1.0 / (var + self.eps).sqrt();
-                let (scale, shift) = (invstd * weight[ch] as f64, bias[ch] as f64);
-                for (o, &v) in out.iter_mut().zip(&x[p * hw..(p + 1) * hw]) {
-                    *o = ((v as f64 - mean) * scale + shift) as f32;
-                }
-            });
+        crate::pool::for_each_chunk(&mut y, hw.max(1), |p, out| {
+            let ch = p % c;
+            let (mean, var) = stats[ch];
+            let invstd = 1.0 / (var + self.eps).sqrt();
+            let (scale, shift) = (invstd * weight[ch] as f64, bias[ch] as f64);
+            for (o, &v) in out.iter_mut().zip(&x[p * hw..(p + 1) * hw]) {
+                *o = ((v as f64 - mean) * scale + shift) as f32;
+            }
+        });
         *self.stats.lock().unwrap() = Some((
             stats.iter().map(|s| s.0 as f32).collect(),
             stats.iter().map(|s| s.1 as f32).collect(),
@@ -198,26 +192,23 @@ impl CustomOp3 for BatchNormTrainBackward {
         let m = (n * hw) as f64;
         let stats = channel_stats(x, n, c, hw);
         // Per channel: invstd, sum dy, sum dy * xhat.
-        let sums: Vec<(f64, f64, f64)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let (mean, var) = stats[ch];
-                let invstd = 1.0 / (var + self.eps).sqrt();
-                let (mut db, mut dw) = (0.0, 0.0);
-                for i in 0..n {
-                    let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                    for (&g, &v) in dy[r.clone()].iter().zip(&x[r]) {
-                        db += g as f64;
-                        dw += g as f64 * (v as f64 - mean) * invstd;
-                    }
+        let sums: Vec<(f64, f64, f64)> = crate::pool::map(c, |ch| {
+            let (mean, var) = stats[ch];
+            let invstd = 1.0 / (var + self.eps).sqrt();
+            let (mut db, mut dw) = (0.0, 0.0);
+            for i in 0..n {
+                let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
+                for (&g, &v) in dy[r.clone()].iter().zip(&x[r]) {
+                    db += g as f64;
+                    dw += g as f64 * (v as f64 - mean) * invstd;
                 }
-                (invstd, db, dw)
-            })
-            .collect();
+            }
+            (invstd, db, dw)
+        });
         let len = x.len();
         let mut out = vec![0f32; len + 2 * c];
         let (dx, rest) = out.split_at_mut(len);
-        dx.par_chunks_mut(hw.max(1)).enumerate().for_each(|(p, o)| {
+        crate::pool::for_each_chunk(dx, hw.max(1), |p, o| {
             let ch = p % c;
             let (mean, _) = stats[ch];
             let (invstd, db, dw) = sums[ch];

@@ -8,7 +8,6 @@ use crate::contiguous_f32;
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,
 };
-use rayon::prelude::*;
 
 struct AddChannelBias;
 
@@ -31,7 +30,7 @@ impl CustomOp2 for AddChannelBias {
         );
         let hw = (h * w).max(1);
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(hw).enumerate().for_each(|(p, out)| {
+        crate::pool::for_each_chunk(&mut y, hw, |p, out| {
             let v = b[p % c];
             for (o, &xi) in out.iter_mut().zip(&x[p * hw..(p + 1) * hw]) {
                 *o = xi + v;
@@ -65,19 +64,16 @@ impl CustomOp1 for SumPerChannel {
         let (n, c, h, w) = l.shape().dims4()?;
         let g = contiguous_f32("channel bias", s, l, "grad")?;
         let hw = h * w;
-        let sums: Vec<f32> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                (0..n)
-                    .map(|i| {
-                        g[(i * c + ch) * hw..(i * c + ch + 1) * hw]
-                            .iter()
-                            .map(|&v| v as f64)
-                            .sum::<f64>()
-                    })
-                    .sum::<f64>() as f32
-            })
-            .collect();
+        let sums: Vec<f32> = crate::pool::map(c, |ch| {
+            (0..n)
+                .map(|i| {
+                    g[(i * c + ch) * hw..(i * c + ch + 1) * hw]
+                        .iter()
+                        .map(|&v| v as f64)
+                        .sum::<f64>()
+                })
+                .sum::<f64>() as f32
+        });
         Ok((CpuStorage::F32(sums), Shape::from(self.0)))
     }
 }
@@ -125,7 +121,7 @@ impl CustomOp3 for ChannelAffine {
         }
         let hw = (h * w).max(1);
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(hw).enumerate().for_each(|(p, out)| {
+        crate::pool::for_each_chunk(&mut y, hw, |p, out| {
             let (a, b) = (a[p % c], b[p % c]);
             for (o, &xi) in out.iter_mut().zip(&x[p * hw..(p + 1) * hw]) {
                 *o = xi * a + b;

@@ -16,11 +16,15 @@
 //! Determinism: every sum has a fixed order that does not depend on the thread count. The filter
 //! gradient is summed in at most [`FILTER_GROUPS`] groups of consecutive samples, each in sample
 //! order, then the groups in order; how many samples share a product depends on the shapes alone.
+//!
+//! Threads (candle's pool, see `pool`) take whole chunks, and each product runs on one thread:
+//! a batch that fits one product (the deep layers of a small batch) runs on one thread. Giving
+//! `gemm` rayon's threads there measured no faster (GRID row 26.9 against 25.8 ms) and brought
+//! back the second pool whose threads fought candle's.
 
 use crate::{contiguous_f32, window};
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
-use rayon::prelude::*;
 
 /// Most partial filter gradients summed at once (memory: this many copies of the filter).
 const FILTER_GROUPS: usize = 8;
@@ -324,14 +328,7 @@ fn mat(data: &[f32], rs: usize, cs: usize) -> Mat {
 }
 
 /// `dst (m x n, row-major) = [dst +] lhs (m x k) · rhs (k x n)`.
-fn matmul(
-    dst: &mut [f32],
-    (m, n, k): (usize, usize, usize),
-    lhs: Mat,
-    rhs: Mat,
-    accumulate: bool,
-    par: Parallelism,
-) {
+fn matmul(dst: &mut [f32], (m, n, k): (usize, usize, usize), lhs: Mat, rhs: Mat, accumulate: bool) {
     assert!(dst.len() >= m * n);
     // Safety: `dst` holds m x n values; `lhs` and `rhs` were built by `mat` from slices the
     // callers size as m x k and k x n under the given strides.
@@ -355,18 +352,8 @@ fn matmul(
             false,
             false,
             false,
-            par,
+            Parallelism::None,
         )
-    }
-}
-
-/// Parallelism inside one matrix product: none when the samples already fill the threads.
-fn inner_parallelism(tasks: usize) -> Parallelism {
-    let threads = rayon::current_num_threads();
-    if tasks >= threads || threads == 1 {
-        Parallelism::None
-    } else {
-        Parallelism::Rayon(threads)
     }
 }
 
@@ -443,30 +430,24 @@ impl CustomOp2 for Conv2dOp {
         );
         let (k, l, o) = (g.k(), g.l(), g.o);
         let nb = g.samples_per_product(PRODUCT_COLUMNS);
-        let par = inner_parallelism(g.n.div_ceil(nb));
         let columns = Columns::new(&g);
         let mut y = vec![0f32; g.n * o * l];
-        y.par_chunks_mut(nb * o * l).enumerate().for_each_init(
+        crate::pool::for_each_chunk_init(
+            &mut y,
+            nb * o * l,
             || Scratch::new(&g, &columns, nb),
-            |sc, (ci, ychunk)| {
+            |sc, ci, ychunk| {
                 let m = ychunk.len() / (o * l);
                 let xs = &x[ci * nb * g.input_len()..][..m * g.input_len()];
                 if g.pointwise() {
                     // nb is 1 here: the input is its own column matrix.
-                    matmul(ychunk, (o, l, k), mat(w, k, 1), mat(xs, l, 1), false, par);
+                    matmul(ychunk, (o, l, k), mat(w, k, 1), mat(xs, l, 1), false);
                     return;
                 }
                 let ld = m * l;
                 columns.fill_samples(xs, sc);
                 if m == 1 {
-                    matmul(
-                        ychunk,
-                        (o, l, k),
-                        mat(w, k, 1),
-                        mat(&sc.cols, l, 1),
-                        false,
-                        par,
-                    );
+                    matmul(ychunk, (o, l, k), mat(w, k, 1), mat(&sc.cols, l, 1), false);
                     return;
                 }
                 // One product for the chunk (O x mL), then each sample's rows into place.
@@ -476,7 +457,6 @@ impl CustomOp2 for Conv2dOp {
                     mat(w, k, 1),
                     mat(&sc.cols, ld, 1),
                     false,
-                    par,
                 );
                 scatter_samples(&sc.out, o, l, ychunk);
             },
@@ -550,41 +530,39 @@ impl CustomOp2 for Conv2dDataGrad {
         );
         let (k, l, o) = (g.k(), g.l(), g.o);
         let nb = g.samples_per_product(PRODUCT_COLUMNS);
-        let par = inner_parallelism(g.n.div_ceil(nb));
         let columns = Columns::new(&g);
         let mut dx = vec![0f32; g.n * g.input_len()];
-        dx.par_chunks_mut(nb * g.input_len())
-            .enumerate()
-            .for_each_init(
-                || Scratch::new(&g, &columns, nb),
-                |sc, (ci, dxchunk)| {
-                    let m = dxchunk.len() / g.input_len();
-                    let dys = &dy[ci * nb * o * l..][..m * o * l];
-                    // Wᵀ (K x O): element (r, o) at w[o * K + r].
-                    if g.pointwise() {
-                        matmul(dxchunk, (k, l, o), mat(w, 1, k), mat(dys, l, 1), false, par);
-                        return;
-                    }
-                    let ld = m * l;
-                    let dys: &[f32] = if m == 1 {
-                        dys
-                    } else {
-                        gather_samples(dys, o, l, &mut sc.out);
-                        &sc.out
-                    };
-                    matmul(
-                        &mut sc.cols,
-                        (k, ld, o),
-                        mat(w, 1, k),
-                        mat(dys, ld, 1),
-                        false,
-                        par,
-                    );
-                    for (t, dxi) in dxchunk.chunks_exact_mut(g.input_len()).enumerate() {
-                        columns.add_back(&sc.cols, ld, t * l, &mut sc.sample, dxi);
-                    }
-                },
-            );
+        crate::pool::for_each_chunk_init(
+            &mut dx,
+            nb * g.input_len(),
+            || Scratch::new(&g, &columns, nb),
+            |sc, ci, dxchunk| {
+                let m = dxchunk.len() / g.input_len();
+                let dys = &dy[ci * nb * o * l..][..m * o * l];
+                // Wᵀ (K x O): element (r, o) at w[o * K + r].
+                if g.pointwise() {
+                    matmul(dxchunk, (k, l, o), mat(w, 1, k), mat(dys, l, 1), false);
+                    return;
+                }
+                let ld = m * l;
+                let dys: &[f32] = if m == 1 {
+                    dys
+                } else {
+                    gather_samples(dys, o, l, &mut sc.out);
+                    &sc.out
+                };
+                matmul(
+                    &mut sc.cols,
+                    (k, ld, o),
+                    mat(w, 1, k),
+                    mat(dys, ld, 1),
+                    false,
+                );
+                for (t, dxi) in dxchunk.chunks_exact_mut(g.input_len()).enumerate() {
+                    columns.add_back(&sc.cols, ld, t * l, &mut sc.sample, dxi);
+                }
+            },
+        );
         Ok((CpuStorage::F32(dx), self.input.clone()))
     }
 }
@@ -618,54 +596,47 @@ impl CustomOp2 for Conv2dFilterGrad {
         let groups = g.n.clamp(1, FILTER_GROUPS);
         let per_group = g.n.div_ceil(groups);
         let nb = g.samples_per_product(FILTER_PRODUCT_COLUMNS).min(per_group);
-        let par = inner_parallelism(groups);
         let columns = Columns::new(&g);
-        let partials: Vec<Vec<f32>> = (0..groups)
-            .into_par_iter()
-            .map(|grp| {
-                let mut acc = vec![0f32; o * k];
-                let mut sc = Scratch::new(&g, &columns, nb);
-                let samples = grp * per_group..((grp + 1) * per_group).min(g.n);
-                for (t, first) in samples.clone().step_by(nb).enumerate() {
-                    let m = nb.min(samples.end - first);
-                    let xs = &x[first * g.input_len()..][..m * g.input_len()];
-                    let dys = &dy[first * o * l..][..m * o * l];
-                    let ld = m * l;
-                    let cols: &[f32] = if g.pointwise() {
-                        xs
-                    } else {
-                        columns.fill_samples(xs, &mut sc);
-                        &sc.cols
-                    };
-                    let dys: &[f32] = if m == 1 {
-                        dys
-                    } else {
-                        gather_samples(dys, o, l, &mut sc.out);
-                        &sc.out
-                    };
-                    // colsᵀ (mL x K): element (p, r) at cols[r * ld + p].
-                    matmul(
-                        &mut acc,
-                        (o, k, ld),
-                        mat(dys, ld, 1),
-                        mat(cols, 1, ld),
-                        t > 0,
-                        par,
-                    );
-                }
-                acc
-            })
-            .collect();
+        let partials: Vec<Vec<f32>> = crate::pool::map(groups, |grp| {
+            let mut acc = vec![0f32; o * k];
+            let mut sc = Scratch::new(&g, &columns, nb);
+            let samples = grp * per_group..((grp + 1) * per_group).min(g.n);
+            for (t, first) in samples.clone().step_by(nb).enumerate() {
+                let m = nb.min(samples.end - first);
+                let xs = &x[first * g.input_len()..][..m * g.input_len()];
+                let dys = &dy[first * o * l..][..m * o * l];
+                let ld = m * l;
+                let cols: &[f32] = if g.pointwise() {
+                    xs
+                } else {
+                    columns.fill_samples(xs, &mut sc);
+                    &sc.cols
+                };
+                let dys: &[f32] = if m == 1 {
+                    dys
+                } else {
+                    gather_samples(dys, o, l, &mut sc.out);
+                    &sc.out
+                };
+                // colsᵀ (mL x K): element (p, r) at cols[r * ld + p].
+                matmul(
+                    &mut acc,
+                    (o, k, ld),
+                    mat(dys, ld, 1),
+                    mat(cols, 1, ld),
+                    t > 0,
+                );
+            }
+            acc
+        });
         let mut dw = vec![0f32; o * k];
-        dw.par_chunks_mut(k.max(1))
-            .enumerate()
-            .for_each(|(r, row)| {
-                for part in &partials {
-                    for (d, v) in row.iter_mut().zip(&part[r * k..(r + 1) * k]) {
-                        *d += v;
-                    }
+        crate::pool::for_each_chunk(&mut dw, k.max(1), |r, row| {
+            for part in &partials {
+                for (d, v) in row.iter_mut().zip(&part[r * k..(r + 1) * k]) {
+                    *d += v;
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(dw), self.filter.clone()))
     }
 }

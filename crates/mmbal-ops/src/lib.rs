@@ -1,7 +1,7 @@
 //! # mmbal-ops
 //!
 //! The differentiable tensor ops mmbal's layers are built from, each with PyTorch's semantics in
-//! both passes and, on the CPU, a fast kernel as a candle custom op (rayon threads, fixed
+//! both passes and, on the CPU, a fast kernel as a candle custom op (on candle's own CPU threads, fixed
 //! summation orders, so a run resumes bitwise). Off the CPU each op falls back to candle's own
 //! ops with the same semantics; that is where the CUDA kernels will go, behind the same
 //! functions, so layers never branch on the device.
@@ -32,6 +32,7 @@ mod channel;
 mod conv;
 mod max_pool;
 mod memory;
+mod pool;
 mod relu;
 mod window;
 

@@ -6,7 +6,6 @@
 
 use crate::{contiguous_f32, window};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy)]
 struct MaxPool {
@@ -131,14 +130,12 @@ impl CustomOp1 for MaxPool {
         let (x, planes, h, w) = f32_input(s, l)?;
         let (oh, ow) = self.out_dims(h, w);
         let mut y = vec![0f32; planes * oh * ow];
-        y.par_chunks_mut((oh * ow).max(1))
-            .enumerate()
-            .for_each(|(p, out)| {
-                let plane = &x[p * h * w..(p + 1) * h * w];
-                if ow > 0 {
-                    self.plane_max(plane, (h, w), out, ow);
-                }
-            });
+        crate::pool::for_each_chunk(&mut y, (oh * ow).max(1), |p, out| {
+            let plane = &x[p * h * w..(p + 1) * h * w];
+            if ow > 0 {
+                self.plane_max(plane, (h, w), out, ow);
+            }
+        });
         let (n, c, _, _) = l.shape().dims4()?;
         Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
     }
@@ -176,16 +173,14 @@ impl CustomOp3 for MaxPoolBackward {
         let mut dx = vec![0f32; x.len()];
         // Planes in parallel; within a plane the additions go in output scan order (windows
         // may overlap), as the plain scan's did.
-        dx.par_chunks_mut((h * w).max(1))
-            .enumerate()
-            .for_each(|(p, d)| {
-                let plane = &x[p * h * w..(p + 1) * h * w];
-                let g = &g[p * oh * ow..(p + 1) * oh * ow];
-                let y = &y[p * oh * ow..(p + 1) * oh * ow];
-                for (o, (&yo, &go)) in y.iter().zip(g).enumerate() {
-                    d[self.0.argmax(plane, (h, w), (o / ow, o % ow), yo)] += go;
-                }
-            });
+        crate::pool::for_each_chunk(&mut dx, (h * w).max(1), |p, d| {
+            let plane = &x[p * h * w..(p + 1) * h * w];
+            let g = &g[p * oh * ow..(p + 1) * oh * ow];
+            let y = &y[p * oh * ow..(p + 1) * oh * ow];
+            for (o, (&yo, &go)) in y.iter().zip(g).enumerate() {
+                d[self.0.argmax(plane, (h, w), (o / ow, o % ow), yo)] += go;
+            }
+        });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }

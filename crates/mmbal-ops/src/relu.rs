@@ -6,7 +6,6 @@
 
 use crate::contiguous_f32;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 /// Elements per parallel task: big enough that a task outweighs its scheduling.
 const CHUNK: usize = 1 << 14;
@@ -22,13 +21,11 @@ impl CustomOp1 for Relu {
         let x = contiguous_f32("relu", s, l, "input")?;
         let mut y = vec![0f32; x.len()];
         // `x > 0 ? x : 0`, keeping NaN as PyTorch does.
-        y.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(y, x)| {
-                for (o, &v) in y.iter_mut().zip(x) {
-                    *o = if v > 0.0 || v.is_nan() { v } else { 0.0 };
-                }
-            });
+        crate::pool::for_each_chunk(&mut y, CHUNK, |i, y| {
+            for (o, &v) in y.iter_mut().zip(&x[i * CHUNK..]) {
+                *o = if v > 0.0 || v.is_nan() { v } else { 0.0 };
+            }
+        });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -67,13 +64,12 @@ impl CustomOp2 for ReluBackward {
             );
         }
         let mut dx = vec![0f32; y.len()];
-        dx.par_chunks_mut(CHUNK)
-            .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(d, (y, g))| {
-                for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
-                    *d = if y > 0.0 { g } else { 0.0 };
-                }
-            });
+        crate::pool::for_each_chunk(&mut dx, CHUNK, |i, d| {
+            let (y, g) = (&y[i * CHUNK..], &g[i * CHUNK..]);
+            for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
+                *d = if y > 0.0 { g } else { 0.0 };
+            }
+        });
         Ok((CpuStorage::F32(dx), yl.shape().clone()))
     }
 }

@@ -275,32 +275,47 @@ fn conv2d_matches_candle_in_both_passes() {
     }
 }
 
+/// Every conv output and gradient over `CONV_SHAPES`, as bits, hashed. The kernels' thread count
+/// is fixed when candle's pool starts, so each count runs in its own process (see below).
+#[test]
+#[ignore = "run by conv2d_is_bitwise_the_same_on_any_thread_count in a child process"]
+fn conv2d_digest() {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (i, &(n, c, hgt, w, o, k, s, p)) in CONV_SHAPES.iter().enumerate() {
+        let x = Var::from_tensor(&randn(&[n, c, hgt, w], i as u64)).unwrap();
+        let wt = Var::from_tensor(&randn(&[o, c, k, k], 100 + i as u64)).unwrap();
+        let y = conv2d(x.as_tensor(), wt.as_tensor(), s, p).unwrap();
+        let g = backward_against(&y, &randn(y.dims(), 200 + i as u64));
+        for t in [y, g.get(&x).unwrap().clone(), g.get(&wt).unwrap().clone()] {
+            for v in t.flatten_all().unwrap().to_vec1::<f32>().unwrap() {
+                v.to_bits().hash(&mut h);
+            }
+        }
+    }
+    println!("conv2d digest {:016x}", h.finish());
+}
+
 #[test]
 fn conv2d_is_bitwise_the_same_on_any_thread_count() {
-    // Resume is bitwise only if no sum depends on how rayon splits the work.
-    let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
+    // Resume is bitwise only if no sum depends on how the threads split the work.
+    let digest = |threads: usize| {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "conv2d_digest", "--ignored", "--nocapture"])
+            .env("CANDLE_NUM_THREADS", threads.to_string())
+            .env("RAYON_NUM_THREADS", threads.to_string())
+            .output()
             .unwrap();
-        pool.install(|| {
-            CONV_SHAPES
-                .iter()
-                .enumerate()
-                .flat_map(|(i, &(n, c, h, w, o, k, s, p))| {
-                    let x = Var::from_tensor(&randn(&[n, c, h, w], i as u64)).unwrap();
-                    let wt = Var::from_tensor(&randn(&[o, c, k, k], 100 + i as u64)).unwrap();
-                    let y = conv2d(x.as_tensor(), wt.as_tensor(), s, p).unwrap();
-                    let g = backward_against(&y, &randn(y.dims(), 200 + i as u64));
-                    [y, g.get(&x).unwrap().clone(), g.get(&wt).unwrap().clone()]
-                        .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-                })
-                .collect::<Vec<_>>()
-        })
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{threads} threads: {stdout}");
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("conv2d digest ").map(str::to_owned))
+            .unwrap_or_else(|| panic!("{threads} threads: no digest in {stdout}"))
     };
-    let one = run(1);
+    let one = digest(1);
     for threads in [2, 3] {
-        assert!(one == run(threads), "{threads} threads differ from one");
+        assert_eq!(one, digest(threads), "{threads} threads differ from one");
     }
 }
 

@@ -27,8 +27,8 @@ pub struct TrainConfig {
     pub device: String,
     /// Batches prepared ahead of the trainer.
     pub prefetch: usize,
-    /// CPU threads for the model and the loader (candle and rayon read `RAYON_NUM_THREADS`,
-    /// which the command line sets from this before anything runs); 0 = every core.
+    /// CPU threads for the model and the loader (the command line sets `RAYON_NUM_THREADS` and
+    /// `CANDLE_NUM_THREADS` from this before anything runs); 0 = every core.
     pub threads: usize,
     /// Evaluate the test split every epoch (selection always uses val).
     pub eval_test: bool,

@@ -279,11 +279,13 @@ fn metrics_line(m: &SplitMetrics) -> String {
     )
 }
 
-/// Sets the thread count candle and rayon read (`RAYON_NUM_THREADS`) before any of their pools
-/// exists; 0 leaves the default (every core, or the variable as the user set it).
+/// Sets the thread count before any pool exists: rayon's (the loader) reads `RAYON_NUM_THREADS`,
+/// candle's (its element-wise ops and mmbal's kernels) `CANDLE_NUM_THREADS` first, so both are
+/// set; 0 leaves the default (every core, or the variables as the user set them).
 fn use_threads(n: usize) {
     if n > 0 {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
     }
 }
 
