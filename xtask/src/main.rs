@@ -182,15 +182,11 @@ fn bench_loader(a: &Args) -> Result<()> {
     Ok(())
 }
 
-/// The head a method needs; every other method trains the config's head.
-fn fusion_for(method: &str) -> Option<mmbal_fusion::FusionKind> {
-    use mmbal_fusion::FusionKind;
-    match method {
-        "mla" => Some(FusionKind::Shared),
-        "greedy" => Some(FusionKind::Sum),
-        "g-blending" => Some(FusionKind::Blend),
-        _ => None,
-    }
+/// The head a method is defined for (its declared requirements); `None`: the config's head.
+fn fusion_for(method: &str) -> Result<Option<mmbal_fusion::FusionKind>> {
+    Ok(mmbal_methods::build_method(method, &Default::default())?
+        .requirements()
+        .fusion)
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -249,7 +245,7 @@ fn results(a: ResultsArgs) -> Result<()> {
                         c.method.options.insert(key.clone(), v.clone());
                     }
                 }
-                if let Some(f) = fusion_for(method) {
+                if let Some(f) = fusion_for(method)? {
                     c.model.fusion = f;
                 }
                 let mut t = Trainer::from_config(c)?;

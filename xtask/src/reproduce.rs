@@ -196,20 +196,22 @@ fn default_datasets(profile: &str) -> Result<Vec<String>> {
     })
 }
 
-/// A method's settings on top of the dataset's config: its head, and the resampling warm-up.
-fn method_config(base: &TrainConfig, warmup: i64, method: &str) -> TrainConfig {
+/// A method's settings on top of the dataset's config: the head it is defined for, and the
+/// profile's resampling warm-up for every method that has a `warmup` option.
+fn method_config(base: &TrainConfig, warmup: i64, method: &str) -> Result<TrainConfig> {
     let mut c = base.clone();
     c.method.name = method.to_string();
     c.method.options.clear();
-    if let Some(f) = crate::fusion_for(method) {
+    let built = mmbal_methods::build_method(method, &Default::default())?;
+    if let Some(f) = built.requirements().fusion {
         c.model.fusion = f;
     }
-    if method.ends_with("-level") {
+    if built.options().contains_key("warmup") {
         c.method
             .options
             .insert("warmup".into(), toml::Value::Integer(warmup));
     }
-    c
+    Ok(c)
 }
 
 fn git_revision() -> String {
@@ -330,7 +332,7 @@ pub fn table1(args: Table1Args) -> Result<()> {
         base.out_dir = root.join(dataset);
         for method in &o.methods {
             for seed in 0..o.seeds {
-                let mut c = method_config(&base, warmup, method);
+                let mut c = method_config(&base, warmup, method)?;
                 c.seed = seed;
                 c.name = format!("{method}-s{seed}");
                 let provenance = serde_json::json!({

@@ -187,6 +187,21 @@ impl FusionHead {
             .collect()
     }
 
+    /// The classifier that reads modality `m`'s features alone (sum and blend heads: `fc.{m}`);
+    /// empty for the other heads.
+    pub fn modality_params(&self, m: usize) -> Vec<Var> {
+        let name = format!("fc.{m}");
+        match self.kind {
+            FusionKind::Sum | FusionKind::Blend => self
+                .layers
+                .iter()
+                .filter(|(n, _)| *n == name)
+                .flat_map(|(_, l)| [l.weight.clone(), l.bias.clone()])
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Fused logits only, from (already masked) features.
     fn fused(&self, f: &[Tensor]) -> Result<Tensor> {
         let l = |i: usize| &self.layers[i].1;

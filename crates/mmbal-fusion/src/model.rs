@@ -102,6 +102,10 @@ pub enum ParamGroup {
     EncoderConvKernels(usize),
     /// The fusion head.
     Head,
+    /// The part of the head that reads modality m's features alone: its own classifier under
+    /// the sum and blend heads (`fc.{m}`); empty for the heads that have none (concat, FiLM,
+    /// gated, shared).
+    HeadOf(usize),
     /// Blocks between encoder stages.
     Mixer,
 }
@@ -337,6 +341,7 @@ impl MultimodalModel {
                 .collect(),
             ParamGroup::EncoderConvKernels(m) => self.encoders[m].conv_kernels(),
             ParamGroup::Head => self.head.params().into_iter().map(|(_, v)| v).collect(),
+            ParamGroup::HeadOf(m) => self.head.modality_params(m),
             ParamGroup::Mixer => self
                 .mixer
                 .as_ref()

@@ -255,6 +255,8 @@ fn model_groups_masks_and_buffers() {
     assert_eq!(model.group(ParamGroup::EncoderConvKernels(1)).len(), 20);
     assert_eq!(model.group(ParamGroup::EncoderConvKernels(0)).len(), 3);
     assert_eq!(model.group(ParamGroup::Head).len(), 2);
+    // A concat head has no classifier of one modality's own.
+    assert!(model.group(ParamGroup::HeadOf(1)).is_empty());
     assert!(model.group(ParamGroup::Mixer).is_empty());
     let n = model.named_params();
     assert!(n
@@ -335,4 +337,26 @@ fn batch_norm_weights_start_at_one_or_from_normal_1_002() {
         "mean {mean} over {n}"
     );
     assert!((std - 0.02).abs() < 0.004, "std {std}");
+}
+
+#[test]
+fn each_modalitys_own_classifier_under_sum_and_blend() {
+    for kind in [FusionKind::Sum, FusionKind::Blend] {
+        let head = FusionHead::new(kind, &[3, 2, 4], 5, LinearInit::Pytorch, 0, &dev()).unwrap();
+        let named = head.params();
+        for m in 0..3 {
+            let want: Vec<_> = named
+                .iter()
+                .filter(|(n, _)| n.starts_with(&format!("fc.{m}.")))
+                .map(|(_, v)| v.as_tensor().id())
+                .collect();
+            let got: Vec<_> = head
+                .modality_params(m)
+                .iter()
+                .map(|v| v.as_tensor().id())
+                .collect();
+            assert_eq!(got.len(), 2, "{kind:?} {m}");
+            assert_eq!(got, want, "{kind:?} {m}");
+        }
+    }
 }

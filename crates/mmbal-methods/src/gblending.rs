@@ -3,15 +3,15 @@
 //! overfitting-to-generalisation ratio measured on the validation split. docs/methods/gblending.md
 //! has the details.
 
-use crate::{BalanceMethod, EpochCtx, StepCtx};
-use anyhow::{bail, Result};
+use crate::{BalanceMethod, EpochCtx, Requirements, StepCtx};
+use anyhow::Result;
 use candle_core::{Tensor, Var};
 use mmbal_data::{batches, Row, Split};
 use mmbal_fusion::{ForwardOut, FusionKind, MultimodalModel};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Mode {
     /// Weights estimated once, from the initial model.
@@ -20,7 +20,7 @@ enum Mode {
     Online,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Options {
     mode: Mode,
@@ -127,9 +127,6 @@ impl GBlending {
         let model = ctx.model;
         let train = ctx.train_rows();
         let val = ctx.dataset.rows(Split::Val);
-        if val.is_empty() {
-            bail!("g-blending estimates its weights on the validation split, which is empty");
-        }
         let heads = model.num_modalities() + 1;
         let (train0, val0) = (head_losses(ctx, &train)?, head_losses(ctx, &val)?);
         let snap = snapshot(model)?;
@@ -196,11 +193,17 @@ impl BalanceMethod for GBlending {
         "g-blending"
     }
 
-    fn prepare_model(&mut self, model: &mut MultimodalModel) -> Result<()> {
-        if model.head.kind != FusionKind::Blend {
-            bail!("g-blending trains one head per modality and a fused one: set [model] fusion = \"blend\"");
+    /// One head per modality and a fused one; the weights are estimated on val.
+    fn requirements(&self) -> Requirements {
+        Requirements {
+            fusion: Some(FusionKind::Blend),
+            val_split: true,
+            ..Default::default()
         }
-        Ok(())
+    }
+
+    fn options(&self) -> toml::Table {
+        crate::options_table(self.name(), &self.opts)
     }
 
     fn epoch_plan(&mut self, ctx: &EpochCtx) -> Result<Option<Vec<Row>>> {

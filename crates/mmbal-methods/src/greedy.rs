@@ -3,18 +3,18 @@
 //! steps that cut one branch off the other's information when its conditional learning speed
 //! runs ahead. docs/methods/greedy.md has the details.
 
-use crate::{BalanceMethod, EpochCtx, Grads, StepCtx};
+use crate::{BalanceMethod, EpochCtx, Grads, Requirements, StepCtx};
 use anyhow::{bail, Result};
 use candle_core::{Tensor, Var};
 use mmbal_data::{Row, Split};
 use mmbal_fusion::{
     FusionKind, LinearInit, MeanRule, Mmtm, MmtmMixer, MultimodalModel, ParamGroup,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Options {
     /// Encoder stages after which an MMTM block sits; default: every stage from 2 on (ResNet-18:
@@ -38,14 +38,14 @@ struct Options {
     curate_evaluation: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 enum MeanForwards {
     All,
     Training,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 enum MeanSource {
     FirstStream,
@@ -158,9 +158,6 @@ impl Greedy {
             bail!("greedy: prepare_model was not called");
         };
         let val = ctx.dataset.rows(Split::Val);
-        if val.is_empty() {
-            bail!("greedy: the utilisation rate needs a val split (or set utilisation = false)");
-        }
         // Measured on the model as it is, not on a curated one; the measurement's forwards must
         // not move the running means training goes on with (nor a resumed run's checkpoint).
         self.set_curation(None);
@@ -220,13 +217,22 @@ impl BalanceMethod for Greedy {
         "greedy"
     }
 
+    /// MMTM joins two streams, each branch with its own classifier; the utilisation rates are
+    /// measured on val.
+    fn requirements(&self) -> Requirements {
+        Requirements {
+            fusion: Some(FusionKind::Sum),
+            val_split: self.opts.utilisation,
+            ..Default::default()
+        }
+        .modalities(2)
+    }
+
+    fn options(&self) -> toml::Table {
+        crate::options_table(self.name(), &self.opts)
+    }
+
     fn prepare_model(&mut self, model: &mut MultimodalModel) -> Result<()> {
-        if model.num_modalities() != 2 {
-            bail!("greedy is defined for two modalities (MMTM joins two streams)");
-        }
-        if model.head.kind != FusionKind::Sum {
-            bail!("greedy gives each branch its own classifier: set [model] fusion = \"sum\"");
-        }
         let stages = model
             .encoder(0)
             .num_stages()
@@ -282,11 +288,11 @@ impl BalanceMethod for Greedy {
         Ok(loss)
     }
 
-    fn edit_gradients(
+    fn observe_gradients(
         &mut self,
         ctx: &StepCtx,
         _out: &mmbal_fusion::ForwardOut,
-        grads: &mut Grads,
+        grads: &Grads,
     ) -> Result<()> {
         // This step ran curated: count it down, no accumulation.
         if let Some((branch, left)) = self.curating {
@@ -300,7 +306,6 @@ impl BalanceMethod for Greedy {
         let Some(blocks) = &self.blocks else {
             bail!("greedy: prepare_model was not called");
         };
-        let head = ctx.model.head.params();
         for m in 0..2 {
             let mut bypass_vars = Vec::new();
             for (_, b) in blocks.iter() {
@@ -308,11 +313,7 @@ impl BalanceMethod for Greedy {
                 bypass_vars.extend([b.excite[m].weight.clone(), b.excite[m].bias.clone()]);
             }
             let mut main_vars = ctx.model.group(ParamGroup::Encoder(m));
-            main_vars.extend(
-                head.iter()
-                    .filter(|(n, _)| n.starts_with(&format!("fc.{m}.")))
-                    .map(|(_, v)| v.clone()),
-            );
+            main_vars.extend(ctx.model.group(ParamGroup::HeadOf(m)));
             self.bypass[m] += group_speed(&bypass_vars, grads)?;
             self.main[m] += group_speed(&main_vars, grads)?;
         }

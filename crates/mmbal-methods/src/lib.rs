@@ -47,10 +47,12 @@ pub use collect::{collect_outputs, Collected};
 pub use gblending::{blend_weights, gain_and_overfitting};
 pub use greedy::Utilisation;
 pub use joint::Joint;
-pub use method::{BalanceMethod, EpochCtx, Grads, StepCtx, StepIndex, StepPlan};
+pub use method::{BalanceMethod, EpochCtx, Grads, Requirements, StepCtx, StepIndex, StepPlan};
 pub use mla::{batch_entropy_weights, entropy_weights, update_projector};
 pub use ogm::ogm_coefficients;
 pub use pmr::{prototype_logits, prototypes_from};
-pub use ratio::ratios_against_others;
-pub use registry::{build_method, no_options, parse_options, register, Builder, METHODS};
+pub use ratio::{ratios_against_others, true_class_score};
+pub use registry::{
+    build_method, no_options, options_table, parse_options, register, Builder, METHODS,
+};
 pub use valuation_pass::{valuation_pass, ValuationOptions};

@@ -6,7 +6,7 @@ use anyhow::Result;
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use mmbal_data::{Dataset, Row};
-use mmbal_fusion::{ForwardOut, MultimodalModel, ParamGroup};
+use mmbal_fusion::{ForwardOut, FusionKind, MultimodalModel, ParamGroup};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -122,11 +122,105 @@ impl EpochCtx<'_> {
     }
 }
 
+/// What a method needs of the model and the data. The trainer checks it before anything is
+/// trained (one error naming the method and the config key to change), and the xtasks read it to
+/// configure each method's runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirements {
+    /// The fusion head the method is defined for; `None`: any.
+    pub fusion: Option<FusionKind>,
+    /// Fewest and most modalities.
+    pub min_modalities: usize,
+    pub max_modalities: Option<usize>,
+    /// A validation split with rows (the method estimates something on it).
+    pub val_split: bool,
+}
+
+impl Default for Requirements {
+    fn default() -> Self {
+        Requirements {
+            fusion: None,
+            min_modalities: 1,
+            max_modalities: None,
+            val_split: false,
+        }
+    }
+}
+
+impl Requirements {
+    /// Exactly `n` modalities.
+    pub fn modalities(mut self, n: usize) -> Self {
+        (self.min_modalities, self.max_modalities) = (n, Some(n));
+        self
+    }
+
+    /// At least `n` modalities.
+    pub fn at_least(mut self, n: usize) -> Self {
+        self.min_modalities = n;
+        self
+    }
+
+    /// Whether a run of `method` with this head, these many modalities and these many val rows
+    /// can run; the error says what to change.
+    pub fn check(
+        &self,
+        method: &str,
+        fusion: FusionKind,
+        modalities: usize,
+        val_rows: usize,
+    ) -> Result<()> {
+        if let Some(want) = self.fusion {
+            if want != fusion {
+                let name = |k: FusionKind| {
+                    toml::Value::try_from(k).map_or(format!("{k:?}"), |v| v.to_string())
+                };
+                anyhow::bail!(
+                    "method `{method}` is defined for the {} fusion head: set [model] fusion = {} \
+                     (the config has {})",
+                    name(want).trim_matches('"'),
+                    name(want),
+                    name(fusion)
+                );
+            }
+        }
+        let max = self.max_modalities.unwrap_or(usize::MAX);
+        if modalities < self.min_modalities || modalities > max {
+            let wanted = match self.max_modalities {
+                Some(m) if m == self.min_modalities => format!("exactly {m}"),
+                Some(m) => format!("{} to {m}", self.min_modalities),
+                None => format!("at least {}", self.min_modalities),
+            };
+            anyhow::bail!(
+                "method `{method}` needs {wanted} modalities; the dataset has {modalities}"
+            );
+        }
+        if self.val_split && val_rows == 0 {
+            anyhow::bail!(
+                "method `{method}` estimates on the val split, which is empty: add a val split \
+                 to the dataset"
+            );
+        }
+        Ok(())
+    }
+}
+
 /// A balancing method. Every hook has the joint-training default, so joint training is this
 /// trait with nothing overridden; a method overrides only the places where it differs.
 pub trait BalanceMethod: Send {
     /// The registry name.
     fn name(&self) -> &'static str;
+
+    /// What the method needs of the model and the data. Default: nothing.
+    fn requirements(&self) -> Requirements {
+        Requirements::default()
+    }
+
+    /// Every option with the value in use (defaults filled in), as the `[method]` table takes
+    /// them: saved configs and `mmbal config` show these, and building the method from them
+    /// gives the same method. Default: no options.
+    fn options(&self) -> toml::Table {
+        toml::Table::new()
+    }
 
     /// Changes the model before training (MMTM blocks between stages, other heads).
     fn prepare_model(&mut self, _model: &mut MultimodalModel) -> Result<()> {
@@ -151,7 +245,18 @@ pub trait BalanceMethod: Send {
         )?)
     }
 
-    /// Edits gradients between backward and the optimizer step (modulation, noise, projection).
+    /// Reads the gradients after backward, before any edit (learning speeds, gradient norms).
+    fn observe_gradients(
+        &mut self,
+        _ctx: &StepCtx,
+        _out: &ForwardOut,
+        _grads: &Grads,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Edits gradients between backward and the optimizer step (modulation, noise, projection);
+    /// runs after [`BalanceMethod::observe_gradients`].
     fn edit_gradients(
         &mut self,
         _ctx: &StepCtx,
@@ -185,5 +290,37 @@ pub trait BalanceMethod: Send {
     }
     fn load_state(&mut self, _state: &HashMap<String, Tensor>) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requirements_name_what_to_change() {
+        let greedy = Requirements {
+            fusion: Some(FusionKind::Sum),
+            val_split: true,
+            ..Default::default()
+        }
+        .modalities(2);
+        greedy.check("greedy", FusionKind::Sum, 2, 5).unwrap();
+        let err = greedy
+            .check("greedy", FusionKind::Concat, 2, 5)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("fusion = \"sum\" (the config has \"concat\")"),
+            "{err}"
+        );
+        let err = greedy.check("greedy", FusionKind::Sum, 3, 5).unwrap_err();
+        assert!(err.to_string().contains("exactly 2 modalities"), "{err}");
+        let err = greedy.check("greedy", FusionKind::Sum, 2, 0).unwrap_err();
+        assert!(err.to_string().contains("val split"), "{err}");
+        let ogm = Requirements::default().at_least(2);
+        ogm.check("ogm", FusionKind::Film, 5, 0).unwrap();
+        let err = ogm.check("ogm", FusionKind::Concat, 1, 0).unwrap_err();
+        assert!(err.to_string().contains("at least 2 modalities"), "{err}");
     }
 }

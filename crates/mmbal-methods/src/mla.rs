@@ -3,14 +3,14 @@
 //! the head's weight gradient projected away from directions earlier modalities used, and
 //! entropy-weighted fusion at inference. docs/methods/mla.md has the details.
 
-use crate::{BalanceMethod, Grads, StepCtx, StepPlan};
+use crate::{BalanceMethod, Grads, Requirements, StepCtx, StepPlan};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use mmbal_fusion::{ForwardOut, FusionKind, MultimodalModel};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 enum Inference {
     /// Fixed weights per modality (`fixed_weights`).
@@ -24,7 +24,7 @@ enum Inference {
     DynamicPerSample,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Options {
     inference: Inference,
@@ -108,10 +108,19 @@ impl BalanceMethod for Mla {
         "mla"
     }
 
-    fn prepare_model(&mut self, model: &mut MultimodalModel) -> Result<()> {
-        if model.head.kind != FusionKind::Shared {
-            bail!("mla trains one head shared by all modalities: set [model] fusion = \"shared\"");
+    /// One head shared by all modalities.
+    fn requirements(&self) -> Requirements {
+        Requirements {
+            fusion: Some(FusionKind::Shared),
+            ..Default::default()
         }
+    }
+
+    fn options(&self) -> toml::Table {
+        crate::options_table(self.name(), &self.opts)
+    }
+
+    fn prepare_model(&mut self, model: &mut MultimodalModel) -> Result<()> {
         self.modalities = model.num_modalities();
         if let Some(w) = &self.opts.fixed_weights {
             if w.len() != self.modalities {

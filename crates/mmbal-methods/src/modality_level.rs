@@ -9,12 +9,12 @@ use anyhow::{bail, Result};
 use candle_core::Tensor;
 use mmbal_data::Row;
 use mmbal_valuation::{Benefit, MaskRoute};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// The options of `sample-level` (spelled out: serde cannot flatten and reject unknown keys at
 /// once) plus `part_ratio` and `alpha`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Options {
     warmup: usize,
@@ -61,6 +61,10 @@ pub struct ModalityLevel {
 impl BalanceMethod for ModalityLevel {
     fn name(&self) -> &'static str {
         "modality-level"
+    }
+
+    fn options(&self) -> toml::Table {
+        crate::options_table(self.name(), &self.opts)
     }
 
     fn epoch_plan(&mut self, _ctx: &EpochCtx) -> Result<Option<Vec<Row>>> {

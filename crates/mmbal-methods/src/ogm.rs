@@ -4,16 +4,16 @@
 //! `1 - tanh(alpha * rho)`; OGM-GE adds Gaussian noise (std = the unbiased std of each kernel's
 //! unmodulated gradient + 1e-8) to every modulated tensor. docs/methods/ogm-ge.md has the details.
 
-use crate::{BalanceMethod, Grads, StepCtx};
+use crate::{BalanceMethod, Grads, Requirements, StepCtx};
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use mmbal_fusion::{ForwardOut, ParamGroup};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Options {
     alpha: f64,
@@ -79,6 +79,8 @@ fn unbiased_std(t: &Tensor) -> Result<f64> {
 
 pub struct Ogm {
     opts: Options,
+    /// Registered as `ogm`, which takes no `ge` option.
+    plain: bool,
     log: crate::ratio::RatioLog,
 }
 
@@ -91,25 +93,29 @@ impl BalanceMethod for Ogm {
         }
     }
 
+    fn requirements(&self) -> Requirements {
+        Requirements::default().at_least(2)
+    }
+
+    fn options(&self) -> toml::Table {
+        let mut t = crate::options_table(self.name(), &self.opts);
+        if self.plain {
+            t.remove("ge");
+        }
+        t
+    }
+
     fn epoch_plan(&mut self, ctx: &crate::EpochCtx) -> Result<Option<Vec<mmbal_data::Row>>> {
         self.log.reset(&ctx.model.modalities);
         Ok(None)
     }
 
     fn edit_gradients(&mut self, ctx: &StepCtx, out: &ForwardOut, grads: &mut Grads) -> Result<()> {
-        let m = ctx.model.num_modalities();
-        if m < 2 {
-            bail!("OGM needs at least two modalities");
-        }
         let scores = out
             .unimodal_logits
             .iter()
-            .map(|l| {
-                let p = candle_nn::ops::softmax_last_dim(&l.detach())?;
-                let true_p = p.gather(&ctx.labels.unsqueeze(1)?, 1)?;
-                Ok(true_p.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
-            })
-            .collect::<Result<Vec<f64>>>()?;
+            .map(|l| crate::true_class_score(l, ctx.labels))
+            .collect::<candle_core::Result<Vec<f64>>>()?;
         let (coeff, rho) = ogm_coefficients(&scores, self.opts.alpha);
         self.log.add(&coeff, &rho);
         if ctx.epoch < self.opts.start_epoch || ctx.epoch > self.opts.end_epoch {
@@ -164,6 +170,7 @@ fn build(options: &toml::Table, ge: bool) -> Result<Box<dyn BalanceMethod>> {
     opts.ge = opts.ge && ge;
     Ok(Box::new(Ogm {
         opts,
+        plain: !ge,
         log: Default::default(),
     }))
 }

@@ -2,7 +2,7 @@
 //! feature, prototype logits `-||z_m - c_m,k||`, and a prototype cross-entropy (PCE) on the weaker
 //! modality, weighted by how far it lags. docs/methods/pmr.md has the details.
 
-use crate::{BalanceMethod, EpochCtx, StepCtx};
+use crate::{BalanceMethod, EpochCtx, Requirements, StepCtx};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use mmbal_data::Row;
@@ -10,10 +10,10 @@ use mmbal_fusion::ForwardOut;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Variant {
     /// Clipped coefficients and the entropy regulariser (the paper).
@@ -23,7 +23,7 @@ enum Variant {
 }
 
 /// Which transforms serve the prototype pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum ProtoTransforms {
     /// The training transforms (the reference iterates its training loader), model in eval mode.
@@ -32,7 +32,7 @@ enum ProtoTransforms {
     Eval,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Options {
     variant: Variant,
@@ -197,6 +197,14 @@ impl BalanceMethod for Pmr {
         "pmr"
     }
 
+    fn requirements(&self) -> Requirements {
+        Requirements::default().at_least(2)
+    }
+
+    fn options(&self) -> toml::Table {
+        crate::options_table(self.name(), &self.opts)
+    }
+
     fn epoch_plan(&mut self, ctx: &EpochCtx) -> Result<Option<Vec<Row>>> {
         self.log.reset(&ctx.model.modalities);
         if self.prototypes.is_none() {
@@ -210,21 +218,12 @@ impl BalanceMethod for Pmr {
             bail!("PMR: prototypes are computed at the start of training (epoch_plan) or restored from a checkpoint");
         };
         let m = out.features.len();
-        if m < 2 {
-            bail!("PMR needs at least two modalities");
-        }
         let labels = ctx.labels;
         let mut logits = Vec::with_capacity(m);
         let mut scores = Vec::with_capacity(m);
         for (z, c) in out.features.iter().zip(protos) {
             let l = prototype_logits(z, c)?;
-            let p = candle_nn::ops::softmax_last_dim(&l.detach())?;
-            scores.push(
-                p.gather(&labels.unsqueeze(1)?, 1)?
-                    .sum_all()?
-                    .to_dtype(DType::F64)?
-                    .to_scalar::<f64>()?,
-            );
+            scores.push(crate::true_class_score(&l, labels)?);
             logits.push(l);
         }
         let in_window =

@@ -1,6 +1,18 @@
 //! Per-modality ratios of a score against the other modalities (OGM's discrepancy ratio, PMR's
 //! rho) and their per-epoch means for the log.
 
+use candle_core::{DType, Result, Tensor};
+
+/// The summed softmax probability of the true class, `sum_i softmax(logits_i)[labels_i]`, over a
+/// `(B, C)` batch (OGM's and PMR's per-modality score; the gradient does not flow through it).
+pub fn true_class_score(logits: &Tensor, labels: &Tensor) -> Result<f64> {
+    let p = candle_nn::ops::softmax_last_dim(&logits.detach())?;
+    p.gather(&labels.unsqueeze(1)?, 1)?
+        .sum_all()?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()
+}
+
 /// `rho_m = s_m / mean of the other scores`; for two modalities `s_a / s_v` and its inverse.
 pub fn ratios_against_others(scores: &[f64]) -> Vec<f64> {
     let m = scores.len();

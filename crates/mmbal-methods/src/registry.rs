@@ -60,10 +60,40 @@ pub fn parse_options<T: serde::de::DeserializeOwned>(
         .map_err(|e| anyhow::anyhow!("[method] options of `{method}`: {e}"))
 }
 
+/// A typed options struct as the `[method]` table it was parsed from (what
+/// [`crate::BalanceMethod::options`] returns); an option that is `None` is left out.
+pub fn options_table<T: serde::Serialize>(method: &str, options: &T) -> toml::Table {
+    match toml::Table::try_from(options) {
+        Ok(t) => t,
+        // Every options struct is a table of plain values; anything else is a bug in the method.
+        Err(e) => panic!("options of `{method}` are not a TOML table: {e}"),
+    }
+}
+
 /// For methods without options.
 pub fn no_options(method: &str, options: &toml::Table) -> Result<()> {
     if let Some(k) = options.keys().next() {
         bail!("method `{method}` takes no options, got `{k}`");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_methods_resolved_options_build_the_same_method() {
+        for (name, _) in METHODS {
+            let resolved = build_method(name, &toml::Table::new()).unwrap().options();
+            let again = build_method(name, &resolved)
+                .unwrap_or_else(|e| panic!("{name}: its own options are refused: {e:#}"));
+            assert_eq!(again.options(), resolved, "{name}");
+        }
+        // Options given are kept, the rest filled in.
+        let t: toml::Table = toml::from_str("alpha = 0.5").unwrap();
+        let ogm = build_method("ogm", &t).unwrap().options();
+        assert_eq!(ogm["alpha"].as_float(), Some(0.5));
+        assert_eq!(ogm["end_epoch"].as_integer(), Some(50));
+    }
 }

@@ -21,6 +21,10 @@ impl BalanceMethod for SampleLevel {
         "sample-level"
     }
 
+    fn options(&self) -> toml::Table {
+        crate::options_table(self.name(), &self.opts)
+    }
+
     fn epoch_plan(&mut self, _ctx: &EpochCtx) -> Result<Option<Vec<Row>>> {
         Ok(self.plan.clone())
     }

@@ -7,12 +7,12 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use mmbal_data::Row;
 use mmbal_valuation::{valuate, Benefit, MaskRoute, Valuation};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Instant;
 
 /// Options common to the valuation-driven methods.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ValuationOptions {
     /// Epochs of plain joint training before resampling starts (the valuation of the last

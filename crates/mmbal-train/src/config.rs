@@ -257,6 +257,14 @@ impl TrainConfig {
             .with_context(|| format!("config after --set {}", sets.join(" ")))
     }
 
+    /// Completes the `[method]` table: every option of the method with the value in use, as a
+    /// run saves it (unknown options are an error here, as in a run).
+    pub fn resolve_method_options(&mut self) -> Result<()> {
+        self.method.options =
+            mmbal_methods::build_method(&self.method.name, &self.method.options)?.options();
+        Ok(())
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a config always serialises")
     }

@@ -74,6 +74,7 @@ pub fn train_step(
         let mut grads = Grads {
             store: loss.backward()?,
         };
+        method.observe_gradients(&ctx, &out, &grads)?;
         method.edit_gradients(&ctx, &out, &mut grads)?;
         if let Some(name) = first_non_finite_gradient(model, &grads)? {
             bail!(
@@ -331,7 +332,7 @@ impl Trainer {
     }
 
     fn assemble(
-        config: TrainConfig,
+        mut config: TrainConfig,
         dataset: Arc<Dataset>,
         mut model: MultimodalModel,
         mut method: Box<dyn BalanceMethod>,
@@ -346,6 +347,14 @@ impl Trainer {
                 dataset.manifest.name
             );
         }
+        method.requirements().check(
+            &config.method.name,
+            model.head.kind,
+            model.num_modalities(),
+            dataset.rows(Split::Val).len(),
+        )?;
+        // The run's config (saved, and in every checkpoint) shows every option in use.
+        config.method.options = method.options();
         method.prepare_model(&mut model)?;
         let optimizer = config.optimizer.build(model.params());
         let run_dir = config.run_dir();
@@ -533,12 +542,11 @@ impl Trainer {
             .iter()
             .map(argmax)
             .collect::<Result<_>>()?;
-        let mut scores = Vec::with_capacity(out.unimodal_logits.len());
-        for l in &out.unimodal_logits {
-            let p = candle_nn::ops::softmax_last_dim(&l.detach())?;
-            let s = p.gather(&labels.unsqueeze(1)?, 1)?.sum_all()?;
-            scores.push(s.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?);
-        }
+        let scores = out
+            .unimodal_logits
+            .iter()
+            .map(|l| mmbal_methods::true_class_score(l, &labels))
+            .collect::<candle_core::Result<Vec<f64>>>()?;
         Ok(StepReport {
             loss,
             fused,

@@ -326,7 +326,10 @@ fn methods_train_with_three_modalities_where_defined() {
         let t = Trainer::from_config(c);
         if method == "greedy" {
             let err = t.err().expect("greedy refuses three modalities");
-            assert!(format!("{err:#}").contains("two modalities"), "{err:#}");
+            assert!(
+                format!("{err:#}").contains("exactly 2 modalities"),
+                "{err:#}"
+            );
             continue;
         }
         let mut t = t.unwrap();
@@ -690,4 +693,63 @@ fn contribution_tracking_leaves_greedys_training_unchanged() {
             .unwrap();
         assert_eq!(d, 0.0, "{k} differs when contributions are tracked");
     }
+}
+
+#[test]
+fn a_methods_requirements_are_checked_before_anything_is_written() {
+    let out = tmp("requirements");
+    // Greedy on the default concat head.
+    let mut cfg = small(&out, "requirements", OptimizerConfig::default());
+    cfg.method.name = "greedy".into();
+    let err = format!(
+        "{:#}",
+        Trainer::from_config(cfg.clone()).err().expect("refused")
+    );
+    assert!(
+        err.contains("set [model] fusion = \"sum\" (the config has \"concat\")"),
+        "{err}"
+    );
+    // G-Blending estimates on val; without val rows it is refused up front, not at its
+    // first estimate.
+    let data = out.join("data");
+    mmbal_data::datasets::generate_synthetic(&data, 3, 10, 0, 2).unwrap();
+    let split = std::fs::read_to_string(data.join("split.csv")).unwrap();
+    std::fs::write(data.join("split.csv"), split.replace(",val", ",train")).unwrap();
+    let mut cfg = small(&out, "requirements-val", OptimizerConfig::default());
+    cfg.data.synthetic.dir = Some(data);
+    cfg.select = mmbal_train::Selection::Last;
+    set_method(&mut cfg, "g-blending");
+    let err = format!(
+        "{:#}",
+        Trainer::from_config(cfg.clone()).err().expect("refused")
+    );
+    assert!(
+        err.contains("`g-blending` estimates on the val split"),
+        "{err}"
+    );
+    assert!(!cfg.run_dir().join("metrics.jsonl").exists());
+}
+
+#[test]
+fn a_run_saves_every_option_of_its_method_and_resumes_from_them() {
+    let out = tmp("options");
+    let mut cfg = small(&out, "options", OptimizerConfig::default());
+    cfg.epochs = 1;
+    cfg.method.name = "ogm".into();
+    cfg.method.options = toml::from_str("alpha = 0.5").unwrap();
+    Trainer::from_config(cfg.clone())
+        .unwrap()
+        .run(&mut Quiet)
+        .unwrap();
+    let saved = TrainConfig::load(&cfg.run_dir().join("config.toml")).unwrap();
+    let o = &saved.method.options;
+    assert_eq!(o["alpha"].as_float(), Some(0.5));
+    assert_eq!(o["end_epoch"].as_integer(), Some(50));
+    // `ogm` takes no `ge` option: a saved one would make the run impossible to resume.
+    assert!(!o.contains_key("ge"), "{o:?}");
+    let summary = Trainer::resume(&cfg.run_dir().join("last.safetensors"), Some(2), None)
+        .unwrap()
+        .run(&mut Quiet)
+        .unwrap();
+    assert_eq!(summary.last.as_ref().unwrap().epoch, 2);
 }

@@ -151,7 +151,8 @@ enum Command {
         #[arg(long)]
         device: Option<String>,
     },
-    /// Print the default config (or the resolved form of --config) as TOML.
+    /// Print the default config (or the resolved form of --config) as TOML, every option of the
+    /// method with the value in use.
     Config {
         /// A TOML config to resolve (every absent field takes its default).
         #[arg(long)]
@@ -581,7 +582,9 @@ fn main() -> Result<()> {
             device,
         } => valuate(&checkpoint, split, route, benefit, out, device),
         Command::Config { config } => {
-            print!("{}", load_config(&config)?.to_toml());
+            let mut c = load_config(&config)?;
+            c.resolve_method_options()?;
+            print!("{}", c.to_toml());
             Ok(())
         }
         Command::Preprocess {

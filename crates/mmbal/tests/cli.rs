@@ -92,6 +92,18 @@ fn config_prints_defaults_and_rejects_unknown_keys() {
     assert!(o.status.success());
     let printed = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(printed.contains("[method]") && printed.contains("name = \"joint\""));
+    // A method's options are shown resolved: the one given and every default.
+    std::fs::write(
+        dir.join("pmr.toml"),
+        "[method]\nname = \"pmr\"\nalpha = 2.0\n",
+    )
+    .unwrap();
+    let o = mmbal(&dir, &["config", "--config", "pmr.toml"]);
+    let printed = text(&o);
+    assert!(o.status.success(), "{printed}");
+    for line in ["alpha = 2.0", "variant = \"code\"", "proto_ratio = 0.1"] {
+        assert!(printed.contains(line), "no `{line}` in:\n{printed}");
+    }
     std::fs::write(dir.join("bad.toml"), "epochs = 1\nlearning_rate = 0.1\n").unwrap();
     let o = mmbal(&dir, &["train", "--config", "bad.toml"]);
     let out = text(&o);
