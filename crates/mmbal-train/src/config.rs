@@ -37,6 +37,10 @@ pub struct TrainConfig {
     /// size-if-correct benefit, feature masking, or input masking when a mixer joins the
     /// encoders.
     pub track_contributions: bool,
+    /// Log OGM's discrepancy ratio for any method every epoch (the `score_ratio` of the log):
+    /// each modality's summed true-class probability on the training batches over the mean of
+    /// the others'. Costs a softmax per modality per step.
+    pub monitor_score_ratio: bool,
     /// Which epoch's model the run reports as its result: `val` (the best val accuracy, first
     /// on ties; needs a val split) or `last` (the last epoch, for data without a val split).
     /// Test never selects.
@@ -61,6 +65,7 @@ impl Default for TrainConfig {
             threads: 0,
             eval_test: true,
             track_contributions: false,
+            monitor_score_ratio: false,
             select: Selection::Val,
             data: DataConfig::default(),
             model: ModelConfig::default(),

@@ -18,15 +18,21 @@
 //! assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), vec![0.8, -1.6]);
 //! ```
 
+mod assemble;
 pub mod checkpoint;
+mod checkpointer;
 pub mod config;
 pub mod metrics;
+mod monitor;
 pub mod optim;
 pub mod plots;
+mod run_folder;
+mod run_log;
 pub mod schedule;
+mod step;
 mod trainer;
+pub use assemble::parse_device;
 pub use config::{Selection, TrainConfig};
-pub use trainer::{
-    parse_device, read_log, train_step, EpochRecord, Events, Quiet, RunSummary, SplitMetrics,
-    StepReport, Trainer,
-};
+pub use run_log::{read_log, EpochRecord, Events, Quiet, RunSummary, SplitMetrics};
+pub use step::{train_step, StepReport};
+pub use trainer::Trainer;

@@ -322,6 +322,7 @@ fn methods_train_with_three_modalities_where_defined() {
         c.data.recipes.insert("hum".into(), hum);
         let enc = c.model.encoders["audio"].clone();
         c.model.encoders.insert("hum".into(), enc);
+        c.monitor_score_ratio = true;
         set_method(&mut c, method);
         let t = Trainer::from_config(c);
         if method == "greedy" {
@@ -751,5 +752,10 @@ fn a_run_saves_every_option_of_its_method_and_resumes_from_them() {
         .unwrap()
         .run(&mut Quiet)
         .unwrap();
-    assert_eq!(summary.last.as_ref().unwrap().epoch, 2);
+    let last = summary.last.as_ref().unwrap();
+    assert_eq!(last.epoch, 2);
+    // The score-ratio monitor is opt-in: off, the log has no such field.
+    assert!(last.score_ratio.is_empty());
+    let log = std::fs::read_to_string(cfg.run_dir().join("metrics.jsonl")).unwrap();
+    assert!(!log.contains("score_ratio"), "{log}");
 }

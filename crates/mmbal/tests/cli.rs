@@ -298,8 +298,9 @@ fn every_method_trains_two_epochs_on_grid() {
     );
     for (method, fusion, options) in methods {
         let cfg = base.replace("name = \"grid-joint\"", &format!("name = \"{method}\""));
+        // The score-ratio monitor on: every method's log carries it.
         let cfg = format!(
-            "{cfg}\n[model]\nfusion = \"{fusion}\"\n\n[method]\nname = \"{method}\"\n{options}"
+            "monitor_score_ratio = true\n{cfg}\n[model]\nfusion = \"{fusion}\"\n\n[method]\nname = \"{method}\"\n{options}"
         );
         std::fs::write(dir.join(format!("{method}.toml")), cfg).unwrap();
         let o = mmbal(

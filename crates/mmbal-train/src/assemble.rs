@@ -1,0 +1,184 @@
+//! Building a [`Trainer`]: from a config (dataset, model, method, optimizer; the run folder
+//! locked first), from parts built elsewhere, or from a checkpoint to resume or evaluate. A
+//! method's requirements are checked here, before anything is trained or written.
+
+use crate::checkpoint::Checkpoint;
+use crate::config::{Selection, TrainConfig};
+use crate::monitor::ScoreRatio;
+use crate::run_folder::lock_run_dir;
+use crate::Trainer;
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use mmbal_data::{Dataset, Manifest, Split};
+use mmbal_fusion::MultimodalModel;
+use mmbal_methods::{build_method, BalanceMethod};
+use std::path::Path;
+use std::sync::Arc;
+
+/// `cpu` or `cuda:N`.
+pub fn parse_device(name: &str) -> Result<Device> {
+    if name == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    if let Some(n) = name.strip_prefix("cuda:") {
+        let n: usize = n
+            .parse()
+            .with_context(|| format!("device `{name}`: expected cuda:N"))?;
+        return Device::new_cuda(n).with_context(|| {
+            format!("device `{name}` (a CUDA build is needed: cargo build --features cuda)")
+        });
+    }
+    bail!("device `{name}`: expected cpu or cuda:N")
+}
+
+impl Trainer {
+    /// Builds the dataset (generating the synthetic one and the packed cache when needed), the
+    /// model, the method and the optimizer from a config.
+    pub fn from_config(config: TrainConfig) -> Result<Trainer> {
+        Trainer::build(config, true)
+    }
+
+    fn build(config: TrainConfig, lock: bool) -> Result<Trainer> {
+        config.validate()?;
+        let device = parse_device(&config.device)?;
+        // Locked before anything is written there (the input cache is built below).
+        let lock = if lock {
+            Some(lock_run_dir(&config.run_dir())?)
+        } else {
+            None
+        };
+        let (card_dir, root) = config.dataset_location()?;
+        let manifest = Manifest::load(&card_dir, &root)?;
+        let (recipes, encoders) = config.per_modality(&manifest.modalities)?;
+        let classes = manifest.classes.len();
+        let modalities = manifest.modalities.clone();
+        let dataset = if config.data.cache {
+            let path = config
+                .data
+                .cache_path
+                .clone()
+                .unwrap_or_else(|| config.run_dir().join("inputs.mmbc"));
+            Dataset::with_cache(manifest, recipes, &path)?
+        } else {
+            Dataset::new(manifest, recipes)?
+        };
+        let model = MultimodalModel::new(
+            &modalities,
+            &encoders,
+            config.model.fusion,
+            config.model.head_init,
+            classes,
+            config.seed,
+            &device,
+        )?;
+        let method = build_method(&config.method.name, &config.method.options)?;
+        Trainer::assemble(config, Arc::new(dataset), model, method, lock)
+    }
+
+    /// A trainer over parts built elsewhere (custom encoders, a dataset from code).
+    pub fn from_parts(
+        config: TrainConfig,
+        dataset: Arc<Dataset>,
+        model: MultimodalModel,
+        method: Box<dyn BalanceMethod>,
+    ) -> Result<Trainer> {
+        config.validate()?;
+        let lock = lock_run_dir(&config.run_dir())?;
+        Trainer::assemble(config, dataset, model, method, Some(lock))
+    }
+
+    fn assemble(
+        mut config: TrainConfig,
+        dataset: Arc<Dataset>,
+        mut model: MultimodalModel,
+        mut method: Box<dyn BalanceMethod>,
+        lock: Option<std::fs::File>,
+    ) -> Result<Trainer> {
+        if config.select == Selection::Val && dataset.rows(Split::Val).is_empty() {
+            bail!(
+                "the dataset `{}` has no val split, so no epoch can be selected on val (and test \
+                 never selects): add a val split to its split file or layout, or set \
+                 `select = \"last\"` in the config to report the last epoch (the summary then \
+                 says so)",
+                dataset.manifest.name
+            );
+        }
+        method.requirements().check(
+            &config.method.name,
+            model.head.kind,
+            model.num_modalities(),
+            dataset.rows(Split::Val).len(),
+        )?;
+        // The run's config (saved, and in every checkpoint) shows every option in use.
+        config.method.options = method.options();
+        method.prepare_model(&mut model)?;
+        let optimizer = config.optimizer.build(model.params());
+        let run_dir = config.run_dir();
+        let score_ratio = config
+            .monitor_score_ratio
+            .then(|| ScoreRatio::new(model.num_modalities()));
+        Ok(Trainer {
+            config,
+            dataset,
+            model,
+            method,
+            optimizer,
+            epochs_done: 0,
+            step: 0,
+            run_dir,
+            lock,
+            overwrite: false,
+            score_ratio,
+        })
+    }
+
+    /// Lets a fresh run replace the results of an earlier run of the same name (its log,
+    /// checkpoints, summary and contributions are deleted when training starts). Without it, a
+    /// fresh run in a folder that holds results is refused.
+    pub fn set_overwrite(&mut self, overwrite: bool) {
+        self.overwrite = overwrite;
+    }
+
+    /// Rebuilds a run from its checkpoint and continues it (to `epochs` in all when given),
+    /// holding its run folder's lock.
+    pub fn resume(path: &Path, epochs: Option<usize>, device: Option<&str>) -> Result<Trainer> {
+        Trainer::restore(path, epochs, device, true)
+    }
+
+    /// A checkpoint's model, method and data, to evaluate or value: the run folder is not
+    /// locked (a run may still be training there), and [`Trainer::run`] must not be called.
+    pub fn open(path: &Path, device: Option<&str>) -> Result<Trainer> {
+        Trainer::restore(path, None, device, false)
+    }
+
+    fn restore(
+        path: &Path,
+        epochs: Option<usize>,
+        device: Option<&str>,
+        lock: bool,
+    ) -> Result<Trainer> {
+        let ck = Checkpoint::load(path)?;
+        let mut config = TrainConfig::from_toml(ck.meta("config")?, path)?;
+        // The run goes on in the checkpoint's own folder, wherever it is run from.
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let dir = std::fs::canonicalize(dir)
+            .with_context(|| format!("{}: cannot find the run folder", dir.display()))?;
+        if let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) {
+            config.out_dir = parent.to_path_buf();
+            config.name = name.to_string_lossy().into_owned();
+        }
+        if let Some(e) = epochs {
+            config.epochs = e;
+        }
+        if let Some(d) = device {
+            config.device = d.to_string();
+        }
+        let mut t = Trainer::build(config, lock)?;
+        t.load_checkpoint(&ck)
+            .with_context(|| format!("{}: restoring the run", path.display()))?;
+        Ok(t)
+    }
+}

@@ -1,0 +1,105 @@
+//! A run's state in a checkpoint and back: model parameters and buffers, optimizer and method
+//! state, the config and the progress; nothing non-finite is written or loaded. `last` is
+//! written after every epoch and copied whole to `best` when the epoch is selected.
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::step::all_finite;
+use crate::Trainer;
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Copies `dir/last.safetensors` to `dir/best.safetensors` through a temporary file, so `best`
+/// is never half written.
+pub(crate) fn promote_last_to_best(dir: &Path) -> Result<()> {
+    let (tmp, best) = (
+        dir.join("best.safetensors.tmp"),
+        dir.join("best.safetensors"),
+    );
+    std::fs::copy(dir.join("last.safetensors"), &tmp)
+        .and_then(|_| std::fs::rename(&tmp, &best))
+        .with_context(|| format!("{}: cannot write", best.display()))?;
+    Ok(())
+}
+
+impl Trainer {
+    pub(crate) fn load_checkpoint(&mut self, ck: &Checkpoint) -> Result<()> {
+        let params = ck.section("model");
+        for (name, var) in self.model.named_params() {
+            let t = params
+                .get(&name)
+                .with_context(|| format!("no parameter `{name}`"))?;
+            if t.dims() != var.dims() {
+                bail!(
+                    "parameter `{name}`: shape {:?}, model {:?}",
+                    t.dims(),
+                    var.dims()
+                );
+            }
+            if !all_finite(t)? {
+                bail!("parameter `{name}` holds NaN or infinite values");
+            }
+            var.set(&t.to_device(var.device())?)?;
+        }
+        let bufs = ck.section("buffer");
+        for (name, _) in self.model.buffers() {
+            if !bufs.contains_key(&name) {
+                bail!("no buffer `{name}`");
+            }
+        }
+        // Every saved buffer, also those a fresh model does not have yet (MMTM running means).
+        for (name, t) in &bufs {
+            self.model
+                .set_buffer(name, t.to_device(self.model.device())?)?;
+        }
+        self.optimizer.load_state(&ck.section("optim"))?;
+        self.method.load_state(&ck.section("method"))?;
+        self.epochs_done = ck.meta("epochs_done")?.parse()?;
+        self.step = ck.meta("step")?.parse()?;
+        let lr: f64 = ck.meta("lr")?.parse()?;
+        self.optimizer.set_learning_rate(lr);
+        Ok(())
+    }
+
+    /// Writes the model, optimizer and method state with the config and progress.
+    /// Refuses (writes nothing) when a weight or buffer is not finite.
+    pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        for (n, v) in self.model.named_params() {
+            if !all_finite(v.as_tensor())? {
+                bail!(
+                    "{}: not written, parameter `{n}` holds NaN or infinite values",
+                    path.display()
+                );
+            }
+            tensors.push((format!("model.{n}"), v.as_tensor().clone()));
+        }
+        for (n, t) in self.model.buffers() {
+            if !all_finite(&t)? {
+                bail!(
+                    "{}: not written, buffer `{n}` holds NaN or infinite values",
+                    path.display()
+                );
+            }
+            tensors.push((format!("buffer.{n}"), t));
+        }
+        for (n, t) in self.optimizer.state() {
+            tensors.push((format!("optim.{n}"), t));
+        }
+        for (n, t) in self.method.state()? {
+            tensors.push((format!("method.{n}"), t));
+        }
+        let meta: HashMap<String, String> = [
+            ("config", self.config.to_toml()),
+            ("epochs_done", self.epochs_done.to_string()),
+            ("step", self.step.to_string()),
+            ("lr", self.optimizer.learning_rate().to_string()),
+            ("method", self.method.name().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        checkpoint::save(path, tensors, meta)
+    }
+}

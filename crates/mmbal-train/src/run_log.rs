@@ -1,0 +1,188 @@
+//! What a run records: one [`EpochRecord`] per line of `metrics.jsonl`, the selected and last
+//! epochs, and `summary.json` naming them; [`Events`] for other sinks (the CLI's progress bar).
+//! The selected epoch is chosen here alone, for a running and a resumed run alike.
+
+use crate::config::Selection;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Metrics of one split.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SplitMetrics {
+    pub samples: usize,
+    pub loss: f64,
+    pub acc: f64,
+    pub macro_f1: f64,
+    /// Accuracy of each modality's unimodal logits.
+    pub modality_acc: BTreeMap<String, f64>,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochRecord {
+    /// 1-based.
+    pub epoch: usize,
+    pub lr: f64,
+    pub train: SplitMetrics,
+    pub val: Option<SplitMetrics>,
+    pub test: Option<SplitMetrics>,
+    pub method: BTreeMap<String, f64>,
+    /// OGM's discrepancy ratio, when the config's `monitor_score_ratio` is on: each modality's
+    /// summed true-class probability (its unimodal logits, training batches) over the mean of
+    /// the other modalities'.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub score_ratio: BTreeMap<String, f64>,
+    /// Mean Shapley contribution per modality on the training split, when the config's
+    /// `track_contributions` is on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub contributions: BTreeMap<String, f64>,
+    pub train_seconds: f64,
+    pub train_samples_per_s: f64,
+}
+
+/// Reads a run's `metrics.jsonl`: one record per line, each error naming file and line.
+pub fn read_log(path: &Path) -> Result<Vec<EpochRecord>> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}:{}: not an epoch record", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Progress callbacks (the CLI draws a progress bar with them).
+pub trait Events {
+    fn epoch_start(&mut self, _epoch: usize, _batches: usize) {}
+    fn batch_end(&mut self, _loss: f64) {}
+    fn epoch_end(&mut self, _record: &EpochRecord) {}
+}
+
+/// No progress output.
+pub struct Quiet;
+impl Events for Quiet {}
+
+/// What a run reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub method: String,
+    pub dataset: String,
+    /// How `best` was chosen (summaries written before this field: `val`).
+    #[serde(default)]
+    pub selection: Selection,
+    /// The selected epoch: best val accuracy (first on ties), or the last with `select = "last"`.
+    pub best: Option<EpochRecord>,
+    pub last: Option<EpochRecord>,
+}
+
+/// `metrics.jsonl` of a run being trained, with the selected and the last epoch so far.
+pub(crate) struct RunLog {
+    path: PathBuf,
+    file: std::fs::File,
+    select: Selection,
+    best: Option<EpochRecord>,
+    last: Option<EpochRecord>,
+}
+
+impl RunLog {
+    /// Opens `dir/metrics.jsonl`: empty for a fresh run (`epochs_done` 0); for a resumed run
+    /// the records of the `epochs_done` epochs its checkpoint holds are kept (later lines, from a
+    /// run stopped between log and checkpoint, are dropped so those epochs repeat cleanly) and
+    /// new ones appended.
+    pub fn open(dir: &Path, epochs_done: usize, select: Selection) -> Result<RunLog> {
+        let path = dir.join("metrics.jsonl");
+        let mut log = RunLog {
+            file: std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(epochs_done > 0)
+                .truncate(epochs_done == 0)
+                .open(&path)
+                .with_context(|| format!("{}: cannot open log", path.display()))?,
+            path,
+            select,
+            best: None,
+            last: None,
+        };
+        if epochs_done > 0 {
+            log.restore(epochs_done)?;
+        }
+        Ok(log)
+    }
+
+    /// Writes `record` as the next line and returns whether it is now the selected epoch.
+    pub fn push(&mut self, record: &EpochRecord) -> Result<bool> {
+        writeln!(self.file, "{}", serde_json::to_string(record)?)
+            .and_then(|_| self.file.flush())
+            .with_context(|| format!("{}: cannot write", self.path.display()))?;
+        Ok(self.add(record.clone()))
+    }
+
+    /// The one place an epoch is selected: `record` replaces the best so far when the config's
+    /// selection prefers it; it is the last either way.
+    fn add(&mut self, record: EpochRecord) -> bool {
+        let selected = self.select.prefers(&record, self.best.as_ref());
+        if selected {
+            self.best = Some(record.clone());
+        }
+        self.last = Some(record);
+        selected
+    }
+
+    /// `summary.json` in `dir`, written whole (temporary file, then rename): call it after the
+    /// checkpoints it names are written.
+    pub fn write_summary(&self, dir: &Path, method: &str, dataset: &str) -> Result<RunSummary> {
+        let summary = RunSummary {
+            method: method.to_string(),
+            dataset: dataset.to_string(),
+            selection: self.select,
+            best: self.best.clone(),
+            last: self.last.clone(),
+        };
+        let (tmp, path) = (dir.join("summary.json.tmp"), dir.join("summary.json"));
+        std::fs::write(&tmp, serde_json::to_string_pretty(&summary)?)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+        Ok(summary)
+    }
+
+    /// On resume: the selected and last records of the first `epochs_done` epochs, and the log
+    /// cut back to them.
+    fn restore(&mut self, epochs_done: usize) -> Result<()> {
+        let log_path = &self.path;
+        let text = std::fs::read_to_string(log_path)?;
+        let mut kept = Vec::new();
+        let mut records = Vec::new();
+        let n = text.lines().count();
+        for (i, line) in text.lines().enumerate() {
+            let record: EpochRecord = match serde_json::from_str(line) {
+                Ok(r) => r,
+                // A run killed while writing its last line: that epoch is trained again.
+                Err(_) if i + 1 == n && !text.ends_with('\n') => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("{}:{}: not an epoch record", log_path.display(), i + 1)
+                    })
+                }
+            };
+            if record.epoch > epochs_done {
+                continue;
+            }
+            kept.push(line.to_string());
+            records.push(record);
+        }
+        std::fs::write(
+            log_path,
+            kept.iter().map(|l| format!("{l}\n")).collect::<String>(),
+        )?;
+        for r in records {
+            self.add(r);
+        }
+        Ok(())
+    }
+}

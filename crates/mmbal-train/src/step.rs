@@ -1,0 +1,120 @@
+//! One training step, the part of the loop that touches gradients: a train-mode forward, then
+//! per backward pass of the method's [`StepPlan`] its loss, backward, the method's read-only look
+//! and edits, a finite check, and the optimizer step.
+
+use crate::optim::Optimizer;
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+use mmbal_data::Batch;
+use mmbal_fusion::{ForwardOut, MultimodalModel};
+use mmbal_methods::{BalanceMethod, Grads, StepCtx, StepIndex, StepPlan};
+
+/// One training step: a train-mode forward with `keep` masking the features, then for each
+/// backward pass of the method's [`StepPlan`]: the method's loss, backward, the method's gradient
+/// edits and an optimizer step. Returns the summed loss and the forward output.
+pub fn train_step(
+    model: &MultimodalModel,
+    method: &mut dyn BalanceMethod,
+    optimizer: &mut dyn Optimizer,
+    inputs: &[Tensor],
+    labels: &Tensor,
+    keep: &Tensor,
+    at: StepIndex,
+) -> Result<(f64, ForwardOut)> {
+    let out = model.forward(inputs, Some(keep), true)?;
+    let turns: Vec<Option<usize>> = match method.step_plan() {
+        StepPlan::Joint => vec![None],
+        StepPlan::PerModality => (0..model.num_modalities()).map(Some).collect(),
+    };
+    let mut total = 0.0;
+    for turn in turns {
+        let ctx = StepCtx {
+            epoch: at.epoch,
+            step: at.step,
+            batch: at.batch,
+            batches: at.batches,
+            model,
+            labels,
+            keep,
+            turn,
+        };
+        let loss = method.loss(&ctx, &out)?;
+        let value = loss
+            .sum_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_scalar::<f32>()? as f64;
+        let at_step = || {
+            let turn = turn
+                .map(|m| format!(" ({} turn)", model.modalities[m]))
+                .unwrap_or_default();
+            format!(
+                "epoch {}, batch {} of {}{turn}",
+                at.epoch + 1,
+                at.batch + 1,
+                at.batches
+            )
+        };
+        if !value.is_finite() {
+            bail!("{}: the loss is {value}; no step was taken", at_step());
+        }
+        total += value;
+        let mut grads = Grads {
+            store: loss.backward()?,
+        };
+        method.observe_gradients(&ctx, &out, &grads)?;
+        method.edit_gradients(&ctx, &out, &mut grads)?;
+        if let Some(name) = first_non_finite_gradient(model, &grads)? {
+            bail!(
+                "{}: the gradient of `{name}` is not finite (loss {value}); no step was taken",
+                at_step()
+            );
+        }
+        optimizer.step(&grads.store)?;
+    }
+    Ok((total, out))
+}
+
+/// The name of the first parameter whose gradient holds a NaN or an infinity.
+fn first_non_finite_gradient(model: &MultimodalModel, grads: &Grads) -> Result<Option<String>> {
+    for (name, v) in model.named_params() {
+        if let Some(g) = grads.get(&v) {
+            if !all_finite(g)? {
+                return Ok(Some(name));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Whether every element is finite (one reduction: the sum of `x * 0` is NaN exactly when some
+/// element is NaN or infinite).
+pub(crate) fn all_finite(t: &Tensor) -> Result<bool> {
+    let probe = (t * 0.0)?
+        .sum_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_scalar::<f32>()?;
+    Ok(probe == 0.0)
+}
+
+/// What one training step of [`Trainer::train_step`] reports.
+pub struct StepReport {
+    /// Summed loss of the step's backward passes.
+    pub loss: f64,
+    /// Train-mode predictions: fused, then per modality.
+    pub fused: Vec<u32>,
+    pub unimodal: Vec<Vec<u32>>,
+}
+
+/// A loader batch's inputs, labels and keep mask on `dev`.
+pub(crate) fn to_device(batch: &Batch, dev: &Device) -> Result<(Vec<Tensor>, Tensor, Tensor)> {
+    let inputs = batch
+        .inputs
+        .iter()
+        .map(|x| x.to_device(dev))
+        .collect::<candle_core::Result<_>>()?;
+    Ok((
+        inputs,
+        batch.labels.to_device(dev)?,
+        batch.keep.to_device(dev)?,
+    ))
+}
