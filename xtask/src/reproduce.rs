@@ -125,11 +125,11 @@ fn dataset_config(profile: &str, dataset: &str) -> Result<(TrainConfig, i64)> {
                     "grid-s1 needs MMBAL_SHARED_DATA (the shared data folder) to preprocess its videos",
                 )?;
                 eprintln!("preprocessing GRID s1 into {} (25 fps)", data.display());
-                let recipe = mmbal_data::preprocess::PreprocessRecipe {
+                let recipe = mmbal_preprocess::preprocess::PreprocessRecipe {
                     fps: 25.0,
                     ..Default::default()
                 };
-                let r = mmbal_data::preprocess::preprocess_folder(
+                let r = mmbal_preprocess::preprocess::preprocess_folder(
                     &shared.join("grid-s1"),
                     &data,
                     &recipe,

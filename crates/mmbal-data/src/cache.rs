@@ -9,9 +9,9 @@
 //! Layout: `MMBALC02`, header length (u64 LE), header JSON, then the items back to back.
 //! `MMBALC01` (before the source stamps) is refused with a message to delete it.
 
-use crate::manifest::Manifest;
 use crate::recipe::{Decoded, DecodedData, Recipe};
 use anyhow::{bail, Context, Result};
+use mmbal_dataset::manifest::Manifest;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -102,7 +102,7 @@ fn source_files(manifest: &Manifest) -> BTreeSet<PathBuf> {
             let mut files = Vec::new();
             for p in s.sources.iter().flat_map(|src| src.paths()) {
                 if p.is_dir() {
-                    files.extend(crate::video::list_frames(p).unwrap_or_default());
+                    files.extend(mmbal_transforms::video::list_frames(p).unwrap_or_default());
                 } else if p.exists() {
                     files.push(p.to_path_buf());
                 }

@@ -2,10 +2,10 @@
 //! (MNIST image + FSDD spoken digit) and a generated synthetic dataset. Split files are made by
 //! the functions here with a fixed seed and committed under `datasets/`.
 
-use crate::audio::{write_wav, Waveform};
 use crate::loader::stream;
 use crate::recipe::read_idx_labels;
 use anyhow::{bail, Context, Result};
+use mmbal_transforms::audio::{write_wav, Waveform};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use std::fmt::Write as _;

@@ -1,38 +1,41 @@
 //! # mmbal-data
 //!
-//! Multimodal datasets for balanced multimodal learning, usable without the rest of mmbal:
-//! manifests with any number of named modalities ([`manifest`]), the community layouts of
-//! Kinetics-Sounds, CREMA-D, UCF-101, VGGSound, AVE and MM-Debiased ([`layouts`]), the audio front ends of the
-//! field (librosa STFT, Kaldi fbank: [`audio`]), video frames and their augmentation ([`video`]),
-//! per-modality recipes ([`recipe`]), a packed cache stamped with its recipe and its source
-//! files ([`cache`]), and a deterministic parallel loader ([`loader`]).
+//! A dataset's samples as batches of input tensors: per-modality recipes that decode a source
+//! with the transforms of `mmbal-transforms` ([`recipe`]), a packed cache stamped with its recipe
+//! and its source files ([`cache`]), and a deterministic parallel loader ([`loader`]) over a
+//! `mmbal-dataset` manifest; plus the generated synthetic dataset ([`datasets`]), `.npy` arrays
+//! ([`npy`]) and `KEY=VALUE` overrides of TOML documents ([`overrides`]).
 //!
 //! ```
-//! use mmbal_data::audio::{Fbank, Stft};
-//! // A 440 Hz tone, one second at 16 kHz, through both front ends.
-//! let wave: Vec<f32> = (0..16000)
-//!     .map(|i| (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 16000.0).sin())
-//!     .collect();
-//! let fbank = Fbank::default().compute(&wave, 16000).unwrap();
-//! assert_eq!((fbank.rows, fbank.cols), (98, 128)); // (frames, mel bins)
-//! let stft = Stft { n_fft: 512, hop: 160, log_eps: 1e-7, reflect_pad: false }.compute(&wave).unwrap();
-//! assert_eq!((stft.rows, stft.cols), (257, 101)); // (bins, frames)
+//! use mmbal_data::recipe::{AudioRecipe, FramesRecipe, FrontEnd, Recipe};
+//! use mmbal_data::{Dataset, Manifest, Split};
+//! let dir = std::env::temp_dir().join(format!("mmbal-data-doc-{}", std::process::id()));
+//! // 2 classes x 4 samples, seed 0, two modalities (a tone WAV and JPEG frames).
+//! mmbal_data::datasets::generate_synthetic(&dir, 2, 4, 0, 2).unwrap();
+//! let audio = Recipe::Audio(AudioRecipe {
+//!     sample_rate: 8000, offset_seconds: 0.0, clip_seconds: None, remove_mean: true,
+//!     bin_mean_norm: false, front_end: FrontEnd::Fbank(Default::default()), frames: 48,
+//!     norm_mean: 0.0, norm_std: 1.0,
+//! });
+//! let frames = Recipe::Frames(FramesRecipe {
+//!     count: 2, height: 16, width: 16, crop: None, cache_height: None, cache_width: None,
+//!     span: None, grey: false, flow: false, crop_scale: (0.5, 1.0), flip: true, augment: true,
+//! });
+//! let manifest = Manifest::load(&dir, &dir).unwrap();
+//! let data = std::sync::Arc::new(Dataset::new(manifest, vec![audio, frames]).unwrap());
+//! let rows = data.rows(Split::Train);
+//! let batch = mmbal_data::batches(data, rows, 2, None, 1).next().unwrap().unwrap();
+//! assert_eq!(batch.inputs[1].dims(), &[2, 2, 3, 16, 16]); // (B, frames, RGB, H, W)
 //! ```
 
-pub mod audio;
 pub mod cache;
-mod csv_line;
 pub mod datasets;
-pub mod doctor;
-pub mod layouts;
 pub mod loader;
-pub mod manifest;
 pub mod npy;
 pub mod overrides;
-pub mod preprocess;
 pub mod recipe;
-pub mod video;
 
 pub use loader::{batches, shuffle_rows, Batch, Dataset, Row};
-pub use manifest::{Manifest, Split};
+// The loader's own signatures name these.
+pub use mmbal_dataset::{Manifest, Split};
 pub use recipe::Recipe;

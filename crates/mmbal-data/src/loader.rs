@@ -6,10 +6,10 @@
 //! scheduling, and copies of one sample get fresh augmentation.
 
 use crate::cache::PackedCache;
-use crate::manifest::{Manifest, Split};
 use crate::recipe::{Decoded, Recipe};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
+use mmbal_dataset::manifest::{Manifest, Split};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;

@@ -5,10 +5,10 @@
 //! [`Recipe::finish`] turns a decoded item into the input of one sample, with the per-sample
 //! random stream for training augmentation (frame picking, random resized crop, flip).
 
-use crate::audio::{self, Fbank, Spectrogram, Stft};
-use crate::manifest::Source;
-use crate::video::{self, Image, Rect};
 use anyhow::{bail, Context, Result};
+use mmbal_dataset::manifest::Source;
+use mmbal_transforms::audio::{self, Fbank, Spectrogram, Stft};
+use mmbal_transforms::video::{self, Image, Rect};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::io::Read;

@@ -6,10 +6,10 @@
 use crate::optim::OptimizerConfig;
 use crate::schedule::Schedule;
 use anyhow::{bail, Context, Result};
-use mmbal_data::audio::Fbank;
 use mmbal_data::recipe::{AudioRecipe, FramesRecipe, FrontEnd};
 use mmbal_data::Recipe;
 use mmbal_fusion::{BnInit, EncoderSpec, FusionKind, LinearInit};
+use mmbal_transforms::audio::Fbank;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

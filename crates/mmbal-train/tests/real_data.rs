@@ -65,12 +65,13 @@ fn grid_joint_training_is_clearly_above_chance_with_audio() {
     let Some(shared) = shared() else { return };
     let out = tmp("grid");
     let data = out.join("data");
-    let opts = mmbal_data::preprocess::PreprocessRecipe {
+    let opts = mmbal_preprocess::preprocess::PreprocessRecipe {
         fps: 25.0,
         ..Default::default()
     };
     let report =
-        mmbal_data::preprocess::preprocess_folder(&shared.join("grid-s1"), &data, &opts).unwrap();
+        mmbal_preprocess::preprocess::preprocess_folder(&shared.join("grid-s1"), &data, &opts)
+            .unwrap();
     assert_eq!(
         (report.done.len(), report.failed.len()),
         (200, 0),

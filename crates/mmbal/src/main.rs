@@ -3,11 +3,11 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use mmbal_data::preprocess::{
+use mmbal_data::{Dataset, Manifest, Split};
+use mmbal_preprocess::preprocess::{
     prepare_output, preprocess_folder, preprocess_video, read_labels, write_lists, FolderReport,
     PreprocessRecipe,
 };
-use mmbal_data::{Dataset, Manifest, Split};
 use mmbal_train::checkpoint::Checkpoint;
 use mmbal_train::{EpochRecord, Events, SplitMetrics, TrainConfig, Trainer};
 use mmbal_valuation::{Benefit, MaskRoute};
@@ -204,6 +204,13 @@ enum DataCommand {
         /// A training config naming the dataset and its recipes (default: the synthetic one).
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Writes the val list of a layout whose community has none (Kinetics-Sounds, CREMA-D,
+    /// UCF-101, VGGSound), carved from train, and says what it wrote; loading never writes it.
+    CarveVal {
+        /// A training config naming the dataset (its card with a [layout], and the data root).
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -478,7 +485,7 @@ fn doctor(config: &Option<PathBuf>) -> Result<()> {
     let (card, root) = cfg.dataset_location()?;
     let manifest = Manifest::load(&card, &root)?;
     let (recipes, _) = cfg.per_modality(&manifest.modalities)?;
-    let mut ex = mmbal_data::doctor::examine(&manifest, &recipes, &root);
+    let mut ex = mmbal_preprocess::doctor::examine(&manifest, &recipes, &root);
     for line in &ex.lines {
         println!("{line}");
     }
@@ -492,6 +499,29 @@ fn doctor(config: &Option<PathBuf>) -> Result<()> {
         println!("  problem: {p}");
     }
     bail!("{} problem(s) found", ex.problems.len())
+}
+
+fn carve_val(config: &Path) -> Result<()> {
+    let cfg = TrainConfig::load(config)?;
+    let (card_dir, root) = cfg.dataset_location()?;
+    let (card, card_path) = mmbal_dataset::manifest::DatasetCard::read(&card_dir)?;
+    let Some(layout) = &card.layout else {
+        bail!(
+            "{}: no [layout]; a card with a split file names its val samples itself",
+            card_path.display()
+        );
+    };
+    match mmbal_dataset::layouts::carve_val(&card, layout, &root)
+        .with_context(|| format!("dataset card {}", card_path.display()))?
+    {
+        Some(wrote) => println!("{wrote}"),
+        None => println!(
+            "nothing written: the {:?} layout under {} has its val list",
+            layout.kind,
+            root.display()
+        ),
+    }
+    Ok(())
 }
 
 fn preprocess(
@@ -615,5 +645,8 @@ fn main() -> Result<()> {
         Command::Data {
             command: DataCommand::Doctor { config },
         } => doctor(&config),
+        Command::Data {
+            command: DataCommand::CarveVal { config },
+        } => carve_val(&config),
     }
 }

@@ -125,6 +125,25 @@ pub struct DatasetCard {
     pub layout: Option<crate::layouts::Layout>,
 }
 
+impl DatasetCard {
+    /// Reads `card_dir/dataset.toml`; returns the card and its path.
+    pub fn read(card_dir: &Path) -> Result<(DatasetCard, PathBuf)> {
+        let card_path = card_dir.join("dataset.toml");
+        let text = std::fs::read_to_string(&card_path)
+            .with_context(|| format!("{}: cannot read dataset card", card_path.display()))?;
+        let card: DatasetCard = toml::from_str(strip_bom(&text))
+            .with_context(|| format!("{}: invalid dataset card", card_path.display()))?;
+        if card.layout.is_some() && (card.split_file.is_some() || !card.modalities.is_empty()) {
+            bail!(
+                "{}: a card with a [layout] takes its splits and modalities from the layout; \
+                 remove split_file and [[modality]]",
+                card_path.display()
+            );
+        }
+        Ok((card, card_path))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Manifest {
     pub name: String,
@@ -139,19 +158,8 @@ pub struct Manifest {
 impl Manifest {
     /// Reads `card_dir/dataset.toml` and its split file; sources resolve under `data_root`.
     pub fn load(card_dir: &Path, data_root: &Path) -> Result<Manifest> {
-        let card_path = card_dir.join("dataset.toml");
-        let text = std::fs::read_to_string(&card_path)
-            .with_context(|| format!("{}: cannot read dataset card", card_path.display()))?;
-        let card: DatasetCard = toml::from_str(strip_bom(&text))
-            .with_context(|| format!("{}: invalid dataset card", card_path.display()))?;
+        let (card, card_path) = DatasetCard::read(card_dir)?;
         if let Some(layout) = &card.layout {
-            if card.split_file.is_some() || !card.modalities.is_empty() {
-                bail!(
-                    "{}: a card with a [layout] takes its splits and modalities from the layout; \
-                     remove split_file and [[modality]]",
-                    card_path.display()
-                );
-            }
             let (manifest, train_list) =
                 crate::layouts::load_with_train_list(&card, layout, data_root)
                     .with_context(|| format!("dataset card {}", card_path.display()))?;

@@ -1,11 +1,13 @@
 //! Reproductions of silent failures ("Runs that never lie"): each test builds the bad input
 //! itself (or takes it from MMBAL_SHARED_DATA) and checks that it is an error naming the file.
 
-use mmbal_data::audio::{write_wav, Waveform};
 use mmbal_data::loader::Dataset;
-use mmbal_data::manifest::{Manifest, Split};
-use mmbal_data::preprocess::{preprocess_folder, preprocess_video, read_labels, PreprocessRecipe};
 use mmbal_data::recipe::{FramesRecipe, Recipe};
+use mmbal_dataset::manifest::{Manifest, Split};
+use mmbal_preprocess::preprocess::{
+    preprocess_folder, preprocess_video, read_labels, PreprocessRecipe,
+};
+use mmbal_transforms::audio::{write_wav, Waveform};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -222,7 +224,7 @@ fn truncated_jpeg_frame_is_an_error_naming_it() {
     assert!(size > 6000, "{size} bytes");
     // Past the headers, inside the entropy-coded data.
     cut(&f, 1200);
-    let e = err_text(mmbal_data::video::read_image(&f, false));
+    let e = err_text(mmbal_transforms::video::read_image(&f, false));
     assert!(
         e.contains("frame_00001.jpg") && e.contains("truncated"),
         "{e}"
@@ -231,7 +233,7 @@ fn truncated_jpeg_frame_is_an_error_naming_it() {
     let split = "id,label,split\nclip,a,train\n";
     std::fs::create_dir_all(dir.join("visual/clip")).unwrap();
     std::fs::rename(&f, dir.join("visual/clip/frame_00001.jpg")).unwrap();
-    let card: mmbal_data::manifest::DatasetCard = toml::from_str(
+    let card: mmbal_dataset::manifest::DatasetCard = toml::from_str(
         "name = \"t\"\nclasses = [\"a\"]\nsplit_file = \"split.csv\"\n[[modality]]\nname = \"visual\"\nsource = \"visual/{id}\"\n",
     )
     .unwrap();
@@ -257,9 +259,9 @@ fn grid_frame_cut_to_600_bytes_is_an_error() {
     };
     preprocess_video(&shared.join("grid-s1/bbaf2n.mpg"), &out, "bbaf2n", &opts).unwrap();
     let f = out.join("visual/bbaf2n/frame_00002.jpg");
-    mmbal_data::video::read_image(&f, false).unwrap();
+    mmbal_transforms::video::read_image(&f, false).unwrap();
     cut(&f, 600);
-    let e = err_text(mmbal_data::video::read_image(&f, false));
+    let e = err_text(mmbal_transforms::video::read_image(&f, false));
     assert!(e.contains("visual/bbaf2n/frame_00002.jpg"), "{e}");
     let _ = std::fs::remove_dir_all(out);
 }
@@ -271,7 +273,7 @@ fn one_clip(dir: &Path, numbers: &[usize]) -> Manifest {
     for &n in numbers {
         noise_jpeg(&clip.join(format!("frame_{n:05}.jpg")), 48, n as u32);
     }
-    let card: mmbal_data::manifest::DatasetCard = toml::from_str(
+    let card: mmbal_dataset::manifest::DatasetCard = toml::from_str(
         "name = \"t\"\nclasses = [\"a\"]\nsplit_file = \"split.csv\"\n[[modality]]\nname = \"visual\"\nsource = \"visual/{id}\"\n",
     )
     .unwrap();
@@ -293,7 +295,7 @@ fn doctor_checks_frames_outside_the_recipe_span() {
     let recipes = vec![Recipe::Frames(frames_recipe(2, Some([0.0, 0.5])))];
     let ds = Dataset::new(m.clone(), recipes.clone()).unwrap();
     assert!(ds.check_all().is_empty(), "the span never reads frame 5");
-    let ex = mmbal_data::doctor::examine(&m, &recipes, &dir);
+    let ex = mmbal_preprocess::doctor::examine(&m, &recipes, &dir);
     eprintln!("problems: {:#?}", ex.problems);
     assert!(
         ex.problems
@@ -310,7 +312,7 @@ fn doctor_reports_a_gap_in_a_frame_sequence() {
     let dir = tmp("doctor-gap");
     let m = one_clip(&dir, &[1, 2, 4]);
     let recipes = vec![Recipe::Frames(frames_recipe(3, None))];
-    let ex = mmbal_data::doctor::examine(&m, &recipes, &dir);
+    let ex = mmbal_preprocess::doctor::examine(&m, &recipes, &dir);
     eprintln!("problems: {:#?}", ex.problems);
     assert!(
         ex.problems
@@ -322,7 +324,7 @@ fn doctor_reports_a_gap_in_a_frame_sequence() {
     // A complete sequence is no problem.
     let dir2 = tmp("doctor-nogap");
     let m = one_clip(&dir2, &[1, 2, 3]);
-    let ex = mmbal_data::doctor::examine(&m, &recipes, &dir2);
+    let ex = mmbal_preprocess::doctor::examine(&m, &recipes, &dir2);
     assert!(
         !ex.problems.iter().any(|p| p.contains("visual/clip")),
         "{:#?}",

@@ -1,8 +1,8 @@
 //! Shared by the data tests: the shared data folder, scratch folders and a recipe.
 #![allow(dead_code)]
 
-use mmbal_data::audio::Fbank;
 use mmbal_data::recipe::{AudioRecipe, FrontEnd, Recipe};
+use mmbal_transforms::audio::Fbank;
 use std::path::{Path, PathBuf};
 
 /// The shared data folder (MMBAL_SHARED_DATA), or None after saying that `checks` are not run.

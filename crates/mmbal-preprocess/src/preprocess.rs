@@ -14,11 +14,11 @@
 //!
 //! The stored spectrograms are not normalised; the training recipe normalises them.
 
-use crate::audio::{Fbank, Stft};
-use crate::csv_line;
-use crate::layouts::LayoutKind;
-use crate::recipe::{audio_spectrogram, AudioRecipe, FrontEnd};
 use anyhow::{bail, Context, Result};
+use mmbal_data::recipe::{audio_spectrogram, AudioRecipe, FrontEnd};
+use mmbal_dataset::csv_line;
+use mmbal_dataset::layouts::LayoutKind;
+use mmbal_transforms::audio::{Fbank, Stft};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -140,7 +140,7 @@ impl PreprocessRecipe {
     pub fn with_overrides(&self, sets: &[String]) -> Result<PreprocessRecipe> {
         let mut table = toml::Table::try_from(self)?;
         for set in sets {
-            crate::overrides::apply(&mut table, set, "the recipe")?;
+            mmbal_data::overrides::apply(&mut table, set, "the recipe")?;
         }
         let text = toml::to_string(&table)?;
         let recipe: PreprocessRecipe = toml::from_str(&text)
@@ -159,7 +159,7 @@ impl PreprocessRecipe {
     pub fn load(path: &Path) -> Result<PreprocessRecipe> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read", path.display()))?;
-        toml::from_str(crate::manifest::strip_bom(&text))
+        toml::from_str(mmbal_dataset::manifest::strip_bom(&text))
             .with_context(|| format!("{}: not a preprocessing recipe", path.display()))
     }
 
@@ -328,7 +328,7 @@ fn convert_video(input: &Path, out: &Path, id: &str, recipe: &PreprocessRecipe) 
         input,
         "video",
     )?;
-    let count = crate::video::list_frames(&frames)
+    let count = mmbal_transforms::video::list_frames(&frames)
         .with_context(|| format!("{}: ffmpeg wrote no frames", input.display()))?
         .len();
     run_ffmpeg(
@@ -349,20 +349,20 @@ fn convert_video(input: &Path, out: &Path, id: &str, recipe: &PreprocessRecipe) 
     )?;
     check_decoded_length(input, &wav, count, recipe.fps)?;
     if let (Some(template), Some(a)) = (&recipe.spectrogram, &recipe.audio) {
-        let w = crate::audio::read_wav(&wav)?;
+        let w = mmbal_transforms::audio::read_wav(&wav)?;
         if w.samples.is_empty() {
             bail!(
                 "{}: the audio stream decoded to no samples",
                 input.display()
             );
         }
-        let x = crate::audio::resample(&w.samples, w.sample_rate, a.sample_rate);
+        let x = mmbal_transforms::audio::resample(&w.samples, w.sample_rate, a.sample_rate);
         let spec = audio_spectrogram(a, x, input)?;
         let path = recipe.path(out, template, id);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        crate::npy::write_f32(&path, &[spec.rows, spec.cols], &spec.data)?;
+        mmbal_data::npy::write_f32(&path, &[spec.rows, spec.cols], &spec.data)?;
     }
     Ok(count)
 }
@@ -641,7 +641,7 @@ fn write_recipe_file(out: &Path, recipe: &PreprocessRecipe) -> Result<()> {
 pub struct LabelLine {
     pub id: String,
     pub label: String,
-    pub split: crate::Split,
+    pub split: mmbal_dataset::Split,
 }
 
 /// Reads a label file (`id,label[,split]` per line, split train when absent; `#` comments).
@@ -649,19 +649,22 @@ pub fn read_labels(path: &Path) -> Result<Vec<LabelLine>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read label file", path.display()))?;
     let mut out = Vec::new();
-    for (i, line) in crate::manifest::strip_bom(&text).lines().enumerate() {
+    for (i, line) in mmbal_dataset::manifest::strip_bom(&text)
+        .lines()
+        .enumerate()
+    {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         let at = format!("{}:{}", path.display(), i + 1);
-        let f = crate::csv_line::fields(line).with_context(|| at.clone())?;
+        let f = mmbal_dataset::csv_line::fields(line).with_context(|| at.clone())?;
         if !(2..=3).contains(&f.len()) || f[0].is_empty() || f[1].is_empty() {
             bail!("{at}: expected `id,label[,split]`, found `{line}`");
         }
         let split = match f.get(2) {
-            None => crate::Split::Train,
-            Some(s) => crate::Split::parse(s)
+            None => mmbal_dataset::Split::Train,
+            Some(s) => mmbal_dataset::Split::parse(s)
                 .with_context(|| format!("{at}: unknown split `{s}` (train, val or test)"))?,
         };
         out.push(LabelLine {
@@ -682,7 +685,7 @@ pub fn write_lists(
     labels: &[LabelLine],
     done: &[(String, usize)],
 ) -> Result<Vec<String>> {
-    use crate::Split;
+    use mmbal_dataset::Split;
     let frames: std::collections::HashMap<&str, usize> =
         done.iter().map(|(id, n)| (id.as_str(), *n)).collect();
     let unlabelled: Vec<&str> = done
@@ -750,7 +753,7 @@ pub fn write_lists(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recipe::Recipe;
+    use mmbal_data::recipe::Recipe;
 
     #[test]
     fn named_recipes_give_the_documented_shapes() {

@@ -2,11 +2,13 @@
 //! clips folder of MMBAL_SHARED_DATA), since the real corpora are not on this machine; the named
 //! preprocessing recipes; and decoder robustness on the odd clips.
 
-use mmbal_data::audio::{Fbank, Stft};
 use mmbal_data::loader::Dataset;
-use mmbal_data::manifest::{Manifest, Source, Split};
-use mmbal_data::preprocess::{preprocess_folder, preprocess_video, write_recipe, PreprocessRecipe};
 use mmbal_data::recipe::{AudioRecipe, DecodedData, FramesRecipe, FrontEnd, Recipe};
+use mmbal_dataset::manifest::{Manifest, Source, Split};
+use mmbal_preprocess::preprocess::{
+    preprocess_folder, preprocess_video, write_recipe, PreprocessRecipe,
+};
+use mmbal_transforms::audio::{Fbank, Stft};
 use std::path::{Path, PathBuf};
 
 mod common;
@@ -55,6 +57,13 @@ fn card(dir: &Path, body: &str) -> PathBuf {
     c
 }
 
+/// `mmbal data carve-val`: the val list carved from train and written, or None when there is
+/// nothing to do.
+fn carve(card: &Path, root: &Path) -> Option<String> {
+    let (c, _) = mmbal_dataset::manifest::DatasetCard::read(card).unwrap();
+    mmbal_dataset::layouts::carve_val(&c, c.layout.as_ref().unwrap(), root).unwrap()
+}
+
 fn load_err(card: &Path, root: &Path) -> String {
     format!("{:#}", Manifest::load(card, root).unwrap_err())
 }
@@ -98,6 +107,15 @@ fn kinetics_sounds_reads_lists_carves_val_and_reports_bad_lines() {
         &root,
         "name = \"ks\"\n[layout]\nkind = \"kinetics-sounds\"\n",
     );
+    // Loading never writes: without a val list it names the step that carves one.
+    let e = load_err(&c, &root);
+    assert!(e.contains("mmbal data carve-val"), "{e}");
+    assert!(!root.join("val.txt").exists());
+    let wrote = carve(&c, &root).expect("a val list is carved");
+    assert!(
+        wrote.contains("carved a val split") && wrote.contains("val.txt"),
+        "{wrote}"
+    );
     let m = Manifest::load(&c, &root).unwrap();
     assert_eq!(
         m.classes,
@@ -114,12 +132,12 @@ fn kinetics_sounds_reads_lists_carves_val_and_reports_bad_lines() {
         ),
         (2, 2, 1)
     );
-    assert!(m.notes[0].contains("carved a val split"), "{:?}", m.notes);
+    assert!(m.notes.is_empty(), "{:?}", m.notes);
     let val = std::fs::read_to_string(root.join("val.txt")).unwrap();
     assert_eq!(val.lines().count(), 2);
-    // Loaded again: the written split is read back, nothing carved anew.
+    // Carved again: the written split stays, nothing is carved anew.
+    assert_eq!(carve(&c, &root), None);
     let again = Manifest::load(&c, &root).unwrap();
-    assert!(again.notes.is_empty());
     let ids = |m: &Manifest, s| {
         m.indices(s)
             .iter()
@@ -140,7 +158,7 @@ fn kinetics_sounds_reads_lists_carves_val_and_reports_bad_lines() {
     assert_eq!(b.inputs[1].dims(), &[2, 3, 3, 32, 32]);
 
     // A config reading the spectrograms with other mel bins is told which recipe made them.
-    let ex = mmbal_data::doctor::examine(
+    let ex = mmbal_preprocess::doctor::examine(
         &Manifest::load(&c, &root).unwrap(),
         &[
             Recipe::Audio(AudioRecipe {
@@ -233,6 +251,7 @@ fn crema_d_reads_wav_or_npy_audio_and_rejects_unknown_emotions() {
     .unwrap();
     std::fs::write(root.join("test.csv"), "chaplin,NEU\n").unwrap();
     let c = card(&root, "name = \"cremad\"\n[layout]\nkind = \"crema-d\"\n");
+    assert!(carve(&c, &root).is_some());
     // The six emotions are the classes: four of them without a training clip is an error.
     let e = load_err(&c, &root);
     assert!(
@@ -261,6 +280,7 @@ fn crema_d_reads_wav_or_npy_audio_and_rejects_unknown_emotions() {
         train.push_str(&format!("{id},{emo}\n"));
     }
     std::fs::write(root.join("train.csv"), train).unwrap();
+    assert!(carve(&c, &root).is_some());
     let m = Manifest::load(&c, &root).unwrap();
     assert_eq!(m.classes, vec!["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]);
     assert_eq!(m.indices(Split::Val).len(), 2, "carved from train");
@@ -333,6 +353,7 @@ fn ucf101_reads_class_index_lists_and_two_channel_flow() {
         copy_frames(&frames, &root.join(format!("flow/v/v_{id}")));
     }
     let c = card(&root, "name = \"ucf\"\n[layout]\nkind = \"ucf-101\"\n");
+    assert!(carve(&c, &root).is_some());
     let m = Manifest::load(&c, &root).unwrap();
     assert_eq!(m.classes, vec!["Two", "Three"]);
     assert_eq!(m.modalities, vec!["rgb", "flow"]);
@@ -425,6 +446,7 @@ fn vggsound_ave_and_mm_debiased_read_their_lists() {
     )
     .unwrap();
     let c = card(&vgg, "name = \"vgg\"\n[layout]\nkind = \"vggsound\"\n");
+    assert!(carve(&c, &vgg).is_some());
     let m = Manifest::load(&c, &vgg).unwrap();
     assert_eq!(m.classes, vec!["three", "two, spoken"]);
     assert_eq!(m.samples.len(), 5);
@@ -543,9 +565,9 @@ fn named_recipes_give_documented_spectrogram_shapes_before_padding() {
         },
     )
     .unwrap();
-    let w = mmbal_data::audio::read_wav(&wav.join("audio/x.wav")).unwrap();
+    let w = mmbal_transforms::audio::read_wav(&wav.join("audio/x.wav")).unwrap();
     let tiled = |rate: u32, secs: f64| -> Vec<f32> {
-        let x = mmbal_data::audio::resample(&w.samples, w.sample_rate, rate);
+        let x = mmbal_transforms::audio::resample(&w.samples, w.sample_rate, rate);
         let n = (secs * rate as f64).round() as usize;
         (0..n).map(|i| x[i % x.len()]).collect()
     };
@@ -593,7 +615,7 @@ fn every_odd_clip_decodes_or_fails_with_a_clear_message() {
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     for (id, frames) in &report.done {
         assert!(*frames >= 1, "{id}: no frames");
-        let w = mmbal_data::audio::read_wav(&out.join(format!("audio/{id}.wav"))).unwrap();
+        let w = mmbal_transforms::audio::read_wav(&out.join(format!("audio/{id}.wav"))).unwrap();
         assert_eq!(w.sample_rate, 16000);
         assert!(w.samples.len() > 1600, "{id}: {} samples", w.samples.len());
     }
@@ -622,7 +644,7 @@ fn every_dataset_card_parses() {
     for d in std::fs::read_dir(&datasets).unwrap() {
         let card = d.unwrap().path().join("dataset.toml");
         let text = std::fs::read_to_string(&card).unwrap();
-        let c: mmbal_data::manifest::DatasetCard =
+        let c: mmbal_dataset::manifest::DatasetCard =
             toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", card.display()));
         assert!(!c.description.is_empty(), "{}", card.display());
         n += 1;

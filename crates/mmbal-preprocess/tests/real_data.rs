@@ -1,9 +1,9 @@
 //! Tests on real data from the shared folder (MMBAL_SHARED_DATA) and on bad inputs.
 
 use mmbal_data::loader::{batches, Dataset, Row};
-use mmbal_data::manifest::{DatasetCard, Manifest, Split};
-use mmbal_data::preprocess::{preprocess_video, PreprocessRecipe};
 use mmbal_data::recipe::{FramesRecipe, Recipe};
+use mmbal_dataset::manifest::{DatasetCard, Manifest, Split};
+use mmbal_preprocess::preprocess::{preprocess_video, PreprocessRecipe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -127,11 +127,11 @@ fn bad_files_are_reported_with_their_path() {
     std::fs::create_dir_all(dir.join("visual/ok")).unwrap();
     std::fs::create_dir_all(dir.join("visual/corrupt")).unwrap();
     std::fs::create_dir_all(dir.join("audio")).unwrap();
-    let wave = mmbal_data::audio::Waveform {
+    let wave = mmbal_transforms::audio::Waveform {
         samples: vec![0.1; 8000],
         sample_rate: 16000,
     };
-    mmbal_data::audio::write_wav(&dir.join("audio/ok.wav"), &wave).unwrap();
+    mmbal_transforms::audio::write_wav(&dir.join("audio/ok.wav"), &wave).unwrap();
     // A truncated WAV: header of the good file, half its data.
     let bytes = std::fs::read(dir.join("audio/ok.wav")).unwrap();
     std::fs::write(dir.join("audio/corrupt.wav"), &bytes[..bytes.len() / 2 + 1]).unwrap();
@@ -220,7 +220,7 @@ fn avmnist_pairs_decode_with_matching_labels() {
             .unwrap();
     for r in &rows {
         let s = &ds.manifest.samples[r.sample];
-        let mmbal_data::manifest::Source::IdxImage { index, .. } = &s.sources[1] else {
+        let mmbal_dataset::manifest::Source::IdxImage { index, .. } = &s.sources[1] else {
             panic!()
         };
         assert_eq!(labels[*index] as usize, s.label, "{}", s.id);

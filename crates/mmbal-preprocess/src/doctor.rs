@@ -1,13 +1,13 @@
 //! A dataset's health, before any training: counts per class and split, frames per clip,
 //! spectrogram shapes, and the recipe the data was made with (`recipe.toml` beside it) against
 //! the recipes about to read it; every file of a frame folder, with gaps in its numbered
-//! sequence. Whether every file the recipes read decodes is [`crate::Dataset::check_all`]:
+//! sequence. Whether every file the recipes read decodes is [`mmbal_data::Dataset::check_all`]:
 //! [`examine`] leaves those files to it, so that each problem is reported once, and checks the
 //! frames that decoding never reads (outside a recipe's `span`).
 
-use crate::manifest::{Manifest, Source, Split};
 use crate::preprocess::PreprocessRecipe;
-use crate::recipe::{FramesRecipe, FrontEnd, Recipe};
+use mmbal_data::recipe::{FramesRecipe, FrontEnd, Recipe};
+use mmbal_dataset::manifest::{Manifest, Source, Split};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -136,7 +136,7 @@ pub fn examine(manifest: &Manifest, recipes: &[Recipe], root: &Path) -> Examinat
                     let shapes: Vec<Result<Vec<usize>, String>> = npy
                         .par_iter()
                         .map(|s| {
-                            crate::npy::read_f32(s.path())
+                            mmbal_data::npy::read_f32(s.path())
                                 .map(|(shape, _)| shape)
                                 .map_err(|e| format!("{e:#}"))
                         })
@@ -175,14 +175,14 @@ struct FolderCheck {
 /// sequence, and frames outside the recipe's span that are cut short or do not decode (frames
 /// inside the span are decoded by `check_all`, which reports them).
 fn check_frame_folder(f: &FramesRecipe, dir: &Path) -> FolderCheck {
-    let Ok(files) = crate::video::list_frames(dir) else {
+    let Ok(files) = mmbal_transforms::video::list_frames(dir) else {
         return FolderCheck {
             frames: None,
             problems: Vec::new(),
         };
     };
     let mut problems = Vec::new();
-    let (missing, total) = crate::video::frame_gaps(&files, 5);
+    let (missing, total) = mmbal_transforms::video::frame_gaps(&files, 5);
     if total > 0 {
         problems.push(format!(
             "{}: {total} frame(s) missing from the sequence of {} frames: {}{}",
@@ -197,7 +197,7 @@ fn check_frame_folder(f: &FramesRecipe, dir: &Path) -> FolderCheck {
         if read.contains(&i) {
             continue;
         }
-        if let Err(e) = crate::video::read_image(file, f.grey || f.flow) {
+        if let Err(e) = mmbal_transforms::video::read_image(file, f.grey || f.flow) {
             problems.push(format!(
                 "{e:#} (outside the recipe's span, not read in training)"
             ));
@@ -210,7 +210,11 @@ fn check_frame_folder(f: &FramesRecipe, dir: &Path) -> FolderCheck {
 }
 
 /// Compares the audio recipe about to read the data with the one that made it, if recorded.
-fn recipe_mismatch(root: &Path, a: &crate::recipe::AudioRecipe, reads_npy: bool) -> Option<String> {
+fn recipe_mismatch(
+    root: &Path,
+    a: &mmbal_data::recipe::AudioRecipe,
+    reads_npy: bool,
+) -> Option<String> {
     let path = root.join("recipe.toml");
     if !path.exists() {
         return None;

@@ -5,7 +5,7 @@
 use anyhow::{bail, Result};
 
 /// The fields of one CSV line, each trimmed.
-pub(crate) fn fields(line: &str) -> Result<Vec<String>> {
+pub fn fields(line: &str) -> Result<Vec<String>> {
     // The csv crate reads an unterminated quote to the end of the input without complaint.
     if line.bytes().filter(|&b| b == b'"').count() % 2 == 1 {
         bail!("unterminated quote");
@@ -23,7 +23,7 @@ pub(crate) fn fields(line: &str) -> Result<Vec<String>> {
 }
 
 /// One CSV line (without its line break) of `fields`, quoting those that need it.
-pub(crate) fn line<S: AsRef<str>>(fields: &[S]) -> Result<String> {
+pub fn line<S: AsRef<str>>(fields: &[S]) -> Result<String> {
     let mut writer = csv::WriterBuilder::new()
         .terminator(csv::Terminator::Any(b'\n'))
         .from_writer(Vec::new());

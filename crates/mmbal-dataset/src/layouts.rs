@@ -12,10 +12,11 @@
 //! | `ave` | `trainSet.txt`, `valSet.txt`, `testSet.txt` | `Class&ytid&quality&start&end` | audio `audio/{id}.wav`, visual `visual/{id}` |
 //! | `mm-debiased` | `mm-debiased.json` | `{id: {"subset": ..., "label": ...}}` | audio `audio/{id}.wav`, visual `visual/{id}` |
 //!
-//! `*` The community has no validation split for these: when the val list does not exist it is
-//! carved from train (`val_fraction` of every class, 0.1, chosen by a hash of `val_seed` and the
-//! id), written in the layout's own line format at the val path, and used from then on; the
-//! carved ids leave train. So no method ever selects on test, and the split is a file anyone
+//! `*` The community has no validation split for these: loading without a val list is an error
+//! until [`carve_val`] (`mmbal data carve-val`) has carved one from train (`val_fraction` of every
+//! class, 0.1, chosen by a hash of `val_seed` and the id) and written it in the layout's own line
+//! format at the val path, saying what it wrote; the carved ids leave train. Loading never
+//! writes. So no method ever selects on test, and the split is a file anyone
 //! can read. Labels are class names, or 0-based class indices when the card lists the classes.
 //! Without `classes` in the card: CREMA-D's six emotions in the reference order, UCF-101's
 //! `classInd.txt`, otherwise the sorted set of labels in the lists (when every label is a
@@ -26,7 +27,7 @@
 //! manifest's notes (VGGSound and AVE are YouTube crawls: some videos are always gone).
 //!
 //! ```no_run
-//! use mmbal_data::Manifest;
+//! use mmbal_dataset::Manifest;
 //! use std::path::Path;
 //! // datasets/crema-d/dataset.toml holds `[layout] kind = "crema-d"`.
 //! let m = Manifest::load(Path::new("datasets/crema-d"), Path::new("/data/CREMA-D")).unwrap();
@@ -403,6 +404,30 @@ pub fn load_with_train_list(
     layout: &Layout,
     root: &Path,
 ) -> Result<(Manifest, PathBuf)> {
+    read_layout(card, layout, root, false)
+}
+
+/// The explicit step before a first load of a layout whose community has no validation split
+/// (Kinetics-Sounds, CREMA-D, UCF-101, VGGSound): carves one from train (`val_fraction` of each
+/// class, chosen by a hash of `val_seed` and the id) and writes it at the layout's val path, in
+/// the layout's own line format. Returns what it wrote, or `None` when there is nothing to do
+/// (the val list exists, or the layout has its own).
+pub fn carve_val(card: &DatasetCard, layout: &Layout, root: &Path) -> Result<Option<String>> {
+    let (manifest, _) = read_layout(card, layout, root, true)?;
+    Ok(manifest
+        .notes
+        .into_iter()
+        .find(|n| n.starts_with("carved a val split")))
+}
+
+/// Reads the lists; a missing val list that the layout carves is written when `carve`, an
+/// error naming the step otherwise.
+fn read_layout(
+    card: &DatasetCard,
+    layout: &Layout,
+    root: &Path,
+    carve: bool,
+) -> Result<(Manifest, PathBuf)> {
     if !(0.0..1.0).contains(&layout.val_fraction) {
         bail!(
             "[layout] val_fraction must be in [0, 1), got {}",
@@ -419,9 +444,14 @@ pub fn load_with_train_list(
             let path = root.join(layout.list_file());
             let mut e = parse_vggsound(&path, &|s| Split::parse(s))?;
             let val_path = root.join(layout.val.as_deref().unwrap_or("val.csv"));
-            e.extend(val_entries(layout, &val_path, &e, &mut notes, |p| {
-                parse_vggsound(p, &|_| Some(Split::Val))
-            })?);
+            e.extend(val_entries(
+                layout,
+                &val_path,
+                &e,
+                carve,
+                &mut notes,
+                |p| parse_vggsound(p, &|_| Some(Split::Val)),
+            )?);
             e
         }
         (LayoutKind::MmDebiased, _) => parse_mm_debiased(&root.join(layout.list_file()))?,
@@ -429,9 +459,14 @@ pub fn load_with_train_list(
             let mut e = parse_list(kind, &root.join(&train), Split::Train)?;
             e.extend(parse_list(kind, &root.join(&test), Split::Test)?);
             let val_path = root.join(&val);
-            e.extend(val_entries(layout, &val_path, &e, &mut notes, |p| {
-                parse_list(kind, p, Split::Val)
-            })?);
+            e.extend(val_entries(
+                layout,
+                &val_path,
+                &e,
+                carve,
+                &mut notes,
+                |p| parse_list(kind, p, Split::Val),
+            )?);
             e
         }
         (_, None) => unreachable!("every layout with one list is matched above"),
@@ -534,12 +569,13 @@ pub fn load_with_train_list(
     Ok((manifest, train_list))
 }
 
-/// The val entries: the val list when it exists; otherwise, where the community has none,
-/// carved from train and written to `path`.
+/// The val entries: the val list when it exists; otherwise, where the community has none and
+/// `write_carved` is set, carved from train and written to `path`.
 fn val_entries(
     layout: &Layout,
     path: &Path,
     entries: &[Entry],
+    write_carved: bool,
     notes: &mut Vec<String>,
     parse: impl Fn(&Path) -> Result<Vec<Entry>>,
 ) -> Result<Vec<Entry>> {
@@ -548,6 +584,16 @@ fn val_entries(
     }
     if !layout.carves_val() {
         return Err(anyhow!("{}: cannot read the val list", path.display()));
+    }
+    if !write_carved {
+        bail!(
+            "{}: no val list, and this layout's community has none; write one carved from train \
+             ({:.0}% of each class, seed {}) with `mmbal data carve-val --config <your config>` \
+             (mmbal_dataset::layouts::carve_val), or set [layout] val to a list of your own",
+            path.display(),
+            100.0 * layout.val_fraction,
+            layout.val_seed
+        );
     }
     let train: Vec<Entry> = entries
         .iter()

@@ -2,7 +2,7 @@
 //! (tests/fixtures, copied from the project's shared fixtures).
 
 use candle_core::{safetensors, Device};
-use mmbal_data::audio::{Fbank, Stft};
+use mmbal_transforms::audio::{Fbank, Stft};
 use std::path::PathBuf;
 
 fn fixture(name: &str) -> std::collections::HashMap<String, Vec<f32>> {
@@ -33,7 +33,7 @@ fn kaldi_fbank_matches_torchaudio() {
     let d = max_abs_diff(&ours.data, &f["fbank"]);
     assert!(d < 2e-3, "fbank differs from torchaudio by {d}");
     // The Kinetics-Sounds recipe: pad to 1024 frames, then normalise.
-    let padded = mmbal_data::audio::fix_rows(&ours, 1024);
+    let padded = mmbal_transforms::audio::fix_rows(&ours, 1024);
     let norm: Vec<f32> = padded
         .data
         .iter()
