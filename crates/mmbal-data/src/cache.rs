@@ -427,6 +427,8 @@ impl PackedCache {
         })
     }
 
+    /// The stored item of `sample` (0-based index into the manifest's samples) for
+    /// `modality` (index into the recipes), read from the file.
     pub fn read(&self, sample: usize, modality: usize) -> Result<Decoded> {
         let e = &self.entries[sample][modality];
         let n: usize = e.shape.iter().product();

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 /// The seed of the committed split files under `datasets/`.
 pub const SPLIT_SEED: u64 = 20261122;
 
+/// Class names of the spoken digits, indexed by digit (0 to 9).
 pub const DIGITS: [&str; 10] = [
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
 ];
@@ -55,6 +56,7 @@ pub fn grid_split(ids: &[String], seed: u64) -> Result<String> {
 
 /// FSDD speakers held out: `theo` for validation, `yweweler` for test.
 pub const AVMNIST_VAL_SPEAKER: &str = "theo";
+/// The FSDD speaker whose recordings form the test split.
 pub const AVMNIST_TEST_SPEAKER: &str = "yweweler";
 
 /// AV-MNIST pairing list: every FSDD recording (`{digit}_{speaker}_{index}.wav`) is paired with

@@ -28,6 +28,8 @@
 //! assert_eq!(batch.inputs[1].dims(), &[2, 2, 3, 16, 16]); // (B, frames, RGB, H, W)
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod cache;
 pub mod datasets;
 pub mod loader;

@@ -22,11 +22,14 @@ use std::sync::Arc;
 /// modality and zero the others).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
+    /// Index of the sample in the manifest (0-based).
     pub sample: usize,
+    /// One flag per modality, in the manifest's order: `true` zeroes that modality for this row.
     pub zeroed: Vec<bool>,
 }
 
 impl Row {
+    /// A row of `sample` with all `modalities` kept (none zeroed).
     pub fn full(sample: usize, modalities: usize) -> Row {
         Row {
             sample,
@@ -43,12 +46,15 @@ pub struct Batch {
     pub labels: Tensor,
     /// `(B, M)` f32, 1 = keep, 0 = zero this modality's feature.
     pub keep: Tensor,
+    /// The rows the batch was built from, in batch order.
     pub rows: Vec<Row>,
 }
 
 /// A manifest, its recipes, and where decoded items come from.
 pub struct Dataset {
+    /// The samples: ids, labels, splits and sources.
     pub manifest: Manifest,
+    /// One recipe per modality, in the manifest's modality order.
     pub recipes: Vec<Recipe>,
     cache: Option<PackedCache>,
 }
@@ -95,10 +101,14 @@ impl Dataset {
         Ok(ds)
     }
 
+    /// Number of modalities (one per recipe).
     pub fn num_modalities(&self) -> usize {
         self.recipes.len()
     }
 
+    /// The decoded item of `sample` (0-based index into the manifest) for `modality`: read
+    /// from the cache when there is one, decoded from its source otherwise. Per-sample
+    /// transforms and augmentation are not applied yet.
     pub fn decoded(&self, sample: usize, modality: usize) -> Result<Decoded> {
         match &self.cache {
             Some(c) => c.read(sample, modality),

@@ -17,23 +17,34 @@ use std::path::Path;
 /// A decoded item, what the cache stores. Frames are kept as bytes (0..255) to keep the cache small.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decoded {
+    /// Its shape: `(1, rows, cols)` for audio and images, `(frames, channels, height, width)`
+    /// for frames.
     pub shape: Vec<usize>,
+    /// The values, row-major in `shape`.
     pub data: DecodedData,
 }
 
+/// The values of a [`Decoded`] item.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DecodedData {
+    /// Floats: audio spectrograms, already normalised.
     F32(Vec<f32>),
+    /// Bytes standing for `[0, 1]` (0..255): frames and images.
     U8(Vec<u8>),
 }
 
+/// The spectrogram an audio recipe computes, chosen by `kind`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum FrontEnd {
+    /// `kind = "stft"`: librosa-style log-magnitude STFT, `(bins, frames)`.
     Stft(Stft),
+    /// `kind = "fbank"`: Kaldi log-mel filterbank, `(frames, bins)`.
     Fbank(Fbank),
 }
 
+/// An audio modality: a WAV file (or a precomputed `.npy` spectrogram) to a normalised log
+/// spectrogram with a fixed number of frames.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AudioRecipe {
@@ -59,6 +70,7 @@ pub struct AudioRecipe {
     /// `(x - mean) / std` after the log.
     #[serde(default)]
     pub norm_mean: f32,
+    /// The `std` of that normalisation (default 1).
     #[serde(default = "one")]
     pub norm_std: f32,
 }
@@ -67,6 +79,8 @@ fn one() -> f32 {
     1.0
 }
 
+/// A video modality: a folder of JPEG/PNG frames (or a u/v pair of optical-flow folders) to
+/// `count` frames of `(channels, height, width)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FramesRecipe {
@@ -74,6 +88,7 @@ pub struct FramesRecipe {
     pub count: usize,
     /// Output size.
     pub height: usize,
+    /// Output width, in pixels.
     pub width: usize,
     /// Fixed crop of every source frame, as fractions `[top, left, height, width]` (a lower-face
     /// box for a single speaker); the whole frame when absent.
@@ -83,6 +98,7 @@ pub struct FramesRecipe {
     /// enlarged by 8/7, as Resize(256) before a 224 crop).
     #[serde(default)]
     pub cache_height: Option<usize>,
+    /// Stored width in the cache (see `cache_height`; defaults to `width` enlarged by 8/7).
     #[serde(default)]
     pub cache_width: Option<usize>,
     /// Keep only the frames in this part of the clip, as fractions `[start, end)` of its frame
@@ -99,8 +115,11 @@ pub struct FramesRecipe {
     /// Train augmentation: random resized crop with this area range, then horizontal flip.
     #[serde(default = "default_scale")]
     pub crop_scale: (f64, f64),
+    /// Train augmentation: mirror the clip left-right with probability 0.5 (default true).
     #[serde(default = "yes")]
     pub flip: bool,
+    /// Whether training applies the random resized crop and flip at all (default true); frames
+    /// are still picked at random in training when false.
     #[serde(default = "yes")]
     pub augment: bool,
 }
@@ -147,19 +166,28 @@ impl FramesRecipe {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageRecipe {
+    /// Output height in pixels; a source of another size is resized bilinearly.
     pub height: usize,
+    /// Output width in pixels.
     pub width: usize,
+    /// Subtracted after scaling to `[0, 1]` (default 0).
     #[serde(default)]
     pub mean: f32,
+    /// Divides after `mean` is subtracted (default 1).
     #[serde(default = "one")]
     pub std: f32,
 }
 
+/// How one modality's source becomes the model's input; chosen by `kind` (`"audio"`,
+/// `"frames"` or `"image"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Recipe {
+    /// A sound clip to a log spectrogram: `(1, frames, bins)` (fbank), `(1, bins, frames)` (STFT).
     Audio(AudioRecipe),
+    /// Video frames to `(count, channels, height, width)`.
     Frames(FramesRecipe),
+    /// A single still image to `(1, height, width)`.
     Image(ImageRecipe),
 }
 

@@ -19,6 +19,8 @@
 //! assert_eq!(m.samples[2].split, mmbal_dataset::Split::Test);
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod csv_line;
 pub mod layouts;
 pub mod manifest;

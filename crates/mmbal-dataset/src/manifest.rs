@@ -21,16 +21,22 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// Which part of a dataset a sample belongs to; only `Val` ever selects a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
+    /// Trained on.
     Train,
+    /// Selects the epoch and tunes; never trained on.
     Val,
+    /// Reported only.
     Test,
 }
 
 impl Split {
+    /// Every split, in this order.
     pub const ALL: [Split; 3] = [Split::Train, Split::Val, Split::Test];
+    /// `train`, `val` or `test`, as split files write it.
     pub fn name(self) -> &'static str {
         match self {
             Split::Train => "train",
@@ -38,6 +44,7 @@ impl Split {
             Split::Test => "test",
         }
     }
+    /// The split a split file names (`train`, `val`, `test`), else `None`.
     pub fn parse(s: &str) -> Option<Split> {
         Split::ALL.into_iter().find(|x| x.name() == s)
     }
@@ -49,9 +56,19 @@ pub enum Source {
     /// A WAV file, an `.npy` array, or a folder of frames.
     Path(PathBuf),
     /// Image `index` of an IDX image file (MNIST).
-    IdxImage { path: PathBuf, index: usize },
+    IdxImage {
+        /// The IDX file (gzipped or not).
+        path: PathBuf,
+        /// 0-based image index in it.
+        index: usize,
+    },
     /// Optical flow as two folders of grey frames, horizontal (u) and vertical (v) (UCF-101).
-    Flow { u: PathBuf, v: PathBuf },
+    Flow {
+        /// Horizontal flow frames.
+        u: PathBuf,
+        /// Vertical flow frames.
+        v: PathBuf,
+    },
 }
 
 impl Source {
@@ -86,18 +103,24 @@ impl Source {
     }
 }
 
+/// One sample: its id, label and split, and where each modality comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
+    /// The id the lists and source templates use (`{id}`).
     pub id: String,
+    /// 0-based index into the manifest's `classes`.
     pub label: usize,
+    /// The split it belongs to.
     pub split: Split,
     /// One source per modality, in the manifest's modality order.
     pub sources: Vec<Source>,
 }
 
+/// One `[[modality]]` of a card.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModalityCard {
+    /// The modality's name (the key of its recipe and encoder in a training config).
     pub name: String,
     /// `{id}` template relative to the data root; when absent, the split file has a column
     /// named after the modality.
@@ -110,17 +133,23 @@ pub struct ModalityCard {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetCard {
+    /// The dataset's name, shown in logs and summaries.
     pub name: String,
     /// Class names in label order. A layout may leave it empty: its default list, or the
     /// sorted labels found in its lists (see [`crate::layouts`]).
     #[serde(default)]
     pub classes: Vec<String>,
+    /// The split file (`id,label,split[,source per modality]`), relative to the card's folder;
+    /// absent with a `[layout]`.
     #[serde(default)]
     pub split_file: Option<String>,
+    /// The `[[modality]]` tables, in the order the model takes them; absent with a `[layout]`.
     #[serde(default, rename = "modality")]
     pub modalities: Vec<ModalityCard>,
+    /// Free text: where the data comes from, its licence.
     #[serde(default)]
     pub description: String,
+    /// A community layout to read instead of a split file.
     #[serde(default)]
     pub layout: Option<crate::layouts::Layout>,
 }
@@ -144,11 +173,16 @@ impl DatasetCard {
     }
 }
 
+/// A dataset as read from its card: classes, modalities and every sample with its sources.
 #[derive(Debug, Clone)]
 pub struct Manifest {
+    /// The card's name.
     pub name: String,
+    /// Class names in label order.
     pub classes: Vec<String>,
+    /// Modality names, in the order of every sample's `sources`.
     pub modalities: Vec<String>,
+    /// Every sample of every split, in list order.
     pub samples: Vec<Sample>,
     /// What loading did besides reading (a val split carved and written, samples left out
     /// because `allow_missing` was set): shown by `mmbal data doctor` and at training start.
@@ -334,12 +368,14 @@ impl Manifest {
         })
     }
 
+    /// Indices into `samples` of one split, in order.
     pub fn indices(&self, split: Split) -> Vec<usize> {
         (0..self.samples.len())
             .filter(|&i| self.samples[i].split == split)
             .collect()
     }
 
+    /// The position of the modality `name`; an error lists the modalities there are.
     pub fn modality_index(&self, name: &str) -> Result<usize> {
         self.modalities
             .iter()

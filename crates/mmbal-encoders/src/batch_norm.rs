@@ -7,11 +7,18 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use mmbal_ops::{batch_norm_eval, batch_norm_train};
 use std::sync::Mutex;
 
+/// BatchNorm over the channels of `(N, C, H, W)` maps with PyTorch's semantics: batch statistics in
+/// training (the running ones updated with the unbiased variance), running statistics in
+/// evaluation.
 pub struct BatchNorm2d {
+    /// Per-channel scale (gamma).
     pub weight: Var,
+    /// Per-channel shift (beta).
     pub bias: Var,
     running: Mutex<(Tensor, Tensor)>,
+    /// Added to the variance before the square root.
     pub eps: f64,
+    /// Weight of the batch statistic in the running-statistics update.
     pub momentum: f64,
 }
 
@@ -35,10 +42,13 @@ impl BatchNorm2d {
         self.running.lock().unwrap().clone()
     }
 
+    /// Replaces `(running_mean, running_var)` (checkpoints, pretrained weights).
     pub fn set_running_stats(&self, mean: Tensor, var: Tensor) {
         *self.running.lock().unwrap() = (mean, var);
     }
 
+    /// Normalises `x`: batch statistics when `train` (and the running ones move), running
+    /// statistics otherwise.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
         if !train {

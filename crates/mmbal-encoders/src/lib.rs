@@ -15,6 +15,8 @@
 //! assert_eq!(net.features(&x, true).unwrap().dims(), &[2, net.out_dim()]);
 //! ```
 
+#![warn(missing_docs)]
+
 mod batch_norm;
 mod encoder;
 mod pretrained;

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 /// What a load did: tensors set, and checkpoint tensors that were not used (classifier etc.).
 #[derive(Debug, Default)]
 pub struct LoadReport {
+    /// Encoder tensors set from the checkpoint.
     pub loaded: usize,
+    /// Checkpoint tensors with no place in the encoder (the classifier, for one).
     pub unused: Vec<String>,
 }
 

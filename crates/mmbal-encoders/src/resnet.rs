@@ -54,6 +54,8 @@ impl BasicBlock {
     }
 }
 
+/// ResNet-18 as torchvision builds it (stem, four stages of two basic blocks), any input channels,
+/// channel widths scaled by `width`; pooled features of `out_channels`.
 pub struct ResNet18 {
     conv1: Var,
     bn1: BatchNorm2d,
@@ -103,6 +105,7 @@ impl ResNet18 {
         })
     }
 
+    /// Channels of the last stage: the pooled feature width.
     pub fn out_channels(&self) -> usize {
         self.out_channels
     }
@@ -152,6 +155,7 @@ impl ResNet18 {
         out
     }
 
+    /// The parameters' dtype.
     pub fn dtype(&self) -> DType {
         self.conv1.dtype()
     }

@@ -8,6 +8,8 @@ use mmbal_ops::{add_channel_bias, conv2d, max_pool2d, relu};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+/// Three 3x3 convolution + BatchNorm + ReLU stages of widths `w, 2w, 4w`, the first two followed
+/// by a 2x2 max-pool, then a spatial mean (28x28 images, small spectrograms).
 pub struct SmallCnn {
     convs: Vec<(Var, Var, BatchNorm2d)>,
 }

@@ -21,14 +21,21 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
+/// How a head fuses the modalities' pooled features (the module docs give each formula).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FusionKind {
+    /// One linear layer over the concatenated features.
     Concat,
+    /// One linear layer per modality, logits summed.
     Sum,
+    /// FiLM: the first modality scales and shifts the second (two modalities).
     Film,
+    /// The first modality gates the second (two modalities).
     Gated,
+    /// One classifier shared by every modality, logits averaged (MLA).
     Shared,
+    /// A concat classifier plus one per modality (G-Blending).
     Blend,
 }
 
@@ -37,8 +44,10 @@ pub enum FusionKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum LinearInit {
+    /// Weight and bias uniform in +-1/sqrt(fan_in) (`nn.Linear`'s default).
     #[default]
     Pytorch,
+    /// Xavier-normal weight, zero bias (OGM-GE's code).
     XavierNormal,
 }
 
@@ -77,11 +86,14 @@ fn uniform_or_normal(
 
 /// `x W^T + b` with named parameters.
 pub struct Linear {
+    /// `(out, in)`.
     pub weight: Var,
+    /// `(out,)`.
     pub bias: Var,
 }
 
 impl Linear {
+    /// A layer from `inp` to `out` features, drawn from `rng` as `init` says.
     pub fn new(
         inp: usize,
         out: usize,
@@ -92,6 +104,7 @@ impl Linear {
         let (weight, bias) = uniform_or_normal(out, inp, init, rng, dev)?;
         Ok(Linear { weight, bias })
     }
+    /// `x W^T + b` for `x` of `(B, in)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
     }
@@ -99,11 +112,15 @@ impl Linear {
 
 /// Fused and per-modality logits, each `(B, C)`.
 pub struct HeadOut {
+    /// The fused logits.
     pub fused: Tensor,
+    /// Each modality's logits (see the module docs for each head).
     pub unimodal: Vec<Tensor>,
 }
 
+/// A fusion head: features of every modality in, fused and per-modality logits out.
 pub struct FusionHead {
+    /// Which fusion.
     pub kind: FusionKind,
     dims: Vec<usize>,
     /// concat: one layer over all features; sum: one per modality; FiLM: [film, fc];
@@ -170,6 +187,7 @@ impl FusionHead {
         })
     }
 
+    /// Modalities the head takes.
     pub fn num_modalities(&self) -> usize {
         self.dims.len()
     }

@@ -22,6 +22,8 @@
 //! assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
 //! ```
 
+#![warn(missing_docs)]
+
 mod head;
 mod mmtm;
 mod model;

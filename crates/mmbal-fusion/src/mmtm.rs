@@ -40,7 +40,9 @@ impl Default for MeanRule {
 
 /// One MMTM block for two streams of `ca` and `cb` channels.
 pub struct Mmtm {
+    /// The joint squeeze: both streams' pooled maps to the shared vector.
     pub squeeze: Linear,
+    /// Per stream, the shared vector to that stream's channel gates.
     pub excite: [Linear; 2],
     /// Running means of the excitations (a cumulative mean over `count` forwards, see
     /// [`MeanRule`]) and the stream whose excitation is replaced by its mean (curation), if any.
@@ -91,6 +93,7 @@ fn excite(map: &Tensor, e: &Tensor, frames: usize) -> Result<Tensor> {
 }
 
 impl Mmtm {
+    /// A block for streams of `ca` and `cb` channels, weights seeded.
     pub fn new(ca: usize, cb: usize, init: LinearInit, seed: u64, dev: &Device) -> Result<Mmtm> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let cz = (ca + cb) / 2;
@@ -253,6 +256,7 @@ impl Mmtm {
         out
     }
 
+    /// Restores `running_a`, `running_b` or `running_count` from a checkpoint.
     pub fn set_buffer(&self, name: &str, value: Tensor) -> Result<()> {
         let mut st = self.state.lock().unwrap();
         match name {
@@ -274,6 +278,7 @@ impl Mmtm {
         }
     }
 
+    /// `squeeze`, `excite_a` and `excite_b` weights and biases.
     pub fn params(&self) -> Vec<(String, Var)> {
         let mut out = Vec::new();
         for (name, l) in [
@@ -292,6 +297,7 @@ impl Mmtm {
 /// The blocks are shared (`Arc`) so that a method can steer them (curation) and read their
 /// parameters by role while the model owns the mixer.
 pub struct MmtmMixer {
+    /// `(stage, block)`: the block after that encoder stage.
     pub blocks: std::sync::Arc<Vec<(usize, Mmtm)>>,
 }
 

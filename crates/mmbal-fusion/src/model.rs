@@ -15,18 +15,25 @@ pub enum EncoderSpec {
     /// ResNet-18; `width` scales channels (1.0 = 512-d features), `in_channels` 1, 2 or 3;
     /// `pretrained`: a safetensors path or `hf:owner/name` in the hf-hub cache (width 1 only).
     Resnet18 {
+        /// 1 (audio), 2 (flow) or 3 (RGB).
         in_channels: usize,
+        /// Channel scale (1.0: torchvision's ResNet-18).
         #[serde(default = "one")]
         width: f64,
+        /// Weights to load: a safetensors path or `hf:owner/name`.
         #[serde(default)]
         pretrained: Option<String>,
+        /// How BatchNorm weights start.
         #[serde(default)]
         bn_init: BnInit,
     },
     /// [`SmallCnn`] with `width` first-stage channels (features are `4 * width`).
     SmallCnn {
+        /// Input channels.
         in_channels: usize,
+        /// First-stage channels.
         width: usize,
+        /// How BatchNorm weights start.
         #[serde(default)]
         bn_init: BnInit,
     },
@@ -64,6 +71,7 @@ fn init_batch_norm(encoder: &dyn Encoder, init: BnInit, seed: u64) -> Result<()>
 /// Blocks run between encoder stages over all modalities at once (MMTM). `after_stages` lists
 /// the stage indices after which [`StageMixer::mix`] is called.
 pub trait StageMixer: Send + Sync {
+    /// Stage indices after which `mix` runs.
     fn after_stages(&self) -> Vec<usize>;
     /// `maps[m]` is modality m's map after `stage`, `(B * frames[m], C, H, W)`.
     fn mix(
@@ -73,11 +81,13 @@ pub trait StageMixer: Send + Sync {
         frames: &[usize],
         train: bool,
     ) -> Result<Vec<Tensor>>;
+    /// Trainable parameters, named under the mixer.
     fn params(&self) -> Vec<(String, Var)>;
     /// Non-trainable state kept in checkpoints (running means).
     fn buffers(&self) -> Vec<(String, Tensor)> {
         Vec::new()
     }
+    /// Restores one of `buffers` by name; an unknown name is an error.
     fn set_buffer(&self, name: &str, _value: Tensor) -> Result<()> {
         bail!("this mixer has no buffer `{name}`")
     }
@@ -110,9 +120,12 @@ pub enum ParamGroup {
     Mixer,
 }
 
+/// One encoder per modality, an optional mixer between stages, and a fusion head.
 pub struct MultimodalModel {
+    /// Modality names, in input order.
     pub modalities: Vec<String>,
     encoders: Vec<Box<dyn Encoder>>,
+    /// The fusion head over the pooled features.
     pub head: FusionHead,
     mixer: Option<Box<dyn StageMixer>>,
     device: Device,
@@ -220,14 +233,17 @@ impl MultimodalModel {
         self.mixer.is_some()
     }
 
+    /// Where the parameters live.
     pub fn device(&self) -> &Device {
         &self.device
     }
 
+    /// Modalities (and encoders).
     pub fn num_modalities(&self) -> usize {
         self.encoders.len()
     }
 
+    /// Modality `m`'s encoder.
     pub fn encoder(&self, m: usize) -> &dyn Encoder {
         self.encoders[m].as_ref()
     }
@@ -328,10 +344,12 @@ impl MultimodalModel {
         out
     }
 
+    /// Every trainable parameter (encoders, mixer, head), in `named_params` order.
     pub fn params(&self) -> Vec<Var> {
         self.named_params().into_iter().map(|(_, v)| v).collect()
     }
 
+    /// The parameters of one group (see [`ParamGroup`]).
     pub fn group(&self, g: ParamGroup) -> Vec<Var> {
         match g {
             ParamGroup::Encoder(m) => self.encoders[m]
@@ -382,6 +400,7 @@ impl MultimodalModel {
         out
     }
 
+    /// Restores a buffer by its checkpoint name (encoder BatchNorm statistics, mixer state).
     pub fn set_buffer(&self, name: &str, value: Tensor) -> Result<()> {
         if let (Some(rest), Some(mx)) = (name.strip_prefix("mixer."), &self.mixer) {
             return mx.set_buffer(rest, value);

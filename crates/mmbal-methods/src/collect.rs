@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 /// Outputs of an eval-mode pass, in row order, on the CPU.
 pub struct Collected {
+    /// The rows' labels.
     pub labels: Vec<u32>,
     /// `(N, C)`.
     pub fused: Tensor,

@@ -100,6 +100,7 @@ pub struct Greedy {
 pub struct Utilisation {
     /// Accuracy of branch m, and of branch m with the other modality's squeeze replaced.
     pub acc: [f64; 2],
+    /// Accuracy of branch m with the other modality's squeeze vectors replaced by their means.
     pub acc_without_other: [f64; 2],
 }
 

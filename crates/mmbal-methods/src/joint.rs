@@ -4,6 +4,7 @@
 use crate::BalanceMethod;
 use anyhow::Result;
 
+/// Joint training: the cross-entropy of the fused logits, every hook at its default.
 pub struct Joint;
 
 impl BalanceMethod for Joint {

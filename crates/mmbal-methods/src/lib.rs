@@ -30,6 +30,8 @@
 //! assert!(grads.get(&model.params()[0]).is_some());
 //! ```
 
+#![warn(missing_docs)]
+
 mod collect;
 mod gblending;
 mod greedy;

@@ -25,9 +25,13 @@ pub enum StepPlan {
 /// batch within the epoch and the epoch's number of batches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StepIndex {
+    /// 0-based epoch.
     pub epoch: usize,
+    /// Batches since the start of training.
     pub step: usize,
+    /// Batch within the epoch.
     pub batch: usize,
+    /// The epoch's number of batches.
     pub batches: usize,
 }
 
@@ -35,10 +39,13 @@ pub struct StepIndex {
 pub struct StepCtx<'a> {
     /// 0-based epoch and global step (batches since the start of training).
     pub epoch: usize,
+    /// Batches since the start of training.
     pub step: usize,
     /// Batch within the epoch, and the epoch's number of batches.
     pub batch: usize,
+    /// The epoch's number of batches.
     pub batches: usize,
+    /// The model being trained.
     pub model: &'a MultimodalModel,
     /// `(B,)` u32 labels on the model's device.
     pub labels: &'a Tensor,
@@ -50,13 +57,16 @@ pub struct StepCtx<'a> {
 
 /// The gradients of one backward pass, editable before the optimizer step.
 pub struct Grads {
+    /// The backward pass's gradients, by parameter.
     pub store: GradStore,
 }
 
 impl Grads {
+    /// The gradient of `v`, if it has one.
     pub fn get(&self, v: &Var) -> Option<&Tensor> {
         self.store.get(v)
     }
+    /// Replaces the gradient of `v`.
     pub fn set(&mut self, v: &Var, g: Tensor) {
         self.store.insert(v, g);
     }
@@ -90,10 +100,15 @@ impl Grads {
 pub struct EpochCtx<'a> {
     /// 0-based epoch about to start (`epoch_plan`) or just finished (`on_epoch_end`).
     pub epoch: usize,
+    /// Epochs the run trains in all.
     pub epochs: usize,
+    /// The run's seed.
     pub seed: u64,
+    /// The run's batch size (eval-mode passes use it too).
     pub batch_size: usize,
+    /// The model being trained.
     pub model: &'a MultimodalModel,
+    /// The run's dataset.
     pub dataset: &'a Arc<Dataset>,
     /// The run folder, where methods write per-epoch files; `None` outside a run.
     pub out_dir: Option<&'a Path>,
@@ -131,6 +146,7 @@ pub struct Requirements {
     pub fusion: Option<FusionKind>,
     /// Fewest and most modalities.
     pub min_modalities: usize,
+    /// Most modalities; `None`: any number.
     pub max_modalities: Option<usize>,
     /// A validation split with rows (the method estimates something on it).
     pub val_split: bool,
@@ -288,6 +304,7 @@ pub trait BalanceMethod: Send {
     fn state(&self) -> Result<Vec<(String, Tensor)>> {
         Ok(Vec::new())
     }
+    /// Restores what `state` saved, on resume.
     fn load_state(&mut self, _state: &HashMap<String, Tensor>) -> Result<()> {
         Ok(())
     }

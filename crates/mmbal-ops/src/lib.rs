@@ -27,6 +27,8 @@
 //! assert_eq!(grads.get(&x).unwrap().dims(), &[1, 1, 257, 188]);
 //! ```
 
+#![warn(missing_docs)]
+
 mod batch_norm;
 mod channel;
 mod conv;

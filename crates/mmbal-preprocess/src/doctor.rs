@@ -15,7 +15,9 @@ use std::path::Path;
 /// What [`examine`] found: lines to show, and problems (each naming a file or a sample).
 #[derive(Debug, Default)]
 pub struct Examination {
+    /// Report lines, in order: counts, shapes and recipe comparisons.
     pub lines: Vec<String>,
+    /// Problems found, each naming a file or a sample; empty when the dataset is healthy.
     pub problems: Vec<String>,
 }
 

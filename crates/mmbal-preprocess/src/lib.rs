@@ -12,5 +12,7 @@
 //! assert_eq!(r.spectrogram.as_deref(), Some("spec/{id}.npy"));
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod doctor;
 pub mod preprocess;

@@ -29,6 +29,7 @@ use std::process::Command;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PreprocessRecipe {
+    /// The recipe's name, as written to `recipe.toml` (`plain` by default).
     pub name: String,
     /// The community layout the output follows (for the lists written from a label file).
     #[serde(default)]
@@ -39,12 +40,15 @@ pub struct PreprocessRecipe {
     pub jpeg_quality: u32,
     /// Output templates under the output folder (`{id}`: the video's file stem).
     pub frames: String,
+    /// Template of the WAV file under the output folder (`{id}`: the video's file stem).
     pub wav: String,
     /// Sample rate of the stored WAV (mono, 16-bit).
     pub wav_sample_rate: u32,
     /// Where the spectrogram goes, and how it is computed; none when absent.
     #[serde(default)]
     pub spectrogram: Option<String>,
+    /// The audio recipe that computes the spectrogram from the stored WAV (resampled to its own
+    /// `sample_rate` first); a spectrogram is written only when this and `spectrogram` are set.
     #[serde(default)]
     pub audio: Option<AudioRecipe>,
     /// Not part of the recipe (never written to `recipe.toml`): whether an output folder made
@@ -71,6 +75,7 @@ impl Default for PreprocessRecipe {
 }
 
 impl PreprocessRecipe {
+    /// The names [`PreprocessRecipe::named`] knows.
     pub const NAMES: [&'static str; 4] = ["plain", "ks-fbank", "cremad-stft", "vggsound-stft"];
 
     /// A named recipe (table in the module docs).
@@ -639,8 +644,11 @@ fn write_recipe_file(out: &Path, recipe: &PreprocessRecipe) -> Result<()> {
 /// One line of a label file: `id,label[,split]`.
 #[derive(Debug, Clone)]
 pub struct LabelLine {
+    /// The clip's id: the video's file stem, as `{id}` in the output templates.
     pub id: String,
+    /// The class name.
     pub label: String,
+    /// The split the clip goes to (train when the line names none).
     pub split: mmbal_dataset::Split,
 }
 

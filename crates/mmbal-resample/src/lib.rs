@@ -31,6 +31,8 @@
 //! assert_eq!(rows[2].zeroed, vec![true, false]);
 //! ```
 
+#![warn(missing_docs)]
+
 use anyhow::{bail, Result};
 use mmbal_data::Row;
 use rand::seq::index::sample;

@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
+/// The format id in every checkpoint's `format` metadata; [`Checkpoint::load`] refuses others.
 pub const FORMAT: &str = "mmbal-checkpoint-1";
 
 struct RawView {
@@ -77,11 +78,14 @@ pub fn save(
 
 /// A checkpoint read back: tensors on the CPU, and the metadata.
 pub struct Checkpoint {
+    /// Every tensor by its full name (`model.*`, `buffer.*`, `optim.*`, `method.*`), on the CPU.
     pub tensors: HashMap<String, Tensor>,
+    /// The string metadata: `format`, the epoch count, the resolved config, the selection state.
     pub meta: HashMap<String, String>,
 }
 
 impl Checkpoint {
+    /// Reads the checkpoint at `path`; a file without this [`FORMAT`] is refused.
     pub fn load(path: &Path) -> Result<Checkpoint> {
         let bytes = std::fs::read(path)
             .with_context(|| format!("{}: cannot read checkpoint", path.display()))?;
@@ -108,6 +112,7 @@ impl Checkpoint {
             .collect()
     }
 
+    /// The metadata value of `key`; an error naming it when absent.
     pub fn meta(&self, key: &str) -> Result<&str> {
         self.meta
             .get(key)

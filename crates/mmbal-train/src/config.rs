@@ -14,14 +14,21 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// A training run's config: the TOML file's top-level keys and its `[data]`, `[model]`,
+/// `[optimizer]`, `[schedule]` and `[method]` tables.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
     /// Run name: results go to `<out_dir>/<name>`.
     pub name: String,
+    /// Folder that holds the run folders (default `runs`).
     pub out_dir: PathBuf,
+    /// Seed of the whole run: model initialisation, epoch shuffles, augmentation and the
+    /// method's draws (default 0).
     pub seed: u64,
+    /// Number of training epochs (default 10).
     pub epochs: usize,
+    /// Rows per batch, in training and evaluation (default 16).
     pub batch_size: usize,
     /// `cpu` or `cuda:N`.
     pub device: String,
@@ -45,10 +52,15 @@ pub struct TrainConfig {
     /// on ties; needs a val split) or `last` (the last epoch, for data without a val split).
     /// Test never selects.
     pub select: Selection,
+    /// The dataset and the recipe of each modality.
     pub data: DataConfig,
+    /// Fusion, head and the encoder of each modality.
     pub model: ModelConfig,
+    /// The optimizer and its base learning rate (default Adam, lr 3e-3).
     pub optimizer: OptimizerConfig,
+    /// The learning-rate schedule over epochs (default constant).
     pub schedule: Schedule,
+    /// The balancing method and its options (default `joint`).
     pub method: MethodConfig,
 }
 
@@ -83,6 +95,7 @@ impl Default for TrainConfig {
     }
 }
 
+/// The `[data]` table: the dataset, its input cache and the recipe of each modality.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
@@ -93,6 +106,8 @@ pub struct DataConfig {
     /// Build (once) and use a packed cache of decoded inputs at `<out_dir>/<name>/inputs.mmbc`,
     /// or at this path.
     pub cache: bool,
+    /// Where the packed cache goes instead of `<out_dir>/<name>/inputs.mmbc`; used only when
+    /// `cache` is true.
     pub cache_path: Option<PathBuf>,
     /// The synthetic dataset used when `card` is absent.
     pub synthetic: SyntheticConfig,
@@ -141,13 +156,19 @@ impl Default for DataConfig {
     }
 }
 
+/// The `[data.synthetic]` table: the generated dataset used when no card is given.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SyntheticConfig {
-    /// Generated here when missing (`<out_dir>/synthetic-data` when absent).
+    /// Generated here when missing; when absent,
+    /// `<out_dir>/synthetic-data-c{classes}-n{per_class}-s{seed}` (`-m3` added for three
+    /// modalities).
     pub dir: Option<PathBuf>,
+    /// Number of classes, at most 9 (default 6).
     pub classes: usize,
+    /// Clips per class (default 40).
     pub per_class: usize,
+    /// Seed of the generated data (default 7), apart from the run's seed.
     pub seed: u64,
     /// 2 (audio, visual) or 3 (adds `hum`, which needs its own recipe and encoder).
     pub modalities: usize,
@@ -189,10 +210,13 @@ impl Selection {
     }
 }
 
+/// The `[model]` table: fusion, head initialisation and one encoder per modality.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
+    /// How the modalities' features are fused before the classifier (default `concat`).
     pub fusion: FusionKind,
+    /// How the head's linear layers are initialised (default `pytorch`).
     pub head_init: LinearInit,
     /// One encoder per modality name.
     pub encoders: BTreeMap<String, EncoderSpec>,
@@ -220,8 +244,10 @@ impl Default for ModelConfig {
 /// `name` picks a registered method; the other keys are its options.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MethodConfig {
+    /// The registered method's name (default `joint`).
     #[serde(default = "joint")]
     pub name: String,
+    /// The method's options: every other key of the `[method]` table.
     #[serde(flatten)]
     pub options: toml::Table,
 }
@@ -245,6 +271,7 @@ impl TrainConfig {
         toml::from_str(text).with_context(|| format!("{}: invalid config", file.display()))
     }
 
+    /// Reads and parses the config file `file`.
     pub fn load(file: &Path) -> Result<TrainConfig> {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("{}: cannot read config", file.display()))?;
@@ -270,6 +297,7 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The config as TOML text (as a run saves it in `config.toml` and its checkpoints).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a config always serialises")
     }

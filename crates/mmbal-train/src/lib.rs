@@ -18,6 +18,8 @@
 //! assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), vec![0.8, -1.6]);
 //! ```
 
+#![warn(missing_docs)]
+
 mod assemble;
 pub mod checkpoint;
 mod checkpointer;

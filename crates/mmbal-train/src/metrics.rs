@@ -9,6 +9,7 @@ pub fn argmax(logits: &Tensor) -> Result<Vec<u32>> {
     Ok(logits.argmax(1)?.to_vec1::<u32>()?)
 }
 
+/// Fraction of `pred` equal to `labels`, position by position; 0 when there are no labels.
 pub fn accuracy(pred: &[u32], labels: &[u32]) -> f64 {
     if labels.is_empty() {
         return 0.0;
@@ -17,6 +18,7 @@ pub fn accuracy(pred: &[u32], labels: &[u32]) -> f64 {
     right as f64 / labels.len() as f64
 }
 
+/// Macro-F1 of `pred` against `labels` (see the module docs); 0 when both are empty.
 pub fn macro_f1(pred: &[u32], labels: &[u32]) -> f64 {
     let mut classes: Vec<u32> = pred.iter().chain(labels).copied().collect();
     classes.sort_unstable();

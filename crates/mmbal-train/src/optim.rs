@@ -12,10 +12,13 @@ use candle_core::{bail, Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
+/// An optimizer over a fixed list of parameters, stepped as PyTorch's (see the module docs).
 pub trait Optimizer: Send {
     /// One update of every parameter that has a gradient in `grads`.
     fn step(&mut self, grads: &GradStore) -> Result<()>;
+    /// The learning rate the next step uses.
     fn learning_rate(&self) -> f64;
+    /// Sets the learning rate (the trainer does, per the schedule, at the start of each epoch).
     fn set_learning_rate(&mut self, lr: f64);
     /// Per-parameter state (momentum buffers, moments, step counts) by name, for checkpoints.
     fn state(&self) -> Vec<(String, Tensor)>;
@@ -27,29 +30,42 @@ pub trait Optimizer: Send {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum OptimizerConfig {
+    /// `kind = "sgd"`: SGD with optional momentum and L2 weight decay.
     Sgd {
+        /// Base learning rate, before the schedule.
         lr: f64,
+        /// Momentum factor, no dampening or Nesterov (default 0: plain SGD).
         #[serde(default)]
         momentum: f64,
+        /// L2 coefficient, added to the gradient as `weight_decay * p` (default 0).
         #[serde(default)]
         weight_decay: f64,
     },
+    /// `kind = "adam"`: Adam, with weight decay as an L2 term in the gradient.
     Adam {
+        /// Base learning rate, before the schedule.
         lr: f64,
+        /// L2 coefficient, added to the gradient as `weight_decay * p` (default 0).
         #[serde(default)]
         weight_decay: f64,
         /// `[beta1, beta2]` (PyTorch's default `[0.9, 0.999]`; PMR's reference uses 0.99).
         #[serde(default = "adam_betas")]
         betas: [f64; 2],
+        /// Added to the bias-corrected `sqrt(v)` in the denominator (default 1e-8).
         #[serde(default = "adam_eps")]
         eps: f64,
     },
+    /// `kind = "adamw"`: Adam with decoupled weight decay.
     Adamw {
+        /// Base learning rate, before the schedule.
         lr: f64,
+        /// Decoupled decay, `p *= 1 - lr * weight_decay` before each update (default 0.01).
         #[serde(default = "adamw_decay")]
         weight_decay: f64,
+        /// `[beta1, beta2]` (default `[0.9, 0.999]`).
         #[serde(default = "adam_betas")]
         betas: [f64; 2],
+        /// Added to the bias-corrected `sqrt(v)` in the denominator (default 1e-8).
         #[serde(default = "adam_eps")]
         eps: f64,
     },
@@ -79,6 +95,7 @@ impl Default for OptimizerConfig {
 }
 
 impl OptimizerConfig {
+    /// The base learning rate, before the schedule.
     pub fn lr(&self) -> f64 {
         match self {
             OptimizerConfig::Sgd { lr, .. }
@@ -86,6 +103,7 @@ impl OptimizerConfig {
             | OptimizerConfig::Adamw { lr, .. } => *lr,
         }
     }
+    /// The optimizer this config names, over `params`.
     pub fn build(&self, params: Vec<Var>) -> Box<dyn Optimizer> {
         match *self {
             OptimizerConfig::Sgd {
@@ -126,15 +144,20 @@ fn restore(state: &HashMap<String, Tensor>, key: &str, like: &Var) -> Result<Opt
     }
 }
 
+/// PyTorch's SGD: momentum without dampening or Nesterov, L2 weight decay in the gradient.
 pub struct Sgd {
     params: Vec<Var>,
     buffers: Vec<Option<Tensor>>,
+    /// Learning rate of the next step.
     pub lr: f64,
+    /// Momentum factor; 0 keeps no buffers.
     pub momentum: f64,
+    /// L2 coefficient, added to the gradient as `weight_decay * p`.
     pub weight_decay: f64,
 }
 
 impl Sgd {
+    /// SGD over `params`, with no momentum buffers yet (the first step's gradient starts them).
     pub fn new(params: Vec<Var>, lr: f64, momentum: f64, weight_decay: f64) -> Sgd {
         let buffers = vec![None; params.len()];
         Sgd {
@@ -191,19 +214,25 @@ impl Optimizer for Sgd {
     }
 }
 
+/// PyTorch's Adam, or AdamW when `decoupled`; moments and step counts kept per parameter.
 pub struct Adam {
     params: Vec<Var>,
     moments: Vec<Option<(Tensor, Tensor)>>,
     steps: Vec<i32>,
+    /// Learning rate of the next step.
     pub lr: f64,
+    /// `(beta1, beta2)`: decay rates of the first and second moment estimates.
     pub betas: (f64, f64),
+    /// Added to the bias-corrected `sqrt(v)` in the denominator.
     pub eps: f64,
+    /// Weight decay: an L2 term in the gradient, or decoupled when `decoupled`.
     pub weight_decay: f64,
     /// AdamW's decoupled weight decay instead of Adam's L2 term.
     pub decoupled: bool,
 }
 
 impl Adam {
+    /// Adam over `params`, with PyTorch's defaults: betas `(0.9, 0.999)`, eps 1e-8.
     pub fn new(params: Vec<Var>, lr: f64, weight_decay: f64) -> Adam {
         let n = params.len();
         Adam {
@@ -217,6 +246,7 @@ impl Adam {
             decoupled: false,
         }
     }
+    /// AdamW (decoupled weight decay) over `params`, with Adam's defaults otherwise.
     pub fn adamw(params: Vec<Var>, lr: f64, weight_decay: f64) -> Adam {
         Adam {
             decoupled: true,

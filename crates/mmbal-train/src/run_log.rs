@@ -12,9 +12,14 @@ use std::path::{Path, PathBuf};
 /// Metrics of one split.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SplitMetrics {
+    /// Number of rows scored (for train, the epoch's rows, resampled copies included).
     pub samples: usize,
+    /// Mean loss per row: the steps' training loss for train, the cross-entropy of the
+    /// method's prediction for val and test.
     pub loss: f64,
+    /// Top-1 accuracy of the method's fused prediction, in [0, 1].
     pub acc: f64,
+    /// Macro-F1 of the same predictions (sklearn's definition), in [0, 1].
     pub macro_f1: f64,
     /// Accuracy of each modality's unimodal logits.
     pub modality_acc: BTreeMap<String, f64>,
@@ -25,10 +30,15 @@ pub struct SplitMetrics {
 pub struct EpochRecord {
     /// 1-based.
     pub epoch: usize,
+    /// Learning rate of the epoch, after the schedule.
     pub lr: f64,
+    /// Train-mode metrics of the epoch's training rows, from the steps' predictions.
     pub train: SplitMetrics,
+    /// Eval-mode metrics on val; `None` when the dataset has no val samples.
     pub val: Option<SplitMetrics>,
+    /// Eval-mode metrics on test; `None` when it has no test samples or `eval_test` is off.
     pub test: Option<SplitMetrics>,
+    /// The method's own diagnostics at the end of the epoch, by name.
     pub method: BTreeMap<String, f64>,
     /// OGM's discrepancy ratio, when the config's `monitor_score_ratio` is on: each modality's
     /// summed true-class probability (its unimodal logits, training batches) over the mean of
@@ -39,7 +49,9 @@ pub struct EpochRecord {
     /// `track_contributions` is on.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub contributions: BTreeMap<String, f64>,
+    /// Wall-clock seconds of the epoch's training batches (evaluation not included).
     pub train_seconds: f64,
+    /// Training rows per second over `train_seconds`.
     pub train_samples_per_s: f64,
 }
 
@@ -58,8 +70,11 @@ pub fn read_log(path: &Path) -> Result<Vec<EpochRecord>> {
 
 /// Progress callbacks (the CLI draws a progress bar with them).
 pub trait Events {
+    /// Called as an epoch starts, with its 0-based index and number of batches.
     fn epoch_start(&mut self, _epoch: usize, _batches: usize) {}
+    /// Called after each training batch with its loss.
     fn batch_end(&mut self, _loss: f64) {}
+    /// Called once an epoch is logged and its checkpoints and summary are written.
     fn epoch_end(&mut self, _record: &EpochRecord) {}
 }
 
@@ -70,13 +85,16 @@ impl Events for Quiet {}
 /// What a run reports.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
+    /// Name of the balancing method.
     pub method: String,
+    /// Name of the dataset (from its manifest).
     pub dataset: String,
     /// How `best` was chosen (summaries written before this field: `val`).
     #[serde(default)]
     pub selection: Selection,
     /// The selected epoch: best val accuracy (first on ties), or the last with `select = "last"`.
     pub best: Option<EpochRecord>,
+    /// The last epoch trained.
     pub last: Option<EpochRecord>,
 }
 

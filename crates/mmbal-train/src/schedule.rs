@@ -3,18 +3,27 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A learning-rate schedule, chosen by `kind` (default constant); see [`Schedule::lr`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Schedule {
+    /// The base learning rate every epoch.
     #[default]
     Constant,
     /// `lr = base * gamma^(epoch / step_size)` (integer division).
-    Step { step_size: usize, gamma: f64 },
+    Step {
+        /// Epochs between decays (0 counts as 1).
+        step_size: usize,
+        /// Factor the learning rate is multiplied by every `step_size` epochs.
+        gamma: f64,
+    },
     /// `lr = eta_min + (base - eta_min) * (1 + cos(pi * epoch / t_max)) / 2`; `t_max` defaults
     /// to the number of epochs.
     Cosine {
+        /// Epochs from `base` down to `eta_min` (default: the run's number of epochs).
         #[serde(default)]
         t_max: Option<usize>,
+        /// The lowest learning rate, reached at epoch `t_max` (default 0).
         #[serde(default)]
         eta_min: f64,
     },

@@ -102,6 +102,7 @@ pub struct StepReport {
     pub loss: f64,
     /// Train-mode predictions: fused, then per modality.
     pub fused: Vec<u32>,
+    /// Per modality (in the model's order), the train-mode predictions of its unimodal logits.
     pub unimodal: Vec<Vec<u32>>,
 }
 

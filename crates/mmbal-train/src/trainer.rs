@@ -26,10 +26,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// A training run: its config, data, model and balancing method, with the optimizer state
+/// and progress; holds its run folder's lock while it trains.
 pub struct Trainer {
+    /// The run's config, with the method's options resolved to every value in use.
     pub config: TrainConfig,
+    /// The dataset, shared with the loader's threads.
     pub dataset: Arc<Dataset>,
+    /// The multimodal model being trained.
     pub model: MultimodalModel,
+    /// The balancing method (`joint` for plain joint training).
     pub method: Box<dyn BalanceMethod>,
     pub(crate) optimizer: Box<dyn Optimizer>,
     pub(crate) epochs_done: usize,
@@ -44,6 +50,7 @@ pub struct Trainer {
 }
 
 impl Trainer {
+    /// Number of epochs trained so far, those restored from a checkpoint included.
     pub fn epochs_done(&self) -> usize {
         self.epochs_done
     }

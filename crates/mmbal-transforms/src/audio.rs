@@ -14,7 +14,9 @@ use std::path::Path;
 /// Mono samples in [-1, 1] and their rate.
 #[derive(Debug, Clone)]
 pub struct Waveform {
+    /// Mono samples, nominally in [-1, 1].
     pub samples: Vec<f32>,
+    /// Sampling rate in Hz.
     pub sample_rate: u32,
 }
 
@@ -112,12 +114,16 @@ pub fn resample(samples: &[f32], from: u32, to: u32) -> Vec<f32> {
 /// A feature matrix, row-major `(rows, cols)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spectrogram {
+    /// Number of rows (frequency bins for [`Stft`], frames for [`Fbank`]).
     pub rows: usize,
+    /// Number of columns (frames for [`Stft`], mel bins for [`Fbank`]).
     pub cols: usize,
+    /// The values, row-major: `rows * cols` of them.
     pub data: Vec<f32>,
 }
 
 impl Spectrogram {
+    /// The value at row `r`, column `c` (0-based).
     pub fn get(&self, r: usize, c: usize) -> f32 {
         self.data[r * self.cols + c]
     }
@@ -127,7 +133,9 @@ impl Spectrogram {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Stft {
+    /// FFT size and window length, in samples; gives `n_fft / 2 + 1` frequency bins.
     pub n_fft: usize,
+    /// Hop between the starts of successive frames, in samples.
     pub hop: usize,
     /// Added to the magnitude before the log.
     #[serde(default = "default_log_eps")]
@@ -202,14 +210,21 @@ impl Stft {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Fbank {
+    /// Number of triangular mel filters, the output's columns (default 128).
     pub num_mel_bins: usize,
+    /// Window length in milliseconds (default 25).
     pub frame_length_ms: f64,
+    /// Hop between successive windows in milliseconds (default 10).
     pub frame_shift_ms: f64,
+    /// Lower edge of the lowest mel filter, in Hz (default 20).
     pub low_freq: f64,
     /// <= 0 means nyquist + high_freq, as in Kaldi.
     pub high_freq: f64,
+    /// Pre-emphasis coefficient applied to each frame (default 0.97; 0 turns it off).
     pub preemphasis: f64,
+    /// Subtract each frame's mean before pre-emphasis (default true).
     pub remove_dc_offset: bool,
+    /// Zero-pad each frame to the next power of two for the FFT (default true).
     pub round_to_power_of_two: bool,
 }
 

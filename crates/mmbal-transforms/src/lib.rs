@@ -17,5 +17,7 @@
 //! assert_eq!((stft.rows, stft.cols), (257, 101)); // (bins, frames)
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod audio;
 pub mod video;

@@ -7,19 +7,26 @@ use anyhow::{bail, Context, Result};
 use rand::Rng;
 use std::path::{Path, PathBuf};
 
+/// ImageNet's per-channel mean (R, G, B), for values in `[0, 1]` ([`Image::normalise`]).
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet's per-channel standard deviation (R, G, B), for values in `[0, 1]`.
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// A planar image.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Image {
+    /// Number of planes: 3 for RGB, 1 for grey.
     pub channels: usize,
+    /// Height in pixels.
     pub height: usize,
+    /// Width in pixels.
     pub width: usize,
+    /// The values, planar `(channels, height, width)`: `channels * height * width` of them.
     pub data: Vec<f32>,
 }
 
 impl Image {
+    /// The value at channel `c`, row `y`, column `x` (0-based).
     pub fn at(&self, c: usize, y: usize, x: usize) -> f32 {
         self.data[(c * self.height + y) * self.width + x]
     }
@@ -228,13 +235,18 @@ pub fn pick_frames(available: usize, count: usize, rng: Option<&mut impl Rng>) -
 /// A rectangle in pixels.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rect {
+    /// Top edge, in pixels from the top of the image; may be fractional.
     pub top: f64,
+    /// Left edge, in pixels from the left of the image; may be fractional.
     pub left: f64,
+    /// Height in pixels.
     pub height: f64,
+    /// Width in pixels.
     pub width: f64,
 }
 
 impl Image {
+    /// The rectangle covering the whole image.
     pub fn full(&self) -> Rect {
         Rect {
             top: 0.0,

@@ -23,6 +23,8 @@
 //! assert_eq!(phi, vec![1.5, 0.5]);
 //! ```
 
+#![warn(missing_docs)]
+
 mod shapley;
 mod valuate;
 pub use shapley::{shapley_values, Benefit};

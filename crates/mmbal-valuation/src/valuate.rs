@@ -27,12 +27,16 @@ pub enum MaskRoute {
 /// the k-th valued sample, whose manifest index is `samples[k]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Valuation {
+    /// Manifest index of each valued sample, in valuation order.
     pub samples: Vec<usize>,
+    /// Modalities per sample (the row length of `values`).
     pub modalities: usize,
+    /// Shapley values, sample-major: `values[k * modalities + m]`.
     pub values: Vec<f32>,
 }
 
 impl Valuation {
+    /// Modality `m`'s value for the `k`-th valued sample.
     pub fn value(&self, k: usize, m: usize) -> f32 {
         self.values[k * self.modalities + m]
     }

@@ -34,58 +34,81 @@
 //! println!("{} samples, classes {:?}", m.samples.len(), m.classes);
 //! ```
 
+mod ave;
+mod crema_d;
+mod kinetics_sounds;
+mod mm_debiased;
+mod ucf101;
+mod vggsound;
+
+pub use crema_d::CREMAD_CLASSES;
+
 use crate::manifest::{DatasetCard, Manifest, Sample, Source, Split};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+/// The community layouts mmbal reads (the `kind` of a `[layout]` table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LayoutKind {
+    /// Kinetics-Sounds (OGM-GE, PMR).
     #[serde(rename = "kinetics-sounds")]
     KineticsSounds,
+    /// CREMA-D (OGM-GE).
     #[serde(rename = "crema-d")]
     CremaD,
+    /// UCF-101 split 1, RGB and optical flow.
     #[serde(rename = "ucf-101")]
     Ucf101,
+    /// VGGSound.
     #[serde(rename = "vggsound")]
     VggSound,
+    /// AVE.
     #[serde(rename = "ave")]
     Ave,
+    /// MM-Debiased.
     #[serde(rename = "mm-debiased")]
     MmDebiased,
 }
-
-/// CREMA-D's emotions in the OGM-GE reference order (label 0..5).
-pub const CREMAD_CLASSES: [&str; 6] = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"];
 
 /// The `[layout]` table of a dataset card. Every path is optional (defaults in the module docs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Layout {
+    /// Which layout.
     pub kind: LayoutKind,
+    /// The train list, relative to the data root.
     #[serde(default)]
     pub train: Option<String>,
+    /// The val list (written there by `carve_val` when the community has none).
     #[serde(default)]
     pub val: Option<String>,
+    /// The test list.
     #[serde(default)]
     pub test: Option<String>,
     /// The single list (VGGSound csv, MM-Debiased json) or UCF-101's class index.
     #[serde(default)]
     pub list: Option<String>,
+    /// Audio source template (`{id}` replaced by the sample id).
     #[serde(default)]
     pub audio: Option<String>,
+    /// Frames source template.
     #[serde(default)]
     pub visual: Option<String>,
     /// UCF-101: RGB frames and the flow template (`{uv}` becomes `u` and `v`).
     #[serde(default)]
     pub rgb: Option<String>,
+    /// UCF-101's flow template, `{uv}` replaced by `u` and `v`.
     #[serde(default)]
     pub flow: Option<String>,
+    /// Share of each class carved from train into val (0.1).
     #[serde(default = "default_val_fraction")]
     pub val_fraction: f64,
+    /// Seed of the carving's hash.
     #[serde(default)]
     pub val_seed: u64,
+    /// Leave out samples whose files are missing (saying how many) instead of failing.
     #[serde(default)]
     pub allow_missing: bool,
 }
@@ -95,6 +118,7 @@ fn default_val_fraction() -> f64 {
 }
 
 impl Layout {
+    /// A layout with every path at its default.
     pub fn new(kind: LayoutKind) -> Layout {
         Layout {
             kind,
@@ -112,58 +136,149 @@ impl Layout {
         }
     }
 
-    /// `(train, val, test)` list files; `None` where the layout has one list for every split.
-    fn split_lists(&self) -> Option<(String, String, String)> {
-        let (t, v, s) = match self.kind {
-            LayoutKind::KineticsSounds => ("train.txt", "val.txt", "test.txt"),
-            LayoutKind::CremaD => ("train.csv", "val.csv", "test.csv"),
-            LayoutKind::Ucf101 => ("trainlist01.txt", "vallist01.txt", "testlist01.txt"),
-            LayoutKind::Ave => ("trainSet.txt", "valSet.txt", "testSet.txt"),
-            LayoutKind::VggSound | LayoutKind::MmDebiased => return None,
-        };
-        let pick = |o: &Option<String>, d: &str| o.clone().unwrap_or_else(|| d.to_string());
-        Some((
-            pick(&self.train, t),
-            pick(&self.val, v),
-            pick(&self.test, s),
-        ))
+    /// The community layout this card names.
+    fn community(&self) -> &'static dyn CommunityLayout {
+        match self.kind {
+            LayoutKind::KineticsSounds => &kinetics_sounds::KineticsSounds,
+            LayoutKind::CremaD => &crema_d::CremaD,
+            LayoutKind::Ucf101 => &ucf101::Ucf101,
+            LayoutKind::VggSound => &vggsound::VggSound,
+            LayoutKind::Ave => &ave::Ave,
+            LayoutKind::MmDebiased => &mm_debiased::MmDebiased,
+        }
     }
 
-    /// Whether a missing val list is carved from train (the community has none).
-    fn carves_val(&self) -> bool {
-        !matches!(self.kind, LayoutKind::Ave | LayoutKind::MmDebiased)
+    /// A path as the card gives it, else the layout's default.
+    fn pick(given: &Option<String>, default: &str) -> String {
+        given.clone().unwrap_or_else(|| default.to_string())
     }
 
+    /// The one list file (VGGSound's csv, MM-Debiased's json, UCF-101's class index).
     fn list_file(&self) -> String {
-        let d = match self.kind {
-            LayoutKind::VggSound => "vggsound.csv",
-            LayoutKind::MmDebiased => "mm-debiased.json",
-            LayoutKind::Ucf101 => "classInd.txt",
-            _ => "",
-        };
-        self.list.clone().unwrap_or_else(|| d.to_string())
+        Layout::pick(&self.list, self.community().list_file())
+    }
+
+    /// The val list's path under `root`, for the layouts with a val list.
+    fn val_path(&self, root: &Path) -> Option<PathBuf> {
+        let default = self.community().val_list()?;
+        Some(root.join(Layout::pick(&self.val, default)))
     }
 
     /// Modality names and their source templates.
     pub fn modalities(&self) -> Vec<(String, String)> {
-        let pick = |o: &Option<String>, d: &str| o.clone().unwrap_or_else(|| d.to_string());
-        match self.kind {
-            LayoutKind::Ucf101 => vec![
-                ("rgb".into(), pick(&self.rgb, "rgb/{id}")),
-                ("flow".into(), pick(&self.flow, "flow/{uv}/{id}")),
-            ],
-            kind => {
-                let (a, v) = match kind {
-                    LayoutKind::KineticsSounds => ("audio/{id}.npy", "visual/{id}"),
-                    LayoutKind::CremaD => ("AudioWAV/{id}.wav", "Image-01-FPS/{id}"),
-                    _ => ("audio/{id}.wav", "visual/{id}"),
+        self.community()
+            .modalities()
+            .iter()
+            .map(|&(name, default)| {
+                let given = match name {
+                    "audio" => &self.audio,
+                    "visual" => &self.visual,
+                    "rgb" => &self.rgb,
+                    _ => &self.flow,
                 };
-                vec![
-                    ("audio".into(), pick(&self.audio, a)),
-                    ("visual".into(), pick(&self.visual, v)),
-                ]
-            }
+                (name.to_string(), Layout::pick(given, default))
+            })
+            .collect()
+    }
+}
+
+/// What differs between the community layouts, one module each; [`read_layout`] does the rest
+/// (val carving, classes, sources, missing files) the same way for all.
+trait CommunityLayout: Sync {
+    /// Default val list, relative to the data root; `None` when the layout's one list names
+    /// the val samples itself (MM-Debiased).
+    fn val_list(&self) -> Option<&'static str>;
+
+    /// Default single list (VGGSound's csv, MM-Debiased's json, UCF-101's class index); empty
+    /// when the layout has none.
+    fn list_file(&self) -> &'static str {
+        ""
+    }
+
+    /// Modality names with their default source templates (`{id}`, and `{uv}` for flow).
+    fn modalities(&self) -> &'static [(&'static str, &'static str)] {
+        &[("audio", "audio/{id}.wav"), ("visual", "visual/{id}")]
+    }
+
+    /// Whether a missing val list is carved from train (the community has none).
+    fn carves_val(&self) -> bool {
+        true
+    }
+
+    /// The train and test entries (and val, for a layout without a val list), and the file
+    /// that lists train (for messages about it).
+    fn train_and_test(&self, layout: &Layout, root: &Path) -> Result<(Vec<Entry>, PathBuf)>;
+
+    /// The entries of the val list at `path` (the layouts with a val list).
+    fn val(&self, path: &Path) -> Result<Vec<Entry>>;
+
+    /// The classes when the card lists none. Default: the sorted labels; when every label is
+    /// a number, `0..=max` named by their index.
+    fn default_classes(
+        &self,
+        _layout: &Layout,
+        _root: &Path,
+        entries: &[Entry],
+    ) -> Result<Vec<String>> {
+        let set: BTreeSet<&str> = entries.iter().map(|e| e.label.as_str()).collect();
+        let indices: Option<Vec<usize>> = set.iter().map(|l| l.parse().ok()).collect();
+        Ok(match indices {
+            Some(ix) if !ix.is_empty() => (0..=*ix.iter().max().unwrap())
+                .map(|i| i.to_string())
+                .collect(),
+            _ => set.into_iter().map(String::from).collect(),
+        })
+    }
+
+    /// A label as a class index. Default: its class name, or a 0-based index.
+    fn label_index(
+        &self,
+        label: &str,
+        classes: &[String],
+        class_of: &HashMap<&str, usize>,
+    ) -> Result<usize> {
+        label_by_name_or_index(label, classes, class_of)
+    }
+}
+
+/// The layouts with one list per split, read line by line.
+trait SplitLists {
+    /// Default `(train, val, test)` lists, relative to the data root.
+    const LISTS: (&'static str, &'static str, &'static str);
+
+    /// One line (1-based `n`): `(id, label)`, or `None` for a header line.
+    fn parse_line(&self, n: usize, line: &str) -> Result<Option<(String, String)>>;
+
+    /// Every entry of the list at `path`, all in `split`; errors name the file and line.
+    fn parse_list(&self, path: &Path, split: Split) -> Result<Vec<Entry>> {
+        let text = read_text(path)?;
+        let mut out = Vec::new();
+        for (n, line) in numbered(&text) {
+            let parsed = self
+                .parse_line(n, line)
+                .with_context(|| format!("{}:{n}", path.display()))?;
+            let Some((id, label)) = parsed else {
+                continue;
+            };
+            out.push(Entry {
+                id,
+                label,
+                split,
+                file: path.to_path_buf(),
+                line: n,
+                raw: line.to_string(),
+            });
         }
+        Ok(out)
+    }
+
+    /// Train and test from their lists.
+    fn train_and_test_lists(&self, layout: &Layout, root: &Path) -> Result<(Vec<Entry>, PathBuf)> {
+        let train = root.join(Layout::pick(&layout.train, Self::LISTS.0));
+        let test = root.join(Layout::pick(&layout.test, Self::LISTS.2));
+        let mut e = self.parse_list(&train, Split::Train)?;
+        e.extend(self.parse_list(&test, Split::Test)?);
+        Ok((e, train))
     }
 }
 
@@ -198,169 +313,6 @@ fn numbered(text: &str) -> impl Iterator<Item = (usize, &str)> {
         .enumerate()
         .map(|(i, l)| (i + 1, l.trim_end_matches('\r')))
         .filter(|(_, l)| !l.trim().is_empty())
-}
-
-/// Parses one split list of a layout with a list per split.
-fn parse_list(kind: LayoutKind, path: &Path, split: Split) -> Result<Vec<Entry>> {
-    let text = read_text(path)?;
-    let mut out = Vec::new();
-    for (n, line) in numbered(&text) {
-        let at = || format!("{}:{n}", path.display());
-        let (id, label) = match kind {
-            LayoutKind::KineticsSounds => {
-                let f = crate::csv_line::fields(line).with_context(at)?;
-                if f.len() != 3 || f[0].is_empty() || f[2].is_empty() {
-                    bail!("{}: expected `name,10,label`, found `{line}`", at());
-                }
-                (f[0].clone(), f[2].clone())
-            }
-            LayoutKind::CremaD => {
-                let f = crate::csv_line::fields(line).with_context(at)?;
-                if f.len() != 2 || f[0].is_empty() || f[1].is_empty() {
-                    bail!("{}: expected `clip,EMO`, found `{line}`", at());
-                }
-                (f[0].clone(), f[1].clone())
-            }
-            LayoutKind::Ucf101 => {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                let ok = matches!(f.len(), 1 | 2) && f[0].contains('/');
-                if !ok {
-                    bail!(
-                        "{}: expected `Class/v_Name.avi [index]`, found `{line}`",
-                        at()
-                    );
-                }
-                let (class, file) = f[0].split_once('/').unwrap();
-                let stem = Path::new(file)
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                // The index, when present, must agree with the folder (checked with classInd).
-                let label = match f.get(1) {
-                    Some(i) => format!("{class}#{i}"),
-                    None => class.to_string(),
-                };
-                (stem, label)
-            }
-            LayoutKind::Ave => {
-                let f: Vec<&str> = line.split('&').map(str::trim).collect();
-                if n == 1 && f.first() == Some(&"Category") {
-                    continue; // Annotations.txt header
-                }
-                if f.len() != 5 || f[0].is_empty() || f[1].is_empty() {
-                    bail!(
-                        "{}: expected `Class&ytid&quality&start&end`, found `{line}`",
-                        at()
-                    );
-                }
-                (f[1].to_string(), f[0].to_string())
-            }
-            LayoutKind::VggSound | LayoutKind::MmDebiased => unreachable!(),
-        };
-        out.push(Entry {
-            id,
-            label,
-            split,
-            file: path.to_path_buf(),
-            line: n,
-            raw: line.to_string(),
-        });
-    }
-    Ok(out)
-}
-
-/// VGGSound's one csv: `ytid,start,label,split` (train or test).
-fn parse_vggsound(path: &Path, split_of: &dyn Fn(&str) -> Option<Split>) -> Result<Vec<Entry>> {
-    let text = read_text(path)?;
-    let mut out = Vec::new();
-    for (n, line) in numbered(&text) {
-        let at = || format!("{}:{n}", path.display());
-        let f = crate::csv_line::fields(line).with_context(at)?;
-        let start = f.get(1).and_then(|s| s.parse::<u64>().ok());
-        let (Some(start), 4) = (start, f.len()) else {
-            bail!(
-                "{}: expected `ytid,start,label,split` with a whole number of seconds, found `{line}`",
-                at()
-            );
-        };
-        let split = split_of(&f[3])
-            .ok_or_else(|| anyhow!("{}: unknown split `{}` (train, val or test)", at(), f[3]))?;
-        out.push(Entry {
-            id: format!("{}_{start:06}", f[0]),
-            label: f[2].clone(),
-            split,
-            file: path.to_path_buf(),
-            line: n,
-            raw: line.to_string(),
-        });
-    }
-    Ok(out)
-}
-
-/// MM-Debiased's JSON `{id: {"subset": "train"|"val"|"test", "label": name or index}}`.
-fn parse_mm_debiased(path: &Path) -> Result<Vec<Entry>> {
-    let text = read_text(path)?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not valid JSON", path.display()))?;
-    let obj = value.as_object().ok_or_else(|| {
-        anyhow!(
-            "{}: expected an object {{id: {{subset, label}}}}",
-            path.display()
-        )
-    })?;
-    // The line of each id, for messages (serde_json keeps no positions for values).
-    let line_of = |id: &str| {
-        text.find(&format!("\"{id}\""))
-            .map(|o| text[..o].matches('\n').count() + 1)
-            .unwrap_or(1)
-    };
-    let mut out = Vec::new();
-    for (id, v) in obj {
-        let n = line_of(id);
-        let at = || format!("{}:{n}", path.display());
-        let subset = v.get("subset").and_then(|s| s.as_str());
-        let label = match v.get("label") {
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(serde_json::Value::Number(x)) if x.is_u64() => Some(x.to_string()),
-            _ => None,
-        };
-        let (Some(subset), Some(label)) = (subset, label) else {
-            bail!(
-                "{}: sample `{id}`: expected {{\"subset\": \"train\"|\"val\"|\"test\", \"label\": name or index}}, found {v}",
-                at()
-            );
-        };
-        let split = Split::parse(subset)
-            .ok_or_else(|| anyhow!("{}: sample `{id}`: unknown subset `{subset}`", at()))?;
-        out.push(Entry {
-            id: id.clone(),
-            label,
-            split,
-            file: path.to_path_buf(),
-            line: n,
-            raw: String::new(),
-        });
-    }
-    Ok(out)
-}
-
-/// UCF-101's `classInd.txt`: `1 ApplyEyeMakeup` per line.
-fn parse_class_index(path: &Path) -> Result<Vec<String>> {
-    let text = read_text(path)?;
-    let mut classes = Vec::new();
-    for (n, line) in numbered(&text) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let index = f.first().and_then(|i| i.parse::<usize>().ok());
-        if f.len() != 2 || index != Some(classes.len() + 1) {
-            bail!(
-                "{}:{n}: expected `{} ClassName`, found `{line}`",
-                path.display(),
-                classes.len() + 1
-            );
-        }
-        classes.push(f[1].to_string());
-    }
-    Ok(classes)
 }
 
 /// FNV-1a of the seed and id: a stable order for carving (not Rust's randomised hasher).
@@ -435,42 +387,14 @@ fn read_layout(
         );
     }
     let mut notes = Vec::new();
-    let train_list = match layout.split_lists() {
-        Some((train, _, _)) => root.join(train),
-        None => root.join(layout.list_file()),
-    };
-    let mut entries = match (layout.kind, layout.split_lists()) {
-        (LayoutKind::VggSound, _) => {
-            let path = root.join(layout.list_file());
-            let mut e = parse_vggsound(&path, &|s| Split::parse(s))?;
-            let val_path = root.join(layout.val.as_deref().unwrap_or("val.csv"));
-            e.extend(val_entries(
-                layout,
-                &val_path,
-                &e,
-                carve,
-                &mut notes,
-                |p| parse_vggsound(p, &|_| Some(Split::Val)),
-            )?);
-            e
-        }
-        (LayoutKind::MmDebiased, _) => parse_mm_debiased(&root.join(layout.list_file()))?,
-        (kind, Some((train, val, test))) => {
-            let mut e = parse_list(kind, &root.join(&train), Split::Train)?;
-            e.extend(parse_list(kind, &root.join(&test), Split::Test)?);
-            let val_path = root.join(&val);
-            e.extend(val_entries(
-                layout,
-                &val_path,
-                &e,
-                carve,
-                &mut notes,
-                |p| parse_list(kind, p, Split::Val),
-            )?);
-            e
-        }
-        (_, None) => unreachable!("every layout with one list is matched above"),
-    };
+    let community = layout.community();
+    let (mut entries, train_list) = community.train_and_test(layout, root)?;
+    if let Some(val_path) = layout.val_path(root) {
+        let val = val_entries(layout, &val_path, &entries, carve, &mut notes, |p| {
+            community.val(p)
+        })?;
+        entries.extend(val);
+    }
     // Val ids leave train (a carved val list holds train lines).
     let val_ids: HashSet<String> = entries
         .iter()
@@ -493,7 +417,8 @@ fn read_layout(
         if let Some(first) = seen.insert(e.id.clone(), e.at()) {
             bail!("{}: sample `{}` is already listed at {first}", e.at(), e.id);
         }
-        let label = label_index(layout.kind, &e.label, &classes, &class_of)
+        let label = community
+            .label_index(&e.label, &classes, &class_of)
             .with_context(|| format!("{}: sample `{}`", e.at(), e.id))?;
         let sources: Vec<Source> = templates
             .iter()
@@ -582,7 +507,7 @@ fn val_entries(
     if path.exists() {
         return parse(path);
     }
-    if !layout.carves_val() {
+    if !layout.community().carves_val() {
         return Err(anyhow!("{}: cannot read the val list", path.display()));
     }
     if !write_carved {
@@ -632,45 +557,15 @@ fn resolve_classes(
     if !card.classes.is_empty() {
         return Ok(card.classes.clone());
     }
-    Ok(match layout.kind {
-        LayoutKind::CremaD => CREMAD_CLASSES.iter().map(|c| c.to_string()).collect(),
-        LayoutKind::Ucf101 => parse_class_index(&root.join(layout.list_file()))?,
-        _ => {
-            let set: BTreeSet<&str> = entries.iter().map(|e| e.label.as_str()).collect();
-            let indices: Option<Vec<usize>> = set.iter().map(|l| l.parse().ok()).collect();
-            match indices {
-                // Class indices only: the classes are named by their index, 0..=max.
-                Some(ix) if !ix.is_empty() => (0..=*ix.iter().max().unwrap())
-                    .map(|i| i.to_string())
-                    .collect(),
-                _ => set.into_iter().map(String::from).collect(),
-            }
-        }
-    })
+    layout.community().default_classes(layout, root, entries)
 }
 
-fn label_index(
-    kind: LayoutKind,
+/// A label as a class index: its class name, or a 0-based index below the class count.
+fn label_by_name_or_index(
     label: &str,
     classes: &[String],
     class_of: &HashMap<&str, usize>,
 ) -> Result<usize> {
-    if kind == LayoutKind::Ucf101 {
-        // `Class#N` from a train list: N (1-based) must name the same class as the folder.
-        if let Some((class, n)) = label.split_once('#') {
-            let i = class_of
-                .get(class)
-                .copied()
-                .ok_or_else(|| anyhow!("unknown class folder `{class}` (not in classInd)"))?;
-            if n.parse::<usize>().ok() != Some(i + 1) {
-                bail!(
-                    "class index {n} does not match folder `{class}` (classInd gives {})",
-                    i + 1
-                );
-            }
-            return Ok(i);
-        }
-    }
     if let Some(&i) = class_of.get(label) {
         return Ok(i);
     }
