@@ -7,7 +7,9 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use mmbal_fusion::{BnInit, EncoderSpec, FusionKind, LinearInit, MultimodalModel};
+use mmbal_fusion::{
+    BnInit, EncoderSpec, FusionKind, LinearInit, MultimodalModel, Resnet18Options, SmallCnnOptions,
+};
 use mmbal_methods::StepIndex;
 use mmbal_train::optim::OptimizerConfig;
 use std::process::Command;
@@ -27,20 +29,22 @@ struct Row {
 }
 
 fn small(in_channels: usize, width: usize) -> EncoderSpec {
-    EncoderSpec::SmallCnn {
+    SmallCnnOptions {
         in_channels,
         width,
         bn_init: BnInit::Ones,
     }
+    .into()
 }
 
 fn resnet(in_channels: usize, width: f64) -> EncoderSpec {
-    EncoderSpec::Resnet18 {
+    Resnet18Options {
         in_channels,
         width,
         pretrained: None,
         bn_init: BnInit::Ones,
     }
+    .into()
 }
 
 fn rows() -> Vec<Row> {

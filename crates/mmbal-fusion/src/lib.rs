@@ -3,14 +3,15 @@
 //! Fusion heads ([`FusionHead`]: concat, sum, FiLM, gated) that return fused and per-modality
 //! logits, and the [`MultimodalModel`] they close: one [`mmbal_encoders::Encoder`] per modality,
 //! optional blocks between encoder stages ([`StageMixer`], for MMTM), per-row feature masking,
-//! and [`ParamGroup`]s for methods that edit gradients of one part of the model.
+//! and [`ParamGroup`]s for methods that edit gradients of one part of the model. Encoders are
+//! built by kind from a config's table ([`EncoderSpec`], [`ENCODERS`], [`register_encoder`]).
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
-//! use mmbal_fusion::{BnInit, EncoderSpec, FusionKind, LinearInit, MultimodalModel};
+//! use mmbal_fusion::{BnInit, EncoderSpec, FusionKind, LinearInit, MultimodalModel, SmallCnnOptions};
 //! let dev = Device::Cpu;
 //! let names = vec!["audio".to_string(), "image".to_string()];
-//! let enc = EncoderSpec::SmallCnn { in_channels: 1, width: 4, bn_init: BnInit::Ones };
+//! let enc: EncoderSpec = SmallCnnOptions { in_channels: 1, width: 4, bn_init: BnInit::Ones }.into();
 //! let model = MultimodalModel::new(&names, &[enc.clone(), enc], FusionKind::Concat,
 //!     LinearInit::Pytorch, 10, 7, &dev).unwrap();
 //! let x = Tensor::randn(0f32, 1.0, (2, 1, 28, 28), &dev).unwrap();
@@ -24,9 +25,13 @@
 
 #![warn(missing_docs)]
 
+mod encoders;
 mod head;
 mod mmtm;
 mod model;
+pub use encoders::{
+    register_encoder, BnInit, EncoderKind, EncoderSpec, Resnet18Options, SmallCnnOptions, ENCODERS,
+};
 pub use head::{FusionHead, FusionKind, HeadOut, Linear, LinearInit};
 pub use mmtm::{MeanRule, Mmtm, MmtmMixer};
-pub use model::{BnInit, EncoderSpec, ForwardOut, MultimodalModel, ParamGroup, StageMixer};
+pub use model::{ForwardOut, MultimodalModel, ParamGroup, StageMixer};

@@ -3,70 +3,10 @@
 //! ([`ForwardOut`]); what methods modify is published as [`ParamGroup`]s, so no method parses
 //! parameter names.
 
+use crate::encoders::EncoderSpec;
 use crate::head::{FusionHead, FusionKind, LinearInit};
 use candle_core::{bail, Device, Result, Tensor, Var};
-use mmbal_encoders::{fold_frames, pool_map, Encoder, ResNet18, SmallCnn};
-use serde::{Deserialize, Serialize};
-
-/// Which encoder a modality gets.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum EncoderSpec {
-    /// ResNet-18; `width` scales channels (1.0 = 512-d features), `in_channels` 1, 2 or 3;
-    /// `pretrained`: a safetensors path or `hf:owner/name` in the hf-hub cache (width 1 only).
-    Resnet18 {
-        /// 1 (audio), 2 (flow) or 3 (RGB).
-        in_channels: usize,
-        /// Channel scale (1.0: torchvision's ResNet-18).
-        #[serde(default = "one")]
-        width: f64,
-        /// Weights to load: a safetensors path or `hf:owner/name`.
-        #[serde(default)]
-        pretrained: Option<String>,
-        /// How BatchNorm weights start.
-        #[serde(default)]
-        bn_init: BnInit,
-    },
-    /// [`SmallCnn`] with `width` first-stage channels (features are `4 * width`).
-    SmallCnn {
-        /// Input channels.
-        in_channels: usize,
-        /// First-stage channels.
-        width: usize,
-        /// How BatchNorm weights start.
-        #[serde(default)]
-        bn_init: BnInit,
-    },
-}
-
-/// How an encoder's BatchNorm weights start (biases start at 0 either way).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BnInit {
-    /// 1, PyTorch's default (the OGM-GE lineage: OGM-GE, PMR, Greedy, MLA).
-    #[default]
-    Ones,
-    /// Drawn from N(1, 0.02) (the valuation paper's backbone, Wei et al. CVPR 2024).
-    Normal,
-}
-
-fn one() -> f64 {
-    1.0
-}
-
-/// Applies `init` to a freshly built encoder (before any pretrained weights are loaded), from its
-/// own seed stream.
-fn init_batch_norm(encoder: &dyn Encoder, init: BnInit, seed: u64) -> Result<()> {
-    match init {
-        BnInit::Ones => Ok(()),
-        BnInit::Normal => mmbal_encoders::init_batch_norm_weights(
-            encoder,
-            1.0,
-            0.02,
-            seed ^ 0xB47C_0000_0000_0000,
-        ),
-    }
-}
+use mmbal_encoders::{fold_frames, pool_map, Encoder};
 
 /// Blocks run between encoder stages over all modalities at once (MMTM). `after_stages` lists
 /// the stage indices after which [`StageMixer::mix`] is called.
@@ -153,32 +93,10 @@ impl MultimodalModel {
         let mut built: Vec<Box<dyn Encoder>> = Vec::new();
         for (m, spec) in encoders.iter().enumerate() {
             let s = seed.wrapping_add(m as u64);
-            built.push(match spec {
-                EncoderSpec::Resnet18 {
-                    in_channels,
-                    width,
-                    pretrained,
-                    bn_init,
-                } => {
-                    let net = ResNet18::new(*in_channels, *width, s, device)?;
-                    init_batch_norm(&net, *bn_init, s)?;
-                    if let Some(p) = pretrained {
-                        mmbal_encoders::load_resnet18_weights(&net, p).map_err(|e| {
-                            e.context(format!("pretrained weights for `{}`", modalities[m]))
-                        })?;
-                    }
-                    Box::new(net)
-                }
-                EncoderSpec::SmallCnn {
-                    in_channels,
-                    width,
-                    bn_init,
-                } => {
-                    let net = SmallCnn::new(*in_channels, *width, s, device)?;
-                    init_batch_norm(&net, *bn_init, s)?;
-                    Box::new(net)
-                }
-            });
+            built.push(
+                spec.build(s, device)
+                    .map_err(|e| e.context(format!("the encoder of `{}`", modalities[m])))?,
+            );
         }
         let dims: Vec<usize> = built.iter().map(|e| e.out_dim()).collect();
         let head = FusionHead::new(

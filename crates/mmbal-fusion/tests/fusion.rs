@@ -1,6 +1,7 @@
 use candle_core::{Device, Tensor};
 use mmbal_fusion::{
     BnInit, EncoderSpec, FusionHead, FusionKind, LinearInit, MultimodalModel, ParamGroup,
+    Resnet18Options, SmallCnnOptions,
 };
 
 fn dev() -> Device {
@@ -217,22 +218,22 @@ fn model_groups_masks_and_buffers() {
         .map(|s| s.to_string())
         .collect();
     let specs = vec![
-        EncoderSpec::SmallCnn {
+        EncoderSpec::from(SmallCnnOptions {
             in_channels: 1,
             width: 2,
             bn_init: BnInit::Ones,
-        },
-        EncoderSpec::Resnet18 {
+        }),
+        EncoderSpec::from(Resnet18Options {
             in_channels: 3,
             width: 0.0625,
             pretrained: None,
             bn_init: BnInit::Normal,
-        },
-        EncoderSpec::SmallCnn {
+        }),
+        EncoderSpec::from(SmallCnnOptions {
             in_channels: 2,
             width: 2,
             bn_init: BnInit::Ones,
-        },
+        }),
     ];
     let model = MultimodalModel::new(
         &names,
@@ -303,11 +304,13 @@ fn model_groups_masks_and_buffers() {
 fn batch_norm_weights_start_at_one_or_from_normal_1_002() {
     let dev = Device::Cpu;
     let names = vec!["a".to_string(), "b".to_string()];
-    let spec = |bn_init| EncoderSpec::Resnet18 {
-        in_channels: 1,
-        width: 0.125,
-        pretrained: None,
-        bn_init,
+    let spec = |bn_init| {
+        EncoderSpec::from(Resnet18Options {
+            in_channels: 1,
+            width: 0.125,
+            pretrained: None,
+            bn_init,
+        })
     };
     let bn_weights = |init| -> Vec<f32> {
         let model = MultimodalModel::new(
@@ -359,4 +362,59 @@ fn each_modalitys_own_classifier_under_sum_and_blend() {
             assert_eq!(got, want, "{kind:?} {m}");
         }
     }
+}
+
+/// An encoder kind from outside the crate: a small CNN whose width is fixed.
+struct FixedSmallCnn;
+
+impl mmbal_fusion::EncoderKind for FixedSmallCnn {
+    fn in_channels(&self, options: &toml::Table) -> anyhow::Result<usize> {
+        match options.get("in_channels").and_then(|v| v.as_integer()) {
+            Some(c) if options.len() == 1 => Ok(c as usize),
+            _ => anyhow::bail!("expected only in_channels, got {options:?}"),
+        }
+    }
+    fn build(
+        &self,
+        options: &toml::Table,
+        seed: u64,
+        device: &Device,
+    ) -> anyhow::Result<Box<dyn mmbal_encoders::Encoder>> {
+        let c = self.in_channels(options)?;
+        Ok(Box::new(mmbal_encoders::SmallCnn::new(c, 3, seed, device)?))
+    }
+}
+
+#[test]
+fn encoders_are_built_by_kind_and_new_kinds_register() {
+    mmbal_fusion::register_encoder("fixed-cnn", &FixedSmallCnn).unwrap();
+    assert!(mmbal_fusion::register_encoder("small-cnn", &FixedSmallCnn).is_err());
+    let spec: EncoderSpec = toml::from_str("kind = \"fixed-cnn\"\nin_channels = 1").unwrap();
+    assert_eq!(spec.check().unwrap(), 1);
+    let builtin: EncoderSpec =
+        toml::from_str("kind = \"small-cnn\"\nin_channels = 1\nwidth = 3").unwrap();
+    let names = vec!["a".to_string(), "b".to_string()];
+    let model = MultimodalModel::new(
+        &names,
+        &[spec, builtin.clone()],
+        FusionKind::Concat,
+        LinearInit::Pytorch,
+        4,
+        0,
+        &dev(),
+    )
+    .unwrap();
+    // Same kind of network, same seed stream (seed + modality): the registered kind builds
+    // what the built-in one does with the same width.
+    assert_eq!(model.encoder(0).out_dim(), 12);
+    let x = Tensor::randn(0f32, 1.0, (2, 1, 12, 12), &dev()).unwrap();
+    let out = model.forward(&[x.clone(), x], None, false).unwrap();
+    assert_eq!(out.fused_logits.dims(), &[2, 4]);
+    // The built-in options are typed: an unknown key is an error naming it.
+    let bad: EncoderSpec =
+        toml::from_str("kind = \"small-cnn\"\nin_channels = 1\nwidht = 3").unwrap();
+    assert!(format!("{:#}", bad.check().unwrap_err()).contains("widht"));
+    // And a spec round-trips through TOML as the config writes it.
+    let text = toml::to_string(&builtin).unwrap();
+    assert_eq!(toml::from_str::<EncoderSpec>(&text).unwrap(), builtin);
 }

@@ -10,11 +10,11 @@
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
-//! use mmbal_fusion::{BnInit, EncoderSpec, FusionKind, LinearInit, MultimodalModel};
+//! use mmbal_fusion::{BnInit, EncoderSpec, FusionKind, LinearInit, MultimodalModel, SmallCnnOptions};
 //! use mmbal_methods::{build_method, Grads, StepCtx};
 //! let dev = Device::Cpu;
 //! let names = vec!["audio".to_string(), "image".to_string()];
-//! let enc = EncoderSpec::SmallCnn { in_channels: 1, width: 2, bn_init: BnInit::Ones };
+//! let enc: EncoderSpec = SmallCnnOptions { in_channels: 1, width: 2, bn_init: BnInit::Ones }.into();
 //! let model = MultimodalModel::new(&names, &[enc.clone(), enc], FusionKind::Concat,
 //!     LinearInit::Pytorch, 3, 0, &dev).unwrap();
 //! let x = Tensor::randn(0f32, 1.0, (4, 1, 12, 12), &dev).unwrap();

@@ -8,7 +8,7 @@ use crate::schedule::Schedule;
 use anyhow::{bail, Context, Result};
 use mmbal_data::recipe::{AudioRecipe, FramesRecipe, FrontEnd};
 use mmbal_data::Recipe;
-use mmbal_fusion::{BnInit, EncoderSpec, FusionKind, LinearInit};
+use mmbal_fusion::{BnInit, EncoderSpec, FusionKind, LinearInit, SmallCnnOptions};
 use mmbal_transforms::audio::Fbank;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -224,10 +224,13 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        let small = |c| EncoderSpec::SmallCnn {
-            in_channels: c,
-            width: 8,
-            bn_init: BnInit::Ones,
+        let small = |c| -> EncoderSpec {
+            SmallCnnOptions {
+                in_channels: c,
+                width: 8,
+                bn_init: BnInit::Ones,
+            }
+            .into()
         };
         ModelConfig {
             fusion: FusionKind::Concat,
@@ -414,21 +417,9 @@ fn check_encoder(m: &str, recipe: &Recipe, encoder: &EncoderSpec) -> Result<()> 
     let shape = recipe.input_shape();
     // (C, H, W) for audio and images, (T, C, H, W) for frames.
     let channels = if shape.len() == 4 { shape[1] } else { shape[0] };
-    let (in_channels, width_ok, width) = match encoder {
-        EncoderSpec::Resnet18 {
-            in_channels, width, ..
-        } => (
-            *in_channels,
-            width.is_finite() && *width > 0.0,
-            width.to_string(),
-        ),
-        EncoderSpec::SmallCnn {
-            in_channels, width, ..
-        } => (*in_channels, *width > 0, width.to_string()),
-    };
-    if !width_ok {
-        bail!("[model.encoders.{m}] width = {width}: the width must be positive");
-    }
+    let in_channels = encoder
+        .check()
+        .with_context(|| format!("[model.encoders.{m}]"))?;
     if channels != in_channels {
         let kind = match recipe {
             Recipe::Audio(_) => "an audio spectrogram",

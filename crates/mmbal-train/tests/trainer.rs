@@ -602,22 +602,45 @@ fn config_values_that_would_fail_late_are_errors_naming_the_key() {
     let mut c = base.clone();
     c.model.encoders.insert(
         "audio".into(),
-        mmbal_fusion::EncoderSpec::SmallCnn {
+        mmbal_fusion::EncoderSpec::from(mmbal_fusion::SmallCnnOptions {
             in_channels: 1,
             width: 0,
             bn_init: Default::default(),
-        },
+        }),
     );
-    assert!(err(c).contains("[model.encoders.audio] width = 0"));
+    let msg = err(c);
+    assert!(
+        msg.contains("[model.encoders.audio]") && msg.contains("width = 0"),
+        "{msg}"
+    );
+    // Encoders are built by kind: an unknown kind names the known ones, and an unknown option
+    // names itself.
+    let mut c = base.clone();
+    c.model.encoders.get_mut("audio").unwrap().kind = "vit".into();
+    let msg = err(c);
+    assert!(
+        msg.contains("unknown encoder kind `vit`; known: resnet18, small-cnn"),
+        "{msg}"
+    );
+    let mut c = base.clone();
+    let audio = c.model.encoders.get_mut("audio").unwrap();
+    audio
+        .options
+        .insert("widht".into(), toml::Value::Integer(4));
+    let msg = err(c);
+    assert!(
+        msg.contains("widht") && msg.contains("[model.encoders.audio]"),
+        "{msg}"
+    );
     let mut c = base.clone();
     c.model.encoders.insert(
         "visual".into(),
-        mmbal_fusion::EncoderSpec::Resnet18 {
+        mmbal_fusion::EncoderSpec::from(mmbal_fusion::Resnet18Options {
             in_channels: 3,
             width: 0.125,
             pretrained: None,
             bn_init: Default::default(),
-        },
+        }),
     );
     let msg = err(c);
     assert!(
@@ -651,11 +674,11 @@ fn greedy_with_unequal_channels_is_refused_before_training() {
     set_method(&mut cfg, "greedy");
     cfg.model.encoders.insert(
         "visual".into(),
-        mmbal_fusion::EncoderSpec::SmallCnn {
+        mmbal_fusion::EncoderSpec::from(mmbal_fusion::SmallCnnOptions {
             in_channels: 1,
             width: 4,
             bn_init: Default::default(),
-        },
+        }),
     );
     let err = format!("{:#}", Trainer::from_config(cfg).err().expect("refused"));
     assert!(err.contains("mmtm_mean_source = \"own\""), "{err}");
