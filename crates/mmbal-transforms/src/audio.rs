@@ -84,8 +84,9 @@ pub fn write_wav(path: &Path, wave: &Waveform) -> Result<()> {
 /// The references resample with librosa, that is soxr's `soxr_hq`: in the pass band this is
 /// 49-68 dB from it (tests/fixtures/gen_resample.py, 44.1 and 48 kHz down to 16 and 22.05 kHz,
 /// 8 kHz up). Kept over the rubato crate (5.1), which measured further from soxr on the same
-/// kind of input: its FFT resampler 29-53 dB with its defaults on real GRID and FSDD clips, its
-/// sinc resampler under 25 dB.
+/// kind of input: its FFT resampler with default settings 30-64 dB on GRID and FSDD clips, where
+/// this kernel gives 44-51 dB, and 2 dB against this kernel's 17 dB on a chirp through the
+/// transition band; its sinc resampler under 25 dB.
 pub fn resample(samples: &[f32], from: u32, to: u32) -> Vec<f32> {
     if from == to || samples.is_empty() {
         return samples.to_vec();
