@@ -248,6 +248,17 @@ pub trait BalanceMethod: Send {
         Ok(None)
     }
 
+    /// Learning-rate factors for parameter groups in the next epoch (called after
+    /// [`BalanceMethod::epoch_plan`]), as PyTorch parameter groups with their own `lr`: every
+    /// parameter of a listed group trains at its factor times the scheduled rate (factors of
+    /// groups that share a parameter multiply), the rest at the scheduled rate. Per-modality
+    /// rates (MSLR) list `ParamGroup::Encoder(m)`. A factor of 0 stops the updates but, as in
+    /// PyTorch, Adam's moments still follow the gradients: to freeze a part, remove its
+    /// gradients in [`BalanceMethod::edit_gradients`] instead. Default: none.
+    fn lr_scales(&mut self, _ctx: &EpochCtx) -> Result<Vec<(ParamGroup, f64)>> {
+        Ok(Vec::new())
+    }
+
     /// How many backward passes and steps a batch gets.
     fn step_plan(&self) -> StepPlan {
         StepPlan::Joint

@@ -20,6 +20,10 @@ pub trait Optimizer: Send {
     fn learning_rate(&self) -> f64;
     /// Sets the learning rate (the trainer does, per the schedule, at the start of each epoch).
     fn set_learning_rate(&mut self, lr: f64);
+    /// Per-parameter factors on the learning rate, in the order of the parameters the
+    /// optimizer was built over (PyTorch's parameter groups with their own `lr`: a group's rate
+    /// is its factor times the scheduled rate, decoupled weight decay included). All 1 until set.
+    fn set_lr_scales(&mut self, scales: Vec<f64>) -> Result<()>;
     /// Per-parameter state (momentum buffers, moments, step counts) by name, for checkpoints.
     fn state(&self) -> Vec<(String, Tensor)>;
     /// Restores what [`Optimizer::state`] wrote.
@@ -144,10 +148,25 @@ fn restore(state: &HashMap<String, Tensor>, key: &str, like: &Var) -> Result<Opt
     }
 }
 
+/// `scales` when there is one finite, non-negative factor per parameter.
+fn checked_scales(scales: Vec<f64>, params: usize) -> Result<Vec<f64>> {
+    if scales.len() != params {
+        candle_core::bail!(
+            "{} learning-rate factors for {params} parameters",
+            scales.len()
+        );
+    }
+    if let Some(s) = scales.iter().find(|s| !(s.is_finite() && **s >= 0.0)) {
+        candle_core::bail!("learning-rate factor {s}: factors are finite and not negative");
+    }
+    Ok(scales)
+}
+
 /// PyTorch's SGD: momentum without dampening or Nesterov, L2 weight decay in the gradient.
 pub struct Sgd {
     params: Vec<Var>,
     buffers: Vec<Option<Tensor>>,
+    lr_scales: Vec<f64>,
     /// Learning rate of the next step.
     pub lr: f64,
     /// Momentum factor; 0 keeps no buffers.
@@ -161,6 +180,7 @@ impl Sgd {
     pub fn new(params: Vec<Var>, lr: f64, momentum: f64, weight_decay: f64) -> Sgd {
         let buffers = vec![None; params.len()];
         Sgd {
+            lr_scales: vec![1.0; params.len()],
             params,
             buffers,
             lr,
@@ -172,7 +192,12 @@ impl Sgd {
 
 impl Optimizer for Sgd {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
-        for (p, buf) in self.params.iter().zip(self.buffers.iter_mut()) {
+        for ((p, buf), scale) in self
+            .params
+            .iter()
+            .zip(self.buffers.iter_mut())
+            .zip(&self.lr_scales)
+        {
             let Some(g) = grads.get(p) else { continue };
             // Detached: state kept across steps must not hold autograd graphs (it would chain
             // every step's graph to the next and grow without bound).
@@ -189,7 +214,7 @@ impl Optimizer for Sgd {
                 g = b.clone();
                 *buf = Some(b);
             }
-            p.set(&(value - (g * self.lr)?)?)?;
+            p.set(&(value - (g * (self.lr * scale))?)?)?;
         }
         Ok(())
     }
@@ -198,6 +223,10 @@ impl Optimizer for Sgd {
     }
     fn set_learning_rate(&mut self, lr: f64) {
         self.lr = lr;
+    }
+    fn set_lr_scales(&mut self, scales: Vec<f64>) -> Result<()> {
+        self.lr_scales = checked_scales(scales, self.params.len())?;
+        Ok(())
     }
     fn state(&self) -> Vec<(String, Tensor)> {
         self.buffers
@@ -219,6 +248,7 @@ pub struct Adam {
     params: Vec<Var>,
     moments: Vec<Option<(Tensor, Tensor)>>,
     steps: Vec<i32>,
+    lr_scales: Vec<f64>,
     /// Learning rate of the next step.
     pub lr: f64,
     /// `(beta1, beta2)`: decay rates of the first and second moment estimates.
@@ -239,6 +269,7 @@ impl Adam {
             params,
             moments: vec![None; n],
             steps: vec![0; n],
+            lr_scales: vec![1.0; n],
             lr,
             betas: (0.9, 0.999),
             eps: 1e-8,
@@ -258,18 +289,20 @@ impl Adam {
 impl Optimizer for Adam {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         let (b1, b2) = self.betas;
-        for ((p, mom), t) in self
+        for (((p, mom), t), scale) in self
             .params
             .iter()
             .zip(self.moments.iter_mut())
             .zip(self.steps.iter_mut())
+            .zip(&self.lr_scales)
         {
             let Some(g) = grads.get(p) else { continue };
+            let lr = self.lr * scale;
             // Detached, as in SGD: moments must not hold autograd graphs.
             let mut g = g.detach();
             let mut value = p.as_tensor().detach();
             if self.decoupled {
-                value = (value * (1.0 - self.lr * self.weight_decay))?;
+                value = (value * (1.0 - lr * self.weight_decay))?;
             } else if self.weight_decay != 0.0 {
                 g = (g + (&value * self.weight_decay)?)?;
             }
@@ -283,7 +316,7 @@ impl Optimizer for Adam {
             let bc1 = 1.0 - b1.powi(*t);
             let bc2 = 1.0 - b2.powi(*t);
             let denom = ((v.sqrt()? / bc2.sqrt())? + self.eps)?;
-            let update = ((&m / denom)? * (self.lr / bc1))?;
+            let update = ((&m / denom)? * (lr / bc1))?;
             p.set(&(value - update)?)?;
             *mom = Some((m, v));
         }
@@ -294,6 +327,10 @@ impl Optimizer for Adam {
     }
     fn set_learning_rate(&mut self, lr: f64) {
         self.lr = lr;
+    }
+    fn set_lr_scales(&mut self, scales: Vec<f64>) -> Result<()> {
+        self.lr_scales = checked_scales(scales, self.params.len())?;
+        Ok(())
     }
     fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
@@ -350,5 +387,51 @@ mod betas_tests {
         // The defaults are PyTorch's.
         let d: OptimizerConfig = toml::from_str("kind = \"adam\"\nlr = 0.1").unwrap();
         assert!(matches!(d, OptimizerConfig::Adam { betas: [0.9, 0.999], eps, .. } if eps == 1e-8));
+    }
+}
+
+#[cfg(test)]
+mod lr_scale_tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Three parameters stepped once with gradient 1 (loss = sum of all), factors 1, 0.5, 0.
+    fn stepped(cfg: &str) -> Vec<f32> {
+        let cfg: OptimizerConfig = toml::from_str(cfg).unwrap();
+        let ps: Vec<Var> = (0..3)
+            .map(|_| Var::new(&[1.0f32], &Device::Cpu).unwrap())
+            .collect();
+        let mut opt = cfg.build(ps.clone());
+        opt.set_lr_scales(vec![1.0, 0.5, 0.0]).unwrap();
+        let loss = ps
+            .iter()
+            .map(|p| p.as_tensor().sum_all().unwrap())
+            .reduce(|a, b| (a + b).unwrap())
+            .unwrap();
+        opt.step(&loss.backward().unwrap()).unwrap();
+        ps.iter()
+            .map(|p| p.as_tensor().to_vec1::<f32>().unwrap()[0])
+            .collect()
+    }
+
+    #[test]
+    fn each_parameter_steps_at_its_factor_of_the_rate() {
+        // SGD with decay: p -= lr * s * (g + wd p).
+        let sgd = stepped("kind = \"sgd\"\nlr = 0.1\nweight_decay = 0.5");
+        assert_eq!(sgd, vec![1.0 - 0.1 * 1.5, 1.0 - 0.05 * 1.5, 1.0]);
+        // AdamW: the decoupled decay and the step both follow the factor; the first Adam step
+        // moves by lr * s (m / bc1 = g, sqrt(v / bc2) = |g|).
+        let adamw = stepped("kind = \"adamw\"\nlr = 0.1\nweight_decay = 0.5");
+        let want = |s: f64| ((1.0 - 0.1 * s * 0.5) - 0.1 * s * (1.0 / (1.0 + 1e-8))) as f32;
+        for (got, s) in adamw.iter().zip([1.0, 0.5, 0.0]) {
+            assert!((got - want(s)).abs() < 1e-6, "{got} vs {}", want(s));
+        }
+        assert_eq!(adamw[2], 1.0);
+        // One factor per parameter, finite and not negative.
+        let mut opt =
+            OptimizerConfig::default().build(vec![Var::new(&[1.0f32], &Device::Cpu).unwrap()]);
+        assert!(opt.set_lr_scales(vec![1.0, 1.0]).is_err());
+        assert!(opt.set_lr_scales(vec![-1.0]).is_err());
+        assert!(opt.set_lr_scales(vec![f64::NAN]).is_err());
     }
 }

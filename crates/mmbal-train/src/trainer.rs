@@ -142,6 +142,22 @@ impl Trainer {
         }))
     }
 
+    /// One learning-rate factor per parameter (in `model.params()` order, the optimizer's),
+    /// from a method's factors per group: 1, times the factor of every group holding it.
+    fn lr_scale_per_param(&self, groups: &[(mmbal_fusion::ParamGroup, f64)]) -> Vec<f64> {
+        let params = self.model.params();
+        let mut scales = vec![1.0; params.len()];
+        for (group, factor) in groups {
+            for v in self.model.group(*group) {
+                let id = v.as_tensor().id();
+                if let Some(i) = params.iter().position(|p| p.as_tensor().id() == id) {
+                    scales[i] *= factor;
+                }
+            }
+        }
+        scales
+    }
+
     /// The epoch context and the method, borrowed together.
     fn epoch_ctx(&mut self, epoch: usize) -> (EpochCtx<'_>, &mut dyn BalanceMethod) {
         let ctx = EpochCtx {
@@ -162,10 +178,13 @@ impl Trainer {
         let lr = cfg.schedule.lr(cfg.optimizer.lr(), epoch, cfg.epochs);
         self.optimizer.set_learning_rate(lr);
         let (seed, bs, prefetch) = (cfg.seed, cfg.batch_size, cfg.prefetch);
-        let plan = {
+        let (plan, lr_scales) = {
             let (ctx, method) = self.epoch_ctx(epoch);
-            method.epoch_plan(&ctx)?
+            let plan = method.epoch_plan(&ctx)?;
+            (plan, method.lr_scales(&ctx)?)
         };
+        let scales = self.lr_scale_per_param(&lr_scales);
+        self.optimizer.set_lr_scales(scales)?;
         let mut rows = plan.unwrap_or_else(|| self.dataset.rows(Split::Train));
         if rows.is_empty() {
             bail!("epoch {}: no training rows", epoch + 1);

@@ -782,3 +782,59 @@ fn a_run_saves_every_option_of_its_method_and_resumes_from_them() {
     let log = std::fs::read_to_string(cfg.run_dir().join("metrics.jsonl")).unwrap();
     assert!(!log.contains("score_ratio"), "{log}");
 }
+
+/// Joint training with the visual encoder's learning rate at 0 and the audio encoder's at 2.
+struct SlowVisual;
+
+impl mmbal_methods::BalanceMethod for SlowVisual {
+    fn name(&self) -> &'static str {
+        "slow-visual"
+    }
+    fn lr_scales(
+        &mut self,
+        _ctx: &mmbal_methods::EpochCtx,
+    ) -> anyhow::Result<Vec<(mmbal_fusion::ParamGroup, f64)>> {
+        use mmbal_fusion::ParamGroup;
+        Ok(vec![
+            (ParamGroup::Encoder(1), 0.0),
+            (ParamGroup::Encoder(0), 2.0),
+        ])
+    }
+}
+
+#[test]
+fn a_method_sets_learning_rates_per_parameter_group() {
+    mmbal_methods::register("slow-visual", |_| Ok(Box::new(SlowVisual))).unwrap();
+    let out = tmp("lr-scales");
+    let mut cfg = small(&out, "lr-scales", OptimizerConfig::default());
+    cfg.epochs = 1;
+    cfg.method.name = "slow-visual".into();
+    let mut t = Trainer::from_config(cfg).unwrap();
+    let values = |t: &Trainer| -> Vec<(String, Vec<f32>)> {
+        t.model
+            .named_params()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
+            .collect()
+    };
+    let before = values(&t);
+    t.run(&mut Quiet).unwrap();
+    let after = values(&t);
+    let (mut visual, mut audio, mut head) = (0, 0, 0);
+    for ((name, a), (_, b)) in before.iter().zip(&after) {
+        if name.starts_with("encoders.visual.") {
+            assert_eq!(a, b, "{name} moved at learning-rate factor 0");
+            visual += 1;
+        } else if a != b {
+            if name.starts_with("encoders.audio.") {
+                audio += 1;
+            } else {
+                head += 1;
+            }
+        }
+    }
+    assert!(
+        visual > 0 && audio > 0 && head > 0,
+        "{visual} {audio} {head}"
+    );
+}
