@@ -96,6 +96,19 @@ fn check(mut o: Table1Args) -> Result<Table1Args> {
     Ok(o)
 }
 
+/// The explicit carving step (`mmbal data carve-val`) for a community layout without a val
+/// list, saying what it wrote; nothing when the list is there.
+fn carve_val_once(c: &TrainConfig) -> Result<()> {
+    let (card_dir, root) = c.dataset_location()?;
+    let (card, _) = mmbal_dataset::manifest::DatasetCard::read(&card_dir)?;
+    if let Some(layout) = &card.layout {
+        if let Some(note) = mmbal_dataset::layouts::carve_val(&card, layout, &root)? {
+            println!("{note}");
+        }
+    }
+    Ok(())
+}
+
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -162,6 +175,7 @@ fn dataset_config(profile: &str, dataset: &str) -> Result<(TrainConfig, i64)> {
             }
             let mut c = TrainConfig::load(&ws.join(format!("configs/paper/{d}.toml")))?;
             c.data.card = Some(ws.join(format!("datasets/{d}")));
+            carve_val_once(&c)?;
             (c, 5)
         }
         (p, d) => bail!("profile {p} has no dataset {d} (quick: grid-s1, avmnist, synthetic; paper: kinetics-sounds, ucf-101, mm-debiased)"),

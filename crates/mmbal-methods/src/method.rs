@@ -144,7 +144,7 @@ impl EpochCtx<'_> {
 pub struct Requirements {
     /// The fusion head the method is defined for; `None`: any.
     pub fusion: Option<FusionKind>,
-    /// Fewest and most modalities.
+    /// Fewest modalities.
     pub min_modalities: usize,
     /// Most modalities; `None`: any number.
     pub max_modalities: Option<usize>,
@@ -213,7 +213,7 @@ impl Requirements {
         if self.val_split && val_rows == 0 {
             anyhow::bail!(
                 "method `{method}` estimates on the val split, which is empty: add a val split \
-                 to the dataset"
+                 to the dataset (or turn off the method's option that needs it)"
             );
         }
         Ok(())

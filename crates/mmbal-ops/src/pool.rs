@@ -7,7 +7,10 @@
 //! Work is split into tasks that threads take from a shared counter, so which thread runs a
 //! task never changes a result: every kernel's summation order depends on shapes only.
 
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use candle_core::utils::barrier_pool;
 
@@ -76,15 +79,23 @@ pub(crate) fn map<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
         .collect()
 }
 
+thread_local! {
+    /// Set while this thread hands tasks to the pool: a kernel reached again from inside one of
+    /// its own tasks runs inline (the pool's lock is held; candle marks only its workers).
+    static HANDING_OUT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Runs `task(state, t)` for `t` in `0..tasks`, each thread with one `state` made by `init`
-/// when it takes its first task.
+/// when it takes its first task. A panicking task stops the others from taking more and is
+/// re-raised here once every thread has returned: candle's pool would otherwise re-raise it
+/// while holding its lock, poisoning it for every later CPU op of the process.
 fn thread_local_state<S>(
     tasks: usize,
     init: impl Fn() -> S + Sync,
     task: impl Fn(&mut S, usize) + Sync,
 ) {
     let threads = threads();
-    if tasks <= 1 || threads == 1 {
+    if tasks <= 1 || threads == 1 || HANDING_OUT.with(|h| h.get()) {
         let mut state = None;
         for t in 0..tasks {
             task(state.get_or_insert_with(&init), t);
@@ -92,6 +103,8 @@ fn thread_local_state<S>(
         return;
     }
     let next = AtomicUsize::new(0);
+    let panicked: Mutex<Option<Box<dyn Any + Send>>> = Mutex::new(None);
+    HANDING_OUT.with(|h| h.set(true));
     // One slot per thread; `execute_chunked` runs the slots inline when called from one of
     // the pool's own workers (where `execute` would deadlock), and then the first slot takes
     // every task.
@@ -102,9 +115,21 @@ fn thread_local_state<S>(
             if t >= tasks {
                 break;
             }
-            task(state.get_or_insert_with(&init), t);
+            let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                task(state.get_or_insert_with(&init), t)
+            }));
+            if let Err(payload) = run {
+                // No more tasks for anyone; the first panic is the one re-raised.
+                next.store(tasks, Ordering::Relaxed);
+                panicked.lock().unwrap().get_or_insert(payload);
+                break;
+            }
         }
     });
+    HANDING_OUT.with(|h| h.set(false));
+    if let Some(payload) = panicked.into_inner().unwrap() {
+        std::panic::resume_unwind(payload);
+    }
 }
 
 #[cfg(test)]
@@ -124,5 +149,41 @@ mod tests {
             assert_eq!(data, want, "len {len} chunk {chunk}");
         }
         assert_eq!(map(5, |i| i * i), vec![0, 1, 4, 9, 16]);
+    }
+
+    #[test]
+    fn a_panicking_task_is_re_raised_and_the_pool_still_works() {
+        let r = std::panic::catch_unwind(|| {
+            map(64, |i| {
+                assert!(i != 17, "task 17 fails");
+                i
+            })
+        });
+        // The task's own panic, not a later symptom of it.
+        let payload = r.expect_err("the panic is re-raised");
+        let msg = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        assert!(msg.contains("task 17 fails"), "{msg}");
+        // The pool (and candle's CPU ops on it) still run afterwards.
+        assert_eq!(map(64, |i| i).len(), 64);
+        let t = candle_core::Tensor::arange(0f32, 1024., &candle_core::Device::Cpu).unwrap();
+        assert_eq!(
+            (&t + &t)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            1047552.0
+        );
+    }
+
+    #[test]
+    fn a_kernel_inside_a_kernel_runs_inline() {
+        let inner: Vec<usize> = map(8, |i| map(4, |j| i * j).iter().sum());
+        assert_eq!(inner, (0..8).map(|i| 6 * i).collect::<Vec<_>>());
     }
 }

@@ -111,6 +111,16 @@ fn kinetics_sounds_reads_lists_carves_val_and_reports_bad_lines() {
     let e = load_err(&c, &root);
     assert!(e.contains("mmbal data carve-val"), "{e}");
     assert!(!root.join("val.txt").exists());
+    // A carve that cannot load (a listed sample without files) writes nothing.
+    let train = std::fs::read_to_string(root.join("train.txt")).unwrap();
+    std::fs::write(root.join("train.txt"), format!("{train}ghost,10,two\n")).unwrap();
+    let (card_text, _) = mmbal_dataset::manifest::DatasetCard::read(&c).unwrap();
+    let e =
+        mmbal_dataset::layouts::carve_val(&card_text, card_text.layout.as_ref().unwrap(), &root)
+            .unwrap_err();
+    assert!(format!("{e:#}").contains("ghost"), "{e:#}");
+    assert!(!root.join("val.txt").exists() && !root.join("val.txt.carving").exists());
+    std::fs::write(root.join("train.txt"), train).unwrap();
     let wrote = carve(&c, &root).expect("a val list is carved");
     assert!(
         wrote.contains("carved a val split") && wrote.contains("val.txt"),

@@ -50,6 +50,15 @@ impl Trainer {
         let (card_dir, root) = config.dataset_location()?;
         let manifest = Manifest::load(&card_dir, &root)?;
         let (recipes, encoders) = config.per_modality(&manifest.modalities)?;
+        // The method's requirements before the input cache (hours of decoding on a large
+        // dataset) is built.
+        let method = build_method(&config.method.name, &config.method.options)?;
+        method.requirements().check(
+            &config.method.name,
+            config.model.fusion,
+            manifest.modalities.len(),
+            manifest.indices(Split::Val).len(),
+        )?;
         let classes = manifest.classes.len();
         let modalities = manifest.modalities.clone();
         let dataset = if config.data.cache {
@@ -71,7 +80,6 @@ impl Trainer {
             config.seed,
             &device,
         )?;
-        let method = build_method(&config.method.name, &config.method.options)?;
         Trainer::assemble(config, Arc::new(dataset), model, method, lock)
     }
 
@@ -109,8 +117,13 @@ impl Trainer {
             model.num_modalities(),
             dataset.rows(Split::Val).len(),
         )?;
-        // The run's config (saved, and in every checkpoint) shows every option in use.
-        config.method.options = method.options();
+        // The run's config (saved, and in every checkpoint) shows every option in use. A method
+        // that does not list its options (`options()` left at its default) keeps the table it
+        // was given, so that a resume builds it the same way.
+        let resolved = method.options();
+        if !resolved.is_empty() || config.method.options.is_empty() {
+            config.method.options = resolved;
+        }
         method.prepare_model(&mut model)?;
         let optimizer = config.optimizer.build(model.params());
         let run_dir = config.run_dir();

@@ -23,8 +23,10 @@ pub struct TrainConfig {
     pub name: String,
     /// Folder that holds the run folders (default `runs`).
     pub out_dir: PathBuf,
-    /// Seed of the whole run: model initialisation, epoch shuffles, augmentation and the
-    /// method's draws (default 0).
+    /// Seed of the run (default 0): model initialisation, epoch shuffles, augmentation, and the
+    /// draws of the methods that take it (PMR's prototype batches, G-Blending's estimates, the
+    /// valuation methods' subsets). OGM-GE's noise and Greedy's MMTM weights have their own
+    /// `noise_seed` and `seed` options.
     pub seed: u64,
     /// Number of training epochs (default 10).
     pub epochs: usize,
@@ -35,7 +37,8 @@ pub struct TrainConfig {
     /// Batches prepared ahead of the trainer.
     pub prefetch: usize,
     /// CPU threads for the model and the loader (the command line sets `RAYON_NUM_THREADS` and
-    /// `CANDLE_NUM_THREADS` from this before anything runs); 0 = every core.
+    /// `CANDLE_NUM_THREADS` from this before anything runs); 0 leaves the libraries' defaults
+    /// (candle: the physical cores it may use; rayon: every logical CPU).
     pub threads: usize,
     /// Evaluate the test split every epoch (selection always uses val).
     pub eval_test: bool,

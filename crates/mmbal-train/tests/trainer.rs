@@ -725,6 +725,7 @@ fn a_methods_requirements_are_checked_before_anything_is_written() {
     // Greedy on the default concat head.
     let mut cfg = small(&out, "requirements", OptimizerConfig::default());
     cfg.method.name = "greedy".into();
+    assert!(cfg.data.cache);
     let err = format!(
         "{:#}",
         Trainer::from_config(cfg.clone()).err().expect("refused")
@@ -733,6 +734,8 @@ fn a_methods_requirements_are_checked_before_anything_is_written() {
         err.contains("set [model] fusion = \"sum\" (the config has \"concat\")"),
         "{err}"
     );
+    // Refused before the input cache was built.
+    assert!(!cfg.run_dir().join("inputs.mmbc").exists());
     // G-Blending estimates on val; without val rows it is refused up front, not at its
     // first estimate.
     let data = out.join("data");
@@ -809,7 +812,9 @@ fn a_method_sets_learning_rates_per_parameter_group() {
     let mut cfg = small(&out, "lr-scales", OptimizerConfig::default());
     cfg.epochs = 1;
     cfg.method.name = "slow-visual".into();
-    let mut t = Trainer::from_config(cfg).unwrap();
+    // A method that does not list its options keeps the table it was given.
+    cfg.method.options = toml::from_str("note = \"kept\"").unwrap();
+    let mut t = Trainer::from_config(cfg.clone()).unwrap();
     let values = |t: &Trainer| -> Vec<(String, Vec<f32>)> {
         t.model
             .named_params()
@@ -837,4 +842,6 @@ fn a_method_sets_learning_rates_per_parameter_group() {
         visual > 0 && audio > 0 && head > 0,
         "{visual} {audio} {head}"
     );
+    let saved = TrainConfig::load(&cfg.run_dir().join("config.toml")).unwrap();
+    assert_eq!(saved.method.options["note"].as_str(), Some("kept"));
 }

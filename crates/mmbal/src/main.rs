@@ -516,8 +516,8 @@ fn carve_val(config: &Path) -> Result<()> {
     {
         Some(wrote) => println!("{wrote}"),
         None => println!(
-            "nothing written: the {:?} layout under {} has its val list",
-            layout.kind,
+            "nothing written: the {} layout under {} has its val list",
+            layout.kind.name(),
             root.display()
         ),
     }

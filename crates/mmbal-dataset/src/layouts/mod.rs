@@ -117,6 +117,20 @@ fn default_val_fraction() -> f64 {
     0.1
 }
 
+impl LayoutKind {
+    /// The name a card's `kind` gives it (`kinetics-sounds`, `crema-d`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            LayoutKind::KineticsSounds => "kinetics-sounds",
+            LayoutKind::CremaD => "crema-d",
+            LayoutKind::Ucf101 => "ucf-101",
+            LayoutKind::VggSound => "vggsound",
+            LayoutKind::Ave => "ave",
+            LayoutKind::MmDebiased => "mm-debiased",
+        }
+    }
+}
+
 impl Layout {
     /// A layout with every path at its default.
     pub fn new(kind: LayoutKind) -> Layout {
@@ -364,12 +378,38 @@ pub fn load_with_train_list(
 /// class, chosen by a hash of `val_seed` and the id) and writes it at the layout's val path, in
 /// the layout's own line format. Returns what it wrote, or `None` when there is nothing to do
 /// (the val list exists, or the layout has its own).
+/// The list is written to a temporary file first and moved into place only once the whole
+/// layout reads with it (classes, labels, sources), so a failed carve leaves nothing behind.
 pub fn carve_val(card: &DatasetCard, layout: &Layout, root: &Path) -> Result<Option<String>> {
-    let (manifest, _) = read_layout(card, layout, root, true)?;
-    Ok(manifest
+    let read = read_layout(card, layout, root, true);
+    let Some(path) = layout.val_path(root) else {
+        return read.map(|_| None);
+    };
+    let tmp = carving_path(&path);
+    let (manifest, _) = match read {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    let note = manifest
         .notes
         .into_iter()
-        .find(|n| n.starts_with("carved a val split")))
+        .find(|n| n.starts_with("carved a val split"));
+    if note.is_some() {
+        std::fs::rename(&tmp, &path).with_context(|| {
+            format!("{}: cannot move the carved list into place", path.display())
+        })?;
+    }
+    Ok(note)
+}
+
+/// Where a carved val list is written before it is checked.
+fn carving_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".carving");
+    path.with_file_name(name)
 }
 
 /// Reads the lists; a missing val list that the layout carves is written when `carve`, an
@@ -531,10 +571,11 @@ fn val_entries(
         text.push_str(&e.raw);
         text.push('\n');
     }
-    std::fs::write(path, &text).with_context(|| {
+    let tmp = carving_path(path);
+    std::fs::write(&tmp, &text).with_context(|| {
         format!(
             "{}: cannot write the val split carved from train (set [layout] val to a writable path)",
-            path.display()
+            tmp.display()
         )
     })?;
     notes.push(format!(
@@ -545,7 +586,7 @@ fn val_entries(
         layout.val_seed,
         path.display()
     ));
-    parse(path)
+    parse(&tmp)
 }
 
 fn resolve_classes(
@@ -586,6 +627,15 @@ fn label_by_name_or_index(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kind_names_are_the_cards_spelling() {
+        use LayoutKind::*;
+        for k in [KineticsSounds, CremaD, Ucf101, VggSound, Ave, MmDebiased] {
+            let card: Layout = toml::from_str(&format!("kind = \"{}\"", k.name())).unwrap();
+            assert_eq!(card.kind, k);
+        }
+    }
 
     #[test]
     fn carving_is_stratified_and_deterministic() {
