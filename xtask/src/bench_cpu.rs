@@ -121,9 +121,12 @@ fn mmbal_row(row: &Row, steps: usize, warmup: usize) -> Result<(f64, f64)> {
             &model,
             method.as_mut(),
             opt.as_mut(),
-            &inputs,
-            &labels,
-            &keep,
+            mmbal_train::StepInputs {
+                inputs: &inputs,
+                labels: &labels,
+                keep: &keep,
+                rows: &[],
+            },
             StepIndex::default(),
         )?;
         Ok(())

@@ -21,9 +21,10 @@
 //! let labels = Tensor::new(&[0u32, 1, 2, 0], &dev).unwrap();
 //! let keep = Tensor::ones((4, 2), candle_core::DType::F32, &dev).unwrap();
 //! let mut method = build_method("joint", &Default::default()).unwrap();
-//! let out = model.forward(&[x.clone(), x], Some(&keep), true).unwrap();
+//! let inputs = [x.clone(), x];
+//! let out = model.forward(&inputs, Some(&keep), true).unwrap();
 //! let ctx = StepCtx { epoch: 0, step: 0, batch: 0, batches: 1, model: &model, labels: &labels,
-//!     keep: &keep, turn: None };
+//!     keep: &keep, inputs: &inputs, rows: &[], turn: None };
 //! let loss = method.loss(&ctx, &out).unwrap();
 //! let mut grads = Grads { store: loss.backward().unwrap() };
 //! method.edit_gradients(&ctx, &out, &mut grads).unwrap();

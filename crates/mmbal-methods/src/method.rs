@@ -51,6 +51,13 @@ pub struct StepCtx<'a> {
     pub labels: &'a Tensor,
     /// `(B, M)` 1 = modality kept, 0 = zeroed, on the model's device.
     pub keep: &'a Tensor,
+    /// The step's inputs, one per modality, on the model's device: for extra forwards with
+    /// modalities masked (`MultimodalModel::mask_inputs`).
+    pub inputs: &'a [Tensor],
+    /// The batch's rows (sample index in the manifest, zeroed modalities), in batch order:
+    /// per-sample state across epochs. Empty when the caller has no rows (a bare
+    /// `train_step` on tensors).
+    pub rows: &'a [Row],
     /// Under [`StepPlan::PerModality`], the modality this backward belongs to.
     pub turn: Option<usize>,
 }
@@ -84,6 +91,34 @@ impl Grads {
         }
         Ok(())
     }
+    /// The L2 norm of the gradients of `vars` together (those without a gradient count 0), in
+    /// f64.
+    pub fn global_norm(&self, vars: &[Var]) -> Result<f64> {
+        let mut sq = 0.0;
+        for v in vars {
+            if let Some(g) = self.store.get(v) {
+                sq += g
+                    .to_dtype(candle_core::DType::F64)?
+                    .sqr()?
+                    .sum_all()?
+                    .to_scalar::<f64>()?;
+            }
+        }
+        Ok(sq.sqrt())
+    }
+
+    /// PyTorch's `clip_grad_norm_(vars, max_norm)`: when the global norm exceeds `max_norm`,
+    /// every gradient of `vars` is multiplied by `max_norm / (norm + 1e-6)`. Returns the norm
+    /// before clipping.
+    pub fn clip_norm(&mut self, vars: &[Var], max_norm: f64) -> Result<f64> {
+        let norm = self.global_norm(vars)?;
+        let factor = max_norm / (norm + 1e-6);
+        if factor < 1.0 {
+            self.scale(vars, factor)?;
+        }
+        Ok(norm)
+    }
+
     /// Scales a parameter group of `model`.
     pub fn scale_group(
         &mut self,
@@ -324,6 +359,35 @@ pub trait BalanceMethod: Send {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn global_norm_and_clip_follow_pytorch() {
+        let dev = candle_core::Device::Cpu;
+        let (a, b) = (
+            Var::new(&[1.0f32, 1.0], &dev).unwrap(),
+            Var::new(&[1.0f32], &dev).unwrap(),
+        );
+        // Gradients (3, 0) and (4): norm 5.
+        let loss = ((a.as_tensor() * &Tensor::new(&[3.0f32, 0.0], &dev).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            + (b.as_tensor() * 4.0).unwrap().sum_all().unwrap())
+        .unwrap();
+        let mut g = Grads {
+            store: loss.backward().unwrap(),
+        };
+        let vars = [a.clone(), b.clone()];
+        assert_eq!(g.global_norm(&vars).unwrap(), 5.0);
+        // Under the limit: untouched.
+        assert_eq!(g.clip_norm(&vars, 10.0).unwrap(), 5.0);
+        assert_eq!(g.get(&b).unwrap().to_vec1::<f32>().unwrap(), vec![4.0]);
+        // Over it: scaled by max / (norm + 1e-6), as torch.nn.utils.clip_grad_norm_.
+        g.clip_norm(&vars, 1.0).unwrap();
+        let k = 1.0 / (5.0 + 1e-6);
+        let got = g.get(&b).unwrap().to_vec1::<f32>().unwrap()[0] as f64;
+        assert!((got - 4.0 * k).abs() < 1e-6, "{got}");
+    }
 
     #[test]
     fn requirements_name_what_to_change() {

@@ -36,5 +36,5 @@ mod trainer;
 pub use assemble::parse_device;
 pub use config::{Selection, TrainConfig};
 pub use run_log::{read_log, EpochRecord, Events, Quiet, RunSummary, SplitMetrics};
-pub use step::{train_step, StepReport};
+pub use step::{train_step, StepInputs, StepReport};
 pub use trainer::Trainer;

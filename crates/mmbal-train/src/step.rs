@@ -5,9 +5,22 @@
 use crate::optim::Optimizer;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
-use mmbal_data::Batch;
+use mmbal_data::{Batch, Row};
 use mmbal_fusion::{ForwardOut, MultimodalModel};
 use mmbal_methods::{BalanceMethod, Grads, StepCtx, StepIndex, StepPlan};
+
+/// What one step trains on, on the model's device.
+#[derive(Clone, Copy)]
+pub struct StepInputs<'a> {
+    /// One input per modality, `(B, ...)`.
+    pub inputs: &'a [Tensor],
+    /// `(B,)` u32 labels.
+    pub labels: &'a Tensor,
+    /// `(B, M)`: 1 = modality kept, 0 = zeroed.
+    pub keep: &'a Tensor,
+    /// The batch's rows (sample index, zeroed modalities); empty when there are none.
+    pub rows: &'a [Row],
+}
 
 /// One training step: a train-mode forward with `keep` masking the features, then for each
 /// backward pass of the method's [`StepPlan`]: the method's loss, backward, the method's gradient
@@ -16,11 +29,15 @@ pub fn train_step(
     model: &MultimodalModel,
     method: &mut dyn BalanceMethod,
     optimizer: &mut dyn Optimizer,
-    inputs: &[Tensor],
-    labels: &Tensor,
-    keep: &Tensor,
+    batch: StepInputs,
     at: StepIndex,
 ) -> Result<(f64, ForwardOut)> {
+    let StepInputs {
+        inputs,
+        labels,
+        keep,
+        rows,
+    } = batch;
     let out = model.forward(inputs, Some(keep), true)?;
     let turns: Vec<Option<usize>> = match method.step_plan() {
         StepPlan::Joint => vec![None],
@@ -36,6 +53,8 @@ pub fn train_step(
             model,
             labels,
             keep,
+            inputs,
+            rows,
             turn,
         };
         let loss = method.loss(&ctx, &out)?;

@@ -15,7 +15,7 @@ use crate::monitor::ScoreRatio;
 use crate::optim::Optimizer;
 use crate::run_folder::{clear_earlier_results, write_run_files};
 use crate::run_log::{EpochRecord, Events, RunLog, RunSummary, SplitMetrics};
-use crate::step::{to_device, train_step, StepReport};
+use crate::step::{to_device, train_step, StepInputs, StepReport};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use mmbal_data::{batches, shuffle_rows, Batch, Dataset, Split};
@@ -69,9 +69,12 @@ impl Trainer {
             &self.model,
             self.method.as_mut(),
             self.optimizer.as_mut(),
-            &inputs,
-            &labels,
-            &keep,
+            StepInputs {
+                inputs: &inputs,
+                labels: &labels,
+                keep: &keep,
+                rows: &batch.rows,
+            },
             StepIndex {
                 epoch,
                 step: self.step,

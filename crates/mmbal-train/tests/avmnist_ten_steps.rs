@@ -21,7 +21,7 @@ use mmbal_encoders::{Encoder, SmallCnn};
 use mmbal_fusion::{FusionHead, FusionKind, LinearInit, MultimodalModel};
 use mmbal_methods::{Joint, StepIndex};
 use mmbal_train::optim::{Adam, OptimizerConfig};
-use mmbal_train::{train_step, TrainConfig};
+use mmbal_train::{train_step, StepInputs, TrainConfig};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
@@ -156,8 +156,19 @@ fn ten_adam_steps_match_pytorch() {
             batch: k,
             batches: STEPS,
         };
-        let (loss, _) =
-            train_step(&model, &mut Joint, &mut adam, &inputs, &labels, &keep, at).unwrap();
+        let (loss, _) = train_step(
+            &model,
+            &mut Joint,
+            &mut adam,
+            StepInputs {
+                inputs: &inputs,
+                labels: &labels,
+                keep: &keep,
+                rows: &[],
+            },
+            at,
+        )
+        .unwrap();
         let want = want_loss[k] as f64;
         let rel = (loss - want).abs() / want.abs();
         eprintln!("step {}: loss {loss:.6} vs {want:.6} ({rel:.1e})", k + 1);

@@ -12,7 +12,7 @@ use common::{assert_close, av_model, fixture, get, scalar, tiny_blank};
 use mmbal_fusion::{FusionKind, MultimodalModel};
 use mmbal_methods::{build_method, BalanceMethod, StepIndex};
 use mmbal_train::optim::Sgd;
-use mmbal_train::train_step;
+use mmbal_train::{train_step, StepInputs};
 use std::collections::HashMap;
 
 /// mmbal's parameter or buffer name to the reference's state_dict name.
@@ -107,9 +107,12 @@ fn run_schedule(options: &str) {
                 &model,
                 method.as_mut(),
                 &mut sgd,
-                &inputs,
-                &labels,
-                &keep,
+                StepInputs {
+                    inputs: &inputs,
+                    labels: &labels,
+                    keep: &keep,
+                    rows: &[],
+                },
                 StepIndex {
                     epoch,
                     step: k,

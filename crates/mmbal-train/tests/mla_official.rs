@@ -19,7 +19,7 @@ use common::{batch, fixture, max_abs, meta, official_model, official_name, Repor
 use mmbal_fusion::{ForwardOut, FusionKind, MultimodalModel};
 use mmbal_methods::{BalanceMethod, Grads, StepCtx, StepIndex, StepPlan};
 use mmbal_train::optim::Sgd;
-use mmbal_train::train_step;
+use mmbal_train::{train_step, StepInputs};
 use std::collections::HashMap;
 
 const BATCHES: usize = 3;
@@ -146,7 +146,19 @@ fn run(f: &HashMap<String, Tensor>, options: &str) -> (MultimodalModel, Recorder
             batch: b,
             batches,
         };
-        train_step(&model, &mut rec, &mut sgd, &inputs, &labels, &keep, at).unwrap();
+        train_step(
+            &model,
+            &mut rec,
+            &mut sgd,
+            StepInputs {
+                inputs: &inputs,
+                labels: &labels,
+                keep: &keep,
+                rows: &[],
+            },
+            at,
+        )
+        .unwrap();
         // The batch's last turn: taken now, before the next batch's forward moves the running
         // statistics.
         rec.turns.last_mut().unwrap().after = snapshot(&model);

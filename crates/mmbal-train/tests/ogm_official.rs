@@ -18,7 +18,7 @@ use mmbal_data::{Dataset, Manifest, Row};
 use mmbal_fusion::{ForwardOut, FusionKind, MultimodalModel};
 use mmbal_methods::{BalanceMethod, EpochCtx, Grads, StepCtx, StepIndex, StepPlan};
 use mmbal_train::optim::Sgd;
-use mmbal_train::train_step;
+use mmbal_train::{train_step, StepInputs};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -139,8 +139,19 @@ fn run(
             batch: 0,
             batches: 1,
         };
-        let (loss, out) =
-            train_step(&model, &mut rec, &mut sgd, &inputs, &labels, &keep, at).unwrap();
+        let (loss, out) = train_step(
+            &model,
+            &mut rec,
+            &mut sgd,
+            StepInputs {
+                inputs: &inputs,
+                labels: &labels,
+                keep: &keep,
+                rows: &[],
+            },
+            at,
+        )
+        .unwrap();
         check(e, loss, &out, &rec, &model);
     }
 }

@@ -14,7 +14,7 @@ use common::{assert_close, av_model, fixture, get, scalar, tiny_blank};
 use mmbal_fusion::{FusionKind, MultimodalModel};
 use mmbal_methods::{build_method, BalanceMethod, StepIndex};
 use mmbal_train::optim::Sgd;
-use mmbal_train::train_step;
+use mmbal_train::{train_step, StepInputs};
 use std::collections::HashMap;
 
 /// mmbal's parameter or buffer name to the official AVClassifier's state_dict name.
@@ -84,9 +84,20 @@ fn step(
         epoch,
         ..Default::default()
     };
-    train_step(model, method, sgd, &inputs, &labels, &keep, at)
-        .unwrap()
-        .0
+    train_step(
+        model,
+        method,
+        sgd,
+        StepInputs {
+            inputs: &inputs,
+            labels: &labels,
+            keep: &keep,
+            rows: &[],
+        },
+        at,
+    )
+    .unwrap()
+    .0
 }
 
 fn check_weights(model: &MultimodalModel, f: &HashMap<String, Tensor>, prefix: &str) {

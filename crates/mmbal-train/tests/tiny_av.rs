@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use mmbal_fusion::{ForwardOut, FusionKind, MultimodalModel};
 use mmbal_methods::{BalanceMethod, Grads, Joint, StepCtx, StepIndex};
 use mmbal_train::optim::Sgd;
-use mmbal_train::train_step;
+use mmbal_train::{train_step, StepInputs};
 use mmbal_valuation::{value_batch, Benefit, MaskRoute};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -132,9 +132,12 @@ fn joint_step_matches_pytorch() {
         &model,
         &mut method,
         &mut sgd,
-        &inputs,
-        &labels,
-        &keep,
+        StepInputs {
+            inputs: &inputs,
+            labels: &labels,
+            keep: &keep,
+            rows: &[],
+        },
         StepIndex::default(),
     )
     .unwrap();
@@ -231,9 +234,12 @@ fn ogm_step_matches_pytorch() {
         &model,
         method.as_mut(),
         &mut sgd,
-        &inputs,
-        &labels,
-        &keep,
+        StepInputs {
+            inputs: &inputs,
+            labels: &labels,
+            keep: &keep,
+            rows: &[],
+        },
         StepIndex::default(),
     )
     .unwrap();
@@ -291,6 +297,8 @@ fn ogm_ge_noise_follows_each_gradient_std_and_spares_bn_and_head() {
         model: &model,
         labels: &labels,
         keep: &keep,
+        inputs: &[],
+        rows: &[],
         turn: None,
     };
     method.edit_gradients(&ctx, &out, &mut grads).unwrap();
@@ -367,9 +375,12 @@ fn pmr_steps_match_pytorch() {
             &model,
             method.as_mut(),
             &mut sgd,
-            &inputs,
-            &labels,
-            &keep,
+            StepInputs {
+                inputs: &inputs,
+                labels: &labels,
+                keep: &keep,
+                rows: &[],
+            },
             StepIndex::default(),
         )
         .unwrap();
@@ -459,7 +470,19 @@ fn mla_steps_match_pytorch() {
         batch: 0,
         batches: 10,
     };
-    let (loss, _) = train_step(&model, &mut method, &mut sgd, &inputs, &labels, &keep, at).unwrap();
+    let (loss, _) = train_step(
+        &model,
+        &mut method,
+        &mut sgd,
+        StepInputs {
+            inputs: &inputs,
+            labels: &labels,
+            keep: &keep,
+            rows: &[],
+        },
+        at,
+    )
+    .unwrap();
     let scalar = |k: &str| f[k].flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
     let want = scalar("mla.audio.loss") + scalar("mla.visual.loss");
     assert!(

@@ -845,3 +845,55 @@ fn a_method_sets_learning_rates_per_parameter_group() {
     let saved = TrainConfig::load(&cfg.run_dir().join("config.toml")).unwrap();
     assert_eq!(saved.method.options["note"].as_str(), Some("kept"));
 }
+
+/// Joint training that records what a step sees: its rows and inputs.
+#[derive(Default)]
+struct RowRecorder {
+    seen: Vec<usize>,
+    inputs: usize,
+}
+
+impl mmbal_methods::BalanceMethod for RowRecorder {
+    fn name(&self) -> &'static str {
+        "row-recorder"
+    }
+    fn loss(
+        &mut self,
+        ctx: &mmbal_methods::StepCtx,
+        out: &mmbal_fusion::ForwardOut,
+    ) -> anyhow::Result<candle_core::Tensor> {
+        assert_eq!(ctx.rows.len(), ctx.labels.dim(0)?);
+        self.seen.extend(ctx.rows.iter().map(|r| r.sample));
+        self.inputs = ctx.inputs.len();
+        Ok(candle_nn::loss::cross_entropy(
+            &out.fused_logits,
+            ctx.labels,
+        )?)
+    }
+    fn diagnostics(&self) -> Vec<(String, f64)> {
+        let mut distinct = self.seen.clone();
+        distinct.sort();
+        distinct.dedup();
+        vec![
+            ("rows".into(), self.seen.len() as f64),
+            ("distinct".into(), distinct.len() as f64),
+            ("inputs".into(), self.inputs as f64),
+        ]
+    }
+}
+
+#[test]
+fn a_step_sees_its_rows_and_inputs() {
+    mmbal_methods::register("row-recorder", |_| Ok(Box::<RowRecorder>::default())).unwrap();
+    let out = tmp("rows");
+    let mut cfg = small(&out, "rows", OptimizerConfig::default());
+    cfg.epochs = 1;
+    cfg.method.name = "row-recorder".into();
+    let mut t = Trainer::from_config(cfg).unwrap();
+    let train = t.dataset.rows(mmbal_data::Split::Train).len() as f64;
+    let last = t.run(&mut Quiet).unwrap().last.unwrap();
+    // Every training sample once, identified by its manifest index.
+    assert_eq!(last.method["rows"], train);
+    assert_eq!(last.method["distinct"], train);
+    assert_eq!(last.method["inputs"], 2.0);
+}
