@@ -278,6 +278,13 @@ pub trait BalanceMethod: Send {
         Ok(())
     }
 
+    /// Trainable parameters the method owns (an extra layer, a learned weight), stepped with
+    /// the model's by the same optimizer and saved in checkpoints under `method_param.<name>`.
+    /// Read once, after [`BalanceMethod::prepare_model`]. Default: none.
+    fn params(&self) -> Vec<(String, Var)> {
+        Vec::new()
+    }
+
     /// The next epoch's rows (resampling); `None` = every training sample once, nothing zeroed.
     fn epoch_plan(&mut self, _ctx: &EpochCtx) -> Result<Option<Vec<Row>>> {
         Ok(None)
@@ -305,6 +312,19 @@ pub trait BalanceMethod: Send {
             &out.fused_logits,
             ctx.labels,
         )?)
+    }
+
+    /// For methods that need the gradients of several losses separately and combine them
+    /// (MMPareto): run the backward passes here and return the loss to report (its sum is
+    /// logged and must be finite) with the combined gradients, which then go through
+    /// `observe_gradients`, `edit_gradients`, the finite check and the optimizer step as usual.
+    /// Default `None`: the trainer back-propagates [`BalanceMethod::loss`] once.
+    fn step_gradients(
+        &mut self,
+        _ctx: &StepCtx,
+        _out: &ForwardOut,
+    ) -> Result<Option<(Tensor, Grads)>> {
+        Ok(None)
     }
 
     /// Reads the gradients after backward, before any edit (learning speeds, gradient norms).

@@ -125,7 +125,11 @@ impl Trainer {
             config.method.options = resolved;
         }
         method.prepare_model(&mut model)?;
-        let optimizer = config.optimizer.build(model.params());
+        // The model's parameters, then the method's own: the order of every per-parameter list
+        // (learning-rate factors, optimizer state).
+        let mut params = model.params();
+        params.extend(method.params().into_iter().map(|(_, v)| v));
+        let optimizer = config.optimizer.build(params);
         let run_dir = config.run_dir();
         let score_ratio = config
             .monitor_score_ratio

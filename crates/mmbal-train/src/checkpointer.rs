@@ -55,6 +55,20 @@ impl Trainer {
         }
         self.optimizer.load_state(&ck.section("optim"))?;
         self.method.load_state(&ck.section("method"))?;
+        let own = ck.section("method_param");
+        for (name, var) in self.method.params() {
+            let t = own
+                .get(&name)
+                .with_context(|| format!("no method parameter `{name}`"))?;
+            if t.dims() != var.dims() || !all_finite(t)? {
+                bail!(
+                    "method parameter `{name}`: shape {:?} (method {:?}) or values not finite",
+                    t.dims(),
+                    var.dims()
+                );
+            }
+            var.set(&t.to_device(var.device())?)?;
+        }
         self.epochs_done = ck.meta("epochs_done")?.parse()?;
         self.step = ck.meta("step")?.parse()?;
         let lr: f64 = ck.meta("lr")?.parse()?;
@@ -86,6 +100,15 @@ impl Trainer {
         }
         for (n, t) in self.optimizer.state() {
             tensors.push((format!("optim.{n}"), t));
+        }
+        for (n, v) in self.method.params() {
+            if !all_finite(v.as_tensor())? {
+                bail!(
+                    "{}: not written, method parameter `{n}` holds NaN or infinite values",
+                    path.display()
+                );
+            }
+            tensors.push((format!("method_param.{n}"), v.as_tensor().clone()));
         }
         for (n, t) in self.method.state()? {
             tensors.push((format!("method.{n}"), t));

@@ -57,7 +57,12 @@ pub fn train_step(
             rows,
             turn,
         };
-        let loss = method.loss(&ctx, &out)?;
+        // A method that combines the gradients of several losses computes them itself.
+        let custom = method.step_gradients(&ctx, &out)?;
+        let loss = match &custom {
+            Some((loss, _)) => loss.clone(),
+            None => method.loss(&ctx, &out)?,
+        };
         let value = loss
             .sum_all()?
             .to_dtype(candle_core::DType::F32)?
@@ -77,12 +82,15 @@ pub fn train_step(
             bail!("{}: the loss is {value}; no step was taken", at_step());
         }
         total += value;
-        let mut grads = Grads {
-            store: loss.backward()?,
+        let mut grads = match custom {
+            Some((_, grads)) => grads,
+            None => Grads {
+                store: loss.backward()?,
+            },
         };
         method.observe_gradients(&ctx, &out, &grads)?;
         method.edit_gradients(&ctx, &out, &mut grads)?;
-        if let Some(name) = first_non_finite_gradient(model, &grads)? {
+        if let Some(name) = first_non_finite_gradient(model, &*method, &grads)? {
             bail!(
                 "{}: the gradient of `{name}` is not finite (loss {value}); no step was taken",
                 at_step()
@@ -94,8 +102,16 @@ pub fn train_step(
 }
 
 /// The name of the first parameter whose gradient holds a NaN or an infinity.
-fn first_non_finite_gradient(model: &MultimodalModel, grads: &Grads) -> Result<Option<String>> {
-    for (name, v) in model.named_params() {
+fn first_non_finite_gradient(
+    model: &MultimodalModel,
+    method: &dyn BalanceMethod,
+    grads: &Grads,
+) -> Result<Option<String>> {
+    let own = method
+        .params()
+        .into_iter()
+        .map(|(n, v)| (format!("method_param.{n}"), v));
+    for (name, v) in model.named_params().into_iter().chain(own) {
         if let Some(g) = grads.get(&v) {
             if !all_finite(g)? {
                 return Ok(Some(name));

@@ -149,7 +149,8 @@ impl Trainer {
     /// from a method's factors per group: 1, times the factor of every group holding it.
     fn lr_scale_per_param(&self, groups: &[(mmbal_fusion::ParamGroup, f64)]) -> Vec<f64> {
         let params = self.model.params();
-        let mut scales = vec![1.0; params.len()];
+        // The method's own parameters follow the model's in the optimizer, at factor 1.
+        let mut scales = vec![1.0; params.len() + self.method.params().len()];
         for (group, factor) in groups {
             for v in self.model.group(*group) {
                 let id = v.as_tensor().id();

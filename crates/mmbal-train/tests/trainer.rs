@@ -897,3 +897,147 @@ fn a_step_sees_its_rows_and_inputs() {
     assert_eq!(last.method["distinct"], train);
     assert_eq!(last.method["inputs"], 2.0);
 }
+
+/// Joint training with the backward pass run by the method (`step_gradients`); with `empty`,
+/// it returns no gradients at all.
+struct OwnBackward {
+    empty: bool,
+}
+
+impl mmbal_methods::BalanceMethod for OwnBackward {
+    fn name(&self) -> &'static str {
+        "own-backward"
+    }
+    fn step_gradients(
+        &mut self,
+        ctx: &mmbal_methods::StepCtx,
+        out: &mmbal_fusion::ForwardOut,
+    ) -> anyhow::Result<Option<(candle_core::Tensor, mmbal_methods::Grads)>> {
+        let loss = candle_nn::loss::cross_entropy(&out.fused_logits, ctx.labels)?;
+        let mut grads = mmbal_methods::Grads {
+            store: loss.backward()?,
+        };
+        if self.empty {
+            for v in ctx.model.params() {
+                grads.remove(&v);
+            }
+        }
+        Ok(Some((loss, grads)))
+    }
+}
+
+#[test]
+fn a_method_may_compute_the_gradients_itself() {
+    mmbal_methods::register("own-backward", |o| {
+        Ok(Box::new(OwnBackward {
+            empty: o.get("empty").and_then(|v| v.as_bool()).unwrap_or(false),
+        }))
+    })
+    .unwrap();
+    let out = tmp("own-backward");
+    let run = |name: &str, method: &str, empty: bool| {
+        let mut cfg = small(&out, name, OptimizerConfig::default());
+        cfg.epochs = 1;
+        cfg.method.name = method.into();
+        if empty {
+            cfg.method.options = toml::from_str("empty = true").unwrap();
+        }
+        let mut t = Trainer::from_config(cfg).unwrap();
+        let before: Vec<Vec<f32>> = t
+            .model
+            .params()
+            .iter()
+            .map(|v| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
+        t.run(&mut Quiet).unwrap();
+        let after: Vec<Vec<f32>> = t
+            .model
+            .params()
+            .iter()
+            .map(|v| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
+        (before, after)
+    };
+    // The same backward, run by the method: bitwise joint training.
+    let (_, joint) = run("joint", "joint", false);
+    let (_, own) = run("own", "own-backward", false);
+    assert!(
+        joint == own,
+        "a method's own backward differs from the trainer's"
+    );
+    // The gradients it returns are the ones stepped: none, no change.
+    let (before, after) = run("empty", "own-backward", true);
+    assert!(before == after);
+}
+
+/// Joint training of the fused logits divided by a learned temperature the method owns.
+struct LearnedTemperature {
+    t: candle_core::Var,
+}
+
+impl mmbal_methods::BalanceMethod for LearnedTemperature {
+    fn name(&self) -> &'static str {
+        "learned-temperature"
+    }
+    fn params(&self) -> Vec<(String, candle_core::Var)> {
+        vec![("temperature".into(), self.t.clone())]
+    }
+    fn loss(
+        &mut self,
+        ctx: &mmbal_methods::StepCtx,
+        out: &mmbal_fusion::ForwardOut,
+    ) -> anyhow::Result<candle_core::Tensor> {
+        let logits = out.fused_logits.broadcast_div(self.t.as_tensor())?;
+        Ok(candle_nn::loss::cross_entropy(&logits, ctx.labels)?)
+    }
+}
+
+#[test]
+fn a_methods_own_parameters_train_and_resume() {
+    mmbal_methods::register("learned-temperature", |_| {
+        Ok(Box::new(LearnedTemperature {
+            t: candle_core::Var::new(&[1.0f32], &candle_core::Device::Cpu)?,
+        }))
+    })
+    .unwrap();
+    let out = tmp("method-params");
+    let cfg = |name: &str, epochs| {
+        let mut c = small(&out, name, OptimizerConfig::default());
+        c.epochs = epochs;
+        c.method.name = "learned-temperature".into();
+        c
+    };
+    let whole = cfg("whole", 2);
+    Trainer::from_config(whole.clone())
+        .unwrap()
+        .run(&mut Quiet)
+        .unwrap();
+    let first = cfg("first", 1);
+    Trainer::from_config(first.clone())
+        .unwrap()
+        .run(&mut Quiet)
+        .unwrap();
+    let t1 = Checkpoint::load(&first.run_dir().join("last.safetensors")).unwrap();
+    let after_one = t1.section("method_param")["temperature"]
+        .to_vec1::<f32>()
+        .unwrap()[0];
+    assert_ne!(after_one, 1.0, "the temperature was trained");
+    Trainer::resume(&first.run_dir().join("last.safetensors"), Some(2), None)
+        .unwrap()
+        .run(&mut Quiet)
+        .unwrap();
+    let a = Checkpoint::load(&whole.run_dir().join("last.safetensors")).unwrap();
+    let b = Checkpoint::load(&first.run_dir().join("last.safetensors")).unwrap();
+    for section in ["method_param", "model"] {
+        let (sa, sb) = (a.section(section), b.section(section));
+        assert_eq!(sa.len(), sb.len(), "{section}");
+        for (k, v) in &sa {
+            let w = &sb[k];
+            assert_eq!(
+                v.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                w.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "{section}.{k} differs after resume"
+            );
+        }
+    }
+}
