@@ -280,7 +280,8 @@ pub trait BalanceMethod: Send {
 
     /// Trainable parameters the method owns (an extra layer, a learned weight), stepped with
     /// the model's by the same optimizer and saved in checkpoints under `method_param.<name>`.
-    /// Read once, after [`BalanceMethod::prepare_model`]. Default: none.
+    /// First read after [`BalanceMethod::prepare_model`]; every call must return the same
+    /// parameters in the same order. Default: none.
     fn params(&self) -> Vec<(String, Var)> {
         Vec::new()
     }

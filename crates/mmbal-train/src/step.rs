@@ -23,8 +23,10 @@ pub struct StepInputs<'a> {
 }
 
 /// One training step: a train-mode forward with `keep` masking the features, then for each
-/// backward pass of the method's [`StepPlan`]: the method's loss, backward, the method's gradient
-/// edits and an optimizer step. Returns the summed loss and the forward output.
+/// backward pass of the method's [`StepPlan`]: the method's loss and one backward (or the
+/// gradients the method computes itself, `step_gradients`), the method's read-only look and
+/// edits, the finite check (the model's and the method's own parameters) and an optimizer step.
+/// Returns the summed loss and the forward output.
 pub fn train_step(
     model: &MultimodalModel,
     method: &mut dyn BalanceMethod,
