@@ -13,6 +13,8 @@
 //! let net = SmallCnn::new(1, 8, 3, &Device::Cpu).unwrap();
 //! let x = Tensor::randn(0f32, 1.0, (2, 1, 28, 28), &Device::Cpu).unwrap();
 //! assert_eq!(net.features(&x, true).unwrap().dims(), &[2, net.out_dim()]);
+//! // The same through candle's `ModuleT`.
+//! assert_eq!(x.apply_t(&net, false).unwrap().dims(), &[2, net.out_dim()]);
 //! ```
 
 #![warn(missing_docs)]

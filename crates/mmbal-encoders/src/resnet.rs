@@ -161,6 +161,14 @@ impl ResNet18 {
     }
 }
 
+/// candle's idiom for a layer with a train/eval switch: `x.apply_t(&net, train)` gives the pooled
+/// features, as [`Encoder::features`].
+impl candle_core::ModuleT for ResNet18 {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        self.features(xs, train)
+    }
+}
+
 impl Encoder for ResNet18 {
     fn batch_norm_layers(&self) -> Vec<&BatchNorm2d> {
         self.batch_norms().into_iter().map(|(_, bn)| bn).collect()

@@ -31,6 +31,14 @@ impl SmallCnn {
     }
 }
 
+/// candle's idiom for a layer with a train/eval switch: `x.apply_t(&net, train)` gives the pooled
+/// features, as [`Encoder::features`].
+impl candle_core::ModuleT for SmallCnn {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        self.features(xs, train)
+    }
+}
+
 impl Encoder for SmallCnn {
     fn batch_norm_layers(&self) -> Vec<&BatchNorm2d> {
         self.convs.iter().map(|(_, _, bn)| bn).collect()

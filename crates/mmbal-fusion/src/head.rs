@@ -92,6 +92,13 @@ pub struct Linear {
     pub bias: Var,
 }
 
+/// `x.apply(&linear)`, candle's idiom.
+impl candle_core::Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        Linear::forward(self, xs)
+    }
+}
+
 impl Linear {
     /// A layer from `inp` to `out` features, drawn from `rng` as `init` says.
     pub fn new(
