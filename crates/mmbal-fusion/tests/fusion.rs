@@ -418,3 +418,52 @@ fn encoders_are_built_by_kind_and_new_kinds_register() {
     let text = toml::to_string(&builtin).unwrap();
     assert_eq!(toml::from_str::<EncoderSpec>(&text).unwrap(), builtin);
 }
+
+/// The head's linear layers built through a seeded `VarBuilder` (`SeededInit`) get the weights
+/// `Linear::new` draws, bitwise, for both initialisations: the ground for building every layer
+/// from a `VarBuilder` path.
+#[test]
+fn linear_layers_through_a_seeded_var_builder_match_bitwise() {
+    use candle_nn::init::Init;
+    use rand::SeedableRng;
+    let (inp, out) = (12, 5);
+    let bound = 1.0 / (inp as f64).sqrt();
+    let std = (2.0 / (inp + out) as f64).sqrt();
+    for (init, hints) in [
+        (
+            LinearInit::Pytorch,
+            [
+                Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+                Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            ],
+        ),
+        (
+            LinearInit::XavierNormal,
+            [
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: std,
+                },
+                Init::Const(0.0),
+            ],
+        ),
+    ] {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let hand = mmbal_fusion::Linear::new(inp, out, init, &mut rng, &dev()).unwrap();
+        let map = candle_nn::VarMap::new();
+        let vb = mmbal_encoders::SeededInit::var_builder(&map, 3, &dev()).pp("head.fc");
+        let w = vb.get_with_hints((out, inp), "weight", hints[0]).unwrap();
+        let b = vb.get_with_hints(out, "bias", hints[1]).unwrap();
+        assert!(rows(&w) == rows(hand.weight.as_tensor()), "{init:?} weight");
+        assert!(
+            b.to_vec1::<f32>().unwrap() == hand.bias.as_tensor().to_vec1::<f32>().unwrap(),
+            "{init:?} bias"
+        );
+    }
+}
