@@ -2,17 +2,19 @@
 //! missing), lines `clip,EMO`; audio `AudioWAV/{id}.wav`, frames `Image-01-FPS/{id}`; the six
 //! emotions in the reference's order.
 
-use super::{CommunityLayout, Entry, Layout, SplitLists};
+use super::{CommunityLayout, Entry, Layout};
 use anyhow::{bail, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// CREMA-D's emotions in the OGM-GE reference order (label 0..5).
 pub const CREMAD_CLASSES: [&str; 6] = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"];
 
 pub(super) struct CremaD;
 
-impl SplitLists for CremaD {
-    const LISTS: (&'static str, &'static str, &'static str) = ("train.csv", "val.csv", "test.csv");
+impl CommunityLayout for CremaD {
+    fn split_lists(&self) -> Option<(&'static str, &'static str, &'static str)> {
+        Some(("train.csv", "val.csv", "test.csv"))
+    }
 
     fn parse_line(&self, _n: usize, line: &str) -> Result<Option<(String, String)>> {
         let f = crate::csv_line::fields(line)?;
@@ -21,26 +23,12 @@ impl SplitLists for CremaD {
         }
         Ok(Some((f[0].clone(), f[1].clone())))
     }
-}
-
-impl CommunityLayout for CremaD {
-    fn val_list(&self) -> Option<&'static str> {
-        Some(Self::LISTS.1)
-    }
 
     fn modalities(&self) -> &'static [(&'static str, &'static str)] {
         &[
             ("audio", "AudioWAV/{id}.wav"),
             ("visual", "Image-01-FPS/{id}"),
         ]
-    }
-
-    fn train_and_test(&self, layout: &Layout, root: &Path) -> Result<(Vec<Entry>, PathBuf)> {
-        self.train_and_test_lists(layout, root)
-    }
-
-    fn val(&self, path: &Path) -> Result<Vec<Entry>> {
-        self.parse_list(path, crate::Split::Val)
     }
 
     fn default_classes(&self, _: &Layout, _: &Path, _: &[Entry]) -> Result<Vec<String>> {

@@ -199,9 +199,22 @@ impl Layout {
 /// What differs between the community layouts, one module each; [`read_layout`] does the rest
 /// (val carving, classes, sources, missing files) the same way for all.
 trait CommunityLayout: Sync {
+    /// Default `(train, val, test)` lists, relative to the data root, for the layouts with a
+    /// list per split; `None` for those with one list for every split.
+    fn split_lists(&self) -> Option<(&'static str, &'static str, &'static str)> {
+        None
+    }
+
+    /// One line (1-based `n`) of a per-split list: `(id, label)`, or `None` for a header line.
+    fn parse_line(&self, _n: usize, _line: &str) -> Result<Option<(String, String)>> {
+        bail!("this layout has no per-split lists")
+    }
+
     /// Default val list, relative to the data root; `None` when the layout's one list names
-    /// the val samples itself (MM-Debiased).
-    fn val_list(&self) -> Option<&'static str>;
+    /// the val samples itself (MM-Debiased). Default: the per-split val list.
+    fn val_list(&self) -> Option<&'static str> {
+        self.split_lists().map(|(_, val, _)| val)
+    }
 
     /// Default single list (VGGSound's csv, MM-Debiased's json, UCF-101's class index); empty
     /// when the layout has none.
@@ -220,11 +233,46 @@ trait CommunityLayout: Sync {
     }
 
     /// The train and test entries (and val, for a layout without a val list), and the file
-    /// that lists train (for messages about it).
-    fn train_and_test(&self, layout: &Layout, root: &Path) -> Result<(Vec<Entry>, PathBuf)>;
+    /// that lists train (for messages about it). Default: the per-split train and test lists.
+    fn train_and_test(&self, layout: &Layout, root: &Path) -> Result<(Vec<Entry>, PathBuf)> {
+        let Some((train, _, test)) = self.split_lists() else {
+            bail!("this layout has no per-split lists")
+        };
+        let train = root.join(Layout::pick(&layout.train, train));
+        let test = root.join(Layout::pick(&layout.test, test));
+        let mut e = self.parse_list(&train, Split::Train)?;
+        e.extend(self.parse_list(&test, Split::Test)?);
+        Ok((e, train))
+    }
 
-    /// The entries of the val list at `path` (the layouts with a val list).
-    fn val(&self, path: &Path) -> Result<Vec<Entry>>;
+    /// The entries of the val list at `path`. Default: a per-split list.
+    fn val(&self, path: &Path) -> Result<Vec<Entry>> {
+        self.parse_list(path, Split::Val)
+    }
+
+    /// Every entry of the per-split list at `path`, all in `split`, line by line through
+    /// [`CommunityLayout::parse_line`]; errors name the file and line.
+    fn parse_list(&self, path: &Path, split: Split) -> Result<Vec<Entry>> {
+        let text = read_text(path)?;
+        let mut out = Vec::new();
+        for (n, line) in numbered(&text) {
+            let parsed = self
+                .parse_line(n, line)
+                .with_context(|| format!("{}:{n}", path.display()))?;
+            let Some((id, label)) = parsed else {
+                continue;
+            };
+            out.push(Entry {
+                id,
+                label,
+                split,
+                file: path.to_path_buf(),
+                line: n,
+                raw: line.to_string(),
+            });
+        }
+        Ok(out)
+    }
 
     /// The classes when the card lists none. Default: the sorted labels; when every label is
     /// a number, `0..=max` named by their index.
@@ -252,47 +300,6 @@ trait CommunityLayout: Sync {
         class_of: &HashMap<&str, usize>,
     ) -> Result<usize> {
         label_by_name_or_index(label, classes, class_of)
-    }
-}
-
-/// The layouts with one list per split, read line by line.
-trait SplitLists {
-    /// Default `(train, val, test)` lists, relative to the data root.
-    const LISTS: (&'static str, &'static str, &'static str);
-
-    /// One line (1-based `n`): `(id, label)`, or `None` for a header line.
-    fn parse_line(&self, n: usize, line: &str) -> Result<Option<(String, String)>>;
-
-    /// Every entry of the list at `path`, all in `split`; errors name the file and line.
-    fn parse_list(&self, path: &Path, split: Split) -> Result<Vec<Entry>> {
-        let text = read_text(path)?;
-        let mut out = Vec::new();
-        for (n, line) in numbered(&text) {
-            let parsed = self
-                .parse_line(n, line)
-                .with_context(|| format!("{}:{n}", path.display()))?;
-            let Some((id, label)) = parsed else {
-                continue;
-            };
-            out.push(Entry {
-                id,
-                label,
-                split,
-                file: path.to_path_buf(),
-                line: n,
-                raw: line.to_string(),
-            });
-        }
-        Ok(out)
-    }
-
-    /// Train and test from their lists.
-    fn train_and_test_lists(&self, layout: &Layout, root: &Path) -> Result<(Vec<Entry>, PathBuf)> {
-        let train = root.join(Layout::pick(&layout.train, Self::LISTS.0));
-        let test = root.join(Layout::pick(&layout.test, Self::LISTS.2));
-        let mut e = self.parse_list(&train, Split::Train)?;
-        e.extend(self.parse_list(&test, Split::Test)?);
-        Ok((e, train))
     }
 }
 
@@ -370,7 +377,7 @@ pub fn load_with_train_list(
     layout: &Layout,
     root: &Path,
 ) -> Result<(Manifest, PathBuf)> {
-    read_layout(card, layout, root, false)
+    read_layout(card, layout, root, None)
 }
 
 /// The explicit step before a first load of a layout whose community has no validation split
@@ -381,28 +388,22 @@ pub fn load_with_train_list(
 /// The list is written to a temporary file first and moved into place only once the whole
 /// layout reads with it (classes, labels, sources), so a failed carve leaves nothing behind.
 pub fn carve_val(card: &DatasetCard, layout: &Layout, root: &Path) -> Result<Option<String>> {
-    let read = read_layout(card, layout, root, true);
+    let mut carved = None;
+    let read = read_layout(card, layout, root, Some(&mut carved));
     let Some(path) = layout.val_path(root) else {
         return read.map(|_| None);
     };
     let tmp = carving_path(&path);
-    let (manifest, _) = match read {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-    };
-    let note = manifest
-        .notes
-        .into_iter()
-        .find(|n| n.starts_with("carved a val split"));
-    if note.is_some() {
+    if let Err(e) = read {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if carved.is_some() {
         std::fs::rename(&tmp, &path).with_context(|| {
             format!("{}: cannot move the carved list into place", path.display())
         })?;
     }
-    Ok(note)
+    Ok(carved)
 }
 
 /// Where a carved val list is written before it is checked.
@@ -412,13 +413,14 @@ fn carving_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Reads the lists; a missing val list that the layout carves is written when `carve`, an
-/// error naming the step otherwise.
+/// Reads the lists. A missing val list that the layout carves is carved into its temporary
+/// file when `carved` is given (which then says what was carved), an error naming the step
+/// otherwise.
 fn read_layout(
     card: &DatasetCard,
     layout: &Layout,
     root: &Path,
-    carve: bool,
+    carved: Option<&mut Option<String>>,
 ) -> Result<(Manifest, PathBuf)> {
     if !(0.0..1.0).contains(&layout.val_fraction) {
         bail!(
@@ -430,9 +432,7 @@ fn read_layout(
     let community = layout.community();
     let (mut entries, train_list) = community.train_and_test(layout, root)?;
     if let Some(val_path) = layout.val_path(root) {
-        let val = val_entries(layout, &val_path, &entries, carve, &mut notes, |p| {
-            community.val(p)
-        })?;
+        let val = val_entries(layout, &val_path, &entries, carved, |p| community.val(p))?;
         entries.extend(val);
     }
     // Val ids leave train (a carved val list holds train lines).
@@ -535,13 +535,13 @@ fn read_layout(
 }
 
 /// The val entries: the val list when it exists; otherwise, where the community has none and
-/// `write_carved` is set, carved from train and written to `path`.
+/// `carved` is given, carved from train into `path`'s temporary file, with what was carved put
+/// in `carved`.
 fn val_entries(
     layout: &Layout,
     path: &Path,
     entries: &[Entry],
-    write_carved: bool,
-    notes: &mut Vec<String>,
+    carved: Option<&mut Option<String>>,
     parse: impl Fn(&Path) -> Result<Vec<Entry>>,
 ) -> Result<Vec<Entry>> {
     if path.exists() {
@@ -550,7 +550,7 @@ fn val_entries(
     if !layout.community().carves_val() {
         return Err(anyhow!("{}: cannot read the val list", path.display()));
     }
-    if !write_carved {
+    let Some(carved) = carved else {
         bail!(
             "{}: no val list, and this layout's community has none; write one carved from train \
              ({:.0}% of each class, seed {}) with `mmbal data carve-val --config <your config>` \
@@ -559,7 +559,7 @@ fn val_entries(
             100.0 * layout.val_fraction,
             layout.val_seed
         );
-    }
+    };
     let train: Vec<Entry> = entries
         .iter()
         .filter(|e| e.split == Split::Train)
@@ -578,7 +578,7 @@ fn val_entries(
             tmp.display()
         )
     })?;
-    notes.push(format!(
+    *carved = Some(format!(
         "carved a val split from train ({} of {} samples, {:.0}% of each class, seed {}) and wrote it to {}",
         chosen.len(),
         train.len(),

@@ -3,16 +3,17 @@
 //! `vallist01.txt`, carved when missing; RGB frames `rgb/{id}` and two-channel flow
 //! `flow/{uv}/{id}` (u and v folders).
 
-use super::{numbered, read_text, CommunityLayout, Entry, Layout, SplitLists};
+use super::{numbered, read_text, CommunityLayout, Entry, Layout};
 use anyhow::{anyhow, bail, Result};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub(super) struct Ucf101;
 
-impl SplitLists for Ucf101 {
-    const LISTS: (&'static str, &'static str, &'static str) =
-        ("trainlist01.txt", "vallist01.txt", "testlist01.txt");
+impl CommunityLayout for Ucf101 {
+    fn split_lists(&self) -> Option<(&'static str, &'static str, &'static str)> {
+        Some(("trainlist01.txt", "vallist01.txt", "testlist01.txt"))
+    }
 
     fn parse_line(&self, _n: usize, line: &str) -> Result<Option<(String, String)>> {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -31,12 +32,6 @@ impl SplitLists for Ucf101 {
         };
         Ok(Some((stem, label)))
     }
-}
-
-impl CommunityLayout for Ucf101 {
-    fn val_list(&self) -> Option<&'static str> {
-        Some(Self::LISTS.1)
-    }
 
     fn list_file(&self) -> &'static str {
         "classInd.txt"
@@ -44,14 +39,6 @@ impl CommunityLayout for Ucf101 {
 
     fn modalities(&self) -> &'static [(&'static str, &'static str)] {
         &[("rgb", "rgb/{id}"), ("flow", "flow/{uv}/{id}")]
-    }
-
-    fn train_and_test(&self, layout: &Layout, root: &Path) -> Result<(Vec<Entry>, PathBuf)> {
-        self.train_and_test_lists(layout, root)
-    }
-
-    fn val(&self, path: &Path) -> Result<Vec<Entry>> {
-        self.parse_list(path, crate::Split::Val)
     }
 
     /// The classes of `classInd.txt`, in its order.
