@@ -83,7 +83,8 @@ impl Trainer {
         Trainer::assemble(config, Arc::new(dataset), model, method, lock)
     }
 
-    /// A trainer over parts built elsewhere (custom encoders, a dataset from code).
+    /// A trainer over parts built elsewhere (custom encoders, a dataset from code); the method's
+    /// requirements are checked against them before the run folder is locked.
     pub fn from_parts(
         config: TrainConfig,
         dataset: Arc<Dataset>,
@@ -91,6 +92,12 @@ impl Trainer {
         method: Box<dyn BalanceMethod>,
     ) -> Result<Trainer> {
         config.validate()?;
+        method.requirements().check(
+            &config.method.name,
+            model.head.kind,
+            model.num_modalities(),
+            dataset.rows(Split::Val).len(),
+        )?;
         let lock = lock_run_dir(&config.run_dir())?;
         Trainer::assemble(config, dataset, model, method, Some(lock))
     }
@@ -111,19 +118,8 @@ impl Trainer {
                 dataset.manifest.name
             );
         }
-        method.requirements().check(
-            &config.method.name,
-            model.head.kind,
-            model.num_modalities(),
-            dataset.rows(Split::Val).len(),
-        )?;
-        // The run's config (saved, and in every checkpoint) shows every option in use. A method
-        // that does not list its options (`options()` left at its default) keeps the table it
-        // was given, so that a resume builds it the same way.
-        let resolved = method.options();
-        if !resolved.is_empty() || config.method.options.is_empty() {
-            config.method.options = resolved;
-        }
+        // The run's config (saved, and in every checkpoint) shows every option in use.
+        config.record_method_options(method.options());
         method.prepare_model(&mut model)?;
         // The model's parameters, then the method's own: the order of every per-parameter list
         // (learning-rate factors, optimizer state).

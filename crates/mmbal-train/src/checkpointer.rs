@@ -6,7 +6,7 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::step::all_finite;
 use crate::Trainer;
 use anyhow::{bail, Context, Result};
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -23,25 +23,55 @@ pub(crate) fn promote_last_to_best(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Sets every variable of `named` from the checkpoint section `saved`: each must be there, with
+/// the variable's shape and finite values (`what` names the kind in errors).
+fn restore_params(
+    saved: &HashMap<String, Tensor>,
+    named: Vec<(String, Var)>,
+    what: &str,
+) -> Result<()> {
+    for (name, var) in named {
+        let t = saved
+            .get(&name)
+            .with_context(|| format!("no {what} `{name}`"))?;
+        if t.dims() != var.dims() {
+            bail!(
+                "{what} `{name}`: shape {:?} in the checkpoint, {:?} expected",
+                t.dims(),
+                var.dims()
+            );
+        }
+        if !all_finite(t)? {
+            bail!("{what} `{name}` holds NaN or infinite values");
+        }
+        var.set(&t.to_device(var.device())?)?;
+    }
+    Ok(())
+}
+
+/// Adds `t` as `<section>.<name>` to the tensors of the checkpoint at `path`, or refuses the
+/// whole checkpoint when `t` holds NaN or an infinity (`what` names the kind in the error).
+fn push_finite(
+    tensors: &mut Vec<(String, Tensor)>,
+    path: &Path,
+    what: &str,
+    section: &str,
+    name: String,
+    t: &Tensor,
+) -> Result<()> {
+    if !all_finite(t)? {
+        bail!(
+            "{}: not written, {what} `{name}` holds NaN or infinite values",
+            path.display()
+        );
+    }
+    tensors.push((format!("{section}.{name}"), t.clone()));
+    Ok(())
+}
+
 impl Trainer {
     pub(crate) fn load_checkpoint(&mut self, ck: &Checkpoint) -> Result<()> {
-        let params = ck.section("model");
-        for (name, var) in self.model.named_params() {
-            let t = params
-                .get(&name)
-                .with_context(|| format!("no parameter `{name}`"))?;
-            if t.dims() != var.dims() {
-                bail!(
-                    "parameter `{name}`: shape {:?}, model {:?}",
-                    t.dims(),
-                    var.dims()
-                );
-            }
-            if !all_finite(t)? {
-                bail!("parameter `{name}` holds NaN or infinite values");
-            }
-            var.set(&t.to_device(var.device())?)?;
-        }
+        restore_params(&ck.section("model"), self.model.named_params(), "parameter")?;
         let bufs = ck.section("buffer");
         for (name, _) in self.model.buffers() {
             if !bufs.contains_key(&name) {
@@ -55,20 +85,11 @@ impl Trainer {
         }
         self.optimizer.load_state(&ck.section("optim"))?;
         self.method.load_state(&ck.section("method"))?;
-        let own = ck.section("method_param");
-        for (name, var) in self.method.params() {
-            let t = own
-                .get(&name)
-                .with_context(|| format!("no method parameter `{name}`"))?;
-            if t.dims() != var.dims() || !all_finite(t)? {
-                bail!(
-                    "method parameter `{name}`: shape {:?} (method {:?}) or values not finite",
-                    t.dims(),
-                    var.dims()
-                );
-            }
-            var.set(&t.to_device(var.device())?)?;
-        }
+        restore_params(
+            &ck.section("method_param"),
+            self.method.params(),
+            "method parameter",
+        )?;
         self.epochs_done = ck.meta("epochs_done")?.parse()?;
         self.step = ck.meta("step")?.parse()?;
         let lr: f64 = ck.meta("lr")?.parse()?;
@@ -81,34 +102,17 @@ impl Trainer {
     pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
         for (n, v) in self.model.named_params() {
-            if !all_finite(v.as_tensor())? {
-                bail!(
-                    "{}: not written, parameter `{n}` holds NaN or infinite values",
-                    path.display()
-                );
-            }
-            tensors.push((format!("model.{n}"), v.as_tensor().clone()));
+            push_finite(&mut tensors, path, "parameter", "model", n, v.as_tensor())?;
         }
         for (n, t) in self.model.buffers() {
-            if !all_finite(&t)? {
-                bail!(
-                    "{}: not written, buffer `{n}` holds NaN or infinite values",
-                    path.display()
-                );
-            }
-            tensors.push((format!("buffer.{n}"), t));
+            push_finite(&mut tensors, path, "buffer", "buffer", n, &t)?;
         }
         for (n, t) in self.optimizer.state() {
             tensors.push((format!("optim.{n}"), t));
         }
         for (n, v) in self.method.params() {
-            if !all_finite(v.as_tensor())? {
-                bail!(
-                    "{}: not written, method parameter `{n}` holds NaN or infinite values",
-                    path.display()
-                );
-            }
-            tensors.push((format!("method_param.{n}"), v.as_tensor().clone()));
+            let t = v.as_tensor();
+            push_finite(&mut tensors, path, "method parameter", "method_param", n, t)?;
         }
         for (n, t) in self.method.state()? {
             tensors.push((format!("method.{n}"), t));

@@ -298,9 +298,19 @@ impl TrainConfig {
     /// Completes the `[method]` table: every option of the method with the value in use, as a
     /// run saves it (unknown options are an error here, as in a run).
     pub fn resolve_method_options(&mut self) -> Result<()> {
-        self.method.options =
+        let resolved =
             mmbal_methods::build_method(&self.method.name, &self.method.options)?.options();
+        self.record_method_options(resolved);
         Ok(())
+    }
+
+    /// Takes the method's resolved options (`BalanceMethod::options`) as its `[method]` table.
+    /// A method that does not list its options (`options()` left at its default, empty) keeps
+    /// the table it was given, so that a resume builds it the same way.
+    pub fn record_method_options(&mut self, resolved: toml::Table) {
+        if !resolved.is_empty() || self.method.options.is_empty() {
+            self.method.options = resolved;
+        }
     }
 
     /// The config as TOML text (as a run saves it in `config.toml` and its checkpoints).
