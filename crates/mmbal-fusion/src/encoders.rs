@@ -120,18 +120,24 @@ fn one() -> f64 {
 
 struct Resnet18Kind;
 
-impl EncoderKind for Resnet18Kind {
-    fn in_channels(&self, options: &toml::Table) -> Result<usize> {
+impl Resnet18Options {
+    /// The options of a table, checked.
+    fn from_table(options: &toml::Table) -> Result<Resnet18Options> {
         let o: Resnet18Options = parse(options)?;
         if !(o.width.is_finite() && o.width > 0.0) {
             bail!("width = {}: the width must be positive", o.width);
         }
-        Ok(o.in_channels)
+        Ok(o)
+    }
+}
+
+impl EncoderKind for Resnet18Kind {
+    fn in_channels(&self, options: &toml::Table) -> Result<usize> {
+        Ok(Resnet18Options::from_table(options)?.in_channels)
     }
 
     fn build(&self, options: &toml::Table, seed: u64, device: &Device) -> Result<Box<dyn Encoder>> {
-        self.in_channels(options)?;
-        let o: Resnet18Options = parse(options)?;
+        let o = Resnet18Options::from_table(options)?;
         let net = ResNet18::new(o.in_channels, o.width, seed, device)?;
         init_batch_norm(&net, o.bn_init, seed)?;
         if let Some(p) = &o.pretrained {
@@ -156,18 +162,24 @@ pub struct SmallCnnOptions {
 
 struct SmallCnnKind;
 
-impl EncoderKind for SmallCnnKind {
-    fn in_channels(&self, options: &toml::Table) -> Result<usize> {
+impl SmallCnnOptions {
+    /// The options of a table, checked.
+    fn from_table(options: &toml::Table) -> Result<SmallCnnOptions> {
         let o: SmallCnnOptions = parse(options)?;
         if o.width == 0 {
             bail!("width = 0: the width must be positive");
         }
-        Ok(o.in_channels)
+        Ok(o)
+    }
+}
+
+impl EncoderKind for SmallCnnKind {
+    fn in_channels(&self, options: &toml::Table) -> Result<usize> {
+        Ok(SmallCnnOptions::from_table(options)?.in_channels)
     }
 
     fn build(&self, options: &toml::Table, seed: u64, device: &Device) -> Result<Box<dyn Encoder>> {
-        self.in_channels(options)?;
-        let o: SmallCnnOptions = parse(options)?;
+        let o = SmallCnnOptions::from_table(options)?;
         let net = SmallCnn::new(o.in_channels, o.width, seed, device)?;
         init_batch_norm(&net, o.bn_init, seed)?;
         Ok(Box::new(net))
