@@ -1,11 +1,18 @@
 //! BatchNorm2d as PyTorch computes it: training mode normalises with the biased batch variance
 //! and updates the running statistics with momentum (default 0.1) and the unbiased variance;
-//! evaluation mode uses the running statistics. The running statistics are plain tensors kept
-//! outside any optimizer. The arithmetic is `mmbal_ops`' (fused on the CPU).
+//! evaluation mode uses the running statistics. The arithmetic is `mmbal_ops`' (fused on the CPU).
+//!
+//! Not candle-nn's `BatchNorm`, though its running statistics follow PyTorch too (checked on the
+//! same fixture in tests/fixtures.rs): the CPU path here is one fused kernel with a hand-written
+//! backward, where candle-nn's is a dozen element-wise ops under autograd. The variables are
+//! candle-nn's all the same: `weight`, `bias`, `running_mean` and `running_var` come from the
+//! layer's `VarBuilder` path, so the running statistics sit in the model's `VarMap` as in
+//! candle-nn, named as PyTorch names them; the forward pass updates them in place and no optimizer
+//! is given them.
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
+use candle_nn::{Init, VarBuilder};
 use mmbal_ops::{batch_norm_eval, batch_norm_train};
-use std::sync::Mutex;
 
 /// BatchNorm over the channels of `(N, C, H, W)` maps with PyTorch's semantics: batch statistics in
 /// training (the running ones updated with the unbiased variance), running statistics in
@@ -15,7 +22,8 @@ pub struct BatchNorm2d {
     pub weight: Var,
     /// Per-channel shift (beta).
     pub bias: Var,
-    running: Mutex<(Tensor, Tensor)>,
+    running_mean: Var,
+    running_var: Var,
     /// Added to the variance before the square root.
     pub eps: f64,
     /// Weight of the batch statistic in the running-statistics update.
@@ -23,28 +31,39 @@ pub struct BatchNorm2d {
 }
 
 impl BatchNorm2d {
-    /// Weight 1, bias 0, running mean 0 and variance 1, eps 1e-5, momentum 0.1.
-    pub fn new(channels: usize, device: &Device) -> Result<BatchNorm2d> {
+    /// `weight` 1, `bias` 0, `running_mean` 0 and `running_var` 1 under `vb`'s path; eps 1e-5,
+    /// momentum 0.1.
+    pub fn new(channels: usize, vb: VarBuilder) -> Result<BatchNorm2d> {
+        let var = |name: &str, value: f64| -> Result<Var> {
+            Var::from_tensor(&vb.get_with_hints(channels, name, Init::Const(value))?)
+        };
         Ok(BatchNorm2d {
-            weight: Var::ones(channels, DType::F32, device)?,
-            bias: Var::zeros(channels, DType::F32, device)?,
-            running: Mutex::new((
-                Tensor::zeros(channels, DType::F32, device)?,
-                Tensor::ones(channels, DType::F32, device)?,
-            )),
+            weight: var("weight", 1.0)?,
+            bias: var("bias", 0.0)?,
+            running_mean: var("running_mean", 0.0)?,
+            running_var: var("running_var", 1.0)?,
             eps: 1e-5,
             momentum: 0.1,
         })
     }
 
-    /// `(running_mean, running_var)`.
-    pub fn running_stats(&self) -> (Tensor, Tensor) {
-        self.running.lock().unwrap().clone()
+    /// A copy of `(running_mean, running_var)` as they are now.
+    pub fn running_stats(&self) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.running_mean.as_tensor().copy()?,
+            self.running_var.as_tensor().copy()?,
+        ))
     }
 
-    /// Replaces `(running_mean, running_var)` (checkpoints, pretrained weights).
-    pub fn set_running_stats(&self, mean: Tensor, var: Tensor) {
-        *self.running.lock().unwrap() = (mean, var);
+    /// Replaces `(running_mean, running_var)` (checkpoints, pretrained weights); shapes must match.
+    pub fn set_running_stats(&self, mean: &Tensor, var: &Tensor) -> Result<()> {
+        self.running_mean.set(mean)?;
+        self.running_var.set(var)
+    }
+
+    /// The running statistics' variables (updated by the forward pass, never by an optimizer).
+    pub fn buffers(&self) -> [Var; 2] {
+        [self.running_mean.clone(), self.running_var.clone()]
     }
 
     /// Normalises `x`: batch statistics when `train` (and the running ones move), running
@@ -52,7 +71,9 @@ impl BatchNorm2d {
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
         if !train {
-            let (rm, rv) = self.running_stats();
+            // Detached: no gradient is ever wanted for a running statistic.
+            let rm = self.running_mean.as_tensor().detach();
+            let rv = self.running_var.as_tensor().detach();
             return batch_norm_eval(x, w, b, &rm, &rv, self.eps);
         }
         let (y, mean, var) = batch_norm_train(x, w, b, self.eps)?;
@@ -64,28 +85,11 @@ impl BatchNorm2d {
     /// Running statistics from a batch's per-channel mean and biased variance over `count`
     /// values: momentum `m`, the variance made unbiased, as PyTorch does.
     fn update_running(&self, mean: &Tensor, var: &Tensor, count: f64) -> Result<()> {
-        let mut running = self.running.lock().unwrap();
         let m = self.momentum;
-        let new_mean = ((&running.0 * (1.0 - m))? + (mean * m)?)?;
+        let new_mean = ((self.running_mean.as_tensor().detach() * (1.0 - m))? + (mean * m)?)?;
         let unbiased = (var * (count / (count - 1.0).max(1.0)))?;
-        let new_var = ((&running.1 * (1.0 - m))? + (unbiased * m)?)?;
-        *running = (new_mean, new_var);
-        Ok(())
+        let new_var = ((self.running_var.as_tensor().detach() * (1.0 - m))? + (unbiased * m)?)?;
+        self.running_mean.set(&new_mean.detach())?;
+        self.running_var.set(&new_var.detach())
     }
-}
-
-/// Sets `running_mean` or `running_var` of `bn` by its PyTorch name.
-pub(crate) fn set_named_stat(bn: &BatchNorm2d, stat: &str, value: Tensor) -> Result<()> {
-    let (mean, var) = bn.running_stats();
-    let want = mean.dims().to_vec();
-    if value.dims() != want.as_slice() {
-        candle_core::bail!("{stat}: shape {:?}, expected {want:?}", value.dims());
-    }
-    let value = value.to_device(mean.device())?.to_dtype(mean.dtype())?;
-    match stat {
-        "running_mean" => bn.set_running_stats(value, var),
-        "running_var" => bn.set_running_stats(mean, value),
-        _ => candle_core::bail!("unknown BatchNorm buffer `{stat}`"),
-    }
-    Ok(())
 }

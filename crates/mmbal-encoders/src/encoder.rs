@@ -1,5 +1,6 @@
 //! The [`Encoder`] trait: a network run stage by stage (so blocks such as MMTM can be inserted
-//! between stages), then pooled to one feature vector per sample.
+//! between stages), then pooled to one feature vector per sample. An encoder is built from a
+//! `VarBuilder` path, so its parameters' names are the builder's: the trait does not list them.
 
 use crate::BatchNorm2d;
 use candle_core::{bail, Result, Tensor, Var};
@@ -17,26 +18,15 @@ pub trait Encoder: Send + Sync {
     fn stage_channels(&self, i: usize) -> usize;
     /// Runs stage `i` on the output of stage `i - 1` (stage 0 takes the folded input).
     fn stage(&self, i: usize, x: &Tensor, train: bool) -> Result<Tensor>;
-    /// Trainable parameters with stable (torchvision-style) names.
-    fn params(&self) -> Vec<(String, Var)>;
-    /// Non-trainable state (BatchNorm running statistics) by name.
-    fn buffers(&self) -> Vec<(String, Tensor)>;
-    /// Restores one buffer written by [`Encoder::buffers`].
-    fn set_buffer(&self, name: &str, value: Tensor) -> Result<()>;
+    /// The variables the forward pass updates itself (BatchNorm running statistics). They sit
+    /// in the model's `VarMap` beside the parameters, under the names the layers gave them; no
+    /// optimizer is given them.
+    fn buffers(&self) -> Vec<Var>;
 
     /// The BatchNorm layers, for initialisation schemes that touch them (see
     /// [`init_batch_norm_weights`]).
     fn batch_norm_layers(&self) -> Vec<&BatchNorm2d> {
         Vec::new()
-    }
-
-    /// The 4-D convolution kernels (what OGM-GE modulates).
-    fn conv_kernels(&self) -> Vec<Var> {
-        self.params()
-            .into_iter()
-            .filter(|(_, v)| v.rank() == 4)
-            .map(|(_, v)| v)
-            .collect()
     }
 
     /// All stages then pooling: `(N, D)`.

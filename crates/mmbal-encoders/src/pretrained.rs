@@ -1,6 +1,8 @@
-//! ImageNet weights for [`ResNet18`] from a safetensors file: torchvision and timm names (the
-//! same scheme, with or without a `module.` / `model.` prefix) and Hugging Face transformers names
-//! (`resnet.embedder...`, `resnet.encoder.stages...`) are mapped to torchvision names. The
+//! ImageNet weights for a [`crate::ResNet18`] from a safetensors file or a PyTorch `.pth` /
+//! `.pt` / `.bin` state dict (candle's pickle reader): torchvision and timm names (the same
+//! scheme, with or without a `module.` / `model.` prefix) and Hugging Face transformers names
+//! (`resnet.embedder...`, `resnet.encoder.stages...`) are mapped to torchvision names, which are
+//! the encoder's own names in the model's `VarMap` (see [`crate::ModelVars::named_under`]). The
 //! classifier (`fc`, `classifier`) and `num_batches_tracked` are not used. A 3-channel stem is
 //! adapted to 1 or 2 input channels as timm does (summed for 1; repeated, cut and scaled by
 //! `3 / C` otherwise).
@@ -8,9 +10,8 @@
 //! Files come from a plain path or from hf-hub's local cache (`hf:owner/name[/file]`); nothing is
 //! downloaded here, so offline machines work and the error says where the file was looked for.
 
-use crate::{Encoder, ResNet18};
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, Var};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -80,50 +81,73 @@ fn adapt_stem(w: &Tensor, channels: usize) -> Result<Tensor> {
     Ok((rep * (3.0 / channels as f64))?)
 }
 
-impl ResNet18 {
-    /// Sets every parameter and BatchNorm buffer from `tensors` (any of the supported naming
-    /// schemes). Every parameter of the model must be present with the right shape.
-    pub fn load_pretrained(&self, tensors: &HashMap<String, Tensor>) -> Result<LoadReport> {
-        let mut by_name = HashMap::new();
-        let mut report = LoadReport::default();
-        for (k, v) in tensors {
-            match torchvision_name(k) {
-                Some(n) => {
-                    by_name.insert(n, v);
-                }
-                None => report.unused.push(k.clone()),
+/// Sets every variable of `vars` (an encoder's variables named relative to it, torchvision's
+/// names) from `tensors` (any of the supported naming schemes). Every variable must be present
+/// with its shape, except the `buffers` (running statistics), which are set when present.
+pub fn load_torchvision_weights(
+    vars: &[(String, Var)],
+    buffers: &[Var],
+    tensors: &HashMap<String, Tensor>,
+) -> Result<LoadReport> {
+    let mut by_name = HashMap::new();
+    let mut report = LoadReport::default();
+    for (k, v) in tensors {
+        match torchvision_name(k) {
+            Some(n) => {
+                by_name.insert(n, v);
             }
+            None => report.unused.push(k.clone()),
         }
-        for (name, var) in self.params() {
-            let Some(&src) = by_name.get(&name) else {
-                bail!("pretrained weights have no tensor for `{name}`")
-            };
-            let mut t = src.to_dtype(DType::F32)?.to_device(var.device())?;
-            if name == "conv1.weight" {
-                t = adapt_stem(&t, var.dim(1)?)?;
-            }
-            if t.dims() != var.dims() {
-                bail!(
-                    "pretrained `{name}` has shape {:?}, the model {:?} (width multiplier must be 1)",
-                    t.dims(),
-                    var.dims()
-                );
-            }
-            var.set(&t)?;
-            by_name.remove(&name);
-            report.loaded += 1;
-        }
-        for (name, _) in self.buffers() {
-            if let Some(src) = by_name.remove(&name) {
-                self.set_buffer(&name, src.to_dtype(DType::F32)?)
-                    .with_context(|| format!("pretrained buffer `{name}`"))?;
-                report.loaded += 1;
-            }
-        }
-        report.unused.extend(by_name.into_keys());
-        report.unused.sort();
-        Ok(report)
     }
+    let is_buffer = |v: &Var| buffers.iter().any(|b| b.id() == v.id());
+    for (name, var) in vars {
+        let Some(src) = by_name.remove(name) else {
+            if is_buffer(var) {
+                continue;
+            }
+            bail!("pretrained weights have no tensor for `{name}`")
+        };
+        let mut t = src.to_dtype(DType::F32)?.to_device(var.device())?;
+        if name == "conv1.weight" {
+            t = adapt_stem(&t, var.dim(1)?)?;
+        }
+        if t.dims() != var.dims() {
+            bail!(
+                "pretrained `{name}` has shape {:?}, the model {:?} (width multiplier must be 1)",
+                t.dims(),
+                var.dims()
+            );
+        }
+        var.set(&t)?;
+        report.loaded += 1;
+    }
+    report.unused.extend(by_name.into_keys());
+    report.unused.sort();
+    Ok(report)
+}
+
+/// Every tensor of a weights file: safetensors, or a PyTorch state dict (`.pth`, `.pt`, `.bin`;
+/// a bare state dict, or one under `state_dict` or `model` as training scripts save it).
+pub fn read_weights(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let pickled = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("pth" | "pt" | "bin")
+    );
+    if !pickled {
+        return candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+            .with_context(|| format!("reading {} as safetensors", path.display()));
+    }
+    for key in [None, Some("state_dict"), Some("model")] {
+        let tensors = candle_core::pickle::read_all_with_key(path, key)
+            .with_context(|| format!("reading {} as a PyTorch state dict", path.display()))?;
+        if !tensors.is_empty() {
+            return Ok(tensors.into_iter().collect());
+        }
+    }
+    bail!(
+        "{} holds no tensors at the top level, under `state_dict` or under `model`",
+        path.display()
+    )
 }
 
 /// Where a weights file is: an existing path, or `hf:owner/name[/file]` in hf-hub's local cache
@@ -157,11 +181,15 @@ pub fn resolve_weights(spec: &str, cache_dir: Option<&Path>) -> Result<PathBuf> 
     }
 }
 
-/// Loads ImageNet weights into `net` from `spec` (see [`resolve_weights`]).
-pub fn load_resnet18_weights(net: &ResNet18, spec: &str) -> Result<LoadReport> {
+/// Loads ImageNet weights from `spec` (see [`resolve_weights`]) into a ResNet-18's `vars`
+/// (named relative to the encoder; `buffers` may be absent from the file).
+pub fn load_resnet18_weights(
+    vars: &[(String, Var)],
+    buffers: &[Var],
+    spec: &str,
+) -> Result<LoadReport> {
     let path = resolve_weights(spec, None)?;
-    let tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
-        .with_context(|| format!("reading {}", path.display()))?;
-    net.load_pretrained(&tensors)
+    let tensors = read_weights(&path)?;
+    load_torchvision_weights(vars, buffers, &tensors)
         .with_context(|| format!("loading {}", path.display()))
 }

@@ -1,7 +1,7 @@
-//! A `VarBuilder` backend whose initial weights come from a seeded ChaCha stream, for building
-//! layers the candle way (`Layer::new(.., vb.pp("encoders.audio"))`) while every run stays
-//! reproducible: candle's own CPU generator cannot be seeded. The variables land in a
-//! [`VarMap`], which then holds every parameter name.
+//! [`ModelVars`]: every variable of a model in one `VarMap` under its `VarBuilder` path, and the
+//! seeded `VarBuilder` backend that creates them, so that layers are built the candle way
+//! (`Layer::new(.., vb.pp("encoders.audio"))`) while every run stays reproducible: candle's own
+//! CPU generator cannot be seeded.
 //!
 //! Draws follow the hints of `candle_nn::Init` in the order the layers ask for their tensors, one
 //! stream per builder. The formulas are those of the hand-written initialisers they replace, so
@@ -16,23 +16,90 @@ use candle_nn::{Init, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-/// The backend: new variables drawn from `rng` into `map`; names already in `map` are reused.
-pub struct SeededInit {
+/// Every variable of a model (parameters and the buffers its forward pass updates, such as
+/// BatchNorm running statistics) in one `VarMap` under its `VarBuilder` path, which is the name
+/// checkpoints, parameter groups and pretrained loading use. The `VarMap` is a hash map; the
+/// order in which layers created the variables is kept beside it, so that every list of
+/// parameters (and every sum over them) comes out in the same order in every process.
+/// Clones share the variables.
+#[derive(Clone)]
+pub struct ModelVars {
     map: VarMap,
-    rng: Mutex<ChaCha8Rng>,
+    order: Arc<Mutex<Vec<String>>>,
 }
 
-impl SeededInit {
-    /// A builder whose new variables go into `map`, drawn from the stream of `seed`.
-    pub fn var_builder(map: &VarMap, seed: u64, device: &Device) -> VarBuilder<'static> {
+impl Default for ModelVars {
+    fn default() -> Self {
+        ModelVars::new()
+    }
+}
+
+impl ModelVars {
+    /// No variables yet.
+    pub fn new() -> ModelVars {
+        ModelVars {
+            map: VarMap::new(),
+            order: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// A builder whose new variables go here, drawn from the stream of `seed` in the order the
+    /// layers ask for them (one stream per builder; `pp` keeps the stream).
+    pub fn seeded(&self, seed: u64, device: &Device) -> VarBuilder<'static> {
         let backend: Box<dyn SimpleBackend> = Box::new(SeededInit {
-            map: map.clone(),
+            vars: self.clone(),
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
         });
         VarBuilder::from_backend(backend, DType::F32, device.clone())
     }
+
+    /// candle's `VarMap` itself (for `VarMap::save`, candle-nn's optimizers, ...).
+    pub fn varmap(&self) -> &VarMap {
+        &self.map
+    }
+
+    /// Every variable with its full path, in creation order.
+    pub fn named(&self) -> Vec<(String, Var)> {
+        let vars = self.map.data().lock().unwrap();
+        let order = self.order.lock().unwrap();
+        order
+            .iter()
+            .filter_map(|n| vars.get(n).map(|v| (n.clone(), v.clone())))
+            .collect()
+    }
+
+    /// The variables under `prefix` (a `VarBuilder` path such as `encoders.audio`), named
+    /// relative to it, in creation order.
+    pub fn named_under(&self, prefix: &str) -> Vec<(String, Var)> {
+        let dotted = format!("{prefix}.");
+        self.named()
+            .into_iter()
+            .filter_map(|(n, v)| n.strip_prefix(&dotted).map(|r| (r.to_string(), v)))
+            .collect()
+    }
+
+    /// The variable at `name`, if any.
+    pub fn get(&self, name: &str) -> Option<Var> {
+        self.map.data().lock().unwrap().get(name).cloned()
+    }
+
+    /// How many variables there are.
+    pub fn len(&self) -> usize {
+        self.order.lock().unwrap().len()
+    }
+
+    /// Whether no layer has asked for a variable yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The backend: new variables drawn from `rng` into `vars`; names already there are reused.
+struct SeededInit {
+    vars: ModelVars,
+    rng: Mutex<ChaCha8Rng>,
 }
 
 /// The squared gain, exact where it is rational, so that `sqrt(gain^2 / fan)` is the
@@ -86,7 +153,8 @@ fn draw(init: Init, shape: &Shape, rng: &mut ChaCha8Rng) -> Result<Vec<f32>> {
 
 impl SimpleBackend for SeededInit {
     fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
-        let mut vars = self.map.data().lock().unwrap();
+        // Lock order everywhere: the map, then the order list.
+        let mut vars = self.vars.map.data().lock().unwrap();
         if let Some(v) = vars.get(name) {
             if v.shape() != &s {
                 bail!(
@@ -99,18 +167,19 @@ impl SimpleBackend for SeededInit {
         let values = draw(h, &s, &mut self.rng.lock().unwrap())?;
         let var = Var::from_tensor(&Tensor::from_vec(values, s, dev)?.to_dtype(dtype)?)?;
         vars.insert(name.to_string(), var.clone());
+        self.vars.order.lock().unwrap().push(name.to_string());
         Ok(var.as_tensor().clone())
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
-        match self.map.data().lock().unwrap().get(name) {
+        match self.vars.get(name) {
             Some(v) => v.as_tensor().to_dtype(dtype)?.to_device(dev),
             None => bail!("no parameter `{name}` (and no shape to create it with)"),
         }
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.map.data().lock().unwrap().contains_key(name)
+        self.vars.get(name).is_some()
     }
 }
 
@@ -123,11 +192,21 @@ mod tests {
         t.flatten_all().unwrap().to_vec1().unwrap()
     }
 
+    /// The hand-written initialiser the builder replaced: a conv kernel `(O, I, K, K)`, Kaiming
+    /// normal, fan_out, ReLU gain, `std = sqrt(2 / (O K K))`.
+    fn kaiming(out: usize, inp: usize, k: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+        let std = (2.0 / (out * k * k) as f64).sqrt();
+        let normal = Normal::new(0.0, std).unwrap();
+        (0..out * inp * k * k)
+            .map(|_| normal.sample(rng) as f32)
+            .collect()
+    }
+
     #[test]
     fn kaiming_through_the_builder_is_the_hand_written_init_bitwise() {
         let dev = Device::Cpu;
-        let map = VarMap::new();
-        let vb = SeededInit::var_builder(&map, 7, &dev);
+        let vars = ModelVars::new();
+        let vb = vars.seeded(7, &dev);
         let hint = Init::Kaiming {
             dist: NormalOrUniform::Normal,
             fan: FanInOut::FanOut,
@@ -143,14 +222,20 @@ mod tests {
             .get_with_hints((16, 8, 3, 3), "b", hint)
             .unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(7);
-        let a0 = crate::resnet::kaiming(8, 3, 7, &mut rng, &dev).unwrap();
-        let b0 = crate::resnet::kaiming(16, 8, 3, &mut rng, &dev).unwrap();
-        assert!(values(&a) == values(a0.as_tensor()));
-        assert!(values(&b) == values(b0.as_tensor()));
-        // Both are in the map under their paths; asking again returns the same variable.
-        let mut names: Vec<String> = map.data().lock().unwrap().keys().cloned().collect();
-        names.sort();
+        let a0 = kaiming(8, 3, 7, &mut rng);
+        let b0 = kaiming(16, 8, 3, &mut rng);
+        assert!(values(&a) == a0);
+        assert!(values(&b) == b0);
+        // Both are in the map under their paths, in creation order; asking again returns the
+        // same variable.
+        let names: Vec<String> = vars.named().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, vec!["layer.a", "layer.b"]);
+        let under: Vec<String> = vars
+            .named_under("layer")
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(under, vec!["a", "b"]);
         let again = vb
             .pp("layer")
             .get_with_hints((8, 3, 7, 7), "a", hint)
@@ -183,8 +268,8 @@ mod tests {
     #[test]
     fn constants_uniform_and_normal_hints() {
         let dev = Device::Cpu;
-        let map = VarMap::new();
-        let vb = SeededInit::var_builder(&map, 1, &dev);
+        let vars = ModelVars::new();
+        let vb = vars.seeded(1, &dev);
         assert_eq!(
             values(&vb.get_with_hints(3, "one", Init::Const(1.0)).unwrap()),
             vec![1.0; 3]

@@ -1,6 +1,15 @@
 use candle_core::{DType, Device, Tensor};
-use mmbal_encoders::{resolve_weights, Encoder, ResNet18, SmallCnn};
+use mmbal_encoders::{
+    load_torchvision_weights, read_weights, resolve_weights, Encoder, ModelVars, ResNet18, SmallCnn,
+};
 use std::collections::HashMap;
+
+/// A ResNet-18 at the root of its own variables (torchvision's names).
+fn resnet(cin: usize, width: f64, seed: u64) -> (ResNet18, ModelVars) {
+    let vars = ModelVars::new();
+    let net = ResNet18::new(cin, width, vars.seeded(seed, &Device::Cpu)).unwrap();
+    (net, vars)
+}
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
@@ -16,29 +25,26 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 #[test]
 fn small_cnn_pools_28x28_and_trains() {
     let dev = Device::Cpu;
-    let net = SmallCnn::new(1, 8, 3, &dev).unwrap();
+    let vars = ModelVars::new();
+    let net = SmallCnn::new(1, 8, vars.seeded(3, &dev)).unwrap();
     assert_eq!(net.out_dim(), 32);
     let x = Tensor::randn(0f32, 1.0, (4, 1, 28, 28), &dev).unwrap();
     let f = net.features(&x, true).unwrap();
     assert_eq!(f.dims(), &[4, 32]);
     let grads = f.sum_all().unwrap().backward().unwrap();
-    for (name, v) in net.params() {
-        assert!(grads.get(&v).is_some(), "no gradient for {name}");
-    }
-    // Training mode moved the running statistics; buffers round-trip by name.
+    // Every variable is in the map: 3 x (conv weight, conv bias, BN weight, BN bias) get
+    // gradients; the 6 running statistics get none.
     let bufs = net.buffers();
     assert_eq!(bufs.len(), 6);
-    let mean0 = bufs[0].1.to_vec1::<f32>().unwrap();
+    assert_eq!(vars.len(), 18);
+    for (name, v) in vars.named() {
+        let is_buffer = bufs.iter().any(|b| b.id() == v.id());
+        assert_eq!(grads.get(&v).is_some(), !is_buffer, "{name}");
+    }
+    // Training mode moved the running statistics, which are in the map under PyTorch's names.
+    assert_eq!(vars.get("bn0.running_mean").unwrap().id(), bufs[0].id());
+    let mean0 = bufs[0].as_tensor().to_vec1::<f32>().unwrap();
     assert!(mean0.iter().any(|v| *v != 0.0));
-    net.set_buffer(
-        "bn0.running_mean",
-        Tensor::zeros(8, DType::F32, &dev).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(net.buffers()[0].1.to_vec1::<f32>().unwrap(), vec![0.0; 8]);
-    assert!(net
-        .set_buffer("bn9.running_mean", bufs[0].1.clone())
-        .is_err());
     // Frames fold and average: (2, 3, 1, 28, 28) equals the mean of per-frame features in eval.
     let frames = Tensor::randn(0f32, 1.0, (2, 3, 1, 28, 28), &dev).unwrap();
     let f = net.features(&frames, false).unwrap();
@@ -84,18 +90,16 @@ fn transformers_name(tv: &str) -> String {
 #[test]
 fn imagenet_weights_load_from_torchvision_timm_and_transformers_names() {
     let dev = Device::Cpu;
-    let source = ResNet18::new(3, 1.0, 11, &dev).unwrap();
+    let (source, source_vars) = resnet(3, 1.0, 11);
     // Give the buffers recognisable values.
-    for (name, t) in source.buffers() {
-        source
-            .set_buffer(&name, (t.ones_like().unwrap() * 0.25).unwrap())
+    for b in source.buffers() {
+        b.set(&(b.as_tensor().ones_like().unwrap() * 0.25).unwrap())
             .unwrap();
     }
-    let mut tensors: Vec<(String, Tensor)> = source
-        .params()
+    let mut tensors: Vec<(String, Tensor)> = source_vars
+        .named()
         .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().clone()))
-        .chain(source.buffers())
+        .map(|(n, v)| (n, v.as_tensor().copy().unwrap()))
         .collect();
     let tmp = std::env::temp_dir().join(format!("mmbal-weights-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
@@ -134,29 +138,53 @@ fn imagenet_weights_load_from_torchvision_timm_and_transformers_names() {
         "{missing:#}"
     );
 
+    let load = |net: &ResNet18, vars: &ModelVars, path: &std::path::Path| {
+        load_torchvision_weights(&vars.named(), &net.buffers(), &read_weights(path).unwrap())
+    };
     for path in [&tv_path, &hf_path] {
-        let target = ResNet18::new(3, 1.0, 99, &dev).unwrap();
-        let loaded = candle_core::safetensors::load(path, &dev).unwrap();
-        let report = target.load_pretrained(&loaded).unwrap();
+        let (target, target_vars) = resnet(3, 1.0, 99);
+        let report = load(&target, &target_vars, path).unwrap();
         assert_eq!(report.loaded, 60 + 40, "{}", path.display());
-        for ((n, a), (_, b)) in source.params().iter().zip(target.params().iter()) {
+        for ((n, a), (_, b)) in source_vars.named().iter().zip(&target_vars.named()) {
             assert_eq!(max_abs_diff(a.as_tensor(), b.as_tensor()), 0.0, "{n}");
-        }
-        for ((n, a), (_, b)) in source.buffers().iter().zip(target.buffers().iter()) {
-            assert_eq!(max_abs_diff(a, b), 0.0, "{n}");
         }
     }
     // 1-channel (audio) stem: the RGB kernel summed over channels.
-    let mono = ResNet18::new(1, 1.0, 5, &dev).unwrap();
-    mono.load_pretrained(&candle_core::safetensors::load(&tv_path, &dev).unwrap())
-        .unwrap();
-    let want = source.params()[0].1.as_tensor().sum_keepdim(1).unwrap();
-    assert!(max_abs_diff(mono.params()[0].1.as_tensor(), &want) < 1e-6);
+    let (mono, mono_vars) = resnet(1, 1.0, 5);
+    load(&mono, &mono_vars, &tv_path).unwrap();
+    let stem = |vars: &ModelVars| vars.get("conv1.weight").unwrap();
+    let want = stem(&source_vars).as_tensor().sum_keepdim(1).unwrap();
+    assert!(max_abs_diff(stem(&mono_vars).as_tensor(), &want) < 1e-6);
     // A narrow model cannot take ImageNet weights: the error names the tensor.
-    let narrow = ResNet18::new(3, 0.5, 5, &dev).unwrap();
-    let err = narrow
-        .load_pretrained(&candle_core::safetensors::load(&tv_path, &dev).unwrap())
-        .unwrap_err();
+    let (narrow, narrow_vars) = resnet(3, 0.5, 5);
+    let err = load(&narrow, &narrow_vars, &tv_path).unwrap_err();
     assert!(format!("{err:#}").contains("conv1.weight"), "{err:#}");
     std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// `.pth` state dicts as `torch.save` writes them (tests/fixtures/gen_pth.py), bare and under
+/// `state_dict`: every name and value PyTorch wrote (element i of the offset-th float tensor is
+/// `i / 100 + offset`).
+#[test]
+fn pytorch_state_dicts_read_by_name() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
+    let names = [
+        "conv1.weight",
+        "bn1.weight",
+        "bn1.bias",
+        "bn1.running_mean",
+        "bn1.running_var",
+    ];
+    for file in ["state_dict.pth", "state_dict_wrapped.pth"] {
+        let w = read_weights(&std::path::Path::new(dir).join(file)).unwrap();
+        for (offset, name) in names.iter().enumerate() {
+            let t = w.get(*name).unwrap_or_else(|| panic!("{file}: no {name}"));
+            let got = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let want: Vec<f32> = (0..got.len())
+                .map(|i| i as f32 / 100.0 + offset as f32)
+                .collect();
+            assert_eq!(got, want, "{file}: {name}");
+        }
+        assert_eq!(w["conv1.weight"].dims(), &[4, 3, 3, 3]);
+    }
 }

@@ -1,17 +1,31 @@
-use candle_core::{Device, Tensor};
-use mmbal_encoders::{Encoder, ResNet18};
+use candle_core::{Device, Tensor, Var};
+use mmbal_encoders::{Encoder, ModelVars, ResNet18};
+
+/// A ResNet-18 at the root of its own variables, and its trainable parameters by name.
+fn resnet(cin: usize, width: f64, seed: u64) -> (ResNet18, Vec<(String, Var)>) {
+    let vars = ModelVars::new();
+    let net = ResNet18::new(cin, width, vars.seeded(seed, &Device::Cpu)).unwrap();
+    let buffers = net.buffers();
+    let params = vars
+        .named()
+        .into_iter()
+        .filter(|(_, v)| !buffers.iter().any(|b| b.id() == v.id()))
+        .collect();
+    (net, params)
+}
 
 #[test]
 fn resnet18_shapes_params_and_gradients() {
     let dev = Device::Cpu;
-    let net = ResNet18::new(3, 0.125, 1, &dev).unwrap();
+    let (net, p) = resnet(3, 0.125, 1);
     assert_eq!(net.out_channels(), 64);
     let widths: Vec<usize> = (0..5).map(|i| net.stage_channels(i)).collect();
     assert_eq!(widths, vec![8, 8, 16, 32, 64]);
-    let p = net.params();
-    // torchvision ResNet-18 without fc: 20 convs (incl. 3 downsample) and 20 BNs = 60 tensors.
+    // torchvision ResNet-18 without fc: 20 convs (incl. 3 downsample) and 20 BNs = 60 tensors,
+    // and 40 running statistics.
     assert_eq!(p.len(), 60);
-    assert_eq!(net.conv_kernels().len(), 20);
+    assert_eq!(net.buffers().len(), 40);
+    assert_eq!(p.iter().filter(|(_, v)| v.rank() == 4).count(), 20);
     assert!(p.iter().any(|(n, _)| n == "layer2.0.downsample.0.weight"));
     // Kaiming fan_out: conv1 std = sqrt(2 / (8 * 49)).
     let w = p[0]
@@ -36,7 +50,7 @@ fn resnet18_shapes_params_and_gradients() {
         assert!(grads.get(v).is_some(), "no gradient for {name}");
     }
     // Audio-like input with mixed parity (1 x 257 x 188).
-    let a = ResNet18::new(1, 0.125, 2, &dev).unwrap();
+    let (a, _) = resnet(1, 0.125, 2);
     let y = a
         .forward(
             &Tensor::randn(0f32, 1.0, (1, 1, 257, 188), &dev).unwrap(),
@@ -46,10 +60,9 @@ fn resnet18_shapes_params_and_gradients() {
     assert_eq!(y.dims(), &[1, 64, 9, 6]);
     y.sum_all().unwrap().backward().unwrap();
     // Same seed, same weights.
-    let b = ResNet18::new(3, 0.125, 1, &dev).unwrap();
+    let (_, b) = resnet(3, 0.125, 1);
     assert_eq!(
-        b.params()[5]
-            .1
+        b[5].1
             .as_tensor()
             .flatten_all()
             .unwrap()

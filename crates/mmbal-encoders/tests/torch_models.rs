@@ -11,7 +11,7 @@
 //! and its `relu` passes gradient where the input is exactly 0. These tests fail with either.
 
 use candle_core::{safetensors, DType, Device, Tensor, Var};
-use mmbal_encoders::{Encoder, ResNet18, SmallCnn};
+use mmbal_encoders::{Encoder, ModelVars, ResNet18, SmallCnn};
 use mmbal_ops::{max_pool2d, max_pool2d_composite, relu};
 use std::collections::{BTreeSet, HashMap};
 
@@ -45,10 +45,21 @@ fn assert_close(name: &str, got: &Tensor, want: &Tensor, tol: f32) -> f32 {
     rel
 }
 
+/// Variables by name.
+type Named = Vec<(String, Var)>;
+
+/// An encoder's variables, named relative to it: `(parameters, running statistics)`.
+fn split(vars: &ModelVars, enc: &dyn Encoder) -> (Named, Named) {
+    let buffers = enc.buffers();
+    vars.named()
+        .into_iter()
+        .partition(|(_, v)| !buffers.iter().any(|b| b.id() == v.id()))
+}
+
 /// Sets an encoder's parameters and running statistics to the fixture's `prefix.init.<name>`
 /// (falling back to `fallback.init.<name>`), and checks that the fixture names exactly the
-/// encoder's parameters and buffers.
-fn load(f: &HashMap<String, Tensor>, enc: &dyn Encoder, prefix: &str, fallback: Option<&str>) {
+/// encoder's variables.
+fn load(f: &HashMap<String, Tensor>, vars: &ModelVars, prefix: &str, fallback: Option<&str>) {
     let get = |n: &str| {
         f.get(&format!("{prefix}.init.{n}"))
             .or_else(|| fallback.and_then(|p| f.get(&format!("{p}.init.{n}"))))
@@ -56,12 +67,8 @@ fn load(f: &HashMap<String, Tensor>, enc: &dyn Encoder, prefix: &str, fallback: 
             .clone()
     };
     let mut names = BTreeSet::new();
-    for (n, v) in enc.params() {
+    for (n, v) in vars.named() {
         v.set(&get(&n)).unwrap();
-        names.insert(n);
-    }
-    for (n, _) in enc.buffers() {
-        enc.set_buffer(&n, get(&n)).unwrap();
         names.insert(n);
     }
     for p in std::iter::once(prefix).chain(fallback) {
@@ -76,7 +83,8 @@ fn load(f: &HashMap<String, Tensor>, enc: &dyn Encoder, prefix: &str, fallback: 
 }
 
 /// Forward, backward and running statistics of one encoder against the fixture.
-fn check_encoder(f: &HashMap<String, Tensor>, enc: &dyn Encoder, prefix: &str) {
+fn check_encoder(f: &HashMap<String, Tensor>, enc: &dyn Encoder, vars: &ModelVars, prefix: &str) {
+    let (params, buffers) = split(vars, enc);
     let x = Var::from_tensor(&f[&format!("{prefix}.input")]).unwrap();
     let y = enc.features(x.as_tensor(), true).unwrap();
     let rel = assert_close(
@@ -99,7 +107,6 @@ fn check_encoder(f: &HashMap<String, Tensor>, enc: &dyn Encoder, prefix: &str) {
         1e-4,
     );
     eprintln!("{prefix}: grad input {rel:.1e}");
-    let params: HashMap<String, Var> = enc.params().into_iter().collect();
     let mut worst = (0f32, String::new());
     let mut checked = 0;
     for (n, v) in &params {
@@ -140,10 +147,10 @@ fn check_encoder(f: &HashMap<String, Tensor>, enc: &dyn Encoder, prefix: &str) {
         worst.0, worst.1
     );
     let mut worst = 0f32;
-    for (n, t) in enc.buffers() {
+    for (n, t) in &buffers {
         let rel = assert_close(
             &format!("{prefix} running {n}"),
-            &t,
+            t.as_tensor(),
             &f[&format!("{prefix}.after.{n}")],
             1e-5,
         );
@@ -157,9 +164,10 @@ fn small_cnn_matches_pytorch() {
     let f = fixture();
     for c in [1, 3] {
         let prefix = format!("small_cnn_c{c}");
-        let net = SmallCnn::new(c, 4, 0, &Device::Cpu).unwrap();
-        load(&f, &net, &prefix, None);
-        check_encoder(&f, &net, &prefix);
+        let vars = ModelVars::new();
+        let net = SmallCnn::new(c, 4, vars.seeded(0, &Device::Cpu)).unwrap();
+        load(&f, &vars, &prefix, None);
+        check_encoder(&f, &net, &vars, &prefix);
     }
 }
 
@@ -168,10 +176,11 @@ fn resnet18_matches_pytorch() {
     let f = fixture();
     for c in [1, 3] {
         let prefix = format!("resnet18_c{c}");
-        let net = ResNet18::new(c, 0.125, 0, &Device::Cpu).unwrap();
+        let vars = ModelVars::new();
+        let net = ResNet18::new(c, 0.125, vars.seeded(0, &Device::Cpu)).unwrap();
         // The 1-channel network shares the 3-channel one's weights past its stem.
-        load(&f, &net, &prefix, Some("resnet18_c3"));
-        check_encoder(&f, &net, &prefix);
+        load(&f, &vars, &prefix, Some("resnet18_c3"));
+        check_encoder(&f, &net, &vars, &prefix);
     }
 }
 

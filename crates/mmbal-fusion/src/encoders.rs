@@ -5,8 +5,9 @@
 //! [`SmallCnnOptions`]): unknown keys are errors naming the kind.
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
-use mmbal_encoders::{Encoder, ResNet18, SmallCnn};
+use candle_core::{Device, Var};
+use candle_nn::VarBuilder;
+use mmbal_encoders::{Encoder, ModelVars, ResNet18, SmallCnn};
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
@@ -31,10 +32,10 @@ impl EncoderSpec {
         }
     }
 
-    /// Builds the encoder, seeded with `seed`.
-    pub fn build(&self, seed: u64, device: &Device) -> Result<Box<dyn Encoder>> {
+    /// Builds the encoder in `slot`.
+    pub fn build(&self, slot: &EncoderSlot) -> Result<Box<dyn Encoder>> {
         find(&self.kind)?
-            .build(&self.options, seed, device)
+            .build(&self.options, slot)
             .with_context(|| format!("encoder `{}`", self.kind))
     }
 
@@ -59,13 +60,39 @@ impl From<SmallCnnOptions> for EncoderSpec {
     }
 }
 
+/// Where an encoder is built: the model's variables, the encoder's path among them
+/// (`encoders.<modality>`), the seed of its initial weights and the device.
+pub struct EncoderSlot<'a> {
+    /// The model's variables.
+    pub vars: &'a ModelVars,
+    /// The encoder's `VarBuilder` path.
+    pub path: String,
+    /// The seed of the encoder's weight stream.
+    pub seed: u64,
+    /// Where the weights live.
+    pub device: &'a Device,
+}
+
+impl EncoderSlot<'_> {
+    /// The seeded builder at the encoder's path: what its layers are built from.
+    pub fn var_builder(&self) -> VarBuilder<'static> {
+        self.vars.seeded(self.seed, self.device).pp(&self.path)
+    }
+
+    /// The encoder's variables named relative to its path (pretrained loading).
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        self.vars.named_under(&self.path)
+    }
+}
+
 /// One kind of encoder.
 pub trait EncoderKind: Send + Sync {
     /// Input channels the options ask for; an error for invalid options (unknown keys, a width
     /// that is not positive).
     fn in_channels(&self, options: &toml::Table) -> Result<usize>;
-    /// The encoder the options describe, its weights drawn from `seed`.
-    fn build(&self, options: &toml::Table, seed: u64, device: &Device) -> Result<Box<dyn Encoder>>;
+    /// The encoder the options describe, built from the slot's builder (its weights drawn from
+    /// the slot's seed, or loaded where the options name pretrained weights).
+    fn build(&self, options: &toml::Table, slot: &EncoderSlot) -> Result<Box<dyn Encoder>>;
 }
 
 /// How an encoder's BatchNorm weights start (biases start at 0 either way).
@@ -106,7 +133,8 @@ pub struct Resnet18Options {
     /// Channel scale (1.0: torchvision's ResNet-18, 512-d features).
     #[serde(default = "one")]
     pub width: f64,
-    /// Weights to load: a safetensors path or `hf:owner/name` in the hf-hub cache (width 1 only).
+    /// Weights to load: a safetensors or PyTorch `.pth` path, or `hf:owner/name[/file]` in the
+    /// hf-hub cache (width 1 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pretrained: Option<String>,
     /// How BatchNorm weights start.
@@ -136,12 +164,12 @@ impl EncoderKind for Resnet18Kind {
         Ok(Resnet18Options::from_table(options)?.in_channels)
     }
 
-    fn build(&self, options: &toml::Table, seed: u64, device: &Device) -> Result<Box<dyn Encoder>> {
+    fn build(&self, options: &toml::Table, slot: &EncoderSlot) -> Result<Box<dyn Encoder>> {
         let o = Resnet18Options::from_table(options)?;
-        let net = ResNet18::new(o.in_channels, o.width, seed, device)?;
-        init_batch_norm(&net, o.bn_init, seed)?;
+        let net = ResNet18::new(o.in_channels, o.width, slot.var_builder())?;
+        init_batch_norm(&net, o.bn_init, slot.seed)?;
         if let Some(p) = &o.pretrained {
-            mmbal_encoders::load_resnet18_weights(&net, p)?;
+            mmbal_encoders::load_resnet18_weights(&slot.named_vars(), &net.buffers(), p)?;
         }
         Ok(Box::new(net))
     }
@@ -178,10 +206,10 @@ impl EncoderKind for SmallCnnKind {
         Ok(SmallCnnOptions::from_table(options)?.in_channels)
     }
 
-    fn build(&self, options: &toml::Table, seed: u64, device: &Device) -> Result<Box<dyn Encoder>> {
+    fn build(&self, options: &toml::Table, slot: &EncoderSlot) -> Result<Box<dyn Encoder>> {
         let o = SmallCnnOptions::from_table(options)?;
-        let net = SmallCnn::new(o.in_channels, o.width, seed, device)?;
-        init_batch_norm(&net, o.bn_init, seed)?;
+        let net = SmallCnn::new(o.in_channels, o.width, slot.var_builder())?;
+        init_batch_norm(&net, o.bn_init, slot.seed)?;
         Ok(Box::new(net))
     }
 }

@@ -15,10 +15,8 @@
 //! one modality; their unimodal logits are defined as the head run with every other modality's
 //! feature set to zero (the same masking Shapley valuation uses).
 
-use candle_core::{bail, Device, Result, Tensor, Var};
-use rand::Rng;
-use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Normal};
+use candle_core::{bail, Module, Result, Tensor, Var};
+use candle_nn::{Init, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 /// How a head fuses the modalities' pooled features (the module docs give each formula).
@@ -51,70 +49,35 @@ pub enum LinearInit {
     XavierNormal,
 }
 
-/// `(out, in)` weight and `(out,)` bias drawn from `rng` as `init` says.
-fn uniform_or_normal(
-    out: usize,
-    inp: usize,
-    init: LinearInit,
-    rng: &mut ChaCha8Rng,
-    dev: &Device,
-) -> Result<(Var, Var)> {
-    let (w, b): (Vec<f32>, Vec<f32>) = match init {
+/// candle-nn's `Linear` from `inp` to `out` features at `vb`'s `weight` and `bias`, initialised
+/// as `init` says (the weight drawn before the bias, from the builder's stream).
+pub fn linear(inp: usize, out: usize, init: LinearInit, vb: VarBuilder) -> Result<Linear> {
+    let (weight, bias) = match init {
         LinearInit::Pytorch => {
             let bound = 1.0 / (inp as f64).sqrt();
-            let mut draw = |n: usize| -> Vec<f32> {
-                (0..n)
-                    .map(|_| rng.random_range(-bound..bound) as f32)
-                    .collect()
+            let uniform = Init::Uniform {
+                lo: -bound,
+                up: bound,
             };
-            (draw(out * inp), draw(out))
+            (uniform, uniform)
         }
         LinearInit::XavierNormal => {
-            let std = (2.0 / (inp + out) as f64).sqrt();
-            let normal = Normal::new(0.0, std).unwrap();
-            (
-                (0..out * inp).map(|_| normal.sample(rng) as f32).collect(),
-                vec![0.0; out],
-            )
+            let stdev = (2.0 / (inp + out) as f64).sqrt();
+            (Init::Randn { mean: 0.0, stdev }, Init::Const(0.0))
         }
     };
-    Ok((
-        Var::from_tensor(&Tensor::from_vec(w, (out, inp), dev)?)?,
-        Var::from_tensor(&Tensor::from_vec(b, out, dev)?)?,
-    ))
+    let w = vb.get_with_hints((out, inp), "weight", weight)?;
+    let b = vb.get_with_hints(out, "bias", bias)?;
+    Ok(Linear::new(w, Some(b)))
 }
 
-/// `x W^T + b` with named parameters.
-pub struct Linear {
-    /// `(out, in)`.
-    pub weight: Var,
-    /// `(out,)`.
-    pub bias: Var,
-}
-
-/// `x.apply(&linear)`, candle's idiom.
-impl candle_core::Module for Linear {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        Linear::forward(self, xs)
+/// The variables of a linear layer built by [`linear`]: `[weight, bias]`.
+pub fn linear_vars(l: &Linear) -> Result<Vec<Var>> {
+    let mut out = vec![Var::from_tensor(l.weight())?];
+    if let Some(b) = l.bias() {
+        out.push(Var::from_tensor(b)?);
     }
-}
-
-impl Linear {
-    /// A layer from `inp` to `out` features, drawn from `rng` as `init` says.
-    pub fn new(
-        inp: usize,
-        out: usize,
-        init: LinearInit,
-        rng: &mut ChaCha8Rng,
-        dev: &Device,
-    ) -> Result<Linear> {
-        let (weight, bias) = uniform_or_normal(out, inp, init, rng, dev)?;
-        Ok(Linear { weight, bias })
-    }
-    /// `x W^T + b` for `x` of `(B, in)`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
-    }
+    Ok(out)
 }
 
 /// Fused and per-modality logits, each `(B, C)`.
@@ -136,17 +99,15 @@ pub struct FusionHead {
 }
 
 impl FusionHead {
-    /// `dims[m]` is modality `m`'s feature width; `classes` output logits; seeded init.
+    /// `dims[m]` is modality `m`'s feature width; `classes` output logits; the layers'
+    /// variables come from `vb` (`fc.weight`, `fc.0.bias`, `film.weight`, ... under its path).
     pub fn new(
         kind: FusionKind,
         dims: &[usize],
         classes: usize,
         init: LinearInit,
-        seed: u64,
-        dev: &Device,
+        vb: VarBuilder,
     ) -> Result<FusionHead> {
-        use rand::SeedableRng;
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         if dims.is_empty() {
             bail!("a fusion head needs at least one modality");
         }
@@ -156,8 +117,8 @@ impl FusionHead {
                 dims.len()
             );
         }
-        let mut lin = |name: &str, i: usize, o: usize| -> Result<(String, Linear)> {
-            Ok((name.to_string(), Linear::new(i, o, init, &mut rng, dev)?))
+        let lin = |name: &str, i: usize, o: usize| -> Result<(String, Linear)> {
+            Ok((name.to_string(), linear(i, o, init, vb.pp(name))?))
         };
         if kind == FusionKind::Shared && dims.iter().any(|&d| d != dims[0]) {
             bail!("shared fusion needs equal feature widths, got {dims:?}");
@@ -199,31 +160,26 @@ impl FusionHead {
         self.dims.len()
     }
 
-    /// Parameters named `<layer>.weight` / `<layer>.bias`.
-    pub fn params(&self) -> Vec<(String, Var)> {
-        self.layers
-            .iter()
-            .flat_map(|(n, l)| {
-                [
-                    (format!("{n}.weight"), l.weight.clone()),
-                    (format!("{n}.bias"), l.bias.clone()),
-                ]
-            })
-            .collect()
-    }
-
     /// The classifier that reads modality `m`'s features alone (sum and blend heads: `fc.{m}`);
     /// empty for the other heads.
-    pub fn modality_params(&self, m: usize) -> Vec<Var> {
+    pub fn modality_params(&self, m: usize) -> Result<Vec<Var>> {
         let name = format!("fc.{m}");
         match self.kind {
-            FusionKind::Sum | FusionKind::Blend => self
-                .layers
-                .iter()
-                .filter(|(n, _)| *n == name)
-                .flat_map(|(_, l)| [l.weight.clone(), l.bias.clone()])
-                .collect(),
-            _ => Vec::new(),
+            FusionKind::Sum | FusionKind::Blend => {
+                match self.layers.iter().find(|(n, _)| *n == name) {
+                    Some((_, l)) => linear_vars(l),
+                    None => Ok(Vec::new()),
+                }
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// The one classifier every modality shares (the shared head, MLA); an error for other heads.
+    pub fn shared_classifier(&self) -> Result<&Linear> {
+        match self.kind {
+            FusionKind::Shared => Ok(&self.layers[0].1),
+            k => bail!("the {k:?} head has no classifier shared by every modality"),
         }
     }
 
@@ -280,10 +236,11 @@ impl FusionHead {
         let fused = self.fused(&f)?;
         let unimodal = match self.kind {
             FusionKind::Concat => {
-                let (w, b) = (
-                    self.layers[0].1.weight.as_tensor(),
-                    self.layers[0].1.bias.as_tensor(),
-                );
+                let l = &self.layers[0].1;
+                let Some(b) = l.bias() else {
+                    bail!("the concat head's classifier has no bias")
+                };
+                let w = l.weight();
                 let shared_bias = (b / m_count as f64)?;
                 let mut start = 0;
                 let mut out = Vec::with_capacity(m_count);

@@ -30,8 +30,9 @@ mod head;
 mod mmtm;
 mod model;
 pub use encoders::{
-    register_encoder, BnInit, EncoderKind, EncoderSpec, Resnet18Options, SmallCnnOptions, ENCODERS,
+    register_encoder, BnInit, EncoderKind, EncoderSlot, EncoderSpec, Resnet18Options,
+    SmallCnnOptions, ENCODERS,
 };
-pub use head::{FusionHead, FusionKind, HeadOut, Linear, LinearInit};
+pub use head::{linear, linear_vars, FusionHead, FusionKind, HeadOut, LinearInit};
 pub use mmtm::{MeanRule, Mmtm, MmtmMixer};
-pub use model::{ForwardOut, MultimodalModel, ParamGroup, StageMixer};
+pub use model::{encoder_path, ForwardOut, MultimodalModel, ParamGroup, StageMixer};

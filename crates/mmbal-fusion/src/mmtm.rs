@@ -5,11 +5,10 @@
 //! replaces one stream's excitation by its running mean; [`MeanRule`] says how that mean is kept
 //! (by default as the reference's `balanced_mmtm.py` keeps it).
 
-use crate::head::{Linear, LinearInit};
+use crate::head::{linear, LinearInit};
 use crate::model::StageMixer;
-use candle_core::{bail, Device, Result, Tensor, Var};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
+use candle_core::{bail, Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
 use std::sync::Mutex;
 
 /// How the running means of the excitations (the constants a curated stream gets) are kept.
@@ -93,15 +92,16 @@ fn excite(map: &Tensor, e: &Tensor, frames: usize) -> Result<Tensor> {
 }
 
 impl Mmtm {
-    /// A block for streams of `ca` and `cb` channels, weights seeded.
-    pub fn new(ca: usize, cb: usize, init: LinearInit, seed: u64, dev: &Device) -> Result<Mmtm> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    /// A block for streams of `ca` and `cb` channels; `squeeze`, `excite_a` and `excite_b`
+    /// under `vb`'s path. The running means are not variables (they do not exist before the
+    /// first forward, and their width follows the [`MeanRule`]): see [`Mmtm::buffers`].
+    pub fn new(ca: usize, cb: usize, init: LinearInit, vb: VarBuilder) -> Result<Mmtm> {
         let cz = (ca + cb) / 2;
         Ok(Mmtm {
-            squeeze: Linear::new(ca + cb, cz, init, &mut rng, dev)?,
+            squeeze: linear(ca + cb, cz, init, vb.pp("squeeze"))?,
             excite: [
-                Linear::new(cz, ca, init, &mut rng, dev)?,
-                Linear::new(cz, cb, init, &mut rng, dev)?,
+                linear(cz, ca, init, vb.pp("excite_a"))?,
+                linear(cz, cb, init, vb.pp("excite_b"))?,
             ],
             state: Mutex::new(MmtmState {
                 running: [None, None],
@@ -277,20 +277,6 @@ impl Mmtm {
             _ => None,
         }
     }
-
-    /// `squeeze`, `excite_a` and `excite_b` weights and biases.
-    pub fn params(&self) -> Vec<(String, Var)> {
-        let mut out = Vec::new();
-        for (name, l) in [
-            ("squeeze", &self.squeeze),
-            ("excite_a", &self.excite[0]),
-            ("excite_b", &self.excite[1]),
-        ] {
-            out.push((format!("{name}.weight"), l.weight.clone()));
-            out.push((format!("{name}.bias"), l.bias.clone()));
-        }
-        out
-    }
 }
 
 /// MMTM blocks after chosen stages of two encoders (Greedy: after layers 2, 3 and 4).
@@ -320,16 +306,6 @@ impl StageMixer for MmtmMixer {
         };
         let [a, b] = block.forward(&maps[0], &maps[1], [frames[0], frames[1]], train)?;
         Ok(vec![a, b])
-    }
-    fn params(&self) -> Vec<(String, Var)> {
-        self.blocks
-            .iter()
-            .flat_map(|(s, b)| {
-                b.params()
-                    .into_iter()
-                    .map(move |(n, v)| (format!("stage{s}.{n}"), v))
-            })
-            .collect()
     }
     fn buffers(&self) -> Vec<(String, Tensor)> {
         self.blocks

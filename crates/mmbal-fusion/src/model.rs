@@ -2,14 +2,21 @@
 //! fusion head. What every balancing method reads comes out of one forward pass
 //! ([`ForwardOut`]); what methods modify is published as [`ParamGroup`]s, so no method parses
 //! parameter names.
+//!
+//! Every part is built from a `VarBuilder` path of one [`ModelVars`]: `encoders.<modality>`,
+//! `head`, `mixer`. Those paths are the names checkpoints, parameter groups and pretrained
+//! loading use; nothing else names a parameter.
 
-use crate::encoders::EncoderSpec;
+use crate::encoders::{EncoderSlot, EncoderSpec};
 use crate::head::{FusionHead, FusionKind, LinearInit};
-use candle_core::{bail, Device, Result, Tensor, Var};
-use mmbal_encoders::{fold_frames, pool_map, Encoder};
+use candle_core::{bail, Device, Result, Tensor, TensorId, Var};
+use candle_nn::VarBuilder;
+use mmbal_encoders::{fold_frames, pool_map, Encoder, ModelVars};
+use std::collections::HashSet;
 
 /// Blocks run between encoder stages over all modalities at once (MMTM). `after_stages` lists
-/// the stage indices after which [`StageMixer::mix`] is called.
+/// the stage indices after which [`StageMixer::mix`] is called. A mixer's parameters are built
+/// from [`MultimodalModel::mixer_builder`], under the model's `mixer` path.
 pub trait StageMixer: Send + Sync {
     /// Stage indices after which `mix` runs.
     fn after_stages(&self) -> Vec<usize>;
@@ -21,9 +28,8 @@ pub trait StageMixer: Send + Sync {
         frames: &[usize],
         train: bool,
     ) -> Result<Vec<Tensor>>;
-    /// Trainable parameters, named under the mixer.
-    fn params(&self) -> Vec<(String, Var)>;
-    /// Non-trainable state kept in checkpoints (running means).
+    /// State kept in checkpoints that is not a variable (MMTM's running means, which do not
+    /// exist before the first forward), named under the mixer.
     fn buffers(&self) -> Vec<(String, Tensor)> {
         Vec::new()
     }
@@ -48,7 +54,7 @@ pub struct ForwardOut {
 pub enum ParamGroup {
     /// Every parameter of modality m's encoder.
     Encoder(usize),
-    /// Only the 4-D convolution kernels of modality m's encoder (OGM-GE).
+    /// Only the 4-D parameters (convolution kernels) of modality m's encoder (OGM-GE).
     EncoderConvKernels(usize),
     /// The fusion head.
     Head,
@@ -68,7 +74,16 @@ pub struct MultimodalModel {
     /// The fusion head over the pooled features.
     pub head: FusionHead,
     mixer: Option<Box<dyn StageMixer>>,
+    vars: ModelVars,
+    /// The variables the forward pass updates (running statistics): in `vars`, given to no
+    /// optimizer.
+    buffer_ids: HashSet<TensorId>,
     device: Device,
+}
+
+/// The prefix of modality `name`'s encoder among the model's variables.
+pub fn encoder_path(name: &str) -> String {
+    format!("encoders.{name}")
 }
 
 impl MultimodalModel {
@@ -90,11 +105,17 @@ impl MultimodalModel {
                 encoders.len()
             );
         }
+        let vars = ModelVars::new();
         let mut built: Vec<Box<dyn Encoder>> = Vec::new();
         for (m, spec) in encoders.iter().enumerate() {
-            let s = seed.wrapping_add(m as u64);
+            let slot = EncoderSlot {
+                vars: &vars,
+                path: encoder_path(&modalities[m]),
+                seed: seed.wrapping_add(m as u64),
+                device,
+            };
             built.push(
-                spec.build(s, device)
+                spec.build(&slot)
                     .map_err(|e| e.context(format!("the encoder of `{}`", modalities[m])))?,
             );
         }
@@ -104,23 +125,25 @@ impl MultimodalModel {
             &dims,
             classes,
             head_init,
-            seed.wrapping_add(1000),
-            device,
+            vars.seeded(seed.wrapping_add(1000), device).pp("head"),
         )?;
-        Ok(MultimodalModel {
-            modalities: modalities.to_vec(),
-            encoders: built,
+        Ok(MultimodalModel::from_parts(
+            modalities.to_vec(),
+            built,
             head,
-            mixer: None,
-            device: device.clone(),
-        })
+            vars,
+            device,
+        )?)
     }
 
-    /// A model from encoders built elsewhere (any [`Encoder`] implementation) and a head.
+    /// A model from encoders built elsewhere (any [`Encoder`] implementation) and a head, all
+    /// built from `vars`: encoder m under `encoders.<modalities[m]>` ([`encoder_path`]), the head
+    /// under `head`. A variable anywhere else is an error.
     pub fn from_parts(
         modalities: Vec<String>,
         encoders: Vec<Box<dyn Encoder>>,
         head: FusionHead,
+        vars: ModelVars,
         device: &Device,
     ) -> Result<MultimodalModel> {
         if modalities.len() != encoders.len() || head.num_modalities() != encoders.len() {
@@ -131,18 +154,48 @@ impl MultimodalModel {
                 head.num_modalities()
             );
         }
+        let mut prefixes: Vec<String> = modalities
+            .iter()
+            .map(|m| format!("{}.", encoder_path(m)))
+            .collect();
+        prefixes.push("head.".into());
+        for (name, _) in vars.named() {
+            if !prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+                bail!(
+                    "variable `{name}` is outside the model's parts (expected it under one of \
+                     {prefixes:?})"
+                );
+            }
+        }
+        let buffer_ids = encoders
+            .iter()
+            .flat_map(|e| e.buffers())
+            .map(|v| v.id())
+            .collect();
         Ok(MultimodalModel {
             modalities,
             encoders,
             head,
             mixer: None,
+            vars,
+            buffer_ids,
             device: device.clone(),
         })
     }
 
-    /// Inserts blocks between encoder stages (MMTM).
+    /// The seeded builder at the model's `mixer` path, for the blocks of a [`StageMixer`].
+    pub fn mixer_builder(&self, seed: u64) -> VarBuilder<'static> {
+        self.vars.seeded(seed, &self.device).pp("mixer")
+    }
+
+    /// Inserts blocks between encoder stages (MMTM), built from [`Self::mixer_builder`].
     pub fn set_mixer(&mut self, mixer: Box<dyn StageMixer>) {
         self.mixer = Some(mixer);
+    }
+
+    /// Every variable of the model by name (parameters and running statistics).
+    pub fn vars(&self) -> &ModelVars {
+        &self.vars
     }
 
     /// Whether a mixer joins the encoders between stages (intermediate fusion: zeroing a pooled
@@ -243,47 +296,44 @@ impl MultimodalModel {
             .collect()
     }
 
-    /// Every trainable parameter: `encoders.<modality>.<name>`, `head.<name>`, `mixer.<name>`.
+    /// Every trainable parameter: `encoders.<modality>.<name>`, `head.<name>`, `mixer.<name>`,
+    /// in the order the layers created them.
     pub fn named_params(&self) -> Vec<(String, Var)> {
-        let mut out = Vec::new();
-        for (m, e) in self.encoders.iter().enumerate() {
-            for (n, v) in e.params() {
-                out.push((format!("encoders.{}.{n}", self.modalities[m]), v));
-            }
-        }
-        for (n, v) in self.head.params() {
-            out.push((format!("head.{n}"), v));
-        }
-        if let Some(mx) = &self.mixer {
-            for (n, v) in mx.params() {
-                out.push((format!("mixer.{n}"), v));
-            }
-        }
-        out
+        self.vars
+            .named()
+            .into_iter()
+            .filter(|(_, v)| !self.buffer_ids.contains(&v.id()))
+            .collect()
     }
 
-    /// Every trainable parameter (encoders, mixer, head), in `named_params` order.
+    /// Every trainable parameter (encoders, head, mixer), in `named_params` order.
     pub fn params(&self) -> Vec<Var> {
         self.named_params().into_iter().map(|(_, v)| v).collect()
     }
 
+    /// The trainable parameters under a path (`head`, `encoders.audio`).
+    fn params_under(&self, path: &str) -> Vec<Var> {
+        let prefix = format!("{path}.");
+        self.named_params()
+            .into_iter()
+            .filter(|(n, _)| n.starts_with(&prefix))
+            .map(|(_, v)| v)
+            .collect()
+    }
+
     /// The parameters of one group (see [`ParamGroup`]).
-    pub fn group(&self, g: ParamGroup) -> Vec<Var> {
-        match g {
-            ParamGroup::Encoder(m) => self.encoders[m]
-                .params()
+    pub fn group(&self, g: ParamGroup) -> Result<Vec<Var>> {
+        Ok(match g {
+            ParamGroup::Encoder(m) => self.params_under(&encoder_path(&self.modalities[m])),
+            ParamGroup::EncoderConvKernels(m) => self
+                .params_under(&encoder_path(&self.modalities[m]))
                 .into_iter()
-                .map(|(_, v)| v)
+                .filter(|v| v.rank() == 4)
                 .collect(),
-            ParamGroup::EncoderConvKernels(m) => self.encoders[m].conv_kernels(),
-            ParamGroup::Head => self.head.params().into_iter().map(|(_, v)| v).collect(),
-            ParamGroup::HeadOf(m) => self.head.modality_params(m),
-            ParamGroup::Mixer => self
-                .mixer
-                .as_ref()
-                .map(|mx| mx.params().into_iter().map(|(_, v)| v).collect())
-                .unwrap_or_default(),
-        }
+            ParamGroup::Head => self.params_under("head"),
+            ParamGroup::HeadOf(m) => self.head.modality_params(m)?,
+            ParamGroup::Mixer => self.params_under("mixer"),
+        })
     }
 
     /// Runs `f` (eval-mode passes of a diagnostic) and then puts every buffer back as it was,
@@ -293,7 +343,7 @@ impl MultimodalModel {
         &self,
         f: impl FnOnce() -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
-        let saved = self.buffers();
+        let saved = self.buffers()?;
         let out = f();
         for (name, t) in saved {
             self.set_buffer(&name, t)?;
@@ -301,13 +351,14 @@ impl MultimodalModel {
         out
     }
 
-    /// BatchNorm running statistics (`encoders.<modality>.<name>`) and mixer state
-    /// (`mixer.<name>`).
-    pub fn buffers(&self) -> Vec<(String, Tensor)> {
+    /// A copy of every buffer as it is now: the encoders' running statistics
+    /// (`encoders.<modality>.<name>`) and mixer state (`mixer.<name>`).
+    pub fn buffers(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
-        for (m, e) in self.encoders.iter().enumerate() {
-            for (n, t) in e.buffers() {
-                out.push((format!("encoders.{}.{n}", self.modalities[m]), t));
+        for (n, v) in self.vars.named() {
+            if self.buffer_ids.contains(&v.id()) {
+                // A copy: the variable itself changes with the next training forward.
+                out.push((n, v.as_tensor().copy()?));
             }
         }
         if let Some(mx) = &self.mixer {
@@ -315,19 +366,26 @@ impl MultimodalModel {
                 out.push((format!("mixer.{n}"), t));
             }
         }
-        out
+        Ok(out)
     }
 
-    /// Restores a buffer by its checkpoint name (encoder BatchNorm statistics, mixer state).
+    /// Restores a buffer by its checkpoint name (encoder running statistics, mixer state).
     pub fn set_buffer(&self, name: &str, value: Tensor) -> Result<()> {
         if let (Some(rest), Some(mx)) = (name.strip_prefix("mixer."), &self.mixer) {
             return mx.set_buffer(rest, value);
         }
-        for (m, e) in self.encoders.iter().enumerate() {
-            if let Some(rest) = name.strip_prefix(&format!("encoders.{}.", self.modalities[m])) {
-                return e.set_buffer(rest, value);
+        match self.vars.get(name) {
+            Some(v) if self.buffer_ids.contains(&v.id()) => {
+                if value.dims() != v.dims() {
+                    bail!(
+                        "buffer `{name}`: shape {:?}, expected {:?}",
+                        value.dims(),
+                        v.dims()
+                    );
+                }
+                v.set(&value.to_device(v.device())?.to_dtype(v.dtype())?)
             }
+            _ => bail!("model has no buffer `{name}`"),
         }
-        bail!("model has no buffer `{name}`")
     }
 }

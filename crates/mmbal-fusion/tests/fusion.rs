@@ -1,4 +1,5 @@
 use candle_core::{Device, Tensor};
+use mmbal_encoders::ModelVars;
 use mmbal_fusion::{
     BnInit, EncoderSpec, FusionHead, FusionKind, LinearInit, MultimodalModel, ParamGroup,
     Resnet18Options, SmallCnnOptions,
@@ -21,16 +22,39 @@ fn close(a: &Tensor, b: &Tensor) -> bool {
     d.to_scalar::<f32>().unwrap() < 1e-5
 }
 
-fn set(head: &FusionHead, name: &str, t: Tensor) {
-    let (_, v) = head.params().into_iter().find(|(n, _)| n == name).unwrap();
-    v.set(&t).unwrap();
+/// A head at the root of its own variables (`fc.weight`, ...), drawn from `seed`.
+struct Head {
+    head: FusionHead,
+    vars: ModelVars,
+}
+
+impl std::ops::Deref for Head {
+    type Target = FusionHead;
+    fn deref(&self) -> &FusionHead {
+        &self.head
+    }
+}
+
+fn new_head(
+    kind: FusionKind,
+    dims: &[usize],
+    classes: usize,
+    init: LinearInit,
+    seed: u64,
+) -> candle_core::Result<Head> {
+    let vars = ModelVars::new();
+    let head = FusionHead::new(kind, dims, classes, init, vars.seeded(seed, &dev()))?;
+    Ok(Head { head, vars })
+}
+
+fn set(head: &Head, name: &str, t: Tensor) {
+    head.vars.get(name).unwrap().set(&t).unwrap();
 }
 
 #[test]
 fn concat_unimodal_logits_add_up_for_two_and_three_modalities() {
     for dims in [vec![3, 2], vec![3, 2, 4]] {
-        let head =
-            FusionHead::new(FusionKind::Concat, &dims, 5, LinearInit::Pytorch, 1, &dev()).unwrap();
+        let head = new_head(FusionKind::Concat, &dims, 5, LinearInit::Pytorch, 1).unwrap();
         let f: Vec<Tensor> = dims
             .iter()
             .map(|&d| Tensor::randn(0f32, 1.0, (4, d), &dev()).unwrap())
@@ -47,15 +71,7 @@ fn concat_unimodal_logits_add_up_for_two_and_three_modalities() {
 #[test]
 fn concat_head_by_hand_with_masking() {
     // W = [[1, 2 | 3], [0, -1 | 1]], b = [0.5, -1]; audio (2-d), visual (1-d).
-    let head = FusionHead::new(
-        FusionKind::Concat,
-        &[2, 1],
-        2,
-        LinearInit::Pytorch,
-        1,
-        &dev(),
-    )
-    .unwrap();
+    let head = new_head(FusionKind::Concat, &[2, 1], 2, LinearInit::Pytorch, 1).unwrap();
     set(&head, "fc.weight", t2(&[1., 2., 3., 0., -1., 1.], 2, 3));
     set(
         &head,
@@ -90,7 +106,7 @@ fn sum_film_and_gated_by_hand() {
     let a = t2(&[1., 2.], 1, 2);
     let v = t2(&[3., -1.], 1, 2);
     // sum: fc.0 = [[1, 0], [0, 1]] + [1, 1]; fc.1 = [[1, 1], [2, 0]] + [0, -1]
-    let sum = FusionHead::new(FusionKind::Sum, &[2, 2], 2, LinearInit::Pytorch, 1, &dev()).unwrap();
+    let sum = new_head(FusionKind::Sum, &[2, 2], 2, LinearInit::Pytorch, 1).unwrap();
     set(&sum, "fc.0.weight", t2(&[1., 0., 0., 1.], 2, 2));
     set(&sum, "fc.0.bias", Tensor::new(&[1f32, 1.], &dev()).unwrap());
     set(&sum, "fc.1.weight", t2(&[1., 1., 2., 0.], 2, 2));
@@ -105,8 +121,7 @@ fn sum_film_and_gated_by_hand() {
     assert_eq!(rows(&out.fused), vec![vec![4., 8.]]);
 
     // FiLM: film = Linear(2 -> 4): gamma = [a0, a1], beta = [1, 0]; fc = identity, bias 0.
-    let film =
-        FusionHead::new(FusionKind::Film, &[2, 2], 2, LinearInit::Pytorch, 1, &dev()).unwrap();
+    let film = new_head(FusionKind::Film, &[2, 2], 2, LinearInit::Pytorch, 1).unwrap();
     set(
         &film,
         "film.weight",
@@ -127,15 +142,7 @@ fn sum_film_and_gated_by_hand() {
     assert_eq!(rows(&out.unimodal[1]), vec![vec![1., 0.]]);
 
     // gated: fc_x = 0 weights, bias [0, ln 3] -> gate [0.5, 0.75]; fc_y identity; fc identity.
-    let gated = FusionHead::new(
-        FusionKind::Gated,
-        &[2, 2],
-        2,
-        LinearInit::Pytorch,
-        1,
-        &dev(),
-    )
-    .unwrap();
+    let gated = new_head(FusionKind::Gated, &[2, 2], 2, LinearInit::Pytorch, 1).unwrap();
     set(&gated, "fc_x.weight", t2(&[0.; 4], 2, 2));
     set(
         &gated,
@@ -154,30 +161,17 @@ fn sum_film_and_gated_by_hand() {
     assert!(close(&out.fused, &t2(&[1.5, -0.75], 1, 2)));
     assert!(close(&out.unimodal[0], &t2(&[0., 0.], 1, 2)));
 
-    let three = FusionHead::new(
-        FusionKind::Film,
-        &[2, 2, 2],
-        2,
-        LinearInit::Pytorch,
-        1,
-        &dev(),
-    );
+    let three = new_head(FusionKind::Film, &[2, 2, 2], 2, LinearInit::Pytorch, 1);
     assert!(three.is_err());
 }
 
 #[test]
 fn linear_inits_follow_pytorch_and_xavier() {
-    let head = FusionHead::new(
-        FusionKind::Concat,
-        &[100, 300],
-        50,
-        LinearInit::Pytorch,
-        3,
-        &dev(),
-    )
-    .unwrap();
-    let w = head.params()[0]
-        .1
+    let head = new_head(FusionKind::Concat, &[100, 300], 50, LinearInit::Pytorch, 3).unwrap();
+    let w = head
+        .vars
+        .get("fc.weight")
+        .unwrap()
         .as_tensor()
         .flatten_all()
         .unwrap()
@@ -186,18 +180,18 @@ fn linear_inits_follow_pytorch_and_xavier() {
     let bound = 1.0 / 400f32.sqrt();
     assert!(w.iter().all(|x| x.abs() <= bound));
     assert!(w.iter().any(|x| x.abs() > 0.9 * bound));
-    let head = FusionHead::new(
+    let head = new_head(
         FusionKind::Concat,
         &[100, 300],
         50,
         LinearInit::XavierNormal,
         3,
-        &dev(),
     )
     .unwrap();
-    let p = head.params();
-    let w = p[0]
-        .1
+    let w = head
+        .vars
+        .get("fc.weight")
+        .unwrap()
         .as_tensor()
         .flatten_all()
         .unwrap()
@@ -208,7 +202,8 @@ fn linear_inits_follow_pytorch_and_xavier() {
         (std / (2.0f32 / 450.0).sqrt() - 1.0).abs() < 0.05,
         "std {std}"
     );
-    assert_eq!(p[1].1.as_tensor().to_vec1::<f32>().unwrap(), vec![0.0; 50]);
+    let bias = head.vars.get("fc.bias").unwrap();
+    assert_eq!(bias.as_tensor().to_vec1::<f32>().unwrap(), vec![0.0; 50]);
 }
 
 #[test]
@@ -250,15 +245,48 @@ fn model_groups_masks_and_buffers() {
         Tensor::randn(0f32, 1.0, (3, 2, 3, 32, 32), &dev()).unwrap(),
         Tensor::randn(0f32, 1.0, (3, 2, 16, 16), &dev()).unwrap(),
     ];
+    let before = model.buffers().unwrap();
     let out = model.forward(&inputs, None, true).unwrap();
+    // `buffers` gave copies: the training forward moved the running statistics, not them.
+    let after = model.buffers().unwrap();
+    assert_eq!(before.len(), after.len());
+    let moved = before.iter().zip(&after).filter(|((_, a), (_, b))| {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        d.to_scalar::<f32>().unwrap() > 0.0
+    });
+    assert!(
+        moved.count() > 0,
+        "a training forward moves running statistics"
+    );
+    // Running statistics are variables of the model but no parameter.
+    let params = model.named_params();
+    assert!(after
+        .iter()
+        .all(|(n, _)| !params.iter().any(|(p, _)| p == n)));
+    assert!(model
+        .vars()
+        .get("encoders.visual.bn1.running_var")
+        .is_some());
     assert_eq!(out.features[1].dims(), &[3, 32]);
     assert_eq!(out.unimodal_logits.len(), 3);
-    assert_eq!(model.group(ParamGroup::EncoderConvKernels(1)).len(), 20);
-    assert_eq!(model.group(ParamGroup::EncoderConvKernels(0)).len(), 3);
-    assert_eq!(model.group(ParamGroup::Head).len(), 2);
+    assert_eq!(
+        model
+            .group(ParamGroup::EncoderConvKernels(1))
+            .unwrap()
+            .len(),
+        20
+    );
+    assert_eq!(
+        model
+            .group(ParamGroup::EncoderConvKernels(0))
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(model.group(ParamGroup::Head).unwrap().len(), 2);
     // A concat head has no classifier of one modality's own.
-    assert!(model.group(ParamGroup::HeadOf(1)).is_empty());
-    assert!(model.group(ParamGroup::Mixer).is_empty());
+    assert!(model.group(ParamGroup::HeadOf(1)).unwrap().is_empty());
+    assert!(model.group(ParamGroup::Mixer).unwrap().is_empty());
     let n = model.named_params();
     assert!(n
         .iter()
@@ -282,12 +310,13 @@ fn model_groups_masks_and_buffers() {
     assert_eq!(row_sum(&masked[2], 2), 0.0);
     assert!(row_sum(&masked[1], 1) > 0.0);
     // Buffers round-trip by model-level name.
-    let bufs = model.buffers();
+    let bufs = model.buffers().unwrap();
     let (name, t) = &bufs[bufs.len() - 1];
     assert!(name.starts_with("encoders.flow."));
     model.set_buffer(name, t.zeros_like().unwrap()).unwrap();
     assert!(model
         .buffers()
+        .unwrap()
         .last()
         .unwrap()
         .1
@@ -345,8 +374,8 @@ fn batch_norm_weights_start_at_one_or_from_normal_1_002() {
 #[test]
 fn each_modalitys_own_classifier_under_sum_and_blend() {
     for kind in [FusionKind::Sum, FusionKind::Blend] {
-        let head = FusionHead::new(kind, &[3, 2, 4], 5, LinearInit::Pytorch, 0, &dev()).unwrap();
-        let named = head.params();
+        let head = new_head(kind, &[3, 2, 4], 5, LinearInit::Pytorch, 0).unwrap();
+        let named = head.vars.named();
         for m in 0..3 {
             let want: Vec<_> = named
                 .iter()
@@ -355,6 +384,7 @@ fn each_modalitys_own_classifier_under_sum_and_blend() {
                 .collect();
             let got: Vec<_> = head
                 .modality_params(m)
+                .unwrap()
                 .iter()
                 .map(|v| v.as_tensor().id())
                 .collect();
@@ -377,11 +407,14 @@ impl mmbal_fusion::EncoderKind for FixedSmallCnn {
     fn build(
         &self,
         options: &toml::Table,
-        seed: u64,
-        device: &Device,
+        slot: &mmbal_fusion::EncoderSlot,
     ) -> anyhow::Result<Box<dyn mmbal_encoders::Encoder>> {
         let c = self.in_channels(options)?;
-        Ok(Box::new(mmbal_encoders::SmallCnn::new(c, 3, seed, device)?))
+        Ok(Box::new(mmbal_encoders::SmallCnn::new(
+            c,
+            3,
+            slot.var_builder(),
+        )?))
     }
 }
 
@@ -419,51 +452,72 @@ fn encoders_are_built_by_kind_and_new_kinds_register() {
     assert_eq!(toml::from_str::<EncoderSpec>(&text).unwrap(), builtin);
 }
 
-/// The head's linear layers built through a seeded `VarBuilder` (`SeededInit`) get the weights
-/// `Linear::new` draws, bitwise, for both initialisations: the ground for building every layer
-/// from a `VarBuilder` path.
+/// `linear` draws what the hand-written initialisers it replaced drew, bitwise, for both
+/// initialisations: PyTorch's uniform(+-1/sqrt(in)) weight then bias, and Xavier-normal weight
+/// with a zero bias, from the builder's ChaCha stream.
 #[test]
-fn linear_layers_through_a_seeded_var_builder_match_bitwise() {
-    use candle_nn::init::Init;
-    use rand::SeedableRng;
+fn linear_layers_draw_what_the_hand_written_init_drew() {
+    use rand::{Rng, SeedableRng};
+    use rand_distr::{Distribution, Normal};
     let (inp, out) = (12, 5);
-    let bound = 1.0 / (inp as f64).sqrt();
-    let std = (2.0 / (inp + out) as f64).sqrt();
-    for (init, hints) in [
-        (
-            LinearInit::Pytorch,
-            [
-                Init::Uniform {
-                    lo: -bound,
-                    up: bound,
-                },
-                Init::Uniform {
-                    lo: -bound,
-                    up: bound,
-                },
-            ],
-        ),
-        (
-            LinearInit::XavierNormal,
-            [
-                Init::Randn {
-                    mean: 0.0,
-                    stdev: std,
-                },
-                Init::Const(0.0),
-            ],
-        ),
-    ] {
+    for init in [LinearInit::Pytorch, LinearInit::XavierNormal] {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let hand = mmbal_fusion::Linear::new(inp, out, init, &mut rng, &dev()).unwrap();
-        let map = candle_nn::VarMap::new();
-        let vb = mmbal_encoders::SeededInit::var_builder(&map, 3, &dev()).pp("head.fc");
-        let w = vb.get_with_hints((out, inp), "weight", hints[0]).unwrap();
-        let b = vb.get_with_hints(out, "bias", hints[1]).unwrap();
-        assert!(rows(&w) == rows(hand.weight.as_tensor()), "{init:?} weight");
-        assert!(
-            b.to_vec1::<f32>().unwrap() == hand.bias.as_tensor().to_vec1::<f32>().unwrap(),
-            "{init:?} bias"
-        );
+        let (w0, b0): (Vec<f32>, Vec<f32>) = match init {
+            LinearInit::Pytorch => {
+                let bound = 1.0 / (inp as f64).sqrt();
+                let mut draw = |n: usize| -> Vec<f32> {
+                    (0..n)
+                        .map(|_| rng.random_range(-bound..bound) as f32)
+                        .collect()
+                };
+                (draw(out * inp), draw(out))
+            }
+            LinearInit::XavierNormal => {
+                let normal = Normal::new(0.0, (2.0 / (inp + out) as f64).sqrt()).unwrap();
+                (
+                    (0..out * inp)
+                        .map(|_| normal.sample(&mut rng) as f32)
+                        .collect(),
+                    vec![0.0; out],
+                )
+            }
+        };
+        let vars = ModelVars::new();
+        let l = mmbal_fusion::linear(inp, out, init, vars.seeded(3, &dev()).pp("head.fc")).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(flat(l.weight()) == w0, "{init:?} weight");
+        assert!(flat(l.bias().unwrap()) == b0, "{init:?} bias");
+        assert!(vars.get("head.fc.weight").is_some());
     }
+}
+
+/// A model is assembled from parts built on one `ModelVars`; a variable outside the parts'
+/// paths (`encoders.<modality>`, `head`) is refused, naming it.
+#[test]
+fn from_parts_refuses_variables_outside_the_parts() {
+    let build = |stray: bool| {
+        let vars = ModelVars::new();
+        let enc = mmbal_encoders::SmallCnn::new(1, 2, vars.seeded(0, &dev()).pp("encoders.a"));
+        let head = FusionHead::new(
+            FusionKind::Concat,
+            &[8],
+            3,
+            LinearInit::Pytorch,
+            vars.seeded(1, &dev()).pp("head"),
+        )
+        .unwrap();
+        if stray {
+            vars.seeded(2, &dev()).pp("extra").get(3, "w").unwrap();
+        }
+        MultimodalModel::from_parts(
+            vec!["a".into()],
+            vec![Box::new(enc.unwrap())],
+            head,
+            vars,
+            &dev(),
+        )
+    };
+    assert!(build(false).is_ok());
+    let err = build(true).err().unwrap().to_string();
+    assert!(err.contains("extra.w"), "{err}");
 }

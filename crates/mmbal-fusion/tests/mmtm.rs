@@ -2,6 +2,7 @@
 //! and the input gradients of `sum(out_A) + 2 sum(out_B)`.
 
 use candle_core::{Device, Tensor, Var};
+use mmbal_encoders::ModelVars;
 use mmbal_fusion::{LinearInit, Mmtm};
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -22,8 +23,11 @@ fn mmtm_matches_pytorch() {
         "/../../tests/fixtures/tiny_av.safetensors"
     );
     let f = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
-    let block = Mmtm::new(4, 6, LinearInit::Pytorch, 0, &Device::Cpu).unwrap();
-    for (name, var) in block.params() {
+    let vars = ModelVars::new();
+    let block = Mmtm::new(4, 6, LinearInit::Pytorch, vars.seeded(0, &Device::Cpu)).unwrap();
+    // squeeze, excite_a, excite_b: the reference module's names.
+    assert_eq!(vars.len(), 6);
+    for (name, var) in vars.named() {
         var.set(&f[&format!("mmtm.{name}")]).unwrap();
     }
     let a = Var::from_tensor(&f["mmtm.A"]).unwrap();
@@ -57,7 +61,13 @@ fn mmtm_matches_pytorch() {
 #[test]
 fn frames_share_their_clip_excitation() {
     // Stream A of 2 clips x 3 frames: squeezed per clip over frames and space.
-    let block = Mmtm::new(4, 6, LinearInit::Pytorch, 1, &Device::Cpu).unwrap();
+    let block = Mmtm::new(
+        4,
+        6,
+        LinearInit::Pytorch,
+        ModelVars::new().seeded(1, &Device::Cpu),
+    )
+    .unwrap();
     let a = Tensor::randn(0f32, 1.0, (6, 4, 3, 3), &Device::Cpu).unwrap();
     let b = Tensor::randn(0f32, 1.0, (2, 6, 2, 2), &Device::Cpu).unwrap();
     let e = block.excitations(&a, &b, [3, 1]).unwrap();
@@ -75,7 +85,7 @@ fn frames_share_their_clip_excitation() {
 #[test]
 fn squeeze_probe_records_means_and_replaces_one_stream() {
     let dev = Device::Cpu;
-    let block = Mmtm::new(4, 6, LinearInit::Pytorch, 2, &dev).unwrap();
+    let block = Mmtm::new(4, 6, LinearInit::Pytorch, ModelVars::new().seeded(2, &dev)).unwrap();
     let a = Tensor::randn(0f32, 1.0, (3, 4, 2, 2), &dev).unwrap();
     let b = Tensor::randn(0f32, 1.0, (3, 6, 2, 2), &dev).unwrap();
     // Two eval forwards of the same 3 clips: the mean squeeze of stream b is the mean of its

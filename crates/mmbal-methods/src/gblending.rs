@@ -102,11 +102,8 @@ fn snapshot(model: &MultimodalModel) -> Result<Snapshot> {
             Ok((v, t))
         })
         .collect::<Result<_>>()?;
-    let buffers = model
-        .buffers()
-        .into_iter()
-        .map(|(n, t)| Ok((n, t.copy()?)))
-        .collect::<Result<_>>()?;
+    // `buffers` returns copies already.
+    let buffers = model.buffers()?;
     Ok(Snapshot { params, buffers })
 }
 

@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use candle_core::{Tensor, Var};
 use mmbal_data::{Row, Split};
 use mmbal_fusion::{
-    FusionKind, LinearInit, MeanRule, Mmtm, MmtmMixer, MultimodalModel, ParamGroup,
+    linear_vars, FusionKind, LinearInit, MeanRule, Mmtm, MmtmMixer, MultimodalModel, ParamGroup,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -258,13 +258,13 @@ impl BalanceMethod for Greedy {
                      equal widths)"
                 );
             }
-            let dev = model.device().clone();
             let block = Mmtm::new(
                 a.stage_channels(s),
                 b.stage_channels(s),
                 LinearInit::Pytorch,
-                self.opts.seed + k as u64,
-                &dev,
+                model
+                    .mixer_builder(self.opts.seed + k as u64)
+                    .pp(format!("stage{s}")),
             )?;
             block.set_mean_rule(self.opts.mean_rule());
             blocks.push((s, block));
@@ -310,11 +310,11 @@ impl BalanceMethod for Greedy {
         for m in 0..2 {
             let mut bypass_vars = Vec::new();
             for (_, b) in blocks.iter() {
-                bypass_vars.extend([b.squeeze.weight.clone(), b.squeeze.bias.clone()]);
-                bypass_vars.extend([b.excite[m].weight.clone(), b.excite[m].bias.clone()]);
+                bypass_vars.extend(linear_vars(&b.squeeze)?);
+                bypass_vars.extend(linear_vars(&b.excite[m])?);
             }
-            let mut main_vars = ctx.model.group(ParamGroup::Encoder(m));
-            main_vars.extend(ctx.model.group(ParamGroup::HeadOf(m)));
+            let mut main_vars = ctx.model.group(ParamGroup::Encoder(m))?;
+            main_vars.extend(ctx.model.group(ParamGroup::HeadOf(m))?);
             self.bypass[m] += group_speed(&bypass_vars, grads)?;
             self.main[m] += group_speed(&main_vars, grads)?;
         }

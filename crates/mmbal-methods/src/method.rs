@@ -126,7 +126,7 @@ impl Grads {
         group: ParamGroup,
         factor: f64,
     ) -> Result<()> {
-        self.scale(&model.group(group), factor)
+        self.scale(&model.group(group)?, factor)
     }
 }
 

@@ -5,7 +5,7 @@
 
 use crate::{BalanceMethod, Grads, Requirements, StepCtx, StepPlan};
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, Var};
 use mmbal_fusion::{ForwardOut, FusionKind, MultimodalModel};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -153,13 +153,7 @@ impl BalanceMethod for Mla {
 
     fn edit_gradients(&mut self, ctx: &StepCtx, out: &ForwardOut, grads: &mut Grads) -> Result<()> {
         let m = ctx.turn.context("mla runs one turn per modality")?;
-        let (_, w) = ctx
-            .model
-            .head
-            .params()
-            .into_iter()
-            .find(|(n, _)| n == "fc.weight")
-            .context("shared head weight")?;
+        let w = Var::from_tensor(ctx.model.head.shared_classifier()?.weight())?;
         let first = self.head_updates == 0;
         self.head_updates += 1;
         if !self.opts.project || first {

@@ -125,7 +125,7 @@ impl BalanceMethod for Ogm {
             self.opts.noise_seed ^ (ctx.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
         for (i, &k) in coeff.iter().enumerate() {
-            for var in ctx.model.group(ParamGroup::EncoderConvKernels(i)) {
+            for var in ctx.model.group(ParamGroup::EncoderConvKernels(i))? {
                 let Some(g) = grads.get(&var).cloned() else {
                     continue;
                 };

@@ -73,7 +73,7 @@ impl Trainer {
     pub(crate) fn load_checkpoint(&mut self, ck: &Checkpoint) -> Result<()> {
         restore_params(&ck.section("model"), self.model.named_params(), "parameter")?;
         let bufs = ck.section("buffer");
-        for (name, _) in self.model.buffers() {
+        for (name, _) in self.model.buffers()? {
             if !bufs.contains_key(&name) {
                 bail!("no buffer `{name}`");
             }
@@ -104,7 +104,7 @@ impl Trainer {
         for (n, v) in self.model.named_params() {
             push_finite(&mut tensors, path, "parameter", "model", n, v.as_tensor())?;
         }
-        for (n, t) in self.model.buffers() {
+        for (n, t) in self.model.buffers()? {
             push_finite(&mut tensors, path, "buffer", "buffer", n, &t)?;
         }
         for (n, t) in self.optimizer.state() {

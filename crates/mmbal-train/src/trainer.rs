@@ -147,19 +147,19 @@ impl Trainer {
 
     /// One learning-rate factor per parameter (in `model.params()` order, the optimizer's),
     /// from a method's factors per group: 1, times the factor of every group holding it.
-    fn lr_scale_per_param(&self, groups: &[(mmbal_fusion::ParamGroup, f64)]) -> Vec<f64> {
+    fn lr_scale_per_param(&self, groups: &[(mmbal_fusion::ParamGroup, f64)]) -> Result<Vec<f64>> {
         let params = self.model.params();
         // The method's own parameters follow the model's in the optimizer, at factor 1.
         let mut scales = vec![1.0; params.len() + self.method.params().len()];
         for (group, factor) in groups {
-            for v in self.model.group(*group) {
+            for v in self.model.group(*group)? {
                 let id = v.as_tensor().id();
                 if let Some(i) = params.iter().position(|p| p.as_tensor().id() == id) {
                     scales[i] *= factor;
                 }
             }
         }
-        scales
+        Ok(scales)
     }
 
     /// The epoch context and the method, borrowed together.
@@ -187,7 +187,7 @@ impl Trainer {
             let plan = method.epoch_plan(&ctx)?;
             (plan, method.lr_scales(&ctx)?)
         };
-        let scales = self.lr_scale_per_param(&lr_scales);
+        let scales = self.lr_scale_per_param(&lr_scales)?;
         self.optimizer.set_lr_scales(scales)?;
         let mut rows = plan.unwrap_or_else(|| self.dataset.rows(Split::Train));
         if rows.is_empty() {

@@ -17,7 +17,7 @@
 //! sides compute from their own biases.
 
 use candle_core::{safetensors, DType, Device, Tensor};
-use mmbal_encoders::{Encoder, SmallCnn};
+use mmbal_encoders::{Encoder, ModelVars, SmallCnn};
 use mmbal_fusion::{FusionHead, FusionKind, LinearInit, MultimodalModel};
 use mmbal_methods::{Joint, StepIndex};
 use mmbal_train::optim::{Adam, OptimizerConfig};
@@ -87,22 +87,27 @@ fn fixture_matches_the_avmnist_config() {
 fn ten_adam_steps_match_pytorch() {
     let f = fixture();
     let dev = Device::Cpu;
+    let vars = ModelVars::new();
     let encoders: Vec<Box<dyn Encoder>> = vec![
-        Box::new(SmallCnn::new(1, 8, 0, &dev).unwrap()),
-        Box::new(SmallCnn::new(1, 8, 1, &dev).unwrap()),
+        Box::new(SmallCnn::new(1, 8, vars.seeded(0, &dev).pp("encoders.audio")).unwrap()),
+        Box::new(SmallCnn::new(1, 8, vars.seeded(1, &dev).pp("encoders.image")).unwrap()),
     ];
     let head = FusionHead::new(
         FusionKind::Concat,
         &[32, 32],
         10,
         LinearInit::Pytorch,
-        0,
+        vars.seeded(0, &dev).pp("head"),
+    )
+    .unwrap();
+    let model = MultimodalModel::from_parts(
+        vec!["audio".into(), "image".into()],
+        encoders,
+        head,
+        vars,
         &dev,
     )
     .unwrap();
-    let model =
-        MultimodalModel::from_parts(vec!["audio".into(), "image".into()], encoders, head, &dev)
-            .unwrap();
 
     // Initial weights and running statistics by name; the fixture names exactly these.
     let mut names = BTreeSet::new();
@@ -110,7 +115,7 @@ fn ten_adam_steps_match_pytorch() {
         v.set(&f[&format!("avmnist.init.{n}")]).unwrap();
         names.insert(n);
     }
-    for (n, _) in model.buffers() {
+    for (n, _) in model.buffers().unwrap() {
         model
             .set_buffer(&n, f[&format!("avmnist.init.{n}")].clone())
             .unwrap();
@@ -200,7 +205,7 @@ fn ten_adam_steps_match_pytorch() {
             worst = (rel, n);
         }
     }
-    for (n, t) in model.buffers() {
+    for (n, t) in model.buffers().unwrap() {
         let want = &f[&format!("avmnist.after.{n}")];
         let rel = match trace.get(&n) {
             Some(ours) => {

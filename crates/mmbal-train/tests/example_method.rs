@@ -64,7 +64,7 @@ impl BalanceMethod for AuxUnimodal {
         self.head_grad.clear();
         for m in 0..ctx.model.num_modalities() {
             let mut sq = 0.0;
-            for v in ctx.model.group(ParamGroup::HeadOf(m)) {
+            for v in ctx.model.group(ParamGroup::HeadOf(m))? {
                 if let Some(g) = grads.get(&v) {
                     sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
                 }

@@ -8,7 +8,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{assert_close, av_model, fixture, get, scalar, tiny_blank};
+use common::{assert_close, av_model, fixture, get, scalar};
 use mmbal_fusion::{FusionKind, MultimodalModel};
 use mmbal_methods::{build_method, BalanceMethod, StepIndex};
 use mmbal_train::optim::Sgd;
@@ -27,7 +27,7 @@ fn reference_name(n: &str) -> String {
 }
 
 fn build(f: &HashMap<String, Tensor>, options: &str) -> (MultimodalModel, Box<dyn BalanceMethod>) {
-    let mut model = av_model(FusionKind::Sum, tiny_blank(1), tiny_blank(3));
+    let mut model = av_model(FusionKind::Sum, [1, 3]);
     let options: toml::Table = toml::from_str(options).unwrap();
     let mut method = build_method("greedy", &options).unwrap();
     method.prepare_model(&mut model).unwrap();
@@ -35,7 +35,7 @@ fn build(f: &HashMap<String, Tensor>, options: &str) -> (MultimodalModel, Box<dy
         v.set(&get(f, &format!("init.{}", reference_name(&n))))
             .unwrap();
     }
-    for (n, _) in model.buffers() {
+    for (n, _) in model.buffers().unwrap() {
         if n.starts_with("encoders.") {
             model
                 .set_buffer(&n, get(f, &format!("init.{}", reference_name(&n))))
@@ -56,7 +56,7 @@ fn diag(method: &dyn BalanceMethod, key: &str) -> f64 {
 
 /// The MMTM running means `(running_a, running_b)` and their forward count.
 fn running(model: &MultimodalModel) -> (Tensor, Tensor, f64) {
-    let b: HashMap<String, Tensor> = model.buffers().into_iter().collect();
+    let b: HashMap<String, Tensor> = model.buffers().unwrap().into_iter().collect();
     let count = b["mixer.stage0.running_count"].to_vec1::<f32>().unwrap()[0] as f64;
     (
         b["mixer.stage0.running_a"].flatten_all().unwrap(),
@@ -195,7 +195,7 @@ fn run_schedule(options: &str) {
             1e-4,
         );
     }
-    for (n, t) in model.buffers() {
+    for (n, t) in model.buffers().unwrap() {
         if n.starts_with("encoders.") {
             assert_close(
                 &n,

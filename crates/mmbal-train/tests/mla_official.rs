@@ -57,7 +57,7 @@ fn snapshot(model: &MultimodalModel) -> HashMap<String, Tensor> {
         .into_iter()
         .map(|(n, v)| (official_name(&n), v.as_tensor().copy().unwrap()))
         .collect();
-    for (n, t) in model.buffers() {
+    for (n, t) in model.buffers().unwrap() {
         s.insert(official_name(&n), t.copy().unwrap());
     }
     s

@@ -10,7 +10,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{assert_close, av_model, fixture, get, scalar, tiny_blank};
+use common::{assert_close, av_model, fixture, get, scalar};
 use mmbal_fusion::{FusionKind, MultimodalModel};
 use mmbal_methods::{build_method, BalanceMethod, StepIndex};
 use mmbal_train::optim::Sgd;
@@ -40,12 +40,12 @@ fn model(f: &HashMap<String, Tensor>) -> MultimodalModel {
 
 /// The tiny model with the weights and BatchNorm statistics stored under `prefix.`.
 fn model_at(f: &HashMap<String, Tensor>, prefix: &str) -> MultimodalModel {
-    let model = av_model(FusionKind::Concat, tiny_blank(1), tiny_blank(3));
+    let model = av_model(FusionKind::Concat, [1, 3]);
     for (n, v) in model.named_params() {
         v.set(&get(f, &format!("{prefix}.{}", reference_name(&n))))
             .unwrap();
     }
-    for (n, _) in model.buffers() {
+    for (n, _) in model.buffers().unwrap() {
         model
             .set_buffer(&n, get(f, &format!("{prefix}.{}", reference_name(&n))))
             .unwrap();
@@ -105,7 +105,7 @@ fn check_weights(model: &MultimodalModel, f: &HashMap<String, Tensor>, prefix: &
         let key = format!("{prefix}.{}", reference_name(&n));
         assert_close(&key, v.as_tensor(), &get(f, &key), 1e-4);
     }
-    for (n, t) in model.buffers() {
+    for (n, t) in model.buffers().unwrap() {
         let key = format!("{prefix}.{}", reference_name(&n));
         assert_close(&key, &t, &get(f, &key), 1e-4);
     }

@@ -13,14 +13,15 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 mod common;
-use common::{assert_close, av_model, fixture, Tiny, TinyNames};
+use common::{assert_close, av_model_from, fixture, TinyNames};
 
 fn fixtures() -> HashMap<String, Tensor> {
     fixture("tiny_av")
 }
 
-fn tiny(f: &HashMap<String, Tensor>, m: &str) -> Tiny {
-    Tiny::from_fn(TinyNames::Sequential, |k| {
+/// The fixture's model with its initial encoder weights (`init.<modality>.<name>`).
+fn fixture_model(f: &HashMap<String, Tensor>, kind: FusionKind) -> MultimodalModel {
+    av_model_from(kind, TinyNames::Sequential, |m, k| {
         f[&format!("init.{m}.{k}")].clone()
     })
 }
@@ -58,8 +59,8 @@ fn fixture_name(n: &str) -> String {
 
 /// The fixture's model with its initial weights.
 fn tiny_model(f: &HashMap<String, Tensor>) -> MultimodalModel {
-    let model = av_model(FusionKind::Concat, tiny(f, "audio"), tiny(f, "visual"));
-    for (n, v) in model.head.params() {
+    let model = fixture_model(f, FusionKind::Concat);
+    for (n, v) in model.vars().named_under("head") {
         v.set(&f[&format!("init.head.{}", n.trim_start_matches("fc."))])
             .unwrap();
     }
@@ -110,7 +111,7 @@ fn shapley_valuation_matches_pytorch() {
     );
     assert_eq!(phi, want);
     // Valuation runs in eval mode: the running statistics are untouched.
-    for (n, t) in model.buffers() {
+    for (n, t) in model.buffers().unwrap() {
         assert_close(&n, &t, &f[&format!("init.{}", fixture_name(&n))], 0.0);
     }
 }
@@ -181,7 +182,7 @@ fn joint_step_matches_pytorch() {
             1e-5,
         );
     }
-    for (n, t) in model.buffers() {
+    for (n, t) in model.buffers().unwrap() {
         let fx = fixture_name(&n);
         assert_close(
             &format!("after {n}"),
@@ -435,7 +436,7 @@ impl BalanceMethod for HeadGrads {
         out: &ForwardOut,
         grads: &mut Grads,
     ) -> anyhow::Result<()> {
-        let w = ctx.model.head.params()[0].1.clone();
+        let w = ctx.model.vars().get("head.fc.weight").unwrap();
         let raw = grads.get(&w).unwrap().clone();
         self.inner.edit_gradients(ctx, out, grads)?;
         self.seen.push((raw, grads.get(&w).unwrap().clone()));
@@ -447,8 +448,8 @@ impl BalanceMethod for HeadGrads {
 fn mla_steps_match_pytorch() {
     let f = fixtures();
     let dev = Device::Cpu;
-    let mut model = av_model(FusionKind::Shared, tiny(&f, "audio"), tiny(&f, "visual"));
-    for (n, v) in model.head.params() {
+    let mut model = fixture_model(&f, FusionKind::Shared);
+    for (n, v) in model.vars().named_under("head") {
         v.set(&f[&format!("mla.head_init.{}", n.trim_start_matches("fc."))])
             .unwrap();
     }
@@ -513,7 +514,7 @@ fn mla_steps_match_pytorch() {
     );
     assert_close(
         "head after both steps",
-        model.head.params()[0].1.as_tensor(),
+        model.vars().get("head.fc.weight").unwrap().as_tensor(),
         &f["mla.visual.head_after.weight"],
         1e-5,
     );

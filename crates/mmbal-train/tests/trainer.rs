@@ -445,6 +445,7 @@ fn g_blending_estimation_puts_the_model_back_bit_for_bit() {
             .collect();
         v.extend(
             m.buffers()
+                .unwrap()
                 .into_iter()
                 .map(|(n, b)| (n, b.flatten_all().unwrap().to_vec1().unwrap())),
         );

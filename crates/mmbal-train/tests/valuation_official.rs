@@ -21,7 +21,7 @@ use mmbal_valuation::{value_batch, Benefit, MaskRoute, Valuation};
 use std::collections::HashMap;
 
 mod common;
-use common::{assert_close, av_model, fixture, floats, ints, max_abs, meta, Tiny, TinyNames};
+use common::{assert_close, av_model_from, fixture, floats, ints, max_abs, meta, TinyNames};
 
 /// Relative tolerance of the logits (difference / max |official value|).
 const TOL: f32 = 1e-5;
@@ -52,8 +52,9 @@ fn official_name(n: &str) -> String {
 
 /// The official weights and BatchNorm statistics of modality `m`, looked up by their official
 /// names.
-fn tiny(f: &HashMap<String, Tensor>, m: &str) -> Tiny {
-    Tiny::from_fn(TinyNames::Sequential, |k| {
+/// The fixture's model with the official initial encoder weights.
+fn fixture_model(f: &HashMap<String, Tensor>, kind: FusionKind) -> MultimodalModel {
+    av_model_from(kind, TinyNames::Sequential, |m, k| {
         let key = official_name(&format!("encoders.{m}.{k}"));
         f.get(&key)
             .unwrap_or_else(|| panic!("fixture has no {key}"))
@@ -64,7 +65,7 @@ fn tiny(f: &HashMap<String, Tensor>, m: &str) -> Tiny {
 /// The valued model: the official weights and BatchNorm statistics after its warm-up epochs,
 /// concat head Linear(16, 5).
 fn tiny_model(f: &HashMap<String, Tensor>) -> MultimodalModel {
-    let model = av_model(FusionKind::Concat, tiny(f, "audio"), tiny(f, "visual"));
+    let model = fixture_model(f, FusionKind::Concat);
     for (n, v) in model.named_params() {
         v.set(&f[&official_name(&n)]).unwrap();
     }
@@ -192,7 +193,7 @@ fn contributions_match_official_execute_modulation() {
     };
     assert_eq!(valuation.means(), floats(&f, "sample_level.mean"));
     // Valuation is in eval mode: the running statistics are untouched.
-    for (name, t) in model.buffers() {
+    for (name, t) in model.buffers().unwrap() {
         assert_close(&name, &t, &f[&official_name(&name)], 0.0);
     }
 }

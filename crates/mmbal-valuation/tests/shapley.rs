@@ -104,15 +104,19 @@ fn efficiency_and_symmetry_on_random_benefits() {
 fn feature_masking_through_the_concat_head_by_hand() {
     // Head W = [[1, 0 | 0], [0, 1 | 2]], b = [0.5, 0]; audio feature 2-d, visual 1-d.
     let dev = Device::Cpu;
-    let head =
-        FusionHead::new(FusionKind::Concat, &[2, 1], 2, LinearInit::Pytorch, 0, &dev).unwrap();
-    let p = head.params();
-    p[0].1
-        .set(&Tensor::new(&[[1f32, 0., 0.], [0., 1., 2.]], &dev).unwrap())
-        .unwrap();
-    p[1].1
-        .set(&Tensor::new(&[0.5f32, 0.], &dev).unwrap())
-        .unwrap();
+    // The weights given by name through candle-nn's tensor-backed builder.
+    let weights = std::collections::HashMap::from([
+        (
+            "fc.weight".to_string(),
+            Tensor::new(&[[1f32, 0., 0.], [0., 1., 2.]], &dev).unwrap(),
+        ),
+        (
+            "fc.bias".to_string(),
+            Tensor::new(&[0.5f32, 0.], &dev).unwrap(),
+        ),
+    ]);
+    let vb = candle_nn::VarBuilder::from_tensors(weights, candle_core::DType::F32, &dev);
+    let head = FusionHead::new(FusionKind::Concat, &[2, 1], 2, LinearInit::Pytorch, vb).unwrap();
     // Sample: a = [1, 0.2], v = [0.4], label 1.
     // {a}: [1 + 0.5, 0.2] -> class 0 (wrong); {v}: [0.5, 0.8] -> 1 (right);
     // {a, v}: [1.5, 1.0] -> 0 (wrong). phi_a = (0 + 0 - 1) / 2 = -0.5, phi_v = (1 + 0 - 0) / 2.

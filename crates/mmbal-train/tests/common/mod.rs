@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Tensor, Var};
-use mmbal_encoders::{BatchNorm2d, Encoder};
+use candle_nn::VarBuilder;
+use mmbal_encoders::{BatchNorm2d, Encoder, ModelVars};
 use mmbal_fusion::{FusionHead, FusionKind, LinearInit, MultimodalModel};
 use mmbal_ops::{conv2d, max_pool2d, relu};
 use std::collections::{BTreeMap, HashMap};
@@ -28,38 +29,24 @@ impl TinyNames {
 }
 
 /// The fixtures' encoder: Conv(cin, 4, 3, s2, p1) BN ReLU MaxPool(3, 2, 1) Conv(4, 8, 3, s1, p1)
-/// BN ReLU, its parameters and buffers named as `names` says.
+/// BN ReLU, its variables named as `names` says.
 pub struct Tiny {
-    pub names: TinyNames,
-    pub conv1: Var,
+    pub conv1: Tensor,
     pub bn1: BatchNorm2d,
-    pub conv2: Var,
+    pub conv2: Tensor,
     pub bn2: BatchNorm2d,
 }
 
 impl Tiny {
-    /// A tiny encoder whose weights and BatchNorm statistics are `get(name)`, `name` a
-    /// parameter or buffer name under `names` (`0.weight`, `bn1.running_mean`, ...).
-    pub fn from_fn(names: TinyNames, get: impl Fn(&str) -> Tensor) -> Tiny {
-        let dev = Device::Cpu;
+    /// A tiny encoder of `cin` input channels built from `vb` (values as drawn; the tests set
+    /// them by name).
+    pub fn new(names: TinyNames, cin: usize, vb: VarBuilder) -> Tiny {
         let [c1, b1, c2, b2] = names.layers();
-        let var = |l: &str| Var::from_tensor(&get(&format!("{l}.weight"))).unwrap();
-        let bn = |l: &str, c: usize| {
-            let b = BatchNorm2d::new(c, &dev).unwrap();
-            b.weight.set(&get(&format!("{l}.weight"))).unwrap();
-            b.bias.set(&get(&format!("{l}.bias"))).unwrap();
-            b.set_running_stats(
-                get(&format!("{l}.running_mean")),
-                get(&format!("{l}.running_var")),
-            );
-            b
-        };
         Tiny {
-            names,
-            conv1: var(c1),
-            bn1: bn(b1, 4),
-            conv2: var(c2),
-            bn2: bn(b2, 8),
+            conv1: vb.pp(c1).get((4, cin, 3, 3), "weight").unwrap(),
+            bn1: BatchNorm2d::new(4, vb.pp(b1)).unwrap(),
+            conv2: vb.pp(c2).get((8, 4, 3, 3), "weight").unwrap(),
+            bn2: BatchNorm2d::new(8, vb.pp(b2)).unwrap(),
         }
     }
 }
@@ -75,84 +62,72 @@ impl Encoder for Tiny {
         8
     }
     fn stage(&self, _i: usize, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let y = relu(
-            &self
-                .bn1
-                .forward(&conv2d(x, self.conv1.as_tensor(), 2, 1)?, train)?,
-        )?;
+        let y = relu(&self.bn1.forward(&conv2d(x, &self.conv1, 2, 1)?, train)?)?;
         let y = max_pool2d(&y, 3, 2, 1)?;
-        relu(
-            &self
-                .bn2
-                .forward(&conv2d(&y, self.conv2.as_tensor(), 1, 1)?, train)?,
-        )
+        relu(&self.bn2.forward(&conv2d(&y, &self.conv2, 1, 1)?, train)?)
     }
-    fn params(&self) -> Vec<(String, Var)> {
-        let [c1, b1, c2, b2] = self.names.layers();
-        vec![
-            (format!("{c1}.weight"), self.conv1.clone()),
-            (format!("{b1}.weight"), self.bn1.weight.clone()),
-            (format!("{b1}.bias"), self.bn1.bias.clone()),
-            (format!("{c2}.weight"), self.conv2.clone()),
-            (format!("{b2}.weight"), self.bn2.weight.clone()),
-            (format!("{b2}.bias"), self.bn2.bias.clone()),
-        ]
-    }
-    fn buffers(&self) -> Vec<(String, Tensor)> {
-        let [_, b1, _, b2] = self.names.layers();
-        let (m1, v1) = self.bn1.running_stats();
-        let (m2, v2) = self.bn2.running_stats();
-        vec![
-            (format!("{b1}.running_mean"), m1),
-            (format!("{b1}.running_var"), v1),
-            (format!("{b2}.running_mean"), m2),
-            (format!("{b2}.running_var"), v2),
-        ]
-    }
-    fn set_buffer(&self, name: &str, value: Tensor) -> candle_core::Result<()> {
-        let [_, b1, _, b2] = self.names.layers();
-        let stat = |layer: &str| name.strip_prefix(layer)?.strip_prefix('.');
-        let (bn, stat) = if let Some(s) = stat(b1) {
-            (&self.bn1, s)
-        } else if let Some(s) = stat(b2) {
-            (&self.bn2, s)
-        } else {
-            candle_core::bail!("no buffer {name}")
-        };
-        let (m, v) = bn.running_stats();
-        match stat {
-            "running_mean" => bn.set_running_stats(value, v),
-            _ => bn.set_running_stats(m, value),
-        }
-        Ok(())
+    fn buffers(&self) -> Vec<Var> {
+        [&self.bn1, &self.bn2]
+            .into_iter()
+            .flat_map(|bn| bn.buffers())
+            .collect()
     }
 }
 
-/// A tiny encoder of `cin` input channels with zero weights and `nn.Sequential` names, to be
-/// loaded by name.
-pub fn tiny_blank(cin: usize) -> Tiny {
+/// The fixtures' model: `audio` and `visual` tiny encoders of `cin` input channels named as
+/// `names` says, and a `kind` head of 5 classes (PyTorch initialisation, seed 0), built from one
+/// `ModelVars`. The encoders' values are as drawn: set them by name.
+pub fn av_model_named(kind: FusionKind, names: TinyNames, cin: [usize; 2]) -> MultimodalModel {
     let dev = Device::Cpu;
-    Tiny {
-        names: TinyNames::Sequential,
-        conv1: Var::zeros((4, cin, 3, 3), DType::F32, &dev).unwrap(),
-        bn1: BatchNorm2d::new(4, &dev).unwrap(),
-        conv2: Var::zeros((8, 4, 3, 3), DType::F32, &dev).unwrap(),
-        bn2: BatchNorm2d::new(8, &dev).unwrap(),
-    }
-}
-
-/// The fixtures' model: `audio` and `visual` tiny encoders and a `kind` head of 5 classes
-/// (PyTorch initialisation, seed 0).
-pub fn av_model(kind: FusionKind, audio: Tiny, visual: Tiny) -> MultimodalModel {
-    let dev = Device::Cpu;
-    let head = FusionHead::new(kind, &[8, 8], 5, LinearInit::Pytorch, 0, &dev).unwrap();
+    let vars = ModelVars::new();
+    let modalities = ["audio", "visual"];
+    let encoders: Vec<Box<dyn Encoder>> = modalities
+        .iter()
+        .zip(cin)
+        .map(|(m, c)| {
+            let vb = vars.seeded(0, &dev).pp(format!("encoders.{m}"));
+            Box::new(Tiny::new(names, c, vb)) as Box<dyn Encoder>
+        })
+        .collect();
+    let head = FusionHead::new(
+        kind,
+        &[8, 8],
+        5,
+        LinearInit::Pytorch,
+        vars.seeded(0, &dev).pp("head"),
+    )
+    .unwrap();
     MultimodalModel::from_parts(
-        vec!["audio".into(), "visual".into()],
-        vec![Box::new(audio), Box::new(visual)],
+        modalities.iter().map(|m| m.to_string()).collect(),
+        encoders,
         head,
+        vars,
         &dev,
     )
     .unwrap()
+}
+
+/// [`av_model_named`] with `nn.Sequential` names.
+pub fn av_model(kind: FusionKind, cin: [usize; 2]) -> MultimodalModel {
+    av_model_named(kind, TinyNames::Sequential, cin)
+}
+
+/// [`av_model_named`] with every encoder variable (weights and running statistics) set to
+/// `get(modality, name)`, `name` under `names` (`0.weight`, `bn1.running_mean`, ...).
+pub fn av_model_from(
+    kind: FusionKind,
+    names: TinyNames,
+    get: impl Fn(&str, &str) -> Tensor,
+) -> MultimodalModel {
+    let stem = format!("{}.weight", names.layers()[0]);
+    let cin = ["audio", "visual"].map(|m| get(m, &stem).dim(1).unwrap());
+    let model = av_model_named(kind, names, cin);
+    for m in ["audio", "visual"] {
+        for (n, v) in model.vars().named_under(&format!("encoders.{m}")) {
+            v.set(&get(m, &n)).unwrap();
+        }
+    }
+    model
 }
 
 /// The official AVClassifier's module of a modality: `audio_net`, `visual_net`.
@@ -177,19 +152,14 @@ pub fn official_name(n: &str) -> String {
     }
 }
 
-/// The official initial weights of modality `m` (`init.audio_net.conv1.weight`, ...) in a tiny
-/// encoder named by the official ResNet's slots.
-pub fn official_tiny(f: &HashMap<String, Tensor>, m: &str) -> Tiny {
-    let o = official_module(m);
-    Tiny::from_fn(TinyNames::ResNetSlots, |k| {
-        f[&format!("init.{o}.{k}")].clone()
-    })
-}
-
 /// The fixture's model with the official initial weights, encoders and a `kind` head
 /// (`init.fusion_module.fc_out.*`).
 pub fn official_model(f: &HashMap<String, Tensor>, kind: FusionKind) -> MultimodalModel {
-    let model = av_model(kind, official_tiny(f, "audio"), official_tiny(f, "visual"));
+    // The official initial weights of each modality (`init.audio_net.conv1.weight`, ...) in
+    // tiny encoders named by the official ResNet's slots.
+    let model = av_model_from(kind, TinyNames::ResNetSlots, |m, k| {
+        f[&format!("init.{}.{k}", official_module(m))].clone()
+    });
     for (n, v) in model.named_params() {
         if n.starts_with("head.") {
             v.set(&f[&format!("init.{}", official_name(&n))]).unwrap();
