@@ -53,12 +53,14 @@ impl Trainer {
         // The method's requirements before the input cache (hours of decoding on a large
         // dataset) is built.
         let method = build_method(&config.method.name, &config.method.options)?;
+        let val = manifest.indices(Split::Val).len();
         method.requirements().check(
             &config.method.name,
             config.model.fusion,
             manifest.modalities.len(),
-            manifest.indices(Split::Val).len(),
+            val,
         )?;
+        check_selection(&config, &manifest.name, val)?;
         let classes = manifest.classes.len();
         let modalities = manifest.modalities.clone();
         let dataset = if config.data.cache {
@@ -92,12 +94,14 @@ impl Trainer {
         method: Box<dyn BalanceMethod>,
     ) -> Result<Trainer> {
         config.validate()?;
+        let val = dataset.rows(Split::Val).len();
         method.requirements().check(
             &config.method.name,
             model.head.kind,
             model.num_modalities(),
-            dataset.rows(Split::Val).len(),
+            val,
         )?;
+        check_selection(&config, &dataset.manifest.name, val)?;
         let lock = lock_run_dir(&config.run_dir())?;
         Trainer::assemble(config, dataset, model, method, Some(lock))
     }
@@ -109,15 +113,6 @@ impl Trainer {
         mut method: Box<dyn BalanceMethod>,
         lock: Option<std::fs::File>,
     ) -> Result<Trainer> {
-        if config.select == Selection::Val && dataset.rows(Split::Val).is_empty() {
-            bail!(
-                "the dataset `{}` has no val split, so no epoch can be selected on val (and test \
-                 never selects): add a val split to its split file or layout, or set \
-                 `select = \"last\"` in the config to report the last epoch (the summary then \
-                 says so)",
-                dataset.manifest.name
-            );
-        }
         // The run's config (saved, and in every checkpoint) shows every option in use.
         config.record_method_options(method.options());
         method.prepare_model(&mut model)?;
@@ -194,4 +189,17 @@ impl Trainer {
             .with_context(|| format!("{}: restoring the run", path.display()))?;
         Ok(t)
     }
+}
+
+/// Selecting on val needs val samples: refused before anything is decoded or written.
+fn check_selection(config: &TrainConfig, dataset: &str, val_samples: usize) -> Result<()> {
+    if config.select == Selection::Val && val_samples == 0 {
+        bail!(
+            "the dataset `{dataset}` has no val split, so no epoch can be selected on val (and \
+             test never selects): add a val split to its split file or layout, or set \
+             `select = \"last\"` in the config to report the last epoch (the summary then says \
+             so)"
+        );
+    }
+    Ok(())
 }

@@ -421,6 +421,12 @@ fn no_val_split_is_an_error_unless_the_last_epoch_is_selected() {
         msg.contains("no val split") && msg.contains("select = \"last\""),
         "{msg}"
     );
+    // Refused before the input cache was built.
+    assert!(cfg.data.cache);
+    assert!(
+        !cfg.run_dir().join("inputs.mmbc").exists(),
+        "the cache was built before the refusal"
+    );
     cfg.select = mmbal_train::Selection::Last;
     let summary = Trainer::from_config(cfg.clone())
         .unwrap()
