@@ -3,12 +3,13 @@
 //! steps that cut one branch off the other's information when its conditional learning speed
 //! runs ahead. docs/methods/greedy.md has the details.
 
-use crate::{BalanceMethod, EpochCtx, Grads, Requirements, StepCtx};
+use crate::{BalanceMethod, EpochCtx, Grads, Prediction, Requirements, StepCtx};
 use anyhow::{bail, Result};
 use candle_core::{Tensor, Var};
 use mmbal_data::{Row, Split};
 use mmbal_fusion::{
-    linear_vars, FusionKind, LinearInit, MeanRule, Mmtm, MmtmMixer, MultimodalModel, ParamGroup,
+    linear_vars, ForwardOut, FusionKind, LinearInit, MeanRule, Mmtm, MmtmMixer, MultimodalModel,
+    ParamGroup,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -341,8 +342,9 @@ impl BalanceMethod for Greedy {
     }
 
     /// The mean of the two branches' logits.
-    fn predict(&self, _fused: &Tensor, unimodal: &[Tensor]) -> Result<Tensor> {
-        Ok(((&unimodal[0] + &unimodal[1])? / 2.0)?)
+    fn predict(&self, _model: &MultimodalModel, out: &ForwardOut) -> Result<Prediction> {
+        let u = &out.unimodal_logits;
+        Ok(Prediction::fused_from(out, ((&u[0] + &u[1])? / 2.0)?))
     }
 
     fn diagnostics(&self) -> Vec<(String, f64)> {

@@ -50,7 +50,9 @@ pub use collect::{collect_outputs, Collected};
 pub use gblending::{blend_weights, gain_and_overfitting};
 pub use greedy::Utilisation;
 pub use joint::Joint;
-pub use method::{BalanceMethod, EpochCtx, Grads, Requirements, StepCtx, StepIndex, StepPlan};
+pub use method::{
+    BalanceMethod, EpochCtx, Grads, Prediction, Requirements, StepCtx, StepIndex, StepPlan,
+};
 pub use mla::{batch_entropy_weights, entropy_weights, update_projector};
 pub use ogm::ogm_coefficients;
 pub use pmr::{prototype_logits, prototypes_from};

@@ -255,6 +255,34 @@ impl Requirements {
     }
 }
 
+/// The logits a method scores (see [`BalanceMethod::predict`]).
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    /// `(B, C)`: the prediction.
+    pub fused: Tensor,
+    /// Per modality `(B, C)`: each modality's own logits.
+    pub unimodal: Vec<Tensor>,
+}
+
+impl Prediction {
+    /// The head's fused and per-modality logits, as they are.
+    pub fn of(out: &ForwardOut) -> Prediction {
+        Prediction {
+            fused: out.fused_logits.clone(),
+            unimodal: out.unimodal_logits.clone(),
+        }
+    }
+
+    /// A new prediction with the head's per-modality logits (MLA, Greedy: the fused logits
+    /// are the method's own combination of them).
+    pub fn fused_from(out: &ForwardOut, fused: Tensor) -> Prediction {
+        Prediction {
+            fused,
+            unimodal: out.unimodal_logits.clone(),
+        }
+    }
+}
+
 /// A balancing method. Every hook has the joint-training default, so joint training is this
 /// trait with nothing overridden; a method overrides only the places where it differs.
 pub trait BalanceMethod: Send {
@@ -354,12 +382,15 @@ pub trait BalanceMethod: Send {
         Ok(())
     }
 
-    /// The prediction logits used for evaluation, one batch at a time (the trainer calls it per
-    /// evaluation batch of `batch_size` rows, as the references' loaders serve them, so a method
-    /// whose prediction depends on the batch, such as MLA's official dynamic fusion, sees the
-    /// same batches). Default: the fused logits.
-    fn predict(&self, fused: &Tensor, _unimodal: &[Tensor]) -> Result<Tensor> {
-        Ok(fused.clone())
+    /// What the method scores, one batch at a time: the fused prediction (accuracy, loss and
+    /// macro-F1 of a split, and training accuracy) and each modality's logits (the per-modality
+    /// accuracies in the log), from a forward pass in which `out.features` are the pooled
+    /// features and the head's weights are `model.head`'s. The trainer calls it per evaluation
+    /// batch of `batch_size` rows, as the references' loaders serve them, so a method whose
+    /// prediction depends on the batch, such as MLA's official dynamic fusion, sees the same
+    /// batches. Default: the head's fused and per-modality logits.
+    fn predict(&self, _model: &MultimodalModel, out: &ForwardOut) -> Result<Prediction> {
+        Ok(Prediction::of(out))
     }
 
     /// Named numbers logged every epoch.

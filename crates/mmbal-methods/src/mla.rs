@@ -3,7 +3,7 @@
 //! the head's weight gradient projected away from directions earlier modalities used, and
 //! entropy-weighted fusion at inference. docs/methods/mla.md has the details.
 
-use crate::{BalanceMethod, Grads, Requirements, StepCtx, StepPlan};
+use crate::{BalanceMethod, Grads, Prediction, Requirements, StepCtx, StepPlan};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor, Var};
 use mmbal_fusion::{ForwardOut, FusionKind, MultimodalModel};
@@ -101,6 +101,27 @@ impl Mla {
             None => vec![1.0 / self.modalities.max(1) as f64; self.modalities],
         }
     }
+
+    /// The fused prediction: the modalities' logits weighted as `inference` says.
+    pub fn fuse(&self, unimodal: &[Tensor]) -> Result<Tensor> {
+        let weights = match self.opts.inference {
+            Inference::Dynamic => batch_entropy_weights(unimodal)?,
+            Inference::DynamicPerSample => entropy_weights(unimodal)?,
+            Inference::Fixed => {
+                let w: Vec<f32> = self.fixed_weights().iter().map(|&x| x as f32).collect();
+                let b = unimodal[0].dim(0)?;
+                Tensor::new(w.as_slice(), unimodal[0].device())?
+                    .reshape((1, w.len()))?
+                    .broadcast_as((b, w.len()))?
+                    .contiguous()?
+            }
+        };
+        let mut out = unimodal[0].broadcast_mul(&weights.narrow(1, 0, 1)?)?;
+        for (m, u) in unimodal.iter().enumerate().skip(1) {
+            out = (out + u.broadcast_mul(&weights.narrow(1, m, 1)?)?)?;
+        }
+        Ok(out)
+    }
 }
 
 impl BalanceMethod for Mla {
@@ -177,24 +198,11 @@ impl BalanceMethod for Mla {
         Ok(())
     }
 
-    fn predict(&self, _fused: &Tensor, unimodal: &[Tensor]) -> Result<Tensor> {
-        let weights = match self.opts.inference {
-            Inference::Dynamic => batch_entropy_weights(unimodal)?,
-            Inference::DynamicPerSample => entropy_weights(unimodal)?,
-            Inference::Fixed => {
-                let w: Vec<f32> = self.fixed_weights().iter().map(|&x| x as f32).collect();
-                let b = unimodal[0].dim(0)?;
-                Tensor::new(w.as_slice(), unimodal[0].device())?
-                    .reshape((1, w.len()))?
-                    .broadcast_as((b, w.len()))?
-                    .contiguous()?
-            }
-        };
-        let mut out = unimodal[0].broadcast_mul(&weights.narrow(1, 0, 1)?)?;
-        for (m, u) in unimodal.iter().enumerate().skip(1) {
-            out = (out + u.broadcast_mul(&weights.narrow(1, m, 1)?)?)?;
-        }
-        Ok(out)
+    fn predict(&self, _model: &MultimodalModel, out: &ForwardOut) -> Result<Prediction> {
+        Ok(Prediction::fused_from(
+            out,
+            self.fuse(&out.unimodal_logits)?,
+        ))
     }
 
     fn state(&self) -> Result<Vec<(String, Tensor)>> {

@@ -19,7 +19,7 @@ use crate::step::{to_device, train_step, StepInputs, StepReport};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use mmbal_data::{batches, shuffle_rows, Batch, Dataset, Split};
-use mmbal_fusion::MultimodalModel;
+use mmbal_fusion::{ForwardOut, MultimodalModel};
 use mmbal_methods::{collect_outputs, BalanceMethod, EpochCtx, StepIndex};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -83,16 +83,9 @@ impl Trainer {
             },
         )?;
         self.step += 1;
-        let fused = argmax(
-            &self
-                .method
-                .predict(&out.fused_logits, &out.unimodal_logits)?,
-        )?;
-        let uni = out
-            .unimodal_logits
-            .iter()
-            .map(argmax)
-            .collect::<Result<_>>()?;
+        let scored = self.method.predict(&self.model, &out)?;
+        let fused = argmax(&scored.fused)?;
+        let uni = scored.unimodal.iter().map(argmax).collect::<Result<_>>()?;
         if let Some(monitor) = &mut self.score_ratio {
             monitor.add(&out.unimodal_logits, &labels)?;
         }
@@ -112,25 +105,34 @@ impl Trainer {
         let bs = self.config.batch_size.max(1);
         let c = collect_outputs(&self.model, &self.dataset, &rows, bs)?;
         // Predicted batch by batch: the same batches the loader served.
-        let mut parts = Vec::with_capacity(rows.len().div_ceil(bs));
+        let mut fused = Vec::with_capacity(rows.len().div_ceil(bs));
+        let mut unimodal = vec![Vec::new(); c.unimodal.len()];
         for start in (0..rows.len()).step_by(bs) {
             let n = bs.min(rows.len() - start);
-            let unimodal = c
-                .unimodal
-                .iter()
-                .map(|u| u.narrow(0, start, n))
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            parts.push(
-                self.method
-                    .predict(&c.fused.narrow(0, start, n)?, &unimodal)?,
-            );
+            let slice = |ts: &[Tensor]| -> candle_core::Result<Vec<Tensor>> {
+                ts.iter().map(|t| t.narrow(0, start, n)).collect()
+            };
+            let out = ForwardOut {
+                features: slice(&c.features)?,
+                unimodal_logits: slice(&c.unimodal)?,
+                fused_logits: c.fused.narrow(0, start, n)?,
+            };
+            let p = self.method.predict(&self.model, &out)?;
+            fused.push(p.fused);
+            for (m, u) in p.unimodal.into_iter().enumerate() {
+                unimodal[m].push(u);
+            }
         }
-        let logits = Tensor::cat(&parts, 0)?;
+        let logits = Tensor::cat(&fused, 0)?;
+        let unimodal = unimodal
+            .iter()
+            .map(|parts| Tensor::cat(parts, 0))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         let labels = Tensor::new(c.labels.as_slice(), &Device::Cpu)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &labels)?.to_scalar::<f32>()? as f64;
         let pred = argmax(&logits)?;
         let mut modality_acc = BTreeMap::new();
-        for (m, u) in c.unimodal.iter().enumerate() {
+        for (m, u) in unimodal.iter().enumerate() {
             modality_acc.insert(
                 self.model.modalities[m].clone(),
                 accuracy(&argmax(u)?, &c.labels),

@@ -113,8 +113,12 @@ impl BalanceMethod for Recorder {
         t.projector = state.get("projector").cloned();
         Ok(())
     }
-    fn predict(&self, fused: &Tensor, unimodal: &[Tensor]) -> anyhow::Result<Tensor> {
-        self.inner.predict(fused, unimodal)
+    fn predict(
+        &self,
+        model: &MultimodalModel,
+        out: &ForwardOut,
+    ) -> anyhow::Result<mmbal_methods::Prediction> {
+        self.inner.predict(model, out)
     }
 }
 
@@ -310,7 +314,7 @@ fn mla_fixed_inference_matches_official_valid() {
     let opts: toml::Table = toml::from_str("inference = \"fixed\"").unwrap();
     let mut m = mmbal_methods::build_method("mla", &opts).unwrap();
     m.prepare_model(&mut model).unwrap();
-    let fixed = m.predict(&out.fused_logits, &out.unimodal_logits).unwrap();
+    let fixed = m.predict(&model, &out).unwrap().fused;
     report.tensor(
         "fixed fusion",
         "mla.eval.fixed",
@@ -332,7 +336,7 @@ fn mla_dynamic_inference_matches_official_valid() {
     let mut m = mmbal_methods::build_method("mla", &opts).unwrap();
     m.prepare_model(&mut model).unwrap();
     let mut report = Report::default();
-    let dynamic = m.predict(&out.fused_logits, &out.unimodal_logits).unwrap();
+    let dynamic = m.predict(&model, &out).unwrap().fused;
     report.tensor(
         "dynamic fusion",
         "mla.eval.dynamic",

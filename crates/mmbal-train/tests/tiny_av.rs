@@ -525,15 +525,12 @@ fn mla_steps_match_pytorch() {
     m.prepare_model(&mut model).unwrap();
     assert_close(
         "fixed fusion",
-        &m.predict(&out.fused_logits, &out.unimodal_logits).unwrap(),
+        &m.predict(&model, &out).unwrap().fused,
         &f["mla.eval.fixed"],
         1e-5,
     );
     let w = mmbal_methods::entropy_weights(&out.unimodal_logits).unwrap();
     assert_close("dynamic weights", &w, &f["mla.eval.dynamic_weights"], 1e-5);
-    let dynamic = method
-        .inner
-        .predict(&out.fused_logits, &out.unimodal_logits)
-        .unwrap();
+    let dynamic = method.inner.predict(&model, &out).unwrap().fused;
     assert_close("dynamic fusion", &dynamic, &f["mla.eval.dynamic"], 1e-5);
 }
