@@ -175,6 +175,19 @@ impl FusionHead {
         }
     }
 
+    /// The columns of the concat head's weight that read modality `m`'s features, `(C, D_m)`
+    /// (MMCosine's and OPM's per-modality classifiers); an error for other heads.
+    pub fn concat_weight_of(&self, m: usize) -> Result<Tensor> {
+        if self.kind != FusionKind::Concat {
+            bail!("the {:?} head has no concat weight to slice", self.kind);
+        }
+        let Some(&d) = self.dims.get(m) else {
+            bail!("the head has {} modalities, asked for {m}", self.dims.len())
+        };
+        let start: usize = self.dims[..m].iter().sum();
+        self.layers[0].1.weight().narrow(1, start, d)
+    }
+
     /// The one classifier every modality shares (the shared head, MLA); an error for other heads.
     pub fn shared_classifier(&self) -> Result<&Linear> {
         match self.kind {

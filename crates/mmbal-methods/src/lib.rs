@@ -39,6 +39,7 @@ mod greedy;
 mod joint;
 mod method;
 mod mla;
+mod mmcosine;
 mod modality_level;
 mod ogm;
 mod pmr;
@@ -54,6 +55,7 @@ pub use method::{
     BalanceMethod, EpochCtx, Grads, Prediction, Requirements, StepCtx, StepIndex, StepPlan,
 };
 pub use mla::{batch_entropy_weights, entropy_weights, update_projector};
+pub use mmcosine::{cosine_logits, nce_loss};
 pub use ogm::ogm_coefficients;
 pub use pmr::{prototype_logits, prototypes_from};
 pub use ratio::{ratios_against_others, true_class_score};

@@ -18,6 +18,7 @@ pub const METHODS: &[(&str, Builder)] = &[
     ("mla", crate::mla::build),
     ("greedy", crate::greedy::build),
     ("g-blending", crate::gblending::build),
+    ("mmcosine", crate::mmcosine::build),
 ];
 
 /// Methods registered at run time by code outside this crate ([`register`]).

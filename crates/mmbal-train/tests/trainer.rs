@@ -92,7 +92,8 @@ fn resumed_run_equals_uninterrupted_run() {
         ("pmr", adam.clone(), "pmr"),
         ("greedy", adam.clone(), "greedy"),
         ("mla", adam.clone(), "mla"),
-        ("g-blending", adam, "g-blending"),
+        ("g-blending", adam.clone(), "g-blending"),
+        ("mmcosine", adam, "mmcosine"),
     ] {
         let mut whole = small(&out, &format!("{tag}-whole"), opt.clone());
         set_method(&mut whole, method);

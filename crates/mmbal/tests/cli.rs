@@ -280,7 +280,7 @@ fn every_method_trains_two_epochs_on_grid() {
             &format!("card = \"{}\"\ncache_path = \"grid.mmbc\"", card.display()),
         )
         .replace("root = \"data/grid-s1\"", "root = \"data\"");
-    let methods: [(&str, &str, &str); 9] = [
+    let methods: [(&str, &str, &str); 10] = [
         ("joint", "concat", ""),
         ("sample-level", "concat", "warmup = 1\n"),
         ("modality-level", "concat", "warmup = 1\n"),
@@ -290,6 +290,7 @@ fn every_method_trains_two_epochs_on_grid() {
         ("mla", "shared", ""),
         ("greedy", "sum", "start_epoch = 0\n"),
         ("g-blending", "blend", ""),
+        ("mmcosine", "concat", ""),
     ];
     assert_eq!(
         methods.len(),
