@@ -188,6 +188,14 @@ impl FusionHead {
         self.layers[0].1.weight().narrow(1, start, d)
     }
 
+    /// The concat head's bias, if it has one; an error for other heads.
+    pub fn concat_bias(&self) -> Result<Option<&Tensor>> {
+        if self.kind != FusionKind::Concat {
+            bail!("the {:?} head has no concat bias", self.kind);
+        }
+        Ok(self.layers[0].1.bias())
+    }
+
     /// The one classifier every modality shares (the shared head, MLA); an error for other heads.
     pub fn shared_classifier(&self) -> Result<&Linear> {
         match self.kind {

@@ -42,6 +42,7 @@ mod mla;
 mod mmcosine;
 mod modality_level;
 mod ogm;
+mod opm;
 mod pmr;
 mod ratio;
 mod registry;
@@ -57,6 +58,7 @@ pub use method::{
 pub use mla::{batch_entropy_weights, entropy_weights, update_projector};
 pub use mmcosine::{cosine_logits, nce_loss};
 pub use ogm::ogm_coefficients;
+pub use opm::{opm_drop, opm_drop_probabilities, opm_theta_term, OpmDrop};
 pub use pmr::{prototype_logits, prototypes_from};
 pub use ratio::{ratios_against_others, true_class_score};
 pub use registry::{

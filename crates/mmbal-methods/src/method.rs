@@ -69,6 +69,13 @@ pub struct Grads {
 }
 
 impl Grads {
+    /// No gradient at all: the optimizer then moves nothing (a skipped batch).
+    pub fn none() -> Grads {
+        Grads {
+            store: GradStore::default(),
+        }
+    }
+
     /// The gradient of `v`, if it has one.
     pub fn get(&self, v: &Var) -> Option<&Tensor> {
         self.store.get(v)

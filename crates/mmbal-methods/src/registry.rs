@@ -19,6 +19,7 @@ pub const METHODS: &[(&str, Builder)] = &[
     ("greedy", crate::greedy::build),
     ("g-blending", crate::gblending::build),
     ("mmcosine", crate::mmcosine::build),
+    ("opm", crate::opm::build),
 ];
 
 /// Methods registered at run time by code outside this crate ([`register`]).

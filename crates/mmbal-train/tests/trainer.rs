@@ -43,6 +43,12 @@ fn set_method(c: &mut TrainConfig, name: &str) {
         }
         "mla" => c.model.fusion = mmbal_fusion::FusionKind::Shared,
         "g-blending" => c.model.fusion = mmbal_fusion::FusionKind::Blend,
+        // Drops from the second epoch (the reference's warm-up is 6 epochs).
+        "opm" => {
+            c.method
+                .options
+                .insert("start_epoch".into(), toml::Value::Integer(1));
+        }
         _ => {}
     }
 }
@@ -93,7 +99,8 @@ fn resumed_run_equals_uninterrupted_run() {
         ("greedy", adam.clone(), "greedy"),
         ("mla", adam.clone(), "mla"),
         ("g-blending", adam.clone(), "g-blending"),
-        ("mmcosine", adam, "mmcosine"),
+        ("mmcosine", adam.clone(), "mmcosine"),
+        ("opm", adam, "opm"),
     ] {
         let mut whole = small(&out, &format!("{tag}-whole"), opt.clone());
         set_method(&mut whole, method);

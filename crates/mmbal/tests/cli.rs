@@ -280,7 +280,7 @@ fn every_method_trains_two_epochs_on_grid() {
             &format!("card = \"{}\"\ncache_path = \"grid.mmbc\"", card.display()),
         )
         .replace("root = \"data/grid-s1\"", "root = \"data\"");
-    let methods: [(&str, &str, &str); 10] = [
+    let methods: [(&str, &str, &str); 11] = [
         ("joint", "concat", ""),
         ("sample-level", "concat", "warmup = 1\n"),
         ("modality-level", "concat", "warmup = 1\n"),
@@ -291,6 +291,7 @@ fn every_method_trains_two_epochs_on_grid() {
         ("greedy", "sum", "start_epoch = 0\n"),
         ("g-blending", "blend", ""),
         ("mmcosine", "concat", ""),
+        ("opm", "concat", "start_epoch = 1\n"),
     ];
     assert_eq!(
         methods.len(),
