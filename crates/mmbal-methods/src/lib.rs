@@ -40,6 +40,7 @@ mod joint;
 mod method;
 mod mla;
 mod mmcosine;
+mod mmpareto;
 mod modality_level;
 mod ogm;
 mod opm;
@@ -57,6 +58,7 @@ pub use method::{
 };
 pub use mla::{batch_entropy_weights, entropy_weights, update_projector};
 pub use mmcosine::{cosine_logits, nce_loss};
+pub use mmpareto::min_norm_weight;
 pub use ogm::ogm_coefficients;
 pub use opm::{opm_drop, opm_drop_probabilities, opm_theta_term, OpmDrop};
 pub use pmr::{prototype_logits, prototypes_from};

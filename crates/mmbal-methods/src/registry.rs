@@ -20,6 +20,7 @@ pub const METHODS: &[(&str, Builder)] = &[
     ("g-blending", crate::gblending::build),
     ("mmcosine", crate::mmcosine::build),
     ("opm", crate::opm::build),
+    ("mmpareto", crate::mmpareto::build),
 ];
 
 /// Methods registered at run time by code outside this crate ([`register`]).

@@ -14,13 +14,12 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{batch, fixture, floats, meta, official_model, official_name, Report};
-use mmbal_data::{Dataset, Manifest, Row};
+use mmbal_data::Row;
 use mmbal_fusion::{ForwardOut, FusionKind, MultimodalModel};
 use mmbal_methods::{BalanceMethod, EpochCtx, Grads, StepCtx, StepIndex, StepPlan};
 use mmbal_train::optim::Sgd;
 use mmbal_train::{train_step, StepInputs};
 use std::collections::HashMap;
-use std::sync::Arc;
 
 const EPOCHS: usize = 4;
 /// Relative tolerance (difference / max |official value|).
@@ -76,18 +75,6 @@ impl BalanceMethod for Recorder {
     }
 }
 
-/// An empty dataset: `epoch_plan` only needs the context to start its per-epoch log.
-fn empty_dataset() -> Arc<Dataset> {
-    let manifest = Manifest {
-        name: "none".into(),
-        classes: Vec::new(),
-        modalities: Vec::new(),
-        samples: Vec::new(),
-        notes: Vec::new(),
-    };
-    Arc::new(Dataset::new(manifest, Vec::new()).unwrap())
-}
-
 /// mmbal's method options matching the official arguments in the fixture.
 fn options(f: &HashMap<String, Tensor>, extra: &str) -> toml::Table {
     let alpha = meta(f, "meta.alpha");
@@ -108,7 +95,7 @@ fn run(
 ) {
     let dev = Device::Cpu;
     let model = official_model(f, FusionKind::Concat);
-    let dataset = empty_dataset();
+    let dataset = common::empty_dataset();
     let mut rec = Recorder {
         inner: method,
         raw: HashMap::new(),

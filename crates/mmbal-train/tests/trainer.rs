@@ -42,7 +42,7 @@ fn set_method(c: &mut TrainConfig, name: &str) {
             c.method.options = t;
         }
         "mla" => c.model.fusion = mmbal_fusion::FusionKind::Shared,
-        "g-blending" => c.model.fusion = mmbal_fusion::FusionKind::Blend,
+        "g-blending" | "mmpareto" => c.model.fusion = mmbal_fusion::FusionKind::Blend,
         // Drops from the second epoch (the reference's warm-up is 6 epochs).
         "opm" => {
             c.method
@@ -100,7 +100,8 @@ fn resumed_run_equals_uninterrupted_run() {
         ("mla", adam.clone(), "mla"),
         ("g-blending", adam.clone(), "g-blending"),
         ("mmcosine", adam.clone(), "mmcosine"),
-        ("opm", adam, "opm"),
+        ("opm", adam.clone(), "opm"),
+        ("mmpareto", adam, "mmpareto"),
     ] {
         let mut whole = small(&out, &format!("{tag}-whole"), opt.clone());
         set_method(&mut whole, method);

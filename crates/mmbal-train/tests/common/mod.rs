@@ -318,3 +318,15 @@ impl Report {
         );
     }
 }
+
+/// An empty dataset: `epoch_plan` only needs the context to start its per-epoch log.
+pub fn empty_dataset() -> std::sync::Arc<mmbal_data::Dataset> {
+    let manifest = mmbal_data::Manifest {
+        name: "none".into(),
+        classes: Vec::new(),
+        modalities: Vec::new(),
+        samples: Vec::new(),
+        notes: Vec::new(),
+    };
+    std::sync::Arc::new(mmbal_data::Dataset::new(manifest, Vec::new()).unwrap())
+}
