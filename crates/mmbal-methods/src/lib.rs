@@ -36,6 +36,7 @@
 mod collect;
 mod gblending;
 mod greedy;
+mod inforeg;
 mod joint;
 mod method;
 mod mla;
@@ -52,6 +53,7 @@ mod valuation_pass;
 pub use collect::{collect_outputs, Collected};
 pub use gblending::{blend_weights, gain_and_overfitting};
 pub use greedy::Utilisation;
+pub use inforeg::inforeg_window;
 pub use joint::Joint;
 pub use method::{
     BalanceMethod, EpochCtx, Grads, Prediction, Requirements, StepCtx, StepIndex, StepPlan,

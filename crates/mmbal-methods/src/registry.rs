@@ -21,6 +21,7 @@ pub const METHODS: &[(&str, Builder)] = &[
     ("mmcosine", crate::mmcosine::build),
     ("opm", crate::opm::build),
     ("mmpareto", crate::mmpareto::build),
+    ("inforeg", crate::inforeg::build),
 ];
 
 /// Methods registered at run time by code outside this crate ([`register`]).

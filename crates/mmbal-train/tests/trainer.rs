@@ -101,7 +101,8 @@ fn resumed_run_equals_uninterrupted_run() {
         ("g-blending", adam.clone(), "g-blending"),
         ("mmcosine", adam.clone(), "mmcosine"),
         ("opm", adam.clone(), "opm"),
-        ("mmpareto", adam, "mmpareto"),
+        ("mmpareto", adam.clone(), "mmpareto"),
+        ("inforeg", adam, "inforeg"),
     ] {
         let mut whole = small(&out, &format!("{tag}-whole"), opt.clone());
         set_method(&mut whole, method);
@@ -333,6 +334,13 @@ fn methods_train_with_three_modalities_where_defined() {
         c.model.encoders.insert("hum".into(), enc);
         c.monitor_score_ratio = true;
         set_method(&mut c, method);
+        if method == "inforeg" {
+            // One proximal strength per modality: the default pair is refused for three.
+            let err = Trainer::from_config(c.clone()).err().expect("refused");
+            assert!(format!("{err:#}").contains("modalities"), "{err:#}");
+            let beta = toml::Value::try_from(vec![0.95, 0.1, 0.1]).unwrap();
+            c.method.options.insert("beta".into(), beta);
+        }
         let t = Trainer::from_config(c);
         if method == "greedy" {
             let err = t.err().expect("greedy refuses three modalities");
