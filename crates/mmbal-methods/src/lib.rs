@@ -46,6 +46,7 @@ mod modality_level;
 mod ogm;
 mod opm;
 mod pmr;
+mod qmf;
 mod ratio;
 mod registry;
 mod sample_level;
@@ -64,6 +65,7 @@ pub use mmpareto::min_norm_weight;
 pub use ogm::ogm_coefficients;
 pub use opm::{opm_drop, opm_drop_probabilities, opm_theta_term, OpmDrop};
 pub use pmr::{prototype_logits, prototypes_from};
+pub use qmf::{qmf_confidences, qmf_fuse, qmf_rank_loss};
 pub use ratio::{ratios_against_others, true_class_score};
 pub use registry::{
     build_method, no_options, options_table, parse_options, register, Builder, METHODS,

@@ -22,6 +22,7 @@ pub const METHODS: &[(&str, Builder)] = &[
     ("opm", crate::opm::build),
     ("mmpareto", crate::mmpareto::build),
     ("inforeg", crate::inforeg::build),
+    ("qmf", crate::qmf::build),
 ];
 
 /// Methods registered at run time by code outside this crate ([`register`]).
