@@ -38,6 +38,7 @@ mod gblending;
 mod greedy;
 mod inforeg;
 mod joint;
+mod lfm;
 mod method;
 mod mla;
 mod mmcosine;
@@ -56,6 +57,7 @@ pub use gblending::{blend_weights, gain_and_overfitting};
 pub use greedy::Utilisation;
 pub use inforeg::inforeg_window;
 pub use joint::Joint;
+pub use lfm::{lfm_alignment, lfm_alpha};
 pub use method::{
     BalanceMethod, EpochCtx, Grads, Prediction, Requirements, StepCtx, StepIndex, StepPlan,
 };

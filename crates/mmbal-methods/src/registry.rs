@@ -23,6 +23,7 @@ pub const METHODS: &[(&str, Builder)] = &[
     ("mmpareto", crate::mmpareto::build),
     ("inforeg", crate::inforeg::build),
     ("qmf", crate::qmf::build),
+    ("lfm", crate::lfm::build),
 ];
 
 /// Methods registered at run time by code outside this crate ([`register`]).

@@ -42,7 +42,7 @@ fn set_method(c: &mut TrainConfig, name: &str) {
             c.method.options = t;
         }
         "mla" => c.model.fusion = mmbal_fusion::FusionKind::Shared,
-        "qmf" => c.model.fusion = mmbal_fusion::FusionKind::Sum,
+        "qmf" | "lfm" => c.model.fusion = mmbal_fusion::FusionKind::Sum,
         "g-blending" | "mmpareto" => c.model.fusion = mmbal_fusion::FusionKind::Blend,
         // Drops from the second epoch (the reference's warm-up is 6 epochs).
         "opm" => {
@@ -104,7 +104,8 @@ fn resumed_run_equals_uninterrupted_run() {
         ("opm", adam.clone(), "opm"),
         ("mmpareto", adam.clone(), "mmpareto"),
         ("inforeg", adam.clone(), "inforeg"),
-        ("qmf", adam, "qmf"),
+        ("qmf", adam.clone(), "qmf"),
+        ("lfm", adam, "lfm"),
     ] {
         let mut whole = small(&out, &format!("{tag}-whole"), opt.clone());
         set_method(&mut whole, method);
