@@ -33,6 +33,7 @@
 
 #![warn(missing_docs)]
 
+mod cml;
 mod collect;
 mod gblending;
 mod greedy;
@@ -52,6 +53,7 @@ mod ratio;
 mod registry;
 mod sample_level;
 mod valuation_pass;
+pub use cml::{cml_loss, ConfidenceRule};
 pub use collect::{collect_outputs, Collected};
 pub use gblending::{blend_weights, gain_and_overfitting};
 pub use greedy::Utilisation;

@@ -24,6 +24,7 @@ pub const METHODS: &[(&str, Builder)] = &[
     ("inforeg", crate::inforeg::build),
     ("qmf", crate::qmf::build),
     ("lfm", crate::lfm::build),
+    ("cml", crate::cml::build),
 ];
 
 /// Methods registered at run time by code outside this crate ([`register`]).

@@ -105,7 +105,8 @@ fn resumed_run_equals_uninterrupted_run() {
         ("mmpareto", adam.clone(), "mmpareto"),
         ("inforeg", adam.clone(), "inforeg"),
         ("qmf", adam.clone(), "qmf"),
-        ("lfm", adam, "lfm"),
+        ("lfm", adam.clone(), "lfm"),
+        ("cml", adam, "cml"),
     ] {
         let mut whole = small(&out, &format!("{tag}-whole"), opt.clone());
         set_method(&mut whole, method);

@@ -280,7 +280,7 @@ fn every_method_trains_two_epochs_on_grid() {
             &format!("card = \"{}\"\ncache_path = \"grid.mmbc\"", card.display()),
         )
         .replace("root = \"data/grid-s1\"", "root = \"data\"");
-    let methods: [(&str, &str, &str); 15] = [
+    let methods: [(&str, &str, &str); 16] = [
         ("joint", "concat", ""),
         ("sample-level", "concat", "warmup = 1\n"),
         ("modality-level", "concat", "warmup = 1\n"),
@@ -296,6 +296,7 @@ fn every_method_trains_two_epochs_on_grid() {
         ("inforeg", "concat", ""),
         ("qmf", "sum", ""),
         ("lfm", "sum", ""),
+        ("cml", "concat", ""),
     ];
     assert_eq!(
         methods.len(),
