@@ -40,6 +40,7 @@ mod greedy;
 mod inforeg;
 mod joint;
 mod lfm;
+mod mbsd;
 mod method;
 mod mla;
 mod mmcosine;
@@ -60,6 +61,7 @@ pub use greedy::Utilisation;
 pub use inforeg::inforeg_window;
 pub use joint::Joint;
 pub use lfm::{lfm_alignment, lfm_alpha};
+pub use mbsd::{mbsd_terms, MbsdDistance};
 pub use method::{
     BalanceMethod, EpochCtx, Grads, Prediction, Requirements, StepCtx, StepIndex, StepPlan,
 };

@@ -25,6 +25,7 @@ pub const METHODS: &[(&str, Builder)] = &[
     ("qmf", crate::qmf::build),
     ("lfm", crate::lfm::build),
     ("cml", crate::cml::build),
+    ("mbsd", crate::mbsd::build),
 ];
 
 /// Methods registered at run time by code outside this crate ([`register`]).

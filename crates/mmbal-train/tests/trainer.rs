@@ -106,7 +106,8 @@ fn resumed_run_equals_uninterrupted_run() {
         ("inforeg", adam.clone(), "inforeg"),
         ("qmf", adam.clone(), "qmf"),
         ("lfm", adam.clone(), "lfm"),
-        ("cml", adam, "cml"),
+        ("cml", adam.clone(), "cml"),
+        ("mbsd", adam, "mbsd"),
     ] {
         let mut whole = small(&out, &format!("{tag}-whole"), opt.clone());
         set_method(&mut whole, method);
