@@ -93,6 +93,7 @@ pub struct FusionHead {
     /// Which fusion.
     pub kind: FusionKind,
     dims: Vec<usize>,
+    classes: usize,
     /// concat: one layer over all features; sum: one per modality; FiLM: [film, fc];
     /// gated: [fx, fy, fc].
     layers: Vec<(String, Linear)>,
@@ -151,6 +152,7 @@ impl FusionHead {
         Ok(FusionHead {
             kind,
             dims: dims.to_vec(),
+            classes,
             layers,
         })
     }
@@ -158,6 +160,11 @@ impl FusionHead {
     /// Modalities the head takes.
     pub fn num_modalities(&self) -> usize {
         self.dims.len()
+    }
+
+    /// Classes it predicts (the width of its logits).
+    pub fn classes(&self) -> usize {
+        self.classes
     }
 
     /// The classifier that reads modality `m`'s features alone (sum and blend heads: `fc.{m}`);

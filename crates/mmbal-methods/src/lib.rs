@@ -33,6 +33,7 @@
 
 #![warn(missing_docs)]
 
+mod amco;
 mod cml;
 mod collect;
 mod gblending;
@@ -54,6 +55,7 @@ mod ratio;
 mod registry;
 mod sample_level;
 mod valuation_pass;
+pub use amco::{amco_dominant, amco_forward, AmcoOut};
 pub use cml::{cml_loss, ConfidenceRule};
 pub use collect::{collect_outputs, Collected};
 pub use gblending::{blend_weights, gain_and_overfitting};

@@ -26,6 +26,7 @@ pub const METHODS: &[(&str, Builder)] = &[
     ("lfm", crate::lfm::build),
     ("cml", crate::cml::build),
     ("mbsd", crate::mbsd::build),
+    ("amco", crate::amco::build),
 ];
 
 /// Methods registered at run time by code outside this crate ([`register`]).

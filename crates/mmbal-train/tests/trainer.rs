@@ -107,7 +107,8 @@ fn resumed_run_equals_uninterrupted_run() {
         ("qmf", adam.clone(), "qmf"),
         ("lfm", adam.clone(), "lfm"),
         ("cml", adam.clone(), "cml"),
-        ("mbsd", adam, "mbsd"),
+        ("mbsd", adam.clone(), "mbsd"),
+        ("amco", adam, "amco"),
     ] {
         let mut whole = small(&out, &format!("{tag}-whole"), opt.clone());
         set_method(&mut whole, method);

@@ -280,7 +280,7 @@ fn every_method_trains_two_epochs_on_grid() {
             &format!("card = \"{}\"\ncache_path = \"grid.mmbc\"", card.display()),
         )
         .replace("root = \"data/grid-s1\"", "root = \"data\"");
-    let methods: [(&str, &str, &str); 17] = [
+    let methods: [(&str, &str, &str); 18] = [
         ("joint", "concat", ""),
         ("sample-level", "concat", "warmup = 1\n"),
         ("modality-level", "concat", "warmup = 1\n"),
@@ -298,6 +298,7 @@ fn every_method_trains_two_epochs_on_grid() {
         ("lfm", "sum", ""),
         ("cml", "concat", ""),
         ("mbsd", "concat", ""),
+        ("amco", "concat", ""),
     ];
     assert_eq!(
         methods.len(),
