@@ -33,6 +33,7 @@
 
 #![warn(missing_docs)]
 
+mod agm;
 mod amco;
 mod cml;
 mod collect;
@@ -55,6 +56,7 @@ mod ratio;
 mod registry;
 mod sample_level;
 mod valuation_pass;
+pub use agm::{agm_coefficients, agm_responses, agm_score};
 pub use amco::{amco_dominant, amco_forward, AmcoOut};
 pub use cml::{cml_loss, ConfidenceRule};
 pub use collect::{collect_outputs, Collected};

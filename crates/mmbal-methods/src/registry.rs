@@ -27,6 +27,7 @@ pub const METHODS: &[(&str, Builder)] = &[
     ("cml", crate::cml::build),
     ("mbsd", crate::mbsd::build),
     ("amco", crate::amco::build),
+    ("agm", crate::agm::build),
 ];
 
 /// Methods registered at run time by code outside this crate ([`register`]).

@@ -280,7 +280,7 @@ fn every_method_trains_two_epochs_on_grid() {
             &format!("card = \"{}\"\ncache_path = \"grid.mmbc\"", card.display()),
         )
         .replace("root = \"data/grid-s1\"", "root = \"data\"");
-    let methods: [(&str, &str, &str); 18] = [
+    let methods: [(&str, &str, &str); 19] = [
         ("joint", "concat", ""),
         ("sample-level", "concat", "warmup = 1\n"),
         ("modality-level", "concat", "warmup = 1\n"),
@@ -299,6 +299,7 @@ fn every_method_trains_two_epochs_on_grid() {
         ("cml", "concat", ""),
         ("mbsd", "concat", ""),
         ("amco", "concat", ""),
+        ("agm", "concat", ""),
     ];
     assert_eq!(
         methods.len(),
