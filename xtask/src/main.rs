@@ -98,6 +98,9 @@ struct ResultsArgs {
     /// The Markdown file written.
     #[arg(long, default_value = "docs/results.md")]
     out: PathBuf,
+    /// Methods, comma-separated (registered names); every registered method when absent.
+    #[arg(long, value_delimiter = ',')]
+    methods: Option<Vec<String>>,
 }
 
 /// The command line as typed, for provenance in what the tasks write.
@@ -222,13 +225,29 @@ fn results(a: ResultsArgs) -> Result<()> {
         epochs,
         sets,
         out,
+        methods,
     } = a;
+    let registered: Vec<&str> = mmbal_methods::METHODS.iter().map(|(n, _)| *n).collect();
+    let methods: Vec<String> = match methods {
+        Some(list) => {
+            for m in &list {
+                if !registered.contains(&m.as_str()) {
+                    bail!(
+                        "--methods: no method named `{m}`; known: {}",
+                        registered.join(", ")
+                    );
+                }
+            }
+            list
+        }
+        None => registered.iter().map(|m| m.to_string()).collect(),
+    };
     let mut table = String::from(
         "| dataset | method | test acc | test macro-F1 | per-modality test acc | best val epoch |\n|---|---|---|---|---|---|\n",
     );
     for path in &configs {
         let base = TrainConfig::load(path)?;
-        for (method, _) in mmbal_methods::METHODS {
+        for method in methods.iter().map(String::as_str) {
             let (mut acc, mut f1, mut epochs_best) = (Vec::new(), Vec::new(), Vec::new());
             let mut per: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
             for seed in 0..seeds {

@@ -280,54 +280,42 @@ fn every_method_trains_two_epochs_on_grid() {
             &format!("card = \"{}\"\ncache_path = \"grid.mmbc\"", card.display()),
         )
         .replace("root = \"data/grid-s1\"", "root = \"data\"");
-    let methods: [(&str, &str, &str); 19] = [
-        ("joint", "concat", ""),
-        ("sample-level", "concat", "warmup = 1\n"),
-        ("modality-level", "concat", "warmup = 1\n"),
-        ("ogm-ge", "concat", ""),
-        ("ogm", "concat", ""),
-        ("pmr", "concat", ""),
-        ("mla", "shared", ""),
-        ("greedy", "sum", "start_epoch = 0\n"),
-        ("g-blending", "blend", ""),
-        ("mmcosine", "concat", ""),
-        ("opm", "concat", "start_epoch = 1\n"),
-        ("mmpareto", "blend", ""),
-        ("inforeg", "concat", ""),
-        ("qmf", "sum", ""),
-        ("lfm", "sum", ""),
-        ("cml", "concat", ""),
-        ("mbsd", "concat", ""),
-        ("amco", "concat", ""),
-        ("agm", "concat", ""),
-    ];
-    assert_eq!(
-        methods.len(),
-        mmbal_methods::METHODS.len(),
-        "a method is missing here"
-    );
-    for (method, fusion, options) in methods {
-        let cfg = base.replace("name = \"grid-joint\"", &format!("name = \"{method}\""));
-        // The score-ratio monitor on: every method's log carries it.
-        let cfg = format!(
-            "monitor_score_ratio = true\n{cfg}\n[model]\nfusion = \"{fusion}\"\n\n[method]\nname = \"{method}\"\n{options}"
-        );
-        std::fs::write(dir.join(format!("{method}.toml")), cfg).unwrap();
-        let o = mmbal(
-            &dir,
-            &["train", "--config", &format!("{method}.toml"), "--quiet"],
-        );
-        let out = text(&o);
-        assert!(o.status.success(), "{method}: {out}");
-        let log =
-            std::fs::read_to_string(dir.join(format!("runs/{method}/metrics.jsonl"))).unwrap();
-        assert_eq!(log.lines().count(), 2, "{method}");
-        let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
-        assert!(
-            last["score_ratio"]["audio"].as_f64().unwrap().is_finite(),
-            "{method}: {log}"
-        );
+    train_every_method(&dir, &base);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Every registered method trains two epochs on AV-MNIST (FSDD spoken digits paired with MNIST
+/// images from the shared data) through the command line, configs/avmnist.toml with one input
+/// cache for all the runs.
+#[test]
+fn every_method_trains_two_epochs_on_avmnist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let Some(shared) = shared_data(&root) else {
+        eprintln!("MMBAL_SHARED_DATA is not set: AV-MNIST runs of every method not made");
+        return;
+    };
+    for part in ["fsdd", "mnist"] {
+        if !shared.join(part).is_dir() {
+            assert!(!under_ci(), "{}/{part} is missing", shared.display());
+            eprintln!(
+                "{}/{part} is missing: AV-MNIST runs not made",
+                shared.display()
+            );
+            return;
+        }
     }
+    let dir = tmp("avmnist-methods");
+    let base = std::fs::read_to_string(root.join("configs/avmnist.toml")).unwrap();
+    let card = root.join("datasets/avmnist");
+    let base = base.replace("epochs = 5", "epochs = 2").replace(
+        "card = \"datasets/avmnist\"",
+        &format!(
+            "card = \"{}\"\ncache_path = \"avmnist.mmbc\"",
+            card.display()
+        ),
+    );
+    assert!(base.contains("epochs = 2") && base.contains("avmnist.mmbc"));
+    train_every_method(&dir, &base);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -564,4 +552,67 @@ fn set_overrides_any_config_field_and_rejects_unknown_keys() {
         text(&o)
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Each registered method's head and options for a two-epoch run (the resampling methods with
+/// one warm-up epoch, OPM dropping from the second, Greedy curating from the first).
+const METHOD_SETTINGS: [(&str, &str, &str); 19] = [
+    ("joint", "concat", ""),
+    ("sample-level", "concat", "warmup = 1\n"),
+    ("modality-level", "concat", "warmup = 1\n"),
+    ("ogm-ge", "concat", ""),
+    ("ogm", "concat", ""),
+    ("pmr", "concat", ""),
+    ("mla", "shared", ""),
+    ("greedy", "sum", "start_epoch = 0\n"),
+    ("g-blending", "blend", ""),
+    ("mmcosine", "concat", ""),
+    ("opm", "concat", "start_epoch = 1\n"),
+    ("mmpareto", "blend", ""),
+    ("inforeg", "concat", ""),
+    ("qmf", "sum", ""),
+    ("lfm", "sum", ""),
+    ("cml", "concat", ""),
+    ("mbsd", "concat", ""),
+    ("amco", "concat", ""),
+    ("agm", "concat", ""),
+];
+
+/// Trains every registered method for the config text `base` (its `name` line replaced by the
+/// method's name) through `mmbal train`, in `dir`, and checks each log: two epochs, finite score
+/// ratios for every modality.
+fn train_every_method(dir: &Path, base: &str) {
+    assert_eq!(
+        METHOD_SETTINGS.len(),
+        mmbal_methods::METHODS.len(),
+        "a method is missing here"
+    );
+    let name_line = base
+        .lines()
+        .find(|l| l.starts_with("name = "))
+        .expect("a name line")
+        .to_string();
+    for (method, fusion, options) in METHOD_SETTINGS {
+        let cfg = base.replace(&name_line, &format!("name = \"{method}\""));
+        // The score-ratio monitor on: every method's log carries it.
+        let cfg = format!(
+            "monitor_score_ratio = true\n{cfg}\n[model]\nfusion = \"{fusion}\"\n\n[method]\nname = \"{method}\"\n{options}"
+        );
+        std::fs::write(dir.join(format!("{method}.toml")), cfg).unwrap();
+        let o = mmbal(
+            dir,
+            &["train", "--config", &format!("{method}.toml"), "--quiet"],
+        );
+        let out = text(&o);
+        assert!(o.status.success(), "{method}: {out}");
+        let log =
+            std::fs::read_to_string(dir.join(format!("runs/{method}/metrics.jsonl"))).unwrap();
+        assert_eq!(log.lines().count(), 2, "{method}");
+        let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+        let ratios = last["score_ratio"].as_object().expect("score ratios");
+        assert!(
+            ratios.values().all(|v| v.as_f64().unwrap().is_finite()),
+            "{method}: {log}"
+        );
+    }
 }
