@@ -375,6 +375,28 @@ impl Manifest {
             .collect()
     }
 
+    /// Keeps only the modalities `names`, in that order (every sample's sources alike): a
+    /// unimodal or smaller multimodal view of the card. An unknown or repeated name is an error
+    /// listing the modalities there are.
+    pub fn keep_modalities(&mut self, names: &[String]) -> Result<()> {
+        if names.is_empty() {
+            bail!("no modality kept (the card has {:?})", self.modalities);
+        }
+        let mut positions = Vec::with_capacity(names.len());
+        for n in names {
+            let i = self.modality_index(n)?;
+            if positions.contains(&i) {
+                bail!("modality `{n}` is named twice");
+            }
+            positions.push(i);
+        }
+        for s in &mut self.samples {
+            s.sources = positions.iter().map(|&i| s.sources[i].clone()).collect();
+        }
+        self.modalities = names.to_vec();
+        Ok(())
+    }
+
     /// The position of the modality `name`; an error lists the modalities there are.
     pub fn modality_index(&self, name: &str) -> Result<usize> {
         self.modalities

@@ -48,8 +48,14 @@ impl Trainer {
             None
         };
         let (card_dir, root) = config.dataset_location()?;
-        let manifest = Manifest::load(&card_dir, &root)?;
-        let (recipes, encoders) = config.per_modality(&manifest.modalities)?;
+        let mut manifest = Manifest::load(&card_dir, &root)?;
+        let card_modalities = manifest.modalities.clone();
+        if let Some(keep) = &config.data.modalities {
+            manifest
+                .keep_modalities(keep)
+                .context("[data] modalities")?;
+        }
+        let (recipes, encoders) = config.per_modality(&card_modalities, &manifest.modalities)?;
         // The method's requirements before the input cache (hours of decoding on a large
         // dataset) is built.
         let method = build_method(&config.method.name, &config.method.options)?;

@@ -116,6 +116,10 @@ pub struct DataConfig {
     pub synthetic: SyntheticConfig,
     /// One recipe per modality name.
     pub recipes: BTreeMap<String, Recipe>,
+    /// Train on these modalities of the card only, in this order (one modality: unimodal
+    /// training, the "Unimodal" rows of the field's tables); absent: every modality of the card.
+    /// Recipes and encoders of the card's other modalities may stay in the config.
+    pub modalities: Option<Vec<String>>,
 }
 
 impl Default for DataConfig {
@@ -155,6 +159,7 @@ impl Default for DataConfig {
             cache_path: None,
             synthetic: SyntheticConfig::default(),
             recipes: [("audio".to_string(), audio), ("visual".to_string(), visual)].into(),
+            modalities: None,
         }
     }
 }
@@ -361,7 +366,14 @@ impl TrainConfig {
 
     /// The recipe and encoder of each of `modalities`, in that order; every modality needs
     /// both, and no other names are allowed.
-    pub fn per_modality(&self, modalities: &[String]) -> Result<(Vec<Recipe>, Vec<EncoderSpec>)> {
+    /// The recipes and encoders of the `used` modalities, in order; every recipe and encoder of
+    /// the config must name one of the `card`'s modalities (a misspelt name is an error).
+    pub fn per_modality(
+        &self,
+        card: &[String],
+        used: &[String],
+    ) -> Result<(Vec<Recipe>, Vec<EncoderSpec>)> {
+        let modalities = card;
         for (what, keys) in [
             ("data.recipes", self.data.recipes.keys().collect::<Vec<_>>()),
             ("model.encoders", self.model.encoders.keys().collect()),
@@ -376,7 +388,7 @@ impl TrainConfig {
         }
         let mut recipes = Vec::new();
         let mut encoders = Vec::new();
-        for m in modalities {
+        for m in used {
             let recipe =
                 self.data.recipes.get(m).cloned().with_context(|| {
                     format!("no recipe for modality `{m}`: add [data.recipes.{m}]")

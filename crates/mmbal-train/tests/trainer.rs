@@ -1073,3 +1073,30 @@ fn a_methods_own_parameters_train_and_resume() {
         }
     }
 }
+
+/// `[data] modalities` trains on part of the card: one modality is unimodal training (the model
+/// has one encoder, the log one modality), with the other modality's recipe and encoder left in
+/// the config; an unknown name is refused naming the card's modalities.
+#[test]
+fn a_subset_of_the_modalities_trains_alone() {
+    let out = tmp("subset");
+    let mut c = small(&out, "unimodal", OptimizerConfig::default());
+    c.data.modalities = Some(vec!["visual".into()]);
+    let mut t = Trainer::from_config(c.clone()).unwrap();
+    assert_eq!(t.model.modalities, vec!["visual".to_string()]);
+    let summary = t.run(&mut Quiet).unwrap();
+    let last = summary.last.unwrap();
+    let names: Vec<&String> = last.train.modality_acc.keys().collect();
+    assert_eq!(names, vec!["visual"]);
+    // Only the kept modality's parameters exist.
+    assert!(t
+        .model
+        .named_params()
+        .iter()
+        .all(|(n, _)| !n.starts_with("encoders.audio.")));
+    let mut bad = small(&out, "unknown", OptimizerConfig::default());
+    bad.data.modalities = Some(vec!["lips".into()]);
+    let err = format!("{:#}", Trainer::from_config(bad).err().expect("refused"));
+    assert!(err.contains("lips") && err.contains("audio"), "{err}");
+    let _ = std::fs::remove_dir_all(out);
+}

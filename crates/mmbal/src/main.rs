@@ -483,8 +483,14 @@ fn valuate(
 fn doctor(config: &Option<PathBuf>) -> Result<()> {
     let cfg = load_config(config)?;
     let (card, root) = cfg.dataset_location()?;
-    let manifest = Manifest::load(&card, &root)?;
-    let (recipes, _) = cfg.per_modality(&manifest.modalities)?;
+    let mut manifest = Manifest::load(&card, &root)?;
+    let card_modalities = manifest.modalities.clone();
+    if let Some(keep) = &cfg.data.modalities {
+        manifest
+            .keep_modalities(keep)
+            .context("[data] modalities")?;
+    }
+    let (recipes, _) = cfg.per_modality(&card_modalities, &manifest.modalities)?;
     let mut ex = mmbal_preprocess::doctor::examine(&manifest, &recipes, &root);
     for line in &ex.lines {
         println!("{line}");
