@@ -28,6 +28,7 @@ pub mod metrics;
 mod monitor;
 pub mod optim;
 pub mod plots;
+pub mod probe;
 mod run_folder;
 mod run_log;
 pub mod schedule;

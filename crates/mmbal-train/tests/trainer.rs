@@ -1100,3 +1100,45 @@ fn a_subset_of_the_modalities_trains_alone() {
     assert!(err.contains("lips") && err.contains("audio"), "{err}");
     let _ = std::fs::remove_dir_all(out);
 }
+
+/// Linear probes select on val: with the same seed, more epochs can only find an equal or
+/// better val accuracy (the first epochs are the same); the classes of every probe are the
+/// model's, and each modality gets its own.
+#[test]
+fn linear_probes_select_on_val() {
+    let out = tmp("probe");
+    let c = small(&out, "probe", OptimizerConfig::default());
+    let mut t = Trainer::from_config(c).unwrap();
+    t.run(&mut Quiet).unwrap();
+    let run = |epochs| {
+        let opts = mmbal_train::probe::ProbeOptions {
+            epochs,
+            batch_size: 4,
+            ..Default::default()
+        };
+        mmbal_train::probe::linear_probe(&t.model, &t.dataset, &opts).unwrap()
+    };
+    let (one, many) = (run(1), run(6));
+    assert_eq!(one.len(), 2);
+    for r in &many {
+        // The first epoch with the highest val accuracy.
+        let max = r.val_curve.iter().copied().fold(f64::MIN, f64::max);
+        let first = r.val_curve.iter().position(|&v| v == max).unwrap() + 1;
+        assert_eq!((r.best_epoch, r.val_acc), (first, max), "{r:?}");
+        assert_eq!(r.val_curve.len(), 6);
+    }
+    assert_eq!(one[0].modality, "audio");
+    for (a, b) in one.iter().zip(&many) {
+        assert_eq!(a.best_epoch, 1);
+        assert!(b.val_acc >= a.val_acc, "{a:?} {b:?}");
+        assert!((1..=6).contains(&b.best_epoch));
+    }
+    let again = run(6);
+    for (a, b) in many.iter().zip(&again) {
+        assert_eq!(
+            (a.best_epoch, a.val_acc, a.test_acc),
+            (b.best_epoch, b.val_acc, b.test_acc)
+        );
+    }
+    let _ = std::fs::remove_dir_all(out);
+}

@@ -151,6 +151,27 @@ enum Command {
         #[arg(long)]
         device: Option<String>,
     },
+    /// Linear probes of a checkpoint: each modality's frozen features, a new linear classifier
+    /// per modality fitted on train with SGD and selected on val; prints the val and test
+    /// accuracies as JSON (the quality of each modality's features after training).
+    Probe {
+        /// A checkpoint written by training (`best.safetensors` or `last.safetensors` in a run
+        /// folder).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Passes over the training features.
+        #[arg(long, default_value_t = 100)]
+        epochs: usize,
+        /// SGD's learning rate (momentum 0.9, weight decay 1e-4).
+        #[arg(long, default_value_t = 0.01)]
+        lr: f64,
+        /// Seed of the classifiers and the shuffles.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Device to run on (`cpu`, `cuda` or `cuda:N`), overriding the run's.
+        #[arg(long)]
+        device: Option<String>,
+    },
     /// Print the default config (or the resolved form of --config) as TOML, every option of the
     /// method with the value in use.
     Config {
@@ -617,6 +638,26 @@ fn main() -> Result<()> {
             out,
             device,
         } => valuate(&checkpoint, split, route, benefit, out, device),
+        Command::Probe {
+            checkpoint,
+            epochs,
+            lr,
+            seed,
+            device,
+        } => {
+            let trainer = Trainer::open(&checkpoint, device.as_deref())?;
+            let opts = mmbal_train::probe::ProbeOptions {
+                epochs,
+                lr,
+                seed,
+                batch_size: trainer.config.batch_size,
+                ..Default::default()
+            };
+            let results =
+                mmbal_train::probe::linear_probe(&trainer.model, &trainer.dataset, &opts)?;
+            println!("{}", serde_json::to_string_pretty(&results)?);
+            Ok(())
+        }
         Command::Config { config } => {
             let mut c = load_config(&config)?;
             c.resolve_method_options()?;

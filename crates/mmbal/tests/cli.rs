@@ -65,6 +65,34 @@ fn train_then_eval_then_resume() {
     let m: serde_json::Value = serde_json::from_str(&out[json_start..]).unwrap();
     assert_eq!(m["samples"], 6);
     assert!(m["acc"].as_f64().unwrap() >= 0.0);
+    // Linear probes of the checkpoint: one per modality, deterministic.
+    let probe = |dir: &Path| {
+        let o = mmbal(
+            dir,
+            &[
+                "probe",
+                "--checkpoint",
+                "runs/tiny/best.safetensors",
+                "--epochs",
+                "5",
+            ],
+        );
+        let out = text(&o);
+        assert!(o.status.success(), "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out[out.find('[').unwrap()..]).unwrap();
+        v
+    };
+    let p = probe(&dir);
+    assert_eq!(p.as_array().unwrap().len(), 2);
+    for r in p.as_array().unwrap() {
+        let e = r["best_epoch"].as_u64().unwrap();
+        assert!((1..=5).contains(&e), "{r}");
+        assert!(
+            (0.0..=1.0).contains(&r["test_acc"].as_f64().unwrap()),
+            "{r}"
+        );
+    }
+    assert_eq!(p, probe(&dir), "the probe is deterministic");
     let o = mmbal(
         &dir,
         &[
