@@ -48,6 +48,7 @@ mod mla;
 mod mmcosine;
 mod mmpareto;
 mod modality_level;
+mod mslr;
 mod ogm;
 mod opm;
 mod pmr;

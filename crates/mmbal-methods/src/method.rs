@@ -389,6 +389,18 @@ pub trait BalanceMethod: Send {
         Ok(())
     }
 
+    /// After each epoch's validation, with the fused val accuracy and each modality's (in the
+    /// model's order): per-modality learning rates or stopping (MSLR, MSES). Runs before the
+    /// checkpoint, so what it changes is saved. Default: nothing.
+    fn after_validation(
+        &mut self,
+        _ctx: &EpochCtx,
+        _fused_acc: f64,
+        _modality_acc: &[f64],
+    ) -> Result<()> {
+        Ok(())
+    }
+
     /// What the method scores, one batch at a time: the fused prediction (accuracy, loss and
     /// macro-F1 of a split, and training accuracy) and each modality's logits (the per-modality
     /// accuracies in the log), from a forward pass in which `out.features` are the pooled

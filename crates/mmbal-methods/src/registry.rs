@@ -28,6 +28,7 @@ pub const METHODS: &[(&str, Builder)] = &[
     ("mbsd", crate::mbsd::build),
     ("amco", crate::amco::build),
     ("agm", crate::agm::build),
+    ("mslr", crate::mslr::build),
 ];
 
 /// Methods registered at run time by code outside this crate ([`register`]).

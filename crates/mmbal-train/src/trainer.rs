@@ -273,6 +273,17 @@ impl Trainer {
             BTreeMap::new()
         };
         let val = self.evaluate(Split::Val)?;
+        if let Some(v) = &val {
+            // Per-modality accuracies in the model's modality order (the method's view).
+            let per: Vec<f64> = self
+                .model
+                .modalities
+                .iter()
+                .map(|m| v.modality_acc.get(m).copied().unwrap_or(f64::NAN))
+                .collect();
+            let (ctx, method) = self.epoch_ctx(epoch);
+            method.after_validation(&ctx, v.acc, &per)?;
+        }
         let test = if self.config.eval_test {
             self.evaluate(Split::Test)?
         } else {

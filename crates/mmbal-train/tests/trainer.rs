@@ -109,7 +109,8 @@ fn resumed_run_equals_uninterrupted_run() {
         ("cml", adam.clone(), "cml"),
         ("mbsd", adam.clone(), "mbsd"),
         ("amco", adam.clone(), "amco"),
-        ("agm", adam, "agm"),
+        ("agm", adam.clone(), "agm"),
+        ("mslr", adam, "mslr"),
     ] {
         let mut whole = small(&out, &format!("{tag}-whole"), opt.clone());
         set_method(&mut whole, method);
@@ -1140,5 +1141,56 @@ fn linear_probes_select_on_val() {
             (b.best_epoch, b.val_acc, b.test_acc)
         );
     }
+    let _ = std::fs::remove_dir_all(out);
+}
+
+/// MSLR's dynamic rule through the trainer: after every `period` epochs each encoder's factor is
+/// multiplied by its modality's val accuracy over the mean of its last `period` ones; the trainer
+/// hands the method the same per-modality val accuracies it logs.
+#[test]
+fn mslr_factors_follow_the_logged_val_accuracies() {
+    let out = tmp("mslr");
+    let adam = OptimizerConfig::Adam {
+        lr: 3e-3,
+        weight_decay: 0.0,
+        betas: [0.9, 0.999],
+        eps: 1e-8,
+    };
+    let mut c = small(&out, "mslr", adam);
+    // Enough val samples that the per-modality accuracies move between epochs.
+    c.data.synthetic.per_class = 40;
+    c.batch_size = 16;
+    c.epochs = 6;
+    c.method.name = "mslr".into();
+    c.method.options = toml::from_str("factors = [1.0, 10.0]\nperiod = 2").unwrap();
+    let mut t = Trainer::from_config(c.clone()).unwrap();
+    t.run(&mut Quiet).unwrap();
+    let log = std::fs::read_to_string(c.run_dir().join("metrics.jsonl")).unwrap();
+    let recs: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 6);
+    let mut moved = false;
+    for (m, name, start) in [(0, "audio", 1.0), (1, "visual", 10.0)] {
+        let acc = |r: &serde_json::Value| r["val"]["modality_acc"][name].as_f64().unwrap();
+        let mut want = start;
+        for (e, r) in recs.iter().enumerate() {
+            if (e + 1) % 2 == 0 {
+                let mean = (acc(&recs[e - 1]) + acc(r)) / 2.0;
+                if mean > 0.0 {
+                    want *= acc(r) / mean;
+                }
+            }
+            let got = r["method"][format!("mslr_factor_{m}")].as_f64().unwrap();
+            assert!(
+                (got - want).abs() < 1e-12,
+                "{name}, epoch {}: {got} vs {want}",
+                e + 1
+            );
+            moved |= got != start;
+        }
+    }
+    assert!(moved, "the val accuracies changed, so a factor moved");
     let _ = std::fs::remove_dir_all(out);
 }
