@@ -14,46 +14,13 @@ mod common;
 
 use candle_core::{DType, Tensor};
 use common::{batch, fixture, floats, meta, official_model, official_name, Report};
-use mmbal_fusion::{ForwardOut, FusionKind};
-use mmbal_methods::{BalanceMethod, Grads, StepCtx, StepIndex};
+use mmbal_fusion::FusionKind;
+use mmbal_methods::{BalanceMethod, StepIndex};
 use mmbal_train::optim::Sgd;
 use mmbal_train::{train_step, StepInputs};
 use std::collections::HashMap;
 
 const TOL: f32 = 1e-5;
-
-/// Keeps the gradients the optimizer is handed (after the clip).
-struct Recorder {
-    inner: Box<dyn BalanceMethod>,
-    grads: HashMap<String, Tensor>,
-}
-
-impl BalanceMethod for Recorder {
-    fn name(&self) -> &'static str {
-        "recorder"
-    }
-    fn loss(&mut self, ctx: &StepCtx, out: &ForwardOut) -> anyhow::Result<Tensor> {
-        self.inner.loss(ctx, out)
-    }
-    fn edit_gradients(
-        &mut self,
-        ctx: &StepCtx,
-        out: &ForwardOut,
-        grads: &mut Grads,
-    ) -> anyhow::Result<()> {
-        self.inner.edit_gradients(ctx, out, grads)?;
-        self.grads.clear();
-        for (n, v) in ctx.model.named_params() {
-            if let Some(g) = grads.get(&v) {
-                self.grads.insert(n, g.clone());
-            }
-        }
-        Ok(())
-    }
-    fn diagnostics(&self) -> Vec<(String, f64)> {
-        self.inner.diagnostics()
-    }
-}
 
 #[test]
 fn agm_three_epochs_match_official_train() {
@@ -64,10 +31,7 @@ fn agm_three_epochs_match_official_train() {
         meta(&f, "meta.alpha")
     ))
     .unwrap();
-    let mut rec = Recorder {
-        inner: mmbal_methods::build_method("agm", &opts).unwrap(),
-        grads: HashMap::new(),
-    };
+    let mut rec = common::GradRecorder::new(mmbal_methods::build_method("agm", &opts).unwrap());
     let mut sgd = Sgd::new(
         model.params(),
         meta(&f, "meta.lr"),
@@ -120,26 +84,15 @@ fn agm_three_epochs_match_official_train() {
             );
         }
         clipped.push(floats(&f, &format!("{p}.clipped"))[0] == 1.0);
-        for (n, _) in model.named_params() {
-            let key = format!("{p}.grad.{}", official_name(&n));
-            match (rec.grads.get(&n), f.get(&key)) {
-                (Some(g), Some(want)) => report.tensor("grad", &key, g, want, 1e-4),
-                (None, None) => {}
-                (got, want) => report.failures.push(format!(
-                    "{key}: mmbal has a gradient: {}, the official code: {}",
-                    got.is_some(),
-                    want.is_some()
-                )),
-            }
-        }
-        for (n, v) in model.named_params() {
-            let key = format!("{p}.after.{}", official_name(&n));
-            report.tensor("weights after step", &key, v.as_tensor(), &f[&key], TOL);
-        }
-        for (n, t) in model.buffers().unwrap() {
-            let key = format!("{p}.after.{}", official_name(&n));
-            report.tensor("running stats after step", &key, &t, &f[&key], TOL);
-        }
+        common::check_step(
+            &mut report,
+            &f,
+            &p,
+            &model,
+            &rec.grads,
+            official_name,
+            (1e-4, TOL),
+        );
     }
     assert_eq!(
         clipped,

@@ -12,9 +12,9 @@
 mod common;
 
 use candle_core::{DType, Tensor};
-use common::{av_model_from, fixture, floats, meta, Report, TinyNames};
-use mmbal_fusion::{ForwardOut, FusionKind, MultimodalModel};
-use mmbal_methods::{BalanceMethod, EpochCtx, Grads, StepCtx, StepIndex};
+use common::{batch, fixture, floats, meta, Report};
+use mmbal_fusion::FusionKind;
+use mmbal_methods::{BalanceMethod, EpochCtx, StepIndex};
 use mmbal_train::optim::Sgd;
 use mmbal_train::{train_step, StepInputs};
 use std::collections::HashMap;
@@ -23,94 +23,23 @@ const TOL: f32 = 1e-5;
 
 /// Model name to the official AVClassifier's.
 fn official(n: &str) -> String {
-    for (ours, theirs) in [
-        ("encoders.audio.", "audio_net."),
-        ("encoders.visual.", "visual_net."),
-        ("head.fc.", "head."),
-    ] {
-        if let Some(rest) = n.strip_prefix(ours) {
-            return format!("{theirs}{rest}");
-        }
-    }
-    panic!("unexpected parameter {n}")
-}
-
-fn model(f: &HashMap<String, Tensor>) -> MultimodalModel {
-    let module = |m: &str| {
-        if m == "audio" {
-            "audio_net"
-        } else {
-            "visual_net"
-        }
-    };
-    let model = av_model_from(FusionKind::Concat, TinyNames::ResNetSlots, |m, k| {
-        f[&format!("init.{}.{k}", module(m))].clone()
-    });
-    for (n, v) in model.named_params() {
-        if n.starts_with("head.") {
-            v.set(&f[&format!("init.{}", official(&n))]).unwrap();
-        }
-    }
-    model
-}
-
-/// Keeps the gradients the optimizer is handed (after the method's edit).
-struct Recorder {
-    inner: Box<dyn BalanceMethod>,
-    grads: HashMap<String, Tensor>,
-}
-
-impl BalanceMethod for Recorder {
-    fn name(&self) -> &'static str {
-        "recorder"
-    }
-    fn epoch_plan(&mut self, ctx: &EpochCtx) -> anyhow::Result<Option<Vec<mmbal_data::Row>>> {
-        self.inner.epoch_plan(ctx)
-    }
-    fn loss(&mut self, ctx: &StepCtx, out: &ForwardOut) -> anyhow::Result<Tensor> {
-        self.inner.loss(ctx, out)
-    }
-    fn edit_gradients(
-        &mut self,
-        ctx: &StepCtx,
-        out: &ForwardOut,
-        grads: &mut Grads,
-    ) -> anyhow::Result<()> {
-        self.inner.edit_gradients(ctx, out, grads)?;
-        self.grads.clear();
-        for (n, v) in ctx.model.named_params() {
-            if let Some(g) = grads.get(&v) {
-                self.grads.insert(n, g.clone());
-            }
-        }
-        Ok(())
-    }
-    fn on_epoch_end(&mut self, ctx: &EpochCtx) -> anyhow::Result<()> {
-        self.inner.on_epoch_end(ctx)
-    }
-    fn diagnostics(&self) -> Vec<(String, f64)> {
-        self.inner.diagnostics()
-    }
-}
-
-fn batch(f: &HashMap<String, Tensor>, tag: &str) -> ([Tensor; 2], Tensor) {
-    (
-        [
-            f[&format!("input_audio.{tag}")].clone(),
-            f[&format!("input_visual.{tag}")].clone(),
+    common::renamed(
+        n,
+        &[
+            ("encoders.audio.", "audio_net."),
+            ("encoders.visual.", "visual_net."),
+            ("head.fc.", "head."),
         ],
-        f[&format!("label.{tag}")].to_dtype(DType::U32).unwrap(),
     )
 }
 
 #[test]
 fn inforeg_three_epochs_match_official_train_epoch() {
     let f = fixture("inforeg_official");
-    let model = model(&f);
-    let mut rec = Recorder {
-        inner: mmbal_methods::build_method("inforeg", &toml::Table::new()).unwrap(),
-        grads: HashMap::new(),
-    };
+    let model = common::reference_model(&f, FusionKind::Concat, official);
+    let mut rec = common::GradRecorder::new(
+        mmbal_methods::build_method("inforeg", &toml::Table::new()).unwrap(),
+    );
     let mut sgd = Sgd::new(
         model.params(),
         meta(&f, "meta.lr"),
@@ -164,26 +93,15 @@ fn inforeg_three_epochs_match_official_train_epoch() {
             for (m, b) in beta.iter().enumerate() {
                 proximal[m] |= *b > 0.0 && s > 0;
             }
-            for (n, _) in model.named_params() {
-                let key = format!("{p}.grad.{}", official(&n));
-                match (rec.grads.get(&n), f.get(&key)) {
-                    (Some(g), Some(want)) => report.tensor("grad", &key, g, want, 1e-4),
-                    (None, None) => {}
-                    (got, want) => report.failures.push(format!(
-                        "{key}: mmbal has a gradient: {}, the official code: {}",
-                        got.is_some(),
-                        want.is_some()
-                    )),
-                }
-            }
-            for (n, v) in model.named_params() {
-                let key = format!("{p}.after.{}", official(&n));
-                report.tensor("weights after step", &key, v.as_tensor(), &f[&key], TOL);
-            }
-            for (n, t) in model.buffers().unwrap() {
-                let key = format!("{p}.after.{}", official(&n));
-                report.tensor("running stats after step", &key, &t, &f[&key], TOL);
-            }
+            common::check_step(
+                &mut report,
+                &f,
+                &p,
+                &model,
+                &rec.grads,
+                official,
+                (1e-4, TOL),
+            );
         }
         rec.on_epoch_end(&ctx).unwrap();
         let d: HashMap<String, f64> = rec.diagnostics().into_iter().collect();

@@ -11,89 +11,33 @@
 mod common;
 
 use candle_core::{DType, Tensor};
-use common::{av_model_from, batch, fixture, floats, meta, Report, TinyNames};
-use mmbal_fusion::{ForwardOut, FusionKind, MultimodalModel};
-use mmbal_methods::{BalanceMethod, Grads, StepCtx, StepIndex};
+use common::{batch, fixture, floats, meta, Report};
+use mmbal_fusion::FusionKind;
+use mmbal_methods::StepIndex;
 use mmbal_train::optim::Sgd;
 use mmbal_train::{train_step, StepInputs};
-use std::collections::HashMap;
 
 const TOL: f32 = 1e-5;
 
 /// Model name to the official AVClassifier's.
 fn official(n: &str) -> String {
-    for (ours, theirs) in [
-        ("encoders.audio.", "audio_encoder.audio_net."),
-        ("encoders.visual.", "video_encoder.video_net."),
-        ("head.fc.0.", "cls_a."),
-        ("head.fc.1.", "cls_v."),
-    ] {
-        if let Some(rest) = n.strip_prefix(ours) {
-            return format!("{theirs}{rest}");
-        }
-    }
-    panic!("unexpected parameter {n}")
-}
-
-fn model(f: &HashMap<String, Tensor>) -> MultimodalModel {
-    let module = |m: &str| {
-        if m == "audio" {
-            "audio_encoder.audio_net"
-        } else {
-            "video_encoder.video_net"
-        }
-    };
-    let model = av_model_from(FusionKind::Sum, TinyNames::ResNetSlots, |m, k| {
-        f[&format!("init.{}.{k}", module(m))].clone()
-    });
-    for (n, v) in model.named_params() {
-        if n.starts_with("head.") {
-            v.set(&f[&format!("init.{}", official(&n))]).unwrap();
-        }
-    }
-    model
-}
-
-/// Keeps the gradients the optimizer is handed.
-struct Recorder {
-    inner: Box<dyn BalanceMethod>,
-    grads: HashMap<String, Tensor>,
-}
-
-impl BalanceMethod for Recorder {
-    fn name(&self) -> &'static str {
-        "recorder"
-    }
-    fn loss(&mut self, ctx: &StepCtx, out: &ForwardOut) -> anyhow::Result<Tensor> {
-        self.inner.loss(ctx, out)
-    }
-    fn observe_gradients(
-        &mut self,
-        ctx: &StepCtx,
-        _out: &ForwardOut,
-        grads: &Grads,
-    ) -> anyhow::Result<()> {
-        self.grads.clear();
-        for (n, v) in ctx.model.named_params() {
-            if let Some(g) = grads.get(&v) {
-                self.grads.insert(n, g.clone());
-            }
-        }
-        Ok(())
-    }
-    fn diagnostics(&self) -> Vec<(String, f64)> {
-        self.inner.diagnostics()
-    }
+    common::renamed(
+        n,
+        &[
+            ("encoders.audio.", "audio_encoder.audio_net."),
+            ("encoders.visual.", "video_encoder.video_net."),
+            ("head.fc.0.", "cls_a."),
+            ("head.fc.1.", "cls_v."),
+        ],
+    )
 }
 
 #[test]
 fn lfm_three_epochs_match_official_train_audio_video() {
     let f = fixture("lfm_official");
-    let model = model(&f);
-    let mut rec = Recorder {
-        inner: mmbal_methods::build_method("lfm", &toml::Table::new()).unwrap(),
-        grads: HashMap::new(),
-    };
+    let model = common::reference_model(&f, FusionKind::Sum, official);
+    let mut rec =
+        common::GradRecorder::new(mmbal_methods::build_method("lfm", &toml::Table::new()).unwrap());
     let mut sgd = Sgd::new(
         model.params(),
         meta(&f, "meta.lr"),
@@ -142,26 +86,15 @@ fn lfm_three_epochs_match_official_train_audio_video() {
             want_align,
             1e-4,
         );
-        for (n, _) in model.named_params() {
-            let key = format!("{p}.grad.{}", official(&n));
-            match (rec.grads.get(&n), f.get(&key)) {
-                (Some(g), Some(want)) => report.tensor("grad", &key, g, want, 1e-4),
-                (None, None) => {}
-                (got, want) => report.failures.push(format!(
-                    "{key}: mmbal has a gradient: {}, the official code: {}",
-                    got.is_some(),
-                    want.is_some()
-                )),
-            }
-        }
-        for (n, v) in model.named_params() {
-            let key = format!("{p}.after.{}", official(&n));
-            report.tensor("weights after step", &key, v.as_tensor(), &f[&key], TOL);
-        }
-        for (n, t) in model.buffers().unwrap() {
-            let key = format!("{p}.after.{}", official(&n));
-            report.tensor("running stats after step", &key, &t, &f[&key], TOL);
-        }
+        common::check_step(
+            &mut report,
+            &f,
+            &p,
+            &model,
+            &rec.grads,
+            official,
+            (1e-4, TOL),
+        );
     }
     report.finish("lfm");
 }

@@ -111,26 +111,15 @@ fn run_and_check(f: &HashMap<String, Tensor>, run: &str, options: &str) -> Multi
             report.tensor("logits", &key, &rec.logits[m], &f[&key], TOL);
         }
         // The same gradients, and the same parameters without one (the head's bias).
-        for (n, _) in model.named_params() {
-            let key = format!("{p}.grad.{}", official_name(&n));
-            match (rec.grads.get(&n), f.get(&key)) {
-                (Some(g), Some(want)) => report.tensor("grad", &key, g, want, 1e-4),
-                (None, None) => {}
-                (got, want) => report.failures.push(format!(
-                    "{key}: mmbal has a gradient: {}, the official code: {}",
-                    got.is_some(),
-                    want.is_some()
-                )),
-            }
-        }
-        for (n, v) in model.named_params() {
-            let k = format!("{p}.after.{}", official_name(&n));
-            report.tensor("weights after step", &k, v.as_tensor(), &f[&k], TOL);
-        }
-        for (n, t) in model.buffers().unwrap() {
-            let k = format!("{p}.after.{}", official_name(&n));
-            report.tensor("running stats after step", &k, &t, &f[&k], TOL);
-        }
+        common::check_step(
+            &mut report,
+            f,
+            &p,
+            &model,
+            &rec.grads,
+            official_name,
+            (1e-4, TOL),
+        );
     }
     report.finish(&format!("mmcosine ({run})"));
     model

@@ -12,9 +12,9 @@
 mod common;
 
 use candle_core::{DType, Tensor};
-use common::{av_model_from, batch, fixture, floats, meta, Report, TinyNames};
-use mmbal_fusion::{ForwardOut, FusionKind, MultimodalModel};
-use mmbal_methods::{BalanceMethod, EpochCtx, Grads, StepCtx, StepIndex};
+use common::{batch, fixture, floats, meta, Report};
+use mmbal_fusion::FusionKind;
+use mmbal_methods::{BalanceMethod, EpochCtx, StepIndex};
 use mmbal_train::optim::Sgd;
 use mmbal_train::{train_step, StepInputs};
 use std::collections::HashMap;
@@ -23,87 +23,25 @@ const TOL: f32 = 1e-5;
 
 /// Model name to the official AVClassifier's.
 fn official(n: &str) -> String {
-    for (ours, theirs) in [
-        ("encoders.audio.", "audio_net."),
-        ("encoders.visual.", "visual_net."),
-        ("head.fc.0.", "head_audio."),
-        ("head.fc.1.", "head_video."),
-        ("head.fc.", "head."),
-    ] {
-        if let Some(rest) = n.strip_prefix(ours) {
-            return format!("{theirs}{rest}");
-        }
-    }
-    panic!("unexpected parameter {n}")
-}
-
-fn model(f: &HashMap<String, Tensor>) -> MultimodalModel {
-    let module = |m: &str| {
-        if m == "audio" {
-            "audio_net"
-        } else {
-            "visual_net"
-        }
-    };
-    let model = av_model_from(FusionKind::Blend, TinyNames::ResNetSlots, |m, k| {
-        f[&format!("init.{}.{k}", module(m))].clone()
-    });
-    for (n, v) in model.named_params() {
-        if n.starts_with("head.") {
-            v.set(&f[&format!("init.{}", official(&n))]).unwrap();
-        }
-    }
-    model
-}
-
-/// Keeps the gradients the optimizer is handed.
-struct Recorder {
-    inner: Box<dyn BalanceMethod>,
-    grads: HashMap<String, Tensor>,
-}
-
-impl BalanceMethod for Recorder {
-    fn name(&self) -> &'static str {
-        "recorder"
-    }
-    fn epoch_plan(&mut self, ctx: &EpochCtx) -> anyhow::Result<Option<Vec<mmbal_data::Row>>> {
-        self.inner.epoch_plan(ctx)
-    }
-    fn step_gradients(
-        &mut self,
-        ctx: &StepCtx,
-        out: &ForwardOut,
-    ) -> anyhow::Result<Option<(Tensor, Grads)>> {
-        self.inner.step_gradients(ctx, out)
-    }
-    fn edit_gradients(
-        &mut self,
-        ctx: &StepCtx,
-        _out: &ForwardOut,
-        grads: &mut Grads,
-    ) -> anyhow::Result<()> {
-        self.grads.clear();
-        for (n, v) in ctx.model.named_params() {
-            if let Some(g) = grads.get(&v) {
-                self.grads.insert(n, g.clone());
-            }
-        }
-        Ok(())
-    }
-    fn diagnostics(&self) -> Vec<(String, f64)> {
-        self.inner.diagnostics()
-    }
+    common::renamed(
+        n,
+        &[
+            ("encoders.audio.", "audio_net."),
+            ("encoders.visual.", "visual_net."),
+            ("head.fc.0.", "head_audio."),
+            ("head.fc.1.", "head_video."),
+            ("head.fc.", "head."),
+        ],
+    )
 }
 
 #[test]
 fn mmpareto_three_steps_match_official_train_epoch() {
     let f = fixture("mmpareto_official");
-    let model = model(&f);
+    let model = common::reference_model(&f, FusionKind::Blend, official);
     let opts: toml::Table = toml::from_str(&format!("gamma = {}", meta(&f, "meta.gamma"))).unwrap();
-    let mut rec = Recorder {
-        inner: mmbal_methods::build_method("mmpareto", &opts).unwrap(),
-        grads: HashMap::new(),
-    };
+    let mut rec =
+        common::GradRecorder::new(mmbal_methods::build_method("mmpareto", &opts).unwrap());
     let mut sgd = Sgd::new(
         model.params(),
         meta(&f, "meta.lr"),
@@ -167,26 +105,15 @@ fn mmpareto_three_steps_match_official_train_epoch() {
                 1e-4,
             );
         }
-        for (n, _) in model.named_params() {
-            let key = format!("{p}.grad.{}", official(&n));
-            match (rec.grads.get(&n), f.get(&key)) {
-                (Some(g), Some(want)) => report.tensor("grad", &key, g, want, 1e-4),
-                (None, None) => {}
-                (got, want) => report.failures.push(format!(
-                    "{key}: mmbal has a gradient: {}, the official code: {}",
-                    got.is_some(),
-                    want.is_some()
-                )),
-            }
-        }
-        for (n, v) in model.named_params() {
-            let k = format!("{p}.after.{}", official(&n));
-            report.tensor("weights after step", &k, v.as_tensor(), &f[&k], TOL);
-        }
-        for (n, t) in model.buffers().unwrap() {
-            let k = format!("{p}.after.{}", official(&n));
-            report.tensor("running stats after step", &k, &t, &f[&k], TOL);
-        }
+        common::check_step(
+            &mut report,
+            &f,
+            &p,
+            &model,
+            &rec.grads,
+            official,
+            (1e-4, TOL),
+        );
     }
     assert!(min_norm_seen, "the fixture has a negative cosine");
     report.finish("mmpareto");

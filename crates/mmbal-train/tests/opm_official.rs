@@ -133,28 +133,15 @@ fn opm_replayed_draws_match_official_train() {
         } else {
             loss
         };
-        let grads = backward.backward().unwrap();
-        for (n, v) in model.named_params() {
-            let key = format!("{p}.grad.{}", official(&n));
-            match (grads.get(&v), f.get(&key)) {
-                (Some(g), Some(want)) => report.tensor("grad", &key, g, want, 1e-4),
-                (None, None) => {}
-                (got, want) => report.failures.push(format!(
-                    "{key}: mmbal has a gradient: {}, the official code: {}",
-                    got.is_some(),
-                    want.is_some()
-                )),
-            }
-        }
-        adam.step(&grads).unwrap();
-        for (n, v) in model.named_params() {
-            let k = format!("{p}.after.{}", official(&n));
-            report.tensor("weights after step", &k, v.as_tensor(), &f[&k], TOL);
-        }
-        for (n, t) in model.buffers().unwrap() {
-            let k = format!("{p}.after.{}", official(&n));
-            report.tensor("running stats after step", &k, &t, &f[&k], TOL);
-        }
+        let store = backward.backward().unwrap();
+        adam.step(&store).unwrap();
+        // The gradients by name (the tensors the step read; the step does not change them).
+        let grads: HashMap<String, Tensor> = model
+            .named_params()
+            .into_iter()
+            .filter_map(|(n, v)| store.get(&v).map(|g| (n, g.clone())))
+            .collect();
+        common::check_step(&mut report, &f, &p, &model, &grads, official, (1e-4, TOL));
     }
     assert!(dropped_any, "the fixture drops some features");
     report.finish("opm");

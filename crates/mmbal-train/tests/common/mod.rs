@@ -152,20 +152,28 @@ pub fn official_name(n: &str) -> String {
     }
 }
 
-/// The fixture's model with the official initial weights, encoders and a `kind` head
-/// (`init.fusion_module.fc_out.*`).
-pub fn official_model(f: &HashMap<String, Tensor>, kind: FusionKind) -> MultimodalModel {
-    // The official initial weights of each modality (`init.audio_net.conv1.weight`, ...) in
-    // tiny encoders named by the official ResNet's slots.
+/// The tiny model (ResNet slot names) with a reference's initial weights: every variable `n`
+/// of the encoders and the head from `init.<official(n)>`.
+pub fn reference_model(
+    f: &HashMap<String, Tensor>,
+    kind: FusionKind,
+    official: impl Fn(&str) -> String,
+) -> MultimodalModel {
     let model = av_model_from(kind, TinyNames::ResNetSlots, |m, k| {
-        f[&format!("init.{}.{k}", official_module(m))].clone()
+        f[&format!("init.{}", official(&format!("encoders.{m}.{k}")))].clone()
     });
     for (n, v) in model.named_params() {
         if n.starts_with("head.") {
-            v.set(&f[&format!("init.{}", official_name(&n))]).unwrap();
+            v.set(&f[&format!("init.{}", official(&n))]).unwrap();
         }
     }
     model
+}
+
+/// The fixture's model with the official AVClassifier's initial weights
+/// (`init.audio_net.conv1.weight`, ..., `init.fusion_module.fc_out.*`).
+pub fn official_model(f: &HashMap<String, Tensor>, kind: FusionKind) -> MultimodalModel {
+    reference_model(f, kind, official_name)
 }
 
 /// `tests/fixtures/NAME.safetensors`.
@@ -329,4 +337,123 @@ pub fn empty_dataset() -> std::sync::Arc<mmbal_data::Dataset> {
         notes: Vec::new(),
     };
     std::sync::Arc::new(mmbal_data::Dataset::new(manifest, Vec::new()).unwrap())
+}
+
+/// A model name in a reference's naming: the first `(ours, theirs)` prefix pair that matches
+/// is swapped (`encoders.audio.` -> `audio_net.`); a name no pair matches is a test bug.
+pub fn renamed(n: &str, pairs: &[(&str, &str)]) -> String {
+    for (ours, theirs) in pairs {
+        if let Some(rest) = n.strip_prefix(ours) {
+            return format!("{theirs}{rest}");
+        }
+    }
+    panic!("unexpected parameter {n}")
+}
+
+/// Wraps a method and keeps, by model name, the gradients the optimizer is handed (after the
+/// method's own edits); every hook the golden tests reach is passed through.
+pub struct GradRecorder {
+    pub inner: Box<dyn mmbal_methods::BalanceMethod>,
+    pub grads: HashMap<String, Tensor>,
+}
+
+impl GradRecorder {
+    pub fn new(inner: Box<dyn mmbal_methods::BalanceMethod>) -> GradRecorder {
+        GradRecorder {
+            inner,
+            grads: HashMap::new(),
+        }
+    }
+}
+
+impl mmbal_methods::BalanceMethod for GradRecorder {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+    fn epoch_plan(
+        &mut self,
+        ctx: &mmbal_methods::EpochCtx,
+    ) -> anyhow::Result<Option<Vec<mmbal_data::Row>>> {
+        self.inner.epoch_plan(ctx)
+    }
+    fn loss(
+        &mut self,
+        ctx: &mmbal_methods::StepCtx,
+        out: &mmbal_fusion::ForwardOut,
+    ) -> anyhow::Result<Tensor> {
+        self.inner.loss(ctx, out)
+    }
+    fn step_gradients(
+        &mut self,
+        ctx: &mmbal_methods::StepCtx,
+        out: &mmbal_fusion::ForwardOut,
+    ) -> anyhow::Result<Option<(Tensor, mmbal_methods::Grads)>> {
+        self.inner.step_gradients(ctx, out)
+    }
+    fn observe_gradients(
+        &mut self,
+        ctx: &mmbal_methods::StepCtx,
+        out: &mmbal_fusion::ForwardOut,
+        grads: &mmbal_methods::Grads,
+    ) -> anyhow::Result<()> {
+        self.inner.observe_gradients(ctx, out, grads)
+    }
+    fn edit_gradients(
+        &mut self,
+        ctx: &mmbal_methods::StepCtx,
+        out: &mmbal_fusion::ForwardOut,
+        grads: &mut mmbal_methods::Grads,
+    ) -> anyhow::Result<()> {
+        self.inner.edit_gradients(ctx, out, grads)?;
+        self.grads.clear();
+        for (n, v) in ctx.model.named_params() {
+            if let Some(g) = grads.get(&v) {
+                self.grads.insert(n, g.clone());
+            }
+        }
+        Ok(())
+    }
+    fn on_epoch_end(&mut self, ctx: &mmbal_methods::EpochCtx) -> anyhow::Result<()> {
+        self.inner.on_epoch_end(ctx)
+    }
+    fn diagnostics(&self) -> Vec<(String, f64)> {
+        self.inner.diagnostics()
+    }
+    fn state(&self) -> anyhow::Result<Vec<(String, Tensor)>> {
+        self.inner.state()
+    }
+}
+
+/// After one step: every gradient against `{p}.grad.<official>` (tolerance `tols.0`; a
+/// parameter without a gradient must have none in the fixture either), then every parameter and
+/// buffer against `{p}.after.<official>` (tolerance `tols.1`).
+pub fn check_step(
+    report: &mut Report,
+    f: &HashMap<String, Tensor>,
+    p: &str,
+    model: &MultimodalModel,
+    grads: &HashMap<String, Tensor>,
+    official: impl Fn(&str) -> String,
+    (grad_tol, tol): (f32, f32),
+) {
+    for (n, _) in model.named_params() {
+        let key = format!("{p}.grad.{}", official(&n));
+        match (grads.get(&n), f.get(&key)) {
+            (Some(g), Some(want)) => report.tensor("grad", &key, g, want, grad_tol),
+            (None, None) => {}
+            (got, want) => report.failures.push(format!(
+                "{key}: mmbal has a gradient: {}, the official code: {}",
+                got.is_some(),
+                want.is_some()
+            )),
+        }
+    }
+    for (n, v) in model.named_params() {
+        let key = format!("{p}.after.{}", official(&n));
+        report.tensor("weights after step", &key, v.as_tensor(), &f[&key], tol);
+    }
+    for (n, t) in model.buffers().unwrap() {
+        let key = format!("{p}.after.{}", official(&n));
+        report.tensor("running stats after step", &key, &t, &f[&key], tol);
+    }
 }
