@@ -80,6 +80,16 @@ pub fn linear_vars(l: &Linear) -> Result<Vec<Var>> {
     Ok(out)
 }
 
+/// Features with each row's dropped modalities zeroed: `features[m] * keep[:, m]`, `keep`
+/// `(B, M)` with 0 where modality m is dropped for that row (what the head does with `keep`).
+pub fn mask_features(features: &[Tensor], keep: &Tensor) -> Result<Vec<Tensor>> {
+    features
+        .iter()
+        .enumerate()
+        .map(|(m, x)| x.broadcast_mul(&keep.narrow(1, m, 1)?.to_dtype(x.dtype())?))
+        .collect()
+}
+
 /// Fused and per-modality logits, each `(B, C)`.
 pub struct HeadOut {
     /// The fused logits.
@@ -255,11 +265,7 @@ impl FusionHead {
         }
         let f: Vec<Tensor> = match keep {
             None => features.to_vec(),
-            Some(k) => features
-                .iter()
-                .enumerate()
-                .map(|(m, x)| x.broadcast_mul(&k.narrow(1, m, 1)?.to_dtype(x.dtype())?))
-                .collect::<Result<_>>()?,
+            Some(k) => mask_features(features, k)?,
         };
         let fused = self.fused(&f)?;
         let unimodal = match self.kind {

@@ -33,6 +33,6 @@ pub use encoders::{
     register_encoder, BnInit, EncoderKind, EncoderSlot, EncoderSpec, Resnet18Options,
     SmallCnnOptions, ENCODERS,
 };
-pub use head::{linear, linear_vars, FusionHead, FusionKind, HeadOut, LinearInit};
+pub use head::{linear, linear_vars, mask_features, FusionHead, FusionKind, HeadOut, LinearInit};
 pub use mmtm::{MeanRule, Mmtm, MmtmMixer};
 pub use model::{encoder_path, ForwardOut, MultimodalModel, ParamGroup, StageMixer};

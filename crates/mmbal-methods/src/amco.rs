@@ -187,12 +187,7 @@ impl BalanceMethod for Amco {
             .collect();
         self.steps += 1;
         self.masked_steps += usize::from(masks.iter().any(|m| m.is_some()));
-        let features = out
-            .features
-            .iter()
-            .enumerate()
-            .map(|(m, f)| f.broadcast_mul(&ctx.keep.narrow(1, m, 1)?.to_dtype(f.dtype())?))
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let features = mmbal_fusion::mask_features(&out.features, ctx.keep)?;
         let a = amco_forward(&ctx.model.head, star, &features, &masks)?;
         let mut loss = candle_nn::loss::cross_entropy(&a.output, ctx.labels)?;
         if in_window {

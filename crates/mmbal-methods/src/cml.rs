@@ -159,12 +159,7 @@ impl BalanceMethod for Cml {
             bail!("cml: epoch_plan was not called before the step");
         }
         // Rows a resampling plan zeroed stay zeroed.
-        let features = out
-            .features
-            .iter()
-            .enumerate()
-            .map(|(m, f)| f.broadcast_mul(&ctx.keep.narrow(1, m, 1)?.to_dtype(f.dtype())?))
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let features = mmbal_fusion::mask_features(&out.features, ctx.keep)?;
         cml_loss(
             &ctx.model.head,
             &features,

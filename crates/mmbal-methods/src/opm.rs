@@ -258,12 +258,7 @@ impl BalanceMethod for Opm {
             .map(|&qm| (0..b).map(|_| rng.random::<f64>() < 1.0 - qm).collect())
             .collect();
         // Rows a resampling plan zeroed stay zeroed.
-        let features = out
-            .features
-            .iter()
-            .enumerate()
-            .map(|(m, f)| f.broadcast_mul(&ctx.keep.narrow(1, m, 1)?.to_dtype(f.dtype())?))
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let features = mmbal_fusion::mask_features(&out.features, ctx.keep)?;
         let drop = opm_drop(&features, &q, &keep)?;
         if drop.rows.is_empty() {
             let zero = Tensor::zeros((), DType::F32, ctx.labels.device())?;
