@@ -2,6 +2,9 @@
 //! samples/s on the first batches of a config's training split.
 //! `cargo xtask bench cpu [--rows avmnist,grid,cremad] [--repeats N] [--steps N] [--threads N]`:
 //! mmbal against PyTorch, side by side, on the CPU (see bench_cpu.rs).
+//! `cargo xtask bench train [--rows ..] [--modes fp32,fp32_notf32]` and `cargo xtask gpu-check`:
+//! on a CUDA device, the field's audio-visual step against PyTorch, and the CUDA ops' checks
+//! (see gpu.rs).
 //! `cargo xtask bench loader [--config FILE] [--epochs N]`: loader throughput (decoded cache,
 //! augmentation, batch assembly) in samples/s, without a model.
 //! Speed goals are checked with these, never with timed tests. Each prints one JSON line.
@@ -16,6 +19,7 @@
 //! (see reproduce.rs).
 
 mod bench_cpu;
+mod gpu;
 mod reproduce;
 
 use anyhow::{bail, Context, Result};
@@ -47,6 +51,9 @@ enum Task {
     /// The valuation paper's tables as resumable matrices of runs.
     #[command(subcommand)]
     Reproduce(Reproduce),
+    /// On a CUDA device: every CUDA op against the CPU kernels, a model's steps on both
+    /// devices, then `bench train`; one report (see gpu.rs).
+    GpuCheck(gpu::CheckArgs),
 }
 
 #[derive(Subcommand)]
@@ -57,6 +64,8 @@ enum Bench {
     Cpu(bench_cpu::CpuArgs),
     /// Loader throughput (decoded cache, augmentation, batch assembly) without a model.
     Loader(Args),
+    /// The audio-visual training step on a CUDA device against PyTorch (see gpu.rs).
+    Train(gpu::TrainArgs),
 }
 
 #[derive(Subcommand)]
@@ -323,6 +332,8 @@ fn main() -> Result<()> {
         Task::Bench(Bench::Step(a)) => bench_step(&a),
         Task::Bench(Bench::Loader(a)) => bench_loader(&a),
         Task::Bench(Bench::Cpu(a)) => bench_cpu::bench_cpu(a, retained),
+        Task::Bench(Bench::Train(a)) => gpu::bench_train(&a).map(|_| ()),
+        Task::GpuCheck(a) => gpu::gpu_check(a),
         Task::Results(a) => results(a),
         Task::Reproduce(Reproduce::Table1(a)) => reproduce::table1(a),
     }

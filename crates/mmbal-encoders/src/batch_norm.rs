@@ -12,7 +12,7 @@
 
 use candle_core::{Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
-use mmbal_ops::{batch_norm_eval, batch_norm_train};
+use mmbal_ops::{batch_norm_eval, batch_norm_train_running};
 
 /// BatchNorm over the channels of `(N, C, H, W)` maps with PyTorch's semantics: batch statistics in
 /// training (the running ones updated with the unbiased variance), running statistics in
@@ -76,20 +76,14 @@ impl BatchNorm2d {
             let rv = self.running_var.as_tensor().detach();
             return batch_norm_eval(x, w, b, &rm, &rv, self.eps);
         }
-        let (y, mean, var) = batch_norm_train(x, w, b, self.eps)?;
-        let (n, _, h, wd) = x.dims4()?;
-        self.update_running(&mean, &var, (n * h * wd) as f64)?;
-        Ok(y)
-    }
-
-    /// Running statistics from a batch's per-channel mean and biased variance over `count`
-    /// values: momentum `m`, the variance made unbiased, as PyTorch does.
-    fn update_running(&self, mean: &Tensor, var: &Tensor, count: f64) -> Result<()> {
-        let m = self.momentum;
-        let new_mean = ((self.running_mean.as_tensor().detach() * (1.0 - m))? + (mean * m)?)?;
-        let unbiased = (var * (count / (count - 1.0).max(1.0)))?;
-        let new_var = ((self.running_var.as_tensor().detach() * (1.0 - m))? + (unbiased * m)?)?;
-        self.running_mean.set(&new_mean.detach())?;
-        self.running_var.set(&new_var.detach())
+        // The running statistics move as PyTorch's do (momentum, unbiased variance).
+        batch_norm_train_running(
+            x,
+            w,
+            b,
+            (&self.running_mean, &self.running_var),
+            self.momentum,
+            self.eps,
+        )
     }
 }

@@ -193,7 +193,8 @@ impl FusionHead {
     }
 
     /// The columns of the concat head's weight that read modality `m`'s features, `(C, D_m)`
-    /// (MMCosine's and OPM's per-modality classifiers); an error for other heads.
+    /// (MMCosine's and OPM's per-modality classifiers), as a contiguous copy that stays in the
+    /// graph (CUDA's matmul takes no column slice); an error for other heads.
     pub fn concat_weight_of(&self, m: usize) -> Result<Tensor> {
         if self.kind != FusionKind::Concat {
             bail!("the {:?} head has no concat weight to slice", self.kind);
@@ -202,7 +203,7 @@ impl FusionHead {
             bail!("the head has {} modalities, asked for {m}", self.dims.len())
         };
         let start: usize = self.dims[..m].iter().sum();
-        self.layers[0].1.weight().narrow(1, start, d)
+        self.layers[0].1.weight().narrow(1, start, d)?.contiguous()
     }
 
     /// The concat head's bias, if it has one; an error for other heads.
@@ -279,7 +280,8 @@ impl FusionHead {
                 let mut start = 0;
                 let mut out = Vec::with_capacity(m_count);
                 for (x, &d) in f.iter().zip(&self.dims) {
-                    let wm = w.narrow(1, start, d)?;
+                    // Contiguous: CUDA's matmul takes no column slice.
+                    let wm = w.narrow(1, start, d)?.contiguous()?;
                     out.push(x.matmul(&wm.t()?)?.broadcast_add(&shared_bias)?);
                     start += d;
                 }

@@ -2,7 +2,8 @@
 //! statistics (those belong to the layer): [`batch_norm_train`] normalises with the batch's mean
 //! and biased variance and returns them; [`batch_norm_eval`] applies given statistics.
 //!
-//! On the CPU the training forward and its backward are two fused passes (custom ops). Composed
+//! On the CPU the training forward and its backward are two fused passes (custom ops); on CUDA
+//! both are cuDNN's (`cuda::batch_norm`). Composed
 //! from candle ops, the forward is a dozen tensor ops and its backward a chain of broadcast
 //! reductions that candle runs on one thread; here each channel's statistics, and each plane's
 //! output, are computed in parallel, in f64 accumulation, with PyTorch's formulas:
@@ -27,7 +28,24 @@ pub fn batch_norm_train(
     bias: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let (_, c, _, _) = x.dims4()?;
+    let (n, c, h, w) = x.dims4()?;
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() && x.dtype() == DType::F32 {
+        let saved: crate::cuda::batch_norm::Slot = Default::default();
+        let y = x.contiguous()?.apply_op3(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            cuda_norm::BatchNormCuda {
+                eps,
+                saved: saved.clone(),
+                running: None,
+            },
+        )?;
+        let (mean, unbiased) = crate::cuda::batch_norm::statistics(&saved, x.device())?;
+        let m = (n * h * w) as f64;
+        return Ok((y, mean, (unbiased * ((m - 1.0) / m))?));
+    }
+    let _ = (n, h, w);
     if x.device().is_cpu() && x.dtype() == DType::F32 {
         let stats: BatchStats = Default::default();
         let y = x.contiguous()?.apply_op3(
@@ -62,6 +80,64 @@ pub fn batch_norm_train(
         .broadcast_mul(&weight.reshape(shape)?)?
         .broadcast_add(&bias.reshape(shape)?)?;
     Ok((y, mean.flatten_all()?.detach(), var.flatten_all()?.detach()))
+}
+
+/// Training-mode batch norm that also moves the running statistics in place, PyTorch's rule:
+/// `running = (1 - momentum) * running + momentum * batch`, the batch variance made unbiased
+/// (`count / (count - 1)`). Returns `y`. On CUDA cuDNN updates the buffers in the same pass;
+/// elsewhere [`batch_norm_train`] and the update as candle ops.
+pub fn batch_norm_train_running(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    (running_mean, running_var): (&candle_core::Var, &candle_core::Var),
+    momentum: f64,
+    eps: f64,
+) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() && x.dtype() == DType::F32 {
+        let address = |v: &candle_core::Var| -> Result<u64> {
+            let (storage, layout) = v.storage_and_layout();
+            let candle_core::Storage::Cuda(s) = &*storage else {
+                bail!("batch norm: running statistics are not on the input's CUDA device");
+            };
+            crate::cuda::ptr("batch norm", s, layout, "running statistic")
+        };
+        let c = x.dim(1)?;
+        if running_mean.elem_count() != c || running_var.elem_count() != c {
+            bail!(
+                "batch norm: {c} channels, running statistics {:?} and {:?}",
+                running_mean.shape(),
+                running_var.shape()
+            );
+        }
+        // The addresses stay valid: the layer owns the variables beyond this call, and cuDNN
+        // writes them on candle's stream, as `Var::set` would.
+        let running = crate::cuda::batch_norm::Running {
+            mean: address(running_mean)?,
+            var: address(running_var)?,
+            momentum,
+        };
+        return x.contiguous()?.apply_op3(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            cuda_norm::BatchNormCuda {
+                eps,
+                saved: Default::default(),
+                running: Some(running),
+            },
+        );
+    }
+    let (y, mean, var) = batch_norm_train(x, weight, bias, eps)?;
+    let (n, _, h, w) = x.dims4()?;
+    let count = (n * h * w) as f64;
+    let m = momentum;
+    let new_mean = ((running_mean.as_tensor().detach() * (1.0 - m))? + (mean * m)?)?;
+    let unbiased = (var * (count / (count - 1.0).max(1.0)))?;
+    let new_var = ((running_var.as_tensor().detach() * (1.0 - m))? + (unbiased * m)?)?;
+    running_mean.set(&new_mean.detach())?;
+    running_var.set(&new_var.detach())?;
+    Ok(y)
 }
 
 /// Evaluation-mode batch norm with given per-channel `mean` and `var`: one per-channel affine
@@ -224,5 +300,112 @@ impl CustomOp3 for BatchNormTrainBackward {
             rest[c + ch] = *db as f32;
         }
         Ok((CpuStorage::F32(out), Shape::from(len + 2 * c)))
+    }
+}
+
+/// The CUDA op: cuDNN's forward, whose saved statistics its backward reuses.
+#[cfg(feature = "cuda")]
+mod cuda_norm {
+    use crate::cuda::batch_norm::{backward, forward, Slot};
+    use candle_core::{bail, CpuStorage, CudaStorage, CustomOp3, Layout, Result, Shape, Tensor};
+
+    pub(super) struct BatchNormCuda {
+        pub eps: f64,
+        pub saved: Slot,
+        pub running: Option<crate::cuda::batch_norm::Running>,
+    }
+
+    impl CustomOp3 for BatchNormCuda {
+        fn name(&self) -> &'static str {
+            "mmbal-batch-norm-cuda"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            bail!("mmbal-batch-norm-cuda runs on CUDA only")
+        }
+
+        fn cuda_fwd(
+            &self,
+            xs: &CudaStorage,
+            xl: &Layout,
+            ws: &CudaStorage,
+            wl: &Layout,
+            bs: &CudaStorage,
+            bl: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let (y, shape, saved) = forward(self.eps, self.running, (xs, xl), (ws, wl), (bs, bl))?;
+            *self.saved.lock().unwrap() = Some(std::sync::Arc::new(saved));
+            Ok((y, shape))
+        }
+
+        fn bwd(
+            &self,
+            x: &Tensor,
+            weight: &Tensor,
+            _bias: &Tensor,
+            _res: &Tensor,
+            grad: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            let c = weight.dim(0)?;
+            let len = x.elem_count();
+            let packed = x.contiguous()?.apply_op3_no_bwd(
+                &grad.contiguous()?,
+                &weight.contiguous()?,
+                &BatchNormCudaBackward {
+                    eps: self.eps,
+                    saved: self.saved.clone(),
+                },
+            )?;
+            let dx = packed.narrow(0, 0, len)?.reshape(x.shape())?;
+            let dw = packed.narrow(0, len, c)?;
+            let db = packed.narrow(0, len + c, c)?;
+            Ok((Some(dx), Some(dw), Some(db)))
+        }
+    }
+
+    struct BatchNormCudaBackward {
+        eps: f64,
+        saved: Slot,
+    }
+
+    impl CustomOp3 for BatchNormCudaBackward {
+        fn name(&self) -> &'static str {
+            "mmbal-batch-norm-cuda-backward"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            bail!("mmbal-batch-norm-cuda-backward runs on CUDA only")
+        }
+
+        fn cuda_fwd(
+            &self,
+            xs: &CudaStorage,
+            xl: &Layout,
+            gs: &CudaStorage,
+            gl: &Layout,
+            ws: &CudaStorage,
+            wl: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let Some(saved) = self.saved.lock().unwrap().clone() else {
+                bail!("batch norm backward: the forward saved no statistics");
+            };
+            backward(self.eps, &saved, (xs, xl), (gs, gl), (ws, wl))
+        }
     }
 }

@@ -76,6 +76,15 @@ impl CustomOp1 for SumPerChannel {
         });
         Ok((CpuStorage::F32(sums), Shape::from(self.0)))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::elementwise::sum_per_channel(s, l)
+    }
 }
 
 /// `x + bias[c]` over channel c of an `(N, C, H, W)` map; the custom op on the CPU in f32,
@@ -95,6 +104,19 @@ struct ChannelAffine;
 impl CustomOp3 for ChannelAffine {
     fn name(&self) -> &'static str {
         "mmbal-channel-affine"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        a_s: &candle_core::CudaStorage,
+        al: &Layout,
+        bs: &candle_core::CudaStorage,
+        bl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::elementwise::channel_affine((xs, xl), (a_s, al), (bs, bl))
     }
 
     fn cpu_fwd(
@@ -149,9 +171,9 @@ impl CustomOp3 for ChannelAffine {
 }
 
 /// `x * scale[c] + shift[c]` over channel c of an `(N, C, H, W)` map; the custom op on the CPU
-/// in f32, candle's broadcast ops elsewhere.
+/// and CUDA in f32, candle's broadcast ops elsewhere.
 pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && x.rank() == 4 {
+    if crate::own_kernels(x.device()) && x.dtype() == candle_core::DType::F32 && x.rank() == 4 {
         return x.contiguous()?.apply_op3(
             &scale.contiguous()?,
             &shift.contiguous()?,

@@ -10,8 +10,9 @@
 //! whole output map, both far slower; the filter gradient is also where candle
 //! 0.11.1 breaks: it computes one output padding from the height and reuses it for the width, so
 //! a stride-2 convolution of a 257x188 spectrogram (the OGM-GE CREMA-D shape) fails. Off the CPU
-//! the convolution goes through candle with explicit padding, keeping only the input rows and
-//! columns the windows reach, so its backward needs no output padding.
+//! On CUDA (feature `cuda`) the same op runs its three passes through cuDNN (`cuda::conv`).
+//! Elsewhere the convolution goes through candle with explicit padding, keeping only the input
+//! rows and columns the windows reach, so its backward needs no output padding.
 //!
 //! Determinism: every sum has a fixed order that does not depend on the thread count. The filter
 //! gradient is summed in at most [`FILTER_GROUPS`] groups of consecutive samples, each in sample
@@ -45,7 +46,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
             bail!("conv2d: input {n} + 2 * padding {padding} is smaller than kernel {k}");
         }
     }
-    if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+    if crate::own_kernels(x.device()) && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
         return x
             .contiguous()?
             .apply_op2(&w.contiguous()?, Conv2dOp { stride, padding });
@@ -416,6 +417,17 @@ impl CustomOp2 for Conv2dOp {
         "mmbal-conv2d"
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ws: &candle_core::CudaStorage,
+        wl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::conv::forward(self.stride, self.padding, xs, xl, ws, wl)
+    }
+
     fn cpu_fwd(
         &self,
         xs: &CpuStorage,
@@ -515,6 +527,17 @@ impl CustomOp2 for Conv2dDataGrad {
         "mmbal-conv2d-data-grad"
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+        ws: &candle_core::CudaStorage,
+        wl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::conv::backward_data(self.stride, self.padding, &self.input, gs, gl, ws, wl)
+    }
+
     fn cpu_fwd(
         &self,
         gs: &CpuStorage,
@@ -577,6 +600,17 @@ struct Conv2dFilterGrad {
 impl CustomOp2 for Conv2dFilterGrad {
     fn name(&self) -> &'static str {
         "mmbal-conv2d-filter-grad"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::conv::backward_filter(self.stride, self.padding, &self.filter, xs, xl, gs, gl)
     }
 
     fn cpu_fwd(

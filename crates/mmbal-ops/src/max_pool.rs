@@ -1,8 +1,10 @@
 //! Max-pool with PyTorch's semantics in both passes (padding counts as -inf; the gradient goes to
 //! the first maximum of each window in scan order). candle 0.11.1's max-pool has no padding and its
 //! backward is only right when the kernel equals the stride, which the ResNet stem (3x3, stride 2,
-//! padding 1) is not. On the CPU this is a custom op; on other devices the same result is built
-//! from basic ops (strided window views and `maximum`), whose backward candle gets right.
+//! padding 1) is not. On the CPU and CUDA this is a custom op (on CUDA the forward keeps each
+//! window's argmax for the backward, as PyTorch's CUDA kernel does); on other devices the same
+//! result is built from basic ops (strided window views and `maximum`), whose backward candle
+//! gets right.
 
 use crate::{contiguous_f32, window};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
@@ -190,11 +192,19 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
     if kernel == 0 || stride == 0 || 2 * padding > kernel {
         bail!("max_pool2d: need kernel >= 1, stride >= 1 and padding <= kernel / 2");
     }
+    let pool = MaxPool {
+        kernel,
+        stride,
+        padding,
+    };
     if x.device().is_cpu() {
-        return x.contiguous()?.apply_op1(MaxPool {
-            kernel,
-            stride,
-            padding,
+        return x.contiguous()?.apply_op1(pool);
+    }
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() && x.dtype() == candle_core::DType::F32 {
+        return x.contiguous()?.apply_op1(cuda_pool::MaxPoolCuda {
+            pool,
+            indices: Default::default(),
         });
     }
     max_pool2d_composite(x, kernel, stride, padding)
@@ -326,6 +336,79 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+}
+
+/// The CUDA op: the forward records each output's argmax, the backward gathers through it.
+#[cfg(feature = "cuda")]
+mod cuda_pool {
+    use super::MaxPool;
+    use crate::cuda::elementwise::{max_pool_bwd, max_pool_fwd, Pool};
+    use candle_core::cuda_backend::cudarc::driver::CudaSlice;
+    use candle_core::{bail, CpuStorage, CudaStorage, CustomOp1, Layout, Result, Shape, Tensor};
+    use std::sync::{Arc, Mutex};
+
+    pub(super) struct MaxPoolCuda {
+        pub pool: MaxPool,
+        pub indices: Arc<Mutex<Option<Arc<CudaSlice<i32>>>>>,
+    }
+
+    fn geometry(pool: MaxPool, input: &Shape) -> Result<Pool> {
+        let (_, _, h, w) = input.dims4()?;
+        Ok(Pool {
+            kernel: pool.kernel,
+            stride: pool.stride,
+            padding: pool.padding,
+            out: pool.out_dims(h, w),
+        })
+    }
+
+    impl CustomOp1 for MaxPoolCuda {
+        fn name(&self) -> &'static str {
+            "mmbal-max-pool-cuda"
+        }
+
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+            bail!("mmbal-max-pool-cuda runs on CUDA only")
+        }
+
+        fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+            let (y, shape, idx) = max_pool_fwd(geometry(self.pool, l.shape())?, s, l)?;
+            *self.indices.lock().unwrap() = Some(Arc::new(idx));
+            Ok((y, shape))
+        }
+
+        fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+            let Some(indices) = self.indices.lock().unwrap().clone() else {
+                bail!("max_pool2d backward: the forward kept no indices");
+            };
+            let op = MaxPoolCudaBackward {
+                pool: geometry(self.pool, x.shape())?,
+                input: x.shape().clone(),
+                indices,
+            };
+            Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&op)?))
+        }
+    }
+
+    struct MaxPoolCudaBackward {
+        pool: Pool,
+        input: Shape,
+        indices: Arc<CudaSlice<i32>>,
+    }
+
+    impl CustomOp1 for MaxPoolCudaBackward {
+        fn name(&self) -> &'static str {
+            "mmbal-max-pool-cuda-backward"
+        }
+
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+            bail!("mmbal-max-pool-cuda-backward runs on CUDA only")
+        }
+
+        fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+            max_pool_bwd(self.pool, &self.input, &self.indices, s, l)
         }
     }
 }

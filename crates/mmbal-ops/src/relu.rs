@@ -1,8 +1,8 @@
 //! ReLU with PyTorch's backward. candle 0.11.1 passes the gradient where the input is `>= 0`, so an
 //! input of exactly 0 (a zero-padded region through a bias-free convolution, a BatchNorm output
 //! that lands on 0) gets the gradient that PyTorch withholds: PyTorch's `threshold_backward` passes
-//! it only where the output is `> 0`. On the CPU this is a custom op; on other devices the same
-//! result comes from a constant mask.
+//! it only where the output is `> 0`. On the CPU and CUDA this is a custom op; on other devices
+//! the same result comes from a constant mask.
 
 use crate::contiguous_f32;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
@@ -29,6 +29,15 @@ impl CustomOp1 for Relu {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::elementwise::relu_fwd(s, l)
+    }
+
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(
             res.contiguous()?
@@ -43,6 +52,17 @@ struct ReluBackward;
 impl CustomOp2 for ReluBackward {
     fn name(&self) -> &'static str {
         "mmbal-relu-backward"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        ys: &candle_core::CudaStorage,
+        yl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::elementwise::relu_bwd(ys, yl, gs, gl)
     }
 
     fn cpu_fwd(
@@ -76,7 +96,7 @@ impl CustomOp2 for ReluBackward {
 
 /// `max(x, 0)` whose gradient is zero where the output is not positive (PyTorch's rule).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+    if crate::own_kernels(x.device()) && x.dtype() == candle_core::DType::F32 {
         return x.contiguous()?.apply_op1(Relu);
     }
     let mask = x.gt(0f32)?.to_dtype(x.dtype())?.detach();

@@ -364,3 +364,45 @@ fn channel_affine_matches_broadcast_ops_in_both_passes() {
         assert!(d < 1e-5, "{name} differs by {d}");
     }
 }
+
+/// The finite check names the first tensor holding a NaN or an infinity, and none when all are
+/// finite (on the CPU: one reduction per tensor).
+#[test]
+fn first_non_finite_finds_the_first_bad_tensor() {
+    use candle_core::{Device, Tensor};
+    let dev = Device::Cpu;
+    let mut ts: Vec<Tensor> = (0..5)
+        .map(|i| Tensor::randn(0f32, 1.0, (i + 1) * 7, &dev).unwrap())
+        .collect();
+    let refs: Vec<&Tensor> = ts.iter().collect();
+    assert_eq!(mmbal_ops::first_non_finite(&refs).unwrap(), None);
+    for (at, bad) in [(3, f32::NAN), (1, f32::INFINITY), (4, f32::NEG_INFINITY)] {
+        let mut v = ts[at].to_vec1::<f32>().unwrap();
+        v[2] = bad;
+        ts[at] = Tensor::new(v.as_slice(), &dev).unwrap();
+    }
+    let refs: Vec<&Tensor> = ts.iter().collect();
+    assert_eq!(mmbal_ops::first_non_finite(&refs).unwrap(), Some(1));
+}
+
+/// The fused optimizer updates exist for CUDA parameters only: on the CPU they refuse, saying
+/// why, rather than doing nothing.
+#[test]
+fn fused_updates_refuse_cpu_parameters() {
+    use candle_core::{Device, Tensor};
+    let p = Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let g = Tensor::ones(4, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let u = [mmbal_ops::ParamUpdate {
+        param: &p,
+        grad: &g,
+        state: [None, None],
+        lr: 0.1,
+    }];
+    let err = mmbal_ops::fused_sgd(&u, 0.0, 0.0).unwrap_err().to_string();
+    assert!(err.contains("cuda") || err.contains("CUDA"), "{err}");
+    let err = mmbal_ops::fused_adam(&u, (0.9, 0.999), 1e-8, 0.0, false, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cuda") || err.contains("CUDA"), "{err}");
+    assert_eq!(p.to_vec1::<f32>().unwrap(), vec![0.0; 4]);
+}

@@ -162,6 +162,16 @@ fn checked_scales(scales: Vec<f64>, params: usize) -> Result<Vec<f64>> {
     Ok(scales)
 }
 
+/// Whether the fused CUDA update serves `params`: all f32 on a CUDA device, with mmbal-ops built
+/// for CUDA. Elsewhere the composed candle ops run (bitwise what the CPU tests and resumes check).
+fn fused(params: &[Var]) -> bool {
+    cfg!(feature = "cuda")
+        && params
+            .iter()
+            .all(|p| p.device().is_cuda() && p.dtype() == candle_core::DType::F32)
+        && !params.is_empty()
+}
+
 /// PyTorch's SGD: momentum without dampening or Nesterov, L2 weight decay in the gradient.
 pub struct Sgd {
     params: Vec<Var>,
@@ -190,8 +200,36 @@ impl Sgd {
     }
 }
 
+impl Sgd {
+    /// The same update on CUDA as one fused kernel per 24 parameters (`mmbal_ops::fused_sgd`);
+    /// a new momentum buffer starts at zeros, so the first step's `b = 0 * m + g` is `g` exactly.
+    fn step_fused(&mut self, grads: &GradStore) -> Result<()> {
+        let mut taken = Vec::new();
+        for (i, p) in self.params.iter().enumerate() {
+            let Some(g) = grads.get(p) else { continue };
+            if self.momentum != 0.0 && self.buffers[i].is_none() {
+                self.buffers[i] = Some(p.as_tensor().zeros_like()?);
+            }
+            taken.push((i, g.detach().contiguous()?));
+        }
+        let updates: Vec<mmbal_ops::ParamUpdate> = taken
+            .iter()
+            .map(|(i, g)| mmbal_ops::ParamUpdate {
+                param: self.params[*i].as_tensor(),
+                grad: g,
+                state: [self.buffers[*i].as_ref(), None],
+                lr: self.lr * self.lr_scales[*i],
+            })
+            .collect();
+        mmbal_ops::fused_sgd(&updates, self.momentum, self.weight_decay)
+    }
+}
+
 impl Optimizer for Sgd {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
+        if fused(&self.params) {
+            return self.step_fused(grads);
+        }
         for ((p, buf), scale) in self
             .params
             .iter()
@@ -286,8 +324,54 @@ impl Adam {
     }
 }
 
+impl Adam {
+    /// The same update on CUDA as one fused kernel per 24 parameters of equal step count
+    /// (`mmbal_ops::fused_adam`); moments start at zeros as in the composed path.
+    fn step_fused(&mut self, grads: &GradStore) -> Result<()> {
+        let mut by_step: std::collections::BTreeMap<i32, Vec<(usize, Tensor)>> = Default::default();
+        for (i, p) in self.params.iter().enumerate() {
+            let Some(g) = grads.get(p) else { continue };
+            if self.moments[i].is_none() {
+                let p = p.as_tensor();
+                self.moments[i] = Some((p.zeros_like()?, p.zeros_like()?));
+            }
+            self.steps[i] += 1;
+            by_step
+                .entry(self.steps[i])
+                .or_default()
+                .push((i, g.detach().contiguous()?));
+        }
+        for (t, taken) in by_step {
+            let updates: Vec<mmbal_ops::ParamUpdate> = taken
+                .iter()
+                .map(|(i, g)| {
+                    let (m, v) = self.moments[*i].as_ref().expect("moments set above");
+                    mmbal_ops::ParamUpdate {
+                        param: self.params[*i].as_tensor(),
+                        grad: g,
+                        state: [Some(m), Some(v)],
+                        lr: self.lr * self.lr_scales[*i],
+                    }
+                })
+                .collect();
+            mmbal_ops::fused_adam(
+                &updates,
+                self.betas,
+                self.eps,
+                self.weight_decay,
+                self.decoupled,
+                t,
+            )?;
+        }
+        Ok(())
+    }
+}
+
 impl Optimizer for Adam {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
+        if fused(&self.params) {
+            return self.step_fused(grads);
+        }
         let (b1, b2) = self.betas;
         for (((p, mom), t), scale) in self
             .params

@@ -109,18 +109,23 @@ impl Trainer {
         let mut unimodal = vec![Vec::new(); c.unimodal.len()];
         for start in (0..rows.len()).step_by(bs) {
             let n = bs.min(rows.len() - start);
+            // The outputs were gathered on the CPU; a method's prediction may use the model's
+            // weights, so each batch goes back to the model's device, and the prediction returns.
+            let dev = self.model.device();
             let slice = |ts: &[Tensor]| -> candle_core::Result<Vec<Tensor>> {
-                ts.iter().map(|t| t.narrow(0, start, n)).collect()
+                ts.iter()
+                    .map(|t| t.narrow(0, start, n)?.to_device(dev))
+                    .collect()
             };
             let out = ForwardOut {
                 features: slice(&c.features)?,
                 unimodal_logits: slice(&c.unimodal)?,
-                fused_logits: c.fused.narrow(0, start, n)?,
+                fused_logits: c.fused.narrow(0, start, n)?.to_device(dev)?,
             };
             let p = self.method.predict(&self.model, &out)?;
-            fused.push(p.fused);
+            fused.push(p.fused.to_device(&candle_core::Device::Cpu)?);
             for (m, u) in p.unimodal.into_iter().enumerate() {
-                unimodal[m].push(u);
+                unimodal[m].push(u.to_device(&candle_core::Device::Cpu)?);
             }
         }
         let logits = Tensor::cat(&fused, 0)?;

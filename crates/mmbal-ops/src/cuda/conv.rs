@@ -1,0 +1,457 @@
+//! The convolution through cuDNN: forward, backward-data and backward-filter, each with the
+//! fastest algorithm cuDNN measures for the shape on first use (`cudnnFind*`, PyTorch's
+//! `cudnn.benchmark = True`, the default) or the one its heuristics rank first
+//! (`set_cuda_conv_benchmark(false)`, PyTorch's default), TF32 allowed unless strict fp32 is asked
+//! for (`set_cuda_tf32(false)`).
+//! cuDNN handles every stride and parity, so candle's stride-2 backward failure on inputs whose
+//! height and width differ in parity does not arise here.
+
+use super::{check, ptr, with_context, Context};
+use candle_core::cuda_backend::cudarc::cudnn::sys as dnn;
+use candle_core::{bail, CudaStorage, Layout, Result, Shape};
+
+/// One convolution's shapes and math mode.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) struct Key {
+    pub x: [usize; 4],
+    pub w: [usize; 4],
+    pub stride: usize,
+    pub pad: usize,
+    pub tf32: bool,
+    pub benchmark: bool,
+}
+
+impl Key {
+    pub fn out(&self) -> [usize; 4] {
+        let o = |n: usize, k: usize| (n + 2 * self.pad - k) / self.stride + 1;
+        [
+            self.x[0],
+            self.w[0],
+            o(self.x[2], self.w[2]),
+            o(self.x[3], self.w[3]),
+        ]
+    }
+}
+
+/// Descriptors, algorithms and workspace sizes of one [`Key`].
+pub(crate) struct Plan {
+    x: dnn::cudnnTensorDescriptor_t,
+    y: dnn::cudnnTensorDescriptor_t,
+    w: dnn::cudnnFilterDescriptor_t,
+    conv: dnn::cudnnConvolutionDescriptor_t,
+    fwd: (dnn::cudnnConvolutionFwdAlgo_t, dnn::cudnnMathType_t, usize),
+    data: (
+        dnn::cudnnConvolutionBwdDataAlgo_t,
+        dnn::cudnnMathType_t,
+        usize,
+    ),
+    filter: (
+        dnn::cudnnConvolutionBwdFilterAlgo_t,
+        dnn::cudnnMathType_t,
+        usize,
+    ),
+}
+
+const STRICT: dnn::cudnnMathType_t = dnn::cudnnMathType_t::CUDNN_FMA_MATH;
+
+/// Whether an algorithm's math type is allowed under the key's mode.
+fn allowed(tf32: bool, math: dnn::cudnnMathType_t) -> bool {
+    tf32 || math == STRICT || math == dnn::cudnnMathType_t::CUDNN_DEFAULT_MATH
+}
+
+/// The first heuristic result that succeeded and whose math type the mode allows.
+macro_rules! pick {
+    ($results:expr, $count:expr, $tf32:expr, $what:expr) => {{
+        let mut found = None;
+        for r in &$results[..$count as usize] {
+            if r.status == dnn::cudnnStatus_t::CUDNN_STATUS_SUCCESS && allowed($tf32, r.mathType) {
+                found = Some((r.algo, if $tf32 { r.mathType } else { STRICT }));
+                break;
+            }
+        }
+        match found {
+            Some(f) => f,
+            None => bail!("cuDNN: no {} algorithm for this convolution", $what),
+        }
+    }};
+}
+
+impl Plan {
+    fn new(ctx: &Context, key: &Key) -> Result<Plan> {
+        let h = ctx.handle;
+        let x = super::tensor_desc(key.x)?;
+        let y = super::tensor_desc(key.out())?;
+        let mut w = std::ptr::null_mut();
+        let mut conv = std::ptr::null_mut();
+        let p = key.pad as i32;
+        let s = key.stride as i32;
+        // SAFETY: descriptor and heuristic calls with live descriptors and sized result arrays.
+        unsafe {
+            check(
+                dnn::cudnnCreateFilterDescriptor(&mut w),
+                "create filter descriptor",
+            )?;
+            check(
+                dnn::cudnnSetFilter4dDescriptor(
+                    w,
+                    dnn::cudnnDataType_t::CUDNN_DATA_FLOAT,
+                    dnn::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+                    key.w[0] as i32,
+                    key.w[1] as i32,
+                    key.w[2] as i32,
+                    key.w[3] as i32,
+                ),
+                "set filter descriptor",
+            )?;
+            check(
+                dnn::cudnnCreateConvolutionDescriptor(&mut conv),
+                "create convolution",
+            )?;
+            check(
+                dnn::cudnnSetConvolution2dDescriptor(
+                    conv,
+                    p,
+                    p,
+                    s,
+                    s,
+                    1,
+                    1,
+                    dnn::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+                    dnn::cudnnDataType_t::CUDNN_DATA_FLOAT,
+                ),
+                "set convolution",
+            )?;
+            let math = if key.tf32 {
+                dnn::cudnnMathType_t::CUDNN_DEFAULT_MATH
+            } else {
+                STRICT
+            };
+            check(
+                dnn::cudnnSetConvolutionMathType(conv, math),
+                "set math type",
+            )?;
+
+            const N: usize = 16;
+            let mut count = 0;
+            let mut fr: [dnn::cudnnConvolutionFwdAlgoPerf_t; N] = std::mem::zeroed();
+            let mut dr: [dnn::cudnnConvolutionBwdDataAlgoPerf_t; N] = std::mem::zeroed();
+            let mut wr: [dnn::cudnnConvolutionBwdFilterAlgoPerf_t; N] = std::mem::zeroed();
+            // Measured (cuDNN allocates its own buffers and times every algorithm; ranked by
+            // time) or the heuristics' ranking.
+            let (fa, fm) = {
+                let status = if key.benchmark {
+                    dnn::cudnnFindConvolutionForwardAlgorithm(
+                        h,
+                        x,
+                        w,
+                        conv,
+                        y,
+                        N as i32,
+                        &mut count,
+                        fr.as_mut_ptr(),
+                    )
+                } else {
+                    dnn::cudnnGetConvolutionForwardAlgorithm_v7(
+                        h,
+                        x,
+                        w,
+                        conv,
+                        y,
+                        N as i32,
+                        &mut count,
+                        fr.as_mut_ptr(),
+                    )
+                };
+                check(status, "forward algorithm search")?;
+                pick!(fr, count, key.tf32, "forward")
+            };
+            let (da, dm) = {
+                let status = if key.benchmark {
+                    dnn::cudnnFindConvolutionBackwardDataAlgorithm(
+                        h,
+                        w,
+                        y,
+                        conv,
+                        x,
+                        N as i32,
+                        &mut count,
+                        dr.as_mut_ptr(),
+                    )
+                } else {
+                    dnn::cudnnGetConvolutionBackwardDataAlgorithm_v7(
+                        h,
+                        w,
+                        y,
+                        conv,
+                        x,
+                        N as i32,
+                        &mut count,
+                        dr.as_mut_ptr(),
+                    )
+                };
+                check(status, "backward-data algorithm search")?;
+                pick!(dr, count, key.tf32, "backward-data")
+            };
+            let (wa, wm) = {
+                let status = if key.benchmark {
+                    dnn::cudnnFindConvolutionBackwardFilterAlgorithm(
+                        h,
+                        x,
+                        y,
+                        conv,
+                        w,
+                        N as i32,
+                        &mut count,
+                        wr.as_mut_ptr(),
+                    )
+                } else {
+                    dnn::cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+                        h,
+                        x,
+                        y,
+                        conv,
+                        w,
+                        N as i32,
+                        &mut count,
+                        wr.as_mut_ptr(),
+                    )
+                };
+                check(status, "backward-filter algorithm search")?;
+                pick!(wr, count, key.tf32, "backward-filter")
+            };
+
+            // Workspace sizes under each algorithm's own math type.
+            let mut fs = 0;
+            check(dnn::cudnnSetConvolutionMathType(conv, fm), "set math type")?;
+            check(
+                dnn::cudnnGetConvolutionForwardWorkspaceSize(h, x, w, conv, y, fa, &mut fs),
+                "forward workspace",
+            )?;
+            let mut ds = 0;
+            check(dnn::cudnnSetConvolutionMathType(conv, dm), "set math type")?;
+            check(
+                dnn::cudnnGetConvolutionBackwardDataWorkspaceSize(h, w, y, conv, x, da, &mut ds),
+                "backward-data workspace",
+            )?;
+            let mut ws = 0;
+            check(dnn::cudnnSetConvolutionMathType(conv, wm), "set math type")?;
+            check(
+                dnn::cudnnGetConvolutionBackwardFilterWorkspaceSize(h, x, y, conv, w, wa, &mut ws),
+                "backward-filter workspace",
+            )?;
+            Ok(Plan {
+                x,
+                y,
+                w,
+                conv,
+                fwd: (fa, fm, fs),
+                data: (da, dm, ds),
+                filter: (wa, wm, ws),
+            })
+        }
+    }
+}
+
+/// Runs `f` with the plan of `key`, built on first use.
+fn with_plan<R>(
+    dev: &candle_core::cuda_backend::CudaDevice,
+    key: Key,
+    f: impl FnOnce(&mut Context, &Plan) -> Result<R>,
+) -> Result<R> {
+    with_context(dev, |ctx| {
+        if !ctx.convs.contains_key(&key) {
+            let plan = Plan::new(ctx, &key)?;
+            ctx.convs.insert(key, plan);
+        }
+        let plan = ctx.convs.remove(&key).unwrap();
+        let r = f(ctx, &plan);
+        ctx.convs.insert(key, plan);
+        r
+    })
+}
+
+fn dims4(s: &Shape) -> Result<[usize; 4]> {
+    let (a, b, c, d) = s.dims4()?;
+    Ok([a, b, c, d])
+}
+
+pub(crate) fn key(x: &Shape, w: &Shape, stride: usize, pad: usize) -> Result<Key> {
+    Ok(Key {
+        x: dims4(x)?,
+        w: dims4(w)?,
+        stride,
+        pad,
+        tf32: super::tf32(),
+        benchmark: super::benchmark(),
+    })
+}
+
+const ONE: f32 = 1.0;
+const ZERO: f32 = 0.0;
+
+/// `y = conv(x, w)`.
+pub(crate) fn forward(
+    stride: usize,
+    pad: usize,
+    xs: &CudaStorage,
+    xl: &Layout,
+    ws: &CudaStorage,
+    wl: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = super::device(xs).clone();
+    let key = key(xl.shape(), wl.shape(), stride, pad)?;
+    let out = key.out();
+    let y = super::alloc::<f32>(&dev, out.iter().product())?;
+    let (xp, wp, yp) = (
+        ptr("conv2d", xs, xl, "input")?,
+        ptr("conv2d", ws, wl, "filter")?,
+        super::slice_ptr(&y),
+    );
+    with_plan(&dev, key, |ctx, plan| {
+        let (algo, math, bytes) = plan.fwd;
+        let (wsp, wsl) = ctx.workspace(&dev, bytes)?;
+        // SAFETY: descriptors match the buffers' shapes; the workspace is at least `bytes`.
+        unsafe {
+            check(
+                dnn::cudnnSetConvolutionMathType(plan.conv, math),
+                "set math type",
+            )?;
+            check(
+                dnn::cudnnConvolutionForward(
+                    ctx.handle,
+                    &ONE as *const f32 as _,
+                    plan.x,
+                    xp as _,
+                    plan.w,
+                    wp as _,
+                    plan.conv,
+                    algo,
+                    wsp as _,
+                    wsl,
+                    &ZERO as *const f32 as _,
+                    plan.y,
+                    yp as _,
+                ),
+                "convolution forward",
+            )
+        }
+    })?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(y, dev),
+        Shape::from(out.to_vec()),
+    ))
+}
+
+/// `dx` from `dy` and `w`.
+pub(crate) fn backward_data(
+    stride: usize,
+    pad: usize,
+    input: &Shape,
+    gs: &CudaStorage,
+    gl: &Layout,
+    ws: &CudaStorage,
+    wl: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = super::device(gs).clone();
+    let key = key(input, wl.shape(), stride, pad)?;
+    if gl.shape().dims() != key.out() {
+        bail!(
+            "conv2d backward: gradient {:?}, expected {:?}",
+            gl.shape(),
+            key.out()
+        );
+    }
+    let dx = super::alloc::<f32>(&dev, input.elem_count())?;
+    let (gp, wp, dxp) = (
+        ptr("conv2d backward", gs, gl, "gradient")?,
+        ptr("conv2d backward", ws, wl, "filter")?,
+        super::slice_ptr(&dx),
+    );
+    with_plan(&dev, key, |ctx, plan| {
+        let (algo, math, bytes) = plan.data;
+        let (wsp, wsl) = ctx.workspace(&dev, bytes)?;
+        // SAFETY: as in `forward`.
+        unsafe {
+            check(
+                dnn::cudnnSetConvolutionMathType(plan.conv, math),
+                "set math type",
+            )?;
+            check(
+                dnn::cudnnConvolutionBackwardData(
+                    ctx.handle,
+                    &ONE as *const f32 as _,
+                    plan.w,
+                    wp as _,
+                    plan.y,
+                    gp as _,
+                    plan.conv,
+                    algo,
+                    wsp as _,
+                    wsl,
+                    &ZERO as *const f32 as _,
+                    plan.x,
+                    dxp as _,
+                ),
+                "convolution backward-data",
+            )
+        }
+    })?;
+    Ok((CudaStorage::wrap_cuda_slice(dx, dev), input.clone()))
+}
+
+/// `dw` from `x` and `dy`.
+pub(crate) fn backward_filter(
+    stride: usize,
+    pad: usize,
+    filter: &Shape,
+    xs: &CudaStorage,
+    xl: &Layout,
+    gs: &CudaStorage,
+    gl: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = super::device(xs).clone();
+    let key = key(xl.shape(), filter, stride, pad)?;
+    if gl.shape().dims() != key.out() {
+        bail!(
+            "conv2d backward: gradient {:?}, expected {:?}",
+            gl.shape(),
+            key.out()
+        );
+    }
+    let dw = super::alloc::<f32>(&dev, filter.elem_count())?;
+    let (xp, gp, dwp) = (
+        ptr("conv2d backward", xs, xl, "input")?,
+        ptr("conv2d backward", gs, gl, "gradient")?,
+        super::slice_ptr(&dw),
+    );
+    with_plan(&dev, key, |ctx, plan| {
+        let (algo, math, bytes) = plan.filter;
+        let (wsp, wsl) = ctx.workspace(&dev, bytes)?;
+        // SAFETY: as in `forward`.
+        unsafe {
+            check(
+                dnn::cudnnSetConvolutionMathType(plan.conv, math),
+                "set math type",
+            )?;
+            check(
+                dnn::cudnnConvolutionBackwardFilter(
+                    ctx.handle,
+                    &ONE as *const f32 as _,
+                    plan.x,
+                    xp as _,
+                    plan.y,
+                    gp as _,
+                    plan.conv,
+                    algo,
+                    wsp as _,
+                    wsl,
+                    &ZERO as *const f32 as _,
+                    plan.w,
+                    dwp as _,
+                ),
+                "convolution backward-filter",
+            )
+        }
+    })?;
+    Ok((CudaStorage::wrap_cuda_slice(dw, dev), filter.clone()))
+}
