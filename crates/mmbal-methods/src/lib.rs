@@ -55,6 +55,7 @@ mod pmr;
 mod qmf;
 mod ratio;
 mod registry;
+mod relearning;
 mod sample_level;
 mod valuation_pass;
 pub use agm::{agm_coefficients, agm_responses, agm_score};
@@ -80,5 +81,9 @@ pub use qmf::{qmf_confidences, qmf_fuse, qmf_rank_loss};
 pub use ratio::{ratios_against_others, true_class_score};
 pub use registry::{
     build_method, no_options, options_table, parse_options, register, Builder, METHODS,
+};
+pub use relearning::{
+    relearning_blend, relearning_kmeans, relearning_min_max_scale, relearning_purity,
+    relearning_weight,
 };
 pub use valuation_pass::{valuation_pass, ValuationOptions};

@@ -29,6 +29,7 @@ pub const METHODS: &[(&str, Builder)] = &[
     ("amco", crate::amco::build),
     ("agm", crate::agm::build),
     ("mslr", crate::mslr::build),
+    ("relearning", crate::relearning::build),
 ];
 
 /// Methods registered at run time by code outside this crate ([`register`]).

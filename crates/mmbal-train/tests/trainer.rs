@@ -44,6 +44,13 @@ fn set_method(c: &mut TrainConfig, name: &str) {
         "mla" => c.model.fusion = mmbal_fusion::FusionKind::Shared,
         "qmf" | "lfm" => c.model.fusion = mmbal_fusion::FusionKind::Sum,
         "g-blending" | "mmpareto" => c.model.fusion = mmbal_fusion::FusionKind::Blend,
+        // A diagnosis after epoch 1, so the re-initialisation happens as epoch 2 (the third)
+        // starts.
+        "relearning" => {
+            let t: toml::Table = toml::from_str("reinit_epoch = 1\nreinit_num = 1").unwrap();
+            c.method.options = t;
+            c.epochs = c.epochs.max(3);
+        }
         // Drops from the second epoch (the reference's warm-up is 6 epochs).
         "opm" => {
             c.method
@@ -370,6 +377,111 @@ fn methods_train_with_three_modalities_where_defined() {
             let (shape, _) = mmbal_data::npy::read_f32(&npy).unwrap();
             assert_eq!(shape[1], 3, "{method}");
         }
+    }
+    let _ = std::fs::remove_dir_all(out);
+}
+
+/// Re-learning diagnoses after epoch 1 and re-initialises as epoch 2 starts: the third epoch's
+/// record carries each modality's purities and alpha, and the encoders (not the head) moved
+/// toward their initial weights; a run stopped after epoch 2 and resumed equals the whole run,
+/// bitwise.
+#[test]
+fn relearning_reinitialises_between_epochs_and_resumes_across_it() {
+    let out = tmp("relearning");
+    let config = |name: &str, epochs: usize| {
+        let mut c = small(&out, name, OptimizerConfig::default());
+        set_method(&mut c, "relearning");
+        c.epochs = epochs;
+        c
+    };
+    let whole = config("whole", 3);
+    let mut t = Trainer::from_config(whole.clone()).unwrap();
+    t.run(&mut Quiet).unwrap();
+    let log = std::fs::read_to_string(whole.run_dir().join("metrics.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 3);
+    let method = |r: &serde_json::Value, k: &str| r["method"].get(k).and_then(|v| v.as_f64());
+    assert_eq!(
+        method(&records[1], "relearning_alpha_0"),
+        None,
+        "no diagnosis before epoch 2"
+    );
+    for m in 0..2 {
+        let a = method(&records[2], &format!("relearning_alpha_{m}")).expect("alpha");
+        let pt = method(&records[2], &format!("relearning_purity_train_{m}")).unwrap();
+        let pv = method(&records[2], &format!("relearning_purity_val_{m}")).unwrap();
+        assert!(
+            (0.0..=1.0).contains(&pt) && (0.0..=1.0).contains(&pv),
+            "{pt} {pv}"
+        );
+        assert!(
+            (a - (3.0 * (pt - pv).abs()).tanh()).abs() < 1e-12,
+            "alpha {a}"
+        );
+    }
+
+    let first = config("split", 2);
+    Trainer::from_config(first.clone())
+        .unwrap()
+        .run(&mut Quiet)
+        .unwrap();
+    let mut resumed =
+        Trainer::resume(&first.run_dir().join("last.safetensors"), Some(3), None).unwrap();
+    resumed.run(&mut Quiet).unwrap();
+    let a = Checkpoint::load(&whole.run_dir().join("last.safetensors")).unwrap();
+    let b = Checkpoint::load(&first.run_dir().join("last.safetensors")).unwrap();
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    for (k, ta) in &a.tensors {
+        let d = (ta - &b.tensors[k])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert_eq!(
+            d.to_dtype(candle_core::DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap(),
+            0.0,
+            "{k}"
+        );
+    }
+    let split_log = std::fs::read_to_string(first.run_dir().join("metrics.jsonl")).unwrap();
+    assert_eq!(comparable(&log), comparable(&split_log));
+    let _ = std::fs::remove_dir_all(out);
+}
+
+/// The soft re-initialisation moves every encoder parameter, and nothing else, to
+/// `alpha * initial + (1 - alpha) * current`.
+#[test]
+fn relearning_blend_moves_encoders_toward_their_initial_weights() {
+    let out = tmp("relearning-blend");
+    let c = small(&out, "blend", OptimizerConfig::default());
+    let t = Trainer::from_config(c).unwrap();
+    let enc = t.model.group(mmbal_fusion::ParamGroup::Encoder(0)).unwrap();
+    let initial: Vec<candle_core::Tensor> =
+        enc.iter().map(|v| v.as_tensor().copy().unwrap()).collect();
+    for v in &enc {
+        v.set(&(v.as_tensor() + 1.0).unwrap()).unwrap();
+    }
+    mmbal_methods::relearning_blend(&enc, &initial, 0.25).unwrap();
+    for (v, t0) in enc.iter().zip(&initial) {
+        // 0.25 * t0 + 0.75 * (t0 + 1) = t0 + 0.75
+        let d = ((v.as_tensor() - t0).unwrap() - 0.75)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-6, "{d}");
     }
     let _ = std::fs::remove_dir_all(out);
 }

@@ -584,7 +584,7 @@ fn set_overrides_any_config_field_and_rejects_unknown_keys() {
 
 /// Each registered method's head and options for a two-epoch run (the resampling methods with
 /// one warm-up epoch, OPM dropping from the second, Greedy curating from the first).
-const METHOD_SETTINGS: [(&str, &str, &str); 20] = [
+const METHOD_SETTINGS: [(&str, &str, &str); 21] = [
     ("joint", "concat", ""),
     ("sample-level", "concat", "warmup = 1\n"),
     ("modality-level", "concat", "warmup = 1\n"),
@@ -605,6 +605,8 @@ const METHOD_SETTINGS: [(&str, &str, &str); 20] = [
     ("amco", "concat", ""),
     ("agm", "concat", ""),
     ("mslr", "concat", "period = 1\n"),
+    // Two epochs: the diagnosis (after epoch 1) would act as a third starts; trainer.rs tests it.
+    ("relearning", "concat", "reinit_epoch = 1\n"),
 ];
 
 /// Trains every registered method for the config text `base` (its `name` line replaced by the

@@ -45,8 +45,8 @@ fn address(t: &Tensor, what: &str) -> Result<u64> {
     Ok(p + 4 * start as u64)
 }
 
-/// Launches `kernel` over `updates` in groups of [`MAX_TENSORS`], `extra` being the kernel's
-/// scalar arguments after the list.
+/// Calls `launch_group` with each group of at most [`MAX_TENSORS`] updates as a `TensorList`
+/// (`states` state slots filled per parameter) and a grid of one row of blocks per tensor.
 fn run<F>(updates: &[ParamUpdate], states: usize, mut launch_group: F) -> Result<()>
 where
     F: FnMut(&candle_core::cuda_backend::CudaDevice, TensorList, LaunchConfig) -> Result<()>,
