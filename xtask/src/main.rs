@@ -227,6 +227,9 @@ fn parse_set(text: &str) -> Result<(String, String, toml::Value)> {
     ))
 }
 
+/// Methods that read other runs' models (`BalanceMethod::teachers`).
+const NEEDS_TEACHERS: [&str; 1] = ["umt"];
+
 fn results(a: ResultsArgs) -> Result<()> {
     let ResultsArgs {
         configs,
@@ -249,7 +252,22 @@ fn results(a: ResultsArgs) -> Result<()> {
             }
             list
         }
-        None => registered.iter().map(|m| m.to_string()).collect(),
+        // Methods that read teacher runs need them named for every run; without a `--set
+        // METHOD:teachers=...` they are left out, with a line on stderr saying so.
+        None => registered
+            .iter()
+            .filter(|m| {
+                let needs = NEEDS_TEACHERS.contains(m)
+                    && !sets.iter().any(|(s, k, _)| s == *m && k == "teachers");
+                if needs {
+                    eprintln!(
+                        "{m} left out: it needs teacher checkpoints (--set {m}:teachers=...)"
+                    );
+                }
+                !needs
+            })
+            .map(|m| m.to_string())
+            .collect(),
     };
     let mut table = String::from(
         "| dataset | method | test acc | test macro-F1 | per-modality test acc | best val epoch |\n|---|---|---|---|---|---|\n",

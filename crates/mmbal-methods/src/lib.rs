@@ -57,6 +57,7 @@ mod ratio;
 mod registry;
 mod relearning;
 mod sample_level;
+mod umt;
 mod valuation_pass;
 pub use agm::{agm_coefficients, agm_responses, agm_score};
 pub use amco::{amco_dominant, amco_forward, AmcoOut};
@@ -86,4 +87,5 @@ pub use relearning::{
     relearning_blend, relearning_kmeans, relearning_min_max_scale, relearning_purity,
     relearning_weight,
 };
+pub use umt::umt_loss;
 pub use valuation_pass::{valuation_pass, ValuationOptions};

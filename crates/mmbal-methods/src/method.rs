@@ -384,6 +384,23 @@ pub trait BalanceMethod: Send {
         Ok(())
     }
 
+    /// Checkpoints of models the method reads and never trains (UMT's unimodal teachers), in
+    /// the order `set_teachers` receives them. The trainer opens each with its own run's config,
+    /// on the student's device, and keeps it out of every optimizer. Default: none.
+    fn teachers(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
+
+    /// The models `teachers` named, once, after `prepare_model` and before any training;
+    /// `student` is the model being trained.
+    fn set_teachers(
+        &mut self,
+        _student: &MultimodalModel,
+        _teachers: Vec<MultimodalModel>,
+    ) -> Result<()> {
+        Ok(())
+    }
+
     /// Runs after the training pass of every epoch (valuation, prototypes, blend weights).
     fn on_epoch_end(&mut self, _ctx: &EpochCtx) -> Result<()> {
         Ok(())

@@ -30,6 +30,7 @@ pub const METHODS: &[(&str, Builder)] = &[
     ("agm", crate::agm::build),
     ("mslr", crate::mslr::build),
     ("relearning", crate::relearning::build),
+    ("umt", crate::umt::build),
 ];
 
 /// Methods registered at run time by code outside this crate ([`register`]).

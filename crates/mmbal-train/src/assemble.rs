@@ -1,6 +1,7 @@
 //! Building a [`Trainer`]: from a config (dataset, model, method, optimizer; the run folder
 //! locked first), from parts built elsewhere, or from a checkpoint to resume or evaluate. A
-//! method's requirements are checked here, before anything is trained or written.
+//! method's requirements are checked here, before anything is trained or written, and a method's
+//! teachers (other runs' models it reads) are opened here.
 
 use crate::checkpoint::Checkpoint;
 use crate::config::{Selection, TrainConfig};
@@ -121,7 +122,25 @@ impl Trainer {
     ) -> Result<Trainer> {
         // The run's config (saved, and in every checkpoint) shows every option in use.
         config.record_method_options(method.options());
+        if config.monitor_score_ratio && model.num_modalities() < 2 {
+            bail!(
+                "monitor_score_ratio compares each modality with the others, so it needs at \
+                 least two modalities (this run has {:?}): set monitor_score_ratio = false",
+                model.modalities
+            );
+        }
         method.prepare_model(&mut model)?;
+        // Teachers: other runs' models, opened with their own configs on this run's device.
+        let paths = method.teachers();
+        if !paths.is_empty() {
+            let mut teachers = Vec::with_capacity(paths.len());
+            for p in &paths {
+                let t = Trainer::open(p, Some(&config.device))
+                    .with_context(|| format!("opening the teacher {}", p.display()))?;
+                teachers.push(t.model);
+            }
+            method.set_teachers(&model, teachers)?;
+        }
         // The model's parameters, then the method's own: the order of every per-parameter list
         // (learning-rate factors, optimizer state).
         let mut params = model.params();

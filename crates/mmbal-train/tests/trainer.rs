@@ -51,6 +51,28 @@ fn set_method(c: &mut TrainConfig, name: &str) {
             c.method.options = t;
             c.epochs = c.epochs.max(3);
         }
+        // One teacher per modality: a one-epoch run of this config on that modality alone.
+        "umt" => {
+            let mut teachers = toml::Table::new();
+            for m in c.data.recipes.keys() {
+                let mut t = c.clone();
+                t.name = format!("{}-teacher-{m}", c.name);
+                t.epochs = 1;
+                t.method = Default::default();
+                t.data.modalities = Some(vec![m.clone()]);
+                // A ratio against the other modalities needs some.
+                t.monitor_score_ratio = false;
+                Trainer::from_config(t.clone())
+                    .unwrap()
+                    .run(&mut Quiet)
+                    .unwrap();
+                let path = t.run_dir().join("best.safetensors");
+                teachers.insert(m.clone(), toml::Value::String(path.display().to_string()));
+            }
+            c.method
+                .options
+                .insert("teachers".into(), toml::Value::Table(teachers));
+        }
         // Drops from the second epoch (the reference's warm-up is 6 epochs).
         "opm" => {
             c.method
@@ -117,7 +139,8 @@ fn resumed_run_equals_uninterrupted_run() {
         ("mbsd", adam.clone(), "mbsd"),
         ("amco", adam.clone(), "amco"),
         ("agm", adam.clone(), "agm"),
-        ("mslr", adam, "mslr"),
+        ("mslr", adam.clone(), "mslr"),
+        ("umt", adam, "umt"),
     ] {
         let mut whole = small(&out, &format!("{tag}-whole"), opt.clone());
         set_method(&mut whole, method);
@@ -1207,6 +1230,11 @@ fn a_subset_of_the_modalities_trains_alone() {
         .named_params()
         .iter()
         .all(|(n, _)| !n.starts_with("encoders.audio.")));
+    let mut alone = c.clone();
+    alone.name = "alone-ratio".into();
+    alone.monitor_score_ratio = true;
+    let err = format!("{:#}", Trainer::from_config(alone).err().expect("refused"));
+    assert!(err.contains("monitor_score_ratio"), "{err}");
     let mut bad = small(&out, "unknown", OptimizerConfig::default());
     bad.data.modalities = Some(vec!["lips".into()]);
     let err = format!("{:#}", Trainer::from_config(bad).err().expect("refused"));

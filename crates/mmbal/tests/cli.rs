@@ -584,7 +584,7 @@ fn set_overrides_any_config_field_and_rejects_unknown_keys() {
 
 /// Each registered method's head and options for a two-epoch run (the resampling methods with
 /// one warm-up epoch, OPM dropping from the second, Greedy curating from the first).
-const METHOD_SETTINGS: [(&str, &str, &str); 21] = [
+const METHOD_SETTINGS: [(&str, &str, &str); 22] = [
     ("joint", "concat", ""),
     ("sample-level", "concat", "warmup = 1\n"),
     ("modality-level", "concat", "warmup = 1\n"),
@@ -607,7 +607,41 @@ const METHOD_SETTINGS: [(&str, &str, &str); 21] = [
     ("mslr", "concat", "period = 1\n"),
     // Two epochs: the diagnosis (after epoch 1) would act as a third starts; trainer.rs tests it.
     ("relearning", "concat", "reinit_epoch = 1\n"),
+    // Its teachers (one-modality runs of joint's config) are trained first, in the loop.
+    ("umt", "concat", ""),
 ];
+
+/// UMT's `teachers` option after training them: for each modality of the `joint` run already
+/// in `dir`, its config on that modality alone through `mmbal train --set`.
+fn umt_teachers(dir: &Path) -> String {
+    let log = std::fs::read_to_string(dir.join("runs/joint/metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    let mut lines = String::from("[method.teachers]\n");
+    for m in first["train"]["modality_acc"].as_object().unwrap().keys() {
+        let name = format!("teacher-{m}");
+        let o = mmbal(
+            dir,
+            &[
+                "train",
+                "--config",
+                "joint.toml",
+                "--name",
+                &name,
+                "--set",
+                &format!("data.modalities=[\"{m}\"]"),
+                "--set",
+                "monitor_score_ratio=false",
+                // The shared cache holds every modality's inputs; a one-modality run keeps its own.
+                "--set",
+                &format!("data.cache_path=\"{name}.mmbc\""),
+                "--quiet",
+            ],
+        );
+        assert!(o.status.success(), "teacher {m}: {}", text(&o));
+        lines += &format!("{m} = \"runs/{name}/best.safetensors\"\n");
+    }
+    lines
+}
 
 /// Trains every registered method for the config text `base` (its `name` line replaced by the
 /// method's name) through `mmbal train`, in `dir`, and checks each log: two epochs, finite score
@@ -624,6 +658,11 @@ fn train_every_method(dir: &Path, base: &str) {
         .expect("a name line")
         .to_string();
     for (method, fusion, options) in METHOD_SETTINGS {
+        let options = if method == "umt" {
+            umt_teachers(dir)
+        } else {
+            options.to_string()
+        };
         let cfg = base.replace(&name_line, &format!("name = \"{method}\""));
         // The score-ratio monitor on: every method's log carries it.
         let cfg = format!(
