@@ -109,8 +109,10 @@ pub fn value_batch(
         MaskRoute::Features => Some(model.encode(inputs, false)?),
         MaskRoute::Inputs => None,
     };
-    let mut logits = vec![Vec::new(); 1 << m];
-    for (mask, slot) in logits.iter_mut().enumerate().skip(1) {
+    // Every subset's logits stay on the device and come to the host in one copy (on a GPU one
+    // synchronisation per batch instead of one per subset).
+    let mut outs = Vec::with_capacity((1 << m) - 1);
+    for mask in 1..(1usize << m) {
         let keep = keep_of(mask, b, m, &dev)?;
         let out = match &features {
             Some(f) => model.head.forward(f, Some(&keep))?.fused,
@@ -119,11 +121,14 @@ pub fn value_batch(
                 model.forward(&masked, None, false)?.fused_logits
             }
         };
-        *slot = out
-            .detach()
-            .to_dtype(DType::F32)?
-            .to_device(&Device::Cpu)?
-            .to_vec2::<f32>()?;
+        outs.push(out.detach().to_dtype(DType::F32)?);
+    }
+    let all = Tensor::cat(&outs, 0)?
+        .to_device(&Device::Cpu)?
+        .to_vec2::<f32>()?;
+    let mut logits = vec![Vec::new(); 1 << m];
+    for (mask, rows) in all.chunks(b.max(1)).enumerate() {
+        logits[mask + 1] = rows.to_vec();
     }
     values_from_logits(&logits, labels, m, benefit)
 }
