@@ -12,7 +12,8 @@
 //! `cargo xtask results --config FILE [--config FILE ...] [--seeds N] [--epochs N] [--set METHOD:KEY=VALUE ...]
 //! [--out FILE]`: joint training and every registered method on each config, N seeds each; the epoch with the
 //! best val accuracy is reported on test (mean +- std of accuracy and macro-F1, per-modality
-//! accuracy) as a Markdown table.
+//! accuracy) as a Markdown table. A method that reads teachers (UMT) gets, for each seed, one
+//! teacher per modality trained first (joint training on that modality alone).
 //! `cargo xtask reproduce table1 [--datasets A,B] [--methods A,B] [--seeds N] [--profile
 //! quick|paper] [--epochs N] [--device D] [--out DIR]`: the valuation paper's Table 1 as a
 //! resumable matrix of runs, written to DIR/table1.md, DIR/table1.csv and figures
@@ -227,8 +228,40 @@ fn parse_set(text: &str) -> Result<(String, String, toml::Value)> {
     ))
 }
 
-/// Methods that read other runs' models (`BalanceMethod::teachers`).
+/// Methods that read other runs' models (`BalanceMethod::teachers`): unless `--set
+/// METHOD:teachers=...` names them, each seed's run gets its own, made by `train_teachers`.
 const NEEDS_TEACHERS: [&str; 1] = ["umt"];
+
+/// One teacher per modality of `c`: joint training of `c` (same seed, epochs, encoders and
+/// optimizer) on that modality alone, with its own input cache; the `teachers` table of their
+/// best checkpoints.
+fn train_teachers(c: &TrainConfig) -> Result<toml::Table> {
+    let names: Vec<String> = match &c.data.modalities {
+        Some(m) => m.clone(),
+        None => c.data.recipes.keys().cloned().collect(),
+    };
+    let mut teachers = toml::Table::new();
+    for m in names {
+        let mut t = c.clone();
+        t.name = format!("{}-teacher-{m}", c.name);
+        t.method = Default::default();
+        t.data.modalities = Some(vec![m.clone()]);
+        // A ratio against the other modalities needs some.
+        t.monitor_score_ratio = false;
+        if let Some(p) = &c.data.cache_path {
+            let stem = p
+                .file_stem()
+                .map_or("inputs".into(), |s| s.to_string_lossy().into_owned());
+            t.data.cache_path = Some(p.with_file_name(format!("{stem}-only-{m}.mmbc")));
+        }
+        let mut run = Trainer::from_config(t.clone())?;
+        run.set_overwrite(true);
+        run.run(&mut mmbal_train::Quiet)?;
+        let best = t.run_dir().join("best.safetensors");
+        teachers.insert(m, toml::Value::String(best.display().to_string()));
+    }
+    Ok(teachers)
+}
 
 fn results(a: ResultsArgs) -> Result<()> {
     let ResultsArgs {
@@ -252,22 +285,7 @@ fn results(a: ResultsArgs) -> Result<()> {
             }
             list
         }
-        // Methods that read teacher runs need them named for every run; without a `--set
-        // METHOD:teachers=...` they are left out, with a line on stderr saying so.
-        None => registered
-            .iter()
-            .filter(|m| {
-                let needs = NEEDS_TEACHERS.contains(m)
-                    && !sets.iter().any(|(s, k, _)| s == *m && k == "teachers");
-                if needs {
-                    eprintln!(
-                        "{m} left out: it needs teacher checkpoints (--set {m}:teachers=...)"
-                    );
-                }
-                !needs
-            })
-            .map(|m| m.to_string())
-            .collect(),
+        None => registered.iter().map(|m| m.to_string()).collect(),
     };
     let mut table = String::from(
         "| dataset | method | test acc | test macro-F1 | per-modality test acc | best val epoch |\n|---|---|---|---|---|---|\n",
@@ -293,6 +311,12 @@ fn results(a: ResultsArgs) -> Result<()> {
                 }
                 if let Some(f) = fusion_for(method)? {
                     c.model.fusion = f;
+                }
+                if NEEDS_TEACHERS.contains(&method) && !c.method.options.contains_key("teachers") {
+                    let teachers = train_teachers(&c)?;
+                    c.method
+                        .options
+                        .insert("teachers".into(), toml::Value::Table(teachers));
                 }
                 let mut t = Trainer::from_config(c)?;
                 // The table is made anew: an earlier run of the same row is replaced.
