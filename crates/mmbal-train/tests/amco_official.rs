@@ -7,43 +7,17 @@
 //! `amco_dominant` the same flags: a step with nothing masked and one with the audio logits
 //! masked.
 
-use candle_core::{DType, Device, Tensor, Var};
+mod common;
+
+use candle_core::{DType, Device, Tensor};
 use candle_nn::Linear;
+use common::{case_features, fixture, rel};
 use mmbal_encoders::ModelVars;
 use mmbal_fusion::{linear, FusionHead, FusionKind, LinearInit};
-use std::collections::HashMap;
-
-fn fixture() -> HashMap<String, Tensor> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/amco_official.safetensors"
-    );
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-fn rel(got: &Tensor, want: &Tensor) -> f32 {
-    let d = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let s = want
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        .max(1e-3);
-    d / s
-}
 
 #[test]
 fn amco_matches_balancebenchmark_training_step() {
-    let f = fixture();
+    let f = fixture("amco_official");
     let dev = Device::Cpu;
     let vars = ModelVars::new();
     let head = FusionHead::new(
@@ -66,9 +40,7 @@ fn amco_matches_balancebenchmark_training_step() {
     let sigma = f["meta.sigma"].to_vec1::<f32>().unwrap()[0] as f64;
     let mut flags_seen = Vec::new();
     for step in ["s0", "s1"] {
-        let feats: Vec<Var> = (0..2)
-            .map(|i| Var::from_tensor(&f[&format!("{step}.features.{i}")]).unwrap())
-            .collect();
+        let feats = case_features(&f, step, 2);
         let features: Vec<Tensor> = feats.iter().map(|v| v.as_tensor().clone()).collect();
         let labels = f[&format!("{step}.label")].to_dtype(DType::U32).unwrap();
         let masks: Vec<Option<Tensor>> = match f.get(&format!("{step}.mask")) {

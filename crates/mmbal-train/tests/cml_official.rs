@@ -6,70 +6,23 @@
 //! same loss and the same gradients for the features and the head, for two modalities in both
 //! removal orders and for three. The authors' rule is checked by hand.
 
-use candle_core::{DType, Device, Tensor, Var};
-use mmbal_encoders::ModelVars;
-use mmbal_fusion::{FusionHead, FusionKind, LinearInit};
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::{case_features, check_case_grads, concat_head, fixture, rel};
 use mmbal_methods::{cml_loss, ConfidenceRule};
-use std::collections::HashMap;
-
-fn fixture() -> HashMap<String, Tensor> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/cml_official.safetensors"
-    );
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-fn rel(got: &Tensor, want: &Tensor) -> f32 {
-    let d = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let s = want
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        .max(1e-3);
-    d / s
-}
-
-/// A concat head over `m` features of 8 with the given weight and bias.
-fn head(m: usize, weight: &Tensor, bias: &Tensor) -> (FusionHead, ModelVars) {
-    let vars = ModelVars::new();
-    let dims = vec![8; m];
-    let head = FusionHead::new(
-        FusionKind::Concat,
-        &dims,
-        5,
-        LinearInit::Pytorch,
-        vars.seeded(0, &Device::Cpu),
-    )
-    .unwrap();
-    vars.get("fc.weight").unwrap().set(weight).unwrap();
-    vars.get("fc.bias").unwrap().set(bias).unwrap();
-    (head, vars)
-}
 
 #[test]
 fn cml_loss_matches_balancebenchmark_training_step() {
-    let f = fixture();
+    let f = fixture("cml_official");
     let lam = f["meta.lam"].to_vec1::<f32>().unwrap()[0] as f64;
     for (case, m) in [("two_va", 2), ("two_av", 2), ("three", 3)] {
-        let (head, vars) = head(
+        let (head, vars) = concat_head(
             m,
             &f[&format!("{case}.weight")],
             &f[&format!("{case}.bias")],
         );
-        let feats: Vec<Var> = (0..m)
-            .map(|i| Var::from_tensor(&f[&format!("{case}.features.{i}")]).unwrap())
-            .collect();
+        let feats = case_features(&f, case, m);
         let features: Vec<Tensor> = feats.iter().map(|v| v.as_tensor().clone()).collect();
         let labels = f[&format!("{case}.label")].to_dtype(DType::U32).unwrap();
         let order: Vec<usize> = f[&format!("{case}.order")]
@@ -93,18 +46,7 @@ fn cml_loss_matches_balancebenchmark_training_step() {
             "{case}: loss {loss} vs {want}"
         );
         let grads = loss.backward().unwrap();
-        for (i, v) in feats.iter().enumerate() {
-            let r = rel(
-                grads.get(v).unwrap(),
-                &f[&format!("{case}.grad.features.{i}")],
-            );
-            assert!(r < 1e-4, "{case}: feature {i} gradient {r:e}");
-        }
-        for name in ["weight", "bias"] {
-            let v = vars.get(&format!("fc.{name}")).unwrap();
-            let r = rel(grads.get(&v).unwrap(), &f[&format!("{case}.grad.{name}")]);
-            assert!(r < 1e-4, "{case}: head {name} gradient {r:e}");
-        }
+        check_case_grads(&f, case, &grads, &feats, &vars);
     }
 }
 
@@ -119,26 +61,11 @@ fn cml_authors_rule_by_hand() {
     let mut w = vec![0f32; 2 * 16];
     w[0] = 1.0; // class 0 <- a[0]
     w[16 + 8] = 1.0; // class 1 <- v[0]
-    let (head, _) = {
-        let vars = ModelVars::new();
-        let head = FusionHead::new(
-            FusionKind::Concat,
-            &[8, 8],
-            2,
-            LinearInit::Pytorch,
-            vars.seeded(0, &dev),
-        )
-        .unwrap();
-        vars.get("fc.weight")
-            .unwrap()
-            .set(&Tensor::from_vec(w, (2, 16), &dev).unwrap())
-            .unwrap();
-        vars.get("fc.bias")
-            .unwrap()
-            .set(&Tensor::zeros(2, DType::F32, &dev).unwrap())
-            .unwrap();
-        (head, vars)
-    };
+    let (head, _) = concat_head(
+        2,
+        &Tensor::from_vec(w, (2, 16), &dev).unwrap(),
+        &Tensor::zeros(2, DType::F32, &dev).unwrap(),
+    );
     let row = |a: f32, v: f32| {
         let mut x = vec![0f32; 16];
         x[0] = a;

@@ -6,63 +6,21 @@
 //! same loss and the same gradients for the features and the head, for two modalities (the
 //! logits' distance) and three (the probabilities').
 
-use candle_core::{DType, Device, Tensor, Var};
-use mmbal_encoders::ModelVars;
-use mmbal_fusion::{FusionHead, FusionKind, LinearInit};
-use std::collections::HashMap;
+mod common;
 
-fn fixture() -> HashMap<String, Tensor> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/mbsd_official.safetensors"
-    );
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-fn rel(got: &Tensor, want: &Tensor) -> f32 {
-    let d = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let s = want
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        .max(1e-3);
-    d / s
-}
+use candle_core::{DType, Tensor};
+use common::{case_features, check_case_grads, concat_head, fixture, rel};
 
 #[test]
 fn mbsd_loss_matches_balancebenchmark_training_step() {
-    let f = fixture();
+    let f = fixture("mbsd_official");
     for (case, m) in [("two", 2), ("three", 3)] {
-        let vars = ModelVars::new();
-        let head = FusionHead::new(
-            FusionKind::Concat,
-            &vec![8; m],
-            5,
-            LinearInit::Pytorch,
-            vars.seeded(0, &Device::Cpu),
-        )
-        .unwrap();
-        vars.get("fc.weight")
-            .unwrap()
-            .set(&f[&format!("{case}.weight")])
-            .unwrap();
-        vars.get("fc.bias")
-            .unwrap()
-            .set(&f[&format!("{case}.bias")])
-            .unwrap();
-        let feats: Vec<Var> = (0..m)
-            .map(|i| Var::from_tensor(&f[&format!("{case}.features.{i}")]).unwrap())
-            .collect();
+        let (head, vars) = concat_head(
+            m,
+            &f[&format!("{case}.weight")],
+            &f[&format!("{case}.bias")],
+        );
+        let feats = case_features(&f, case, m);
         let features: Vec<Tensor> = feats.iter().map(|v| v.as_tensor().clone()).collect();
         let labels = f[&format!("{case}.label")].to_dtype(DType::U32).unwrap();
         let out = head.forward(&features, None).unwrap();
@@ -96,17 +54,6 @@ fn mbsd_loss_matches_balancebenchmark_training_step() {
             "{case}: loss {loss} vs {want}"
         );
         let grads = loss.backward().unwrap();
-        for (i, v) in feats.iter().enumerate() {
-            let r = rel(
-                grads.get(v).unwrap(),
-                &f[&format!("{case}.grad.features.{i}")],
-            );
-            assert!(r < 1e-4, "{case}: feature {i} gradient {r:e}");
-        }
-        for name in ["weight", "bias"] {
-            let v = vars.get(&format!("fc.{name}")).unwrap();
-            let r = rel(grads.get(&v).unwrap(), &f[&format!("{case}.grad.{name}")]);
-            assert!(r < 1e-4, "{case}: head {name} gradient {r:e}");
-        }
+        check_case_grads(&f, case, &grads, &feats, &vars);
     }
 }

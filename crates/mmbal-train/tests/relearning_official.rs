@@ -11,21 +11,17 @@
 mod common;
 
 use candle_core::{Tensor, Var};
-use common::fixture;
+use common::{fixture, floats, ints};
 use mmbal_methods::{
     relearning_blend, relearning_kmeans, relearning_min_max_scale, relearning_purity,
     relearning_weight,
 };
 
-fn f64_of(f: &std::collections::HashMap<String, Tensor>, k: &str) -> f64 {
-    f[k].flatten_all().unwrap().to_vec1::<f64>().unwrap()[0]
-}
-
 #[test]
 fn purities_and_weights_match_official_reinit_score() {
     let f = fixture("relearning_official");
-    let lambda = f64_of(&f, "meta.move_lambda");
-    let k = f["meta.n_classes"].to_vec1::<i64>().unwrap()[0] as usize;
+    let lambda = floats(&f, "meta.move_lambda")[0];
+    let k = ints(&f, "meta.n_classes")[0] as usize;
     let labels = |split: &str| -> Vec<u32> {
         f[&format!("{split}_label")]
             .to_vec1::<i64>()
@@ -40,7 +36,7 @@ fn purities_and_weights_match_official_reinit_score() {
             let x = f[&format!("{split}_{m}")].to_vec2::<f32>().unwrap();
             let clusters = relearning_kmeans(&relearning_min_max_scale(&x), k, 0, 1, 300).unwrap();
             let p = relearning_purity(&labels(split), &clusters);
-            let want = f64_of(&f, &format!("purity.{split}_{m}"));
+            let want = floats(&f, &format!("purity.{split}_{m}"))[0];
             assert!(
                 (p - want).abs() < 1e-12,
                 "{split} {m}: purity {p}, official {want}"
@@ -50,7 +46,7 @@ fn purities_and_weights_match_official_reinit_score() {
     }
     for m in ["audio", "visual"] {
         let w = relearning_weight(purity[&("train", m)], purity[&("val", m)], lambda);
-        let want = f64_of(&f, &format!("weight.{m}"));
+        let want = floats(&f, &format!("weight.{m}"))[0];
         assert!((w - want).abs() < 1e-12, "{m}: weight {w}, official {want}");
     }
 }
@@ -59,7 +55,7 @@ fn purities_and_weights_match_official_reinit_score() {
 fn blend_matches_official_reinit() {
     let f = fixture("relearning_official");
     for (m, prefix) in [("audio", "audio_net"), ("visual", "visual_net")] {
-        let w = f64_of(&f, &format!("weight.{m}"));
+        let w = floats(&f, &format!("weight.{m}"))[0];
         let names: Vec<String> = f
             .keys()
             .filter_map(|k| k.strip_prefix("current."))

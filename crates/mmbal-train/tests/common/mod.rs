@@ -264,6 +264,59 @@ pub fn assert_close(name: &str, got: &Tensor, want: &Tensor, tol: f32) {
     );
 }
 
+/// `max |got - want| / max(max |want|, 1e-3)`: the golden tests' relative difference.
+pub fn rel(got: &Tensor, want: &Tensor) -> f32 {
+    let (d, scale) = diff_and_scale(got, want);
+    d / scale
+}
+
+/// A concat head over `m` features of 8 with the given `(C, 8 m)` weight and `(C)` bias, its
+/// variables named `fc.weight` and `fc.bias` (the BalanceBenchmark fixtures' `fc_out`).
+pub fn concat_head(m: usize, weight: &Tensor, bias: &Tensor) -> (FusionHead, ModelVars) {
+    let vars = ModelVars::new();
+    let head = FusionHead::new(
+        FusionKind::Concat,
+        &vec![8; m],
+        weight.dim(0).unwrap(),
+        LinearInit::Pytorch,
+        vars.seeded(0, &Device::Cpu),
+    )
+    .unwrap();
+    vars.get("fc.weight").unwrap().set(weight).unwrap();
+    vars.get("fc.bias").unwrap().set(bias).unwrap();
+    (head, vars)
+}
+
+/// The case's pooled features `{case}.features.{i}`, `i < m`, as variables.
+pub fn case_features(f: &HashMap<String, Tensor>, case: &str, m: usize) -> Vec<Var> {
+    (0..m)
+        .map(|i| Var::from_tensor(&f[&format!("{case}.features.{i}")]).unwrap())
+        .collect()
+}
+
+/// The case's gradients of the features (`{case}.grad.features.{i}`) and of the head's
+/// `fc.weight` / `fc.bias` (`{case}.grad.weight`, `.bias`), each within 1e-4 relative.
+pub fn check_case_grads(
+    f: &HashMap<String, Tensor>,
+    case: &str,
+    grads: &candle_core::backprop::GradStore,
+    feats: &[Var],
+    vars: &ModelVars,
+) {
+    for (i, v) in feats.iter().enumerate() {
+        let r = rel(
+            grads.get(v).unwrap(),
+            &f[&format!("{case}.grad.features.{i}")],
+        );
+        assert!(r < 1e-4, "{case}: feature {i} gradient {r:e}");
+    }
+    for name in ["weight", "bias"] {
+        let v = vars.get(&format!("fc.{name}")).unwrap();
+        let r = rel(grads.get(&v).unwrap(), &f[&format!("{case}.grad.{name}")]);
+        assert!(r < 1e-4, "{case}: head {name} gradient {r:e}");
+    }
+}
+
 /// Collects every comparison with the official code: the largest relative difference per kind,
 /// and the failures.
 #[derive(Default)]
