@@ -97,11 +97,7 @@ pub fn batch_norm_train_running(
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() && x.dtype() == DType::F32 {
         let address = |v: &candle_core::Var| -> Result<u64> {
-            let (storage, layout) = v.storage_and_layout();
-            let candle_core::Storage::Cuda(s) = &*storage else {
-                bail!("batch norm: running statistics are not on the input's CUDA device");
-            };
-            crate::cuda::ptr("batch norm", s, layout, "running statistic")
+            crate::cuda::tensor_ptr("batch norm", v.as_tensor(), "running statistic")
         };
         let c = x.dim(1)?;
         if running_mean.elem_count() != c || running_var.elem_count() != c {
@@ -225,19 +221,27 @@ impl CustomOp3 for BatchNormTrain {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let c = weight.dim(0)?;
-        let len = x.elem_count();
-        // One packed result: dx, then dw, then db.
         let packed = x.contiguous()?.apply_op3_no_bwd(
             &grad.contiguous()?,
             &weight.contiguous()?,
             &BatchNormTrainBackward { eps: self.eps },
         )?;
-        let dx = packed.narrow(0, 0, len)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, len, c)?;
-        let db = packed.narrow(0, len + c, c)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        unpack_backward(&packed, x, weight.dim(0)?)
     }
+}
+
+/// The gradients of `x`, the weight and the bias from the backward ops' one packed result:
+/// `dx` (as `x`), then `dw` and `db` (`c` each).
+fn unpack_backward(
+    packed: &Tensor,
+    x: &Tensor,
+    c: usize,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let len = x.elem_count();
+    let dx = packed.narrow(0, 0, len)?.reshape(x.shape())?;
+    let dw = packed.narrow(0, len, c)?;
+    let db = packed.narrow(0, len + c, c)?;
+    Ok((Some(dx), Some(dw), Some(db)))
 }
 
 struct BatchNormTrainBackward {
@@ -354,8 +358,6 @@ mod cuda_norm {
             _res: &Tensor,
             grad: &Tensor,
         ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-            let c = weight.dim(0)?;
-            let len = x.elem_count();
             let packed = x.contiguous()?.apply_op3_no_bwd(
                 &grad.contiguous()?,
                 &weight.contiguous()?,
@@ -364,10 +366,7 @@ mod cuda_norm {
                     saved: self.saved.clone(),
                 },
             )?;
-            let dx = packed.narrow(0, 0, len)?.reshape(x.shape())?;
-            let dw = packed.narrow(0, len, c)?;
-            let db = packed.narrow(0, len + c, c)?;
-            Ok((Some(dx), Some(dw), Some(db)))
+            super::unpack_backward(&packed, x, weight.dim(0)?)
         }
     }
 

@@ -126,14 +126,10 @@ fn first_non_finite_gradient(
     Ok(mmbal_ops::first_non_finite(&refs)?.map(|i| names.swap_remove(i)))
 }
 
-/// Whether every element is finite (one reduction: the sum of `x * 0` is NaN exactly when some
-/// element is NaN or infinite).
+/// Whether every element is finite (`mmbal_ops::first_non_finite`, the check the step runs on
+/// gradients).
 pub(crate) fn all_finite(t: &Tensor) -> Result<bool> {
-    let probe = (t * 0.0)?
-        .sum_all()?
-        .to_dtype(candle_core::DType::F32)?
-        .to_scalar::<f32>()?;
-    Ok(probe == 0.0)
+    Ok(mmbal_ops::first_non_finite(&[t])?.is_none())
 }
 
 /// What one training step of [`Trainer::train_step`] reports.

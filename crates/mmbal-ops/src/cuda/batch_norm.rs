@@ -79,11 +79,6 @@ pub(crate) fn statistics(
     Ok((tensor(&saved.mean)?, tensor(var)?))
 }
 
-fn dims(s: &Shape) -> Result<[usize; 4]> {
-    let (a, b, c, d) = s.dims4()?;
-    Ok([a, b, c, d])
-}
-
 /// cuDNN's smallest accepted epsilon (`CUDNN_BN_MIN_EPSILON` in cudnn.h).
 const CUDNN_BN_MIN_EPSILON: f64 = 1e-5;
 
@@ -99,7 +94,7 @@ pub(crate) fn forward(
     (bs, bl): (&CudaStorage, &Layout),
 ) -> Result<(CudaStorage, Shape, Saved)> {
     let dev = super::device(xs).clone();
-    let d = dims(xl.shape())?;
+    let d = super::dims4(xl.shape())?;
     if d[0] * d[2] * d[3] < 2 {
         bail!("batch norm: training needs more than one value per channel, got input {d:?}");
     }
@@ -176,7 +171,7 @@ pub(crate) fn backward(
     (ws, wl): (&CudaStorage, &Layout),
 ) -> Result<(CudaStorage, Shape)> {
     let dev = super::device(xs).clone();
-    let d = dims(xl.shape())?;
+    let d = super::dims4(xl.shape())?;
     if gl.shape() != xl.shape() {
         bail!(
             "batch norm backward: gradient {:?}, input {:?}",

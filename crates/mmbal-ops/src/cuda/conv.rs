@@ -252,38 +252,58 @@ impl Plan {
     }
 }
 
-/// Runs `f` with the plan of `key`, built on first use.
-fn with_plan<R>(
+/// Runs one pass of `key`'s plan (built on first use): `pass` gives its math type and
+/// workspace size, `call` makes the cuDNN call with the handle, the plan and the workspace
+/// (address, bytes); `what` names the pass in errors.
+fn run_pass(
     dev: &candle_core::cuda_backend::CudaDevice,
     key: Key,
-    f: impl FnOnce(&mut Context, &Plan) -> Result<R>,
-) -> Result<R> {
+    what: &str,
+    pass: impl FnOnce(&Plan) -> (dnn::cudnnMathType_t, usize),
+    call: impl FnOnce(dnn::cudnnHandle_t, &Plan, u64, usize) -> dnn::cudnnStatus_t,
+) -> Result<()> {
     with_context(dev, |ctx| {
-        if !ctx.convs.contains_key(&key) {
-            let plan = Plan::new(ctx, &key)?;
-            ctx.convs.insert(key, plan);
-        }
-        let plan = ctx.convs.remove(&key).unwrap();
-        let r = f(ctx, &plan);
+        // Taken out of the cache while the pass uses the context, and put back after.
+        let plan = match ctx.convs.remove(&key) {
+            Some(plan) => plan,
+            None => Plan::new(ctx, &key)?,
+        };
+        let r = (|| {
+            let (math, bytes) = pass(&plan);
+            let (wsp, wsl) = ctx.workspace(dev, bytes)?;
+            // SAFETY: the plan's descriptor is live.
+            check(
+                unsafe { dnn::cudnnSetConvolutionMathType(plan.conv, math) },
+                "set math type",
+            )?;
+            check(call(ctx.handle, &plan, wsp, wsl), what)
+        })();
         ctx.convs.insert(key, plan);
         r
     })
 }
 
-fn dims4(s: &Shape) -> Result<[usize; 4]> {
-    let (a, b, c, d) = s.dims4()?;
-    Ok([a, b, c, d])
-}
-
 pub(crate) fn key(x: &Shape, w: &Shape, stride: usize, pad: usize) -> Result<Key> {
     Ok(Key {
-        x: dims4(x)?,
-        w: dims4(w)?,
+        x: super::dims4(x)?,
+        w: super::dims4(w)?,
         stride,
         pad,
         tf32: super::tf32(),
         benchmark: super::benchmark(),
     })
+}
+
+/// Refuses an output gradient whose shape is not the convolution's output.
+fn check_output_grad(gl: &Layout, key: &Key) -> Result<()> {
+    if gl.shape().dims() != key.out() {
+        bail!(
+            "conv2d backward: gradient {:?}, expected {:?}",
+            gl.shape(),
+            key.out()
+        );
+    }
+    Ok(())
 }
 
 const ONE: f32 = 1.0;
@@ -307,35 +327,31 @@ pub(crate) fn forward(
         ptr("conv2d", ws, wl, "filter")?,
         super::slice_ptr(&y),
     );
-    with_plan(&dev, key, |ctx, plan| {
-        let (algo, math, bytes) = plan.fwd;
-        let (wsp, wsl) = ctx.workspace(&dev, bytes)?;
-        // SAFETY: descriptors match the buffers' shapes; the workspace is at least `bytes`.
-        unsafe {
-            check(
-                dnn::cudnnSetConvolutionMathType(plan.conv, math),
-                "set math type",
-            )?;
-            check(
-                dnn::cudnnConvolutionForward(
-                    ctx.handle,
-                    &ONE as *const f32 as _,
-                    plan.x,
-                    xp as _,
-                    plan.w,
-                    wp as _,
-                    plan.conv,
-                    algo,
-                    wsp as _,
-                    wsl,
-                    &ZERO as *const f32 as _,
-                    plan.y,
-                    yp as _,
-                ),
-                "convolution forward",
+    run_pass(
+        &dev,
+        key,
+        "convolution forward",
+        |p| (p.fwd.1, p.fwd.2),
+        // SAFETY: the plan's descriptors match the buffers' shapes; the workspace holds the
+        // pass's bytes.
+        |h, plan, wsp, wsl| unsafe {
+            dnn::cudnnConvolutionForward(
+                h,
+                &ONE as *const f32 as _,
+                plan.x,
+                xp as _,
+                plan.w,
+                wp as _,
+                plan.conv,
+                plan.fwd.0,
+                wsp as _,
+                wsl,
+                &ZERO as *const f32 as _,
+                plan.y,
+                yp as _,
             )
-        }
-    })?;
+        },
+    )?;
     Ok((
         CudaStorage::wrap_cuda_slice(y, dev),
         Shape::from(out.to_vec()),
@@ -354,48 +370,38 @@ pub(crate) fn backward_data(
 ) -> Result<(CudaStorage, Shape)> {
     let dev = super::device(gs).clone();
     let key = key(input, wl.shape(), stride, pad)?;
-    if gl.shape().dims() != key.out() {
-        bail!(
-            "conv2d backward: gradient {:?}, expected {:?}",
-            gl.shape(),
-            key.out()
-        );
-    }
+    check_output_grad(gl, &key)?;
     let dx = super::alloc::<f32>(&dev, input.elem_count())?;
     let (gp, wp, dxp) = (
         ptr("conv2d backward", gs, gl, "gradient")?,
         ptr("conv2d backward", ws, wl, "filter")?,
         super::slice_ptr(&dx),
     );
-    with_plan(&dev, key, |ctx, plan| {
-        let (algo, math, bytes) = plan.data;
-        let (wsp, wsl) = ctx.workspace(&dev, bytes)?;
-        // SAFETY: as in `forward`.
-        unsafe {
-            check(
-                dnn::cudnnSetConvolutionMathType(plan.conv, math),
-                "set math type",
-            )?;
-            check(
-                dnn::cudnnConvolutionBackwardData(
-                    ctx.handle,
-                    &ONE as *const f32 as _,
-                    plan.w,
-                    wp as _,
-                    plan.y,
-                    gp as _,
-                    plan.conv,
-                    algo,
-                    wsp as _,
-                    wsl,
-                    &ZERO as *const f32 as _,
-                    plan.x,
-                    dxp as _,
-                ),
-                "convolution backward-data",
+    run_pass(
+        &dev,
+        key,
+        "convolution backward-data",
+        |p| (p.data.1, p.data.2),
+        // SAFETY: the plan's descriptors match the buffers' shapes; the workspace holds the
+        // pass's bytes.
+        |h, plan, wsp, wsl| unsafe {
+            dnn::cudnnConvolutionBackwardData(
+                h,
+                &ONE as *const f32 as _,
+                plan.w,
+                wp as _,
+                plan.y,
+                gp as _,
+                plan.conv,
+                plan.data.0,
+                wsp as _,
+                wsl,
+                &ZERO as *const f32 as _,
+                plan.x,
+                dxp as _,
             )
-        }
-    })?;
+        },
+    )?;
     Ok((CudaStorage::wrap_cuda_slice(dx, dev), input.clone()))
 }
 
@@ -411,47 +417,37 @@ pub(crate) fn backward_filter(
 ) -> Result<(CudaStorage, Shape)> {
     let dev = super::device(xs).clone();
     let key = key(xl.shape(), filter, stride, pad)?;
-    if gl.shape().dims() != key.out() {
-        bail!(
-            "conv2d backward: gradient {:?}, expected {:?}",
-            gl.shape(),
-            key.out()
-        );
-    }
+    check_output_grad(gl, &key)?;
     let dw = super::alloc::<f32>(&dev, filter.elem_count())?;
     let (xp, gp, dwp) = (
         ptr("conv2d backward", xs, xl, "input")?,
         ptr("conv2d backward", gs, gl, "gradient")?,
         super::slice_ptr(&dw),
     );
-    with_plan(&dev, key, |ctx, plan| {
-        let (algo, math, bytes) = plan.filter;
-        let (wsp, wsl) = ctx.workspace(&dev, bytes)?;
-        // SAFETY: as in `forward`.
-        unsafe {
-            check(
-                dnn::cudnnSetConvolutionMathType(plan.conv, math),
-                "set math type",
-            )?;
-            check(
-                dnn::cudnnConvolutionBackwardFilter(
-                    ctx.handle,
-                    &ONE as *const f32 as _,
-                    plan.x,
-                    xp as _,
-                    plan.y,
-                    gp as _,
-                    plan.conv,
-                    algo,
-                    wsp as _,
-                    wsl,
-                    &ZERO as *const f32 as _,
-                    plan.w,
-                    dwp as _,
-                ),
-                "convolution backward-filter",
+    run_pass(
+        &dev,
+        key,
+        "convolution backward-filter",
+        |p| (p.filter.1, p.filter.2),
+        // SAFETY: the plan's descriptors match the buffers' shapes; the workspace holds the
+        // pass's bytes.
+        |h, plan, wsp, wsl| unsafe {
+            dnn::cudnnConvolutionBackwardFilter(
+                h,
+                &ONE as *const f32 as _,
+                plan.x,
+                xp as _,
+                plan.y,
+                gp as _,
+                plan.conv,
+                plan.filter.0,
+                wsp as _,
+                wsl,
+                &ZERO as *const f32 as _,
+                plan.w,
+                dwp as _,
             )
-        }
-    })?;
+        },
+    )?;
     Ok((CudaStorage::wrap_cuda_slice(dw, dev), filter.clone()))
 }

@@ -83,6 +83,21 @@ pub(crate) fn ptr(op: &str, s: &CudaStorage, l: &Layout, what: &str) -> Result<u
     Ok(p + (start * 4) as u64)
 }
 
+/// The device address of a contiguous f32 CUDA tensor, for ops that write a tensor candle
+/// hands out read-only (an optimizer's parameters and state, a layer's running statistics):
+/// those tensors belong to the caller, no graph holds them, and the write happens on candle's
+/// stream exactly as `Var::set` would copy into them.
+pub(crate) fn tensor_ptr(op: &str, t: &candle_core::Tensor, what: &str) -> Result<u64> {
+    if t.dtype() != candle_core::DType::F32 {
+        bail!("{op}: {what} is {:?}, expected f32", t.dtype());
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cuda(s) = &*storage else {
+        bail!("{op}: {what} is not on a CUDA device");
+    };
+    ptr(op, s, layout, what)
+}
+
 /// The device address of a freshly allocated slice.
 pub(crate) fn slice_ptr<T>(s: &CudaSlice<T>) -> u64 {
     let (p, _sync) = s.device_ptr(s.stream());
@@ -159,6 +174,12 @@ pub(crate) fn with_context<R>(
         }
         f(map.get_mut(&dev.id()).unwrap())
     })
+}
+
+/// The four dimensions of an `(N, C, H, W)` shape.
+pub(crate) fn dims4(s: &candle_core::Shape) -> Result<[usize; 4]> {
+    let (a, b, c, d) = s.dims4()?;
+    Ok([a, b, c, d])
 }
 
 /// An NCHW f32 tensor descriptor.

@@ -4,15 +4,15 @@
 
 use super::{launch, LaunchConfig};
 use crate::ParamUpdate;
-use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DeviceRepr};
-use candle_core::{bail, DType, Result, Storage, Tensor};
+use candle_core::cuda_backend::cudarc::driver::DeviceRepr;
+use candle_core::{bail, Result, Tensor};
 
 /// Tensors per launch; must equal `MMBAL_TENSORS` in kernels.cu.
 const MAX_TENSORS: usize = 24;
 
 /// The kernel's `TensorList`, passed by value.
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct TensorList {
     param: [u64; MAX_TENSORS],
     grad: [u64; MAX_TENSORS],
@@ -25,24 +25,10 @@ struct TensorList {
 // SAFETY: plain old data with the C layout of the kernel's struct.
 unsafe impl DeviceRepr for TensorList {}
 
-/// The device address of a contiguous f32 CUDA tensor. The kernel writes through the addresses of
-/// the parameter and its state although candle hands out a read guard: those tensors are the
-/// optimizer's own (a `Var`'s storage and state no graph holds), updated in place on candle's
-/// stream exactly as `Var::set` would copy into them.
+/// The device address of a parameter, gradient or state tensor (`cuda::tensor_ptr`; the
+/// kernels write the parameter and its state in place).
 fn address(t: &Tensor, what: &str) -> Result<u64> {
-    if t.dtype() != DType::F32 {
-        bail!("fused optimizer: {what} is {:?}, expected f32", t.dtype());
-    }
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cuda(s) = &*storage else {
-        bail!("fused optimizer: {what} is not on a CUDA device");
-    };
-    let Some((start, _)) = layout.contiguous_offsets() else {
-        bail!("fused optimizer: {what} must be contiguous");
-    };
-    let slice = s.as_cuda_slice::<f32>()?;
-    let (p, _sync) = slice.device_ptr(slice.stream());
-    Ok(p + 4 * start as u64)
+    super::tensor_ptr("fused optimizer", t, what)
 }
 
 /// Calls `launch_group` with each group of at most [`MAX_TENSORS`] updates as a `TensorList`
@@ -58,14 +44,7 @@ where
         bail!("fused optimizer: parameters are not on a CUDA device");
     };
     for group in updates.chunks(MAX_TENSORS) {
-        let mut list = TensorList {
-            param: [0; MAX_TENSORS],
-            grad: [0; MAX_TENSORS],
-            state1: [0; MAX_TENSORS],
-            state2: [0; MAX_TENSORS],
-            len: [0; MAX_TENSORS],
-            lr: [0.0; MAX_TENSORS],
-        };
+        let mut list = TensorList::default();
         let mut most = 1;
         for (j, u) in group.iter().enumerate() {
             let n = u.param.elem_count();
@@ -124,14 +103,7 @@ pub(crate) fn non_finite(tensors: &[&Tensor]) -> Result<Vec<bool>> {
     let flags = dev.alloc_zeros::<i32>(tensors.len())?;
     let base = super::slice_ptr(&flags);
     for (g, group) in tensors.chunks(MAX_TENSORS).enumerate() {
-        let mut list = TensorList {
-            param: [0; MAX_TENSORS],
-            grad: [0; MAX_TENSORS],
-            state1: [0; MAX_TENSORS],
-            state2: [0; MAX_TENSORS],
-            len: [0; MAX_TENSORS],
-            lr: [0.0; MAX_TENSORS],
-        };
+        let mut list = TensorList::default();
         let mut most = 1;
         for (j, t) in group.iter().enumerate() {
             list.param[j] = address(t, "tensor")?;
