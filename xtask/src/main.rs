@@ -229,39 +229,8 @@ fn parse_set(text: &str) -> Result<(String, String, toml::Value)> {
 }
 
 /// Methods that read other runs' models (`BalanceMethod::teachers`): unless `--set
-/// METHOD:teachers=...` names them, each seed's run gets its own, made by `train_teachers`.
+/// METHOD:teachers=...` names them, each seed's run gets its own (`mmbal_train::train_teachers`).
 const NEEDS_TEACHERS: [&str; 1] = ["umt"];
-
-/// One teacher per modality of `c`: joint training of `c` (same seed, epochs, encoders and
-/// optimizer) on that modality alone, with its own input cache; the `teachers` table of their
-/// best checkpoints.
-fn train_teachers(c: &TrainConfig) -> Result<toml::Table> {
-    let names: Vec<String> = match &c.data.modalities {
-        Some(m) => m.clone(),
-        None => c.data.recipes.keys().cloned().collect(),
-    };
-    let mut teachers = toml::Table::new();
-    for m in names {
-        let mut t = c.clone();
-        t.name = format!("{}-teacher-{m}", c.name);
-        t.method = Default::default();
-        t.data.modalities = Some(vec![m.clone()]);
-        // A ratio against the other modalities needs some.
-        t.monitor_score_ratio = false;
-        if let Some(p) = &c.data.cache_path {
-            let stem = p
-                .file_stem()
-                .map_or("inputs".into(), |s| s.to_string_lossy().into_owned());
-            t.data.cache_path = Some(p.with_file_name(format!("{stem}-only-{m}.mmbc")));
-        }
-        let mut run = Trainer::from_config(t.clone())?;
-        run.set_overwrite(true);
-        run.run(&mut mmbal_train::Quiet)?;
-        let best = t.run_dir().join("best.safetensors");
-        teachers.insert(m, toml::Value::String(best.display().to_string()));
-    }
-    Ok(teachers)
-}
 
 fn results(a: ResultsArgs) -> Result<()> {
     let ResultsArgs {
@@ -313,7 +282,7 @@ fn results(a: ResultsArgs) -> Result<()> {
                     c.model.fusion = f;
                 }
                 if NEEDS_TEACHERS.contains(&method) && !c.method.options.contains_key("teachers") {
-                    let teachers = train_teachers(&c)?;
+                    let teachers = mmbal_train::train_teachers(&c)?;
                     c.method
                         .options
                         .insert("teachers".into(), toml::Value::Table(teachers));

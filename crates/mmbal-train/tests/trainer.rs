@@ -53,22 +53,9 @@ fn set_method(c: &mut TrainConfig, name: &str) {
         }
         // One teacher per modality: a one-epoch run of this config on that modality alone.
         "umt" => {
-            let mut teachers = toml::Table::new();
-            for m in c.data.recipes.keys() {
-                let mut t = c.clone();
-                t.name = format!("{}-teacher-{m}", c.name);
-                t.epochs = 1;
-                t.method = Default::default();
-                t.data.modalities = Some(vec![m.clone()]);
-                // A ratio against the other modalities needs some.
-                t.monitor_score_ratio = false;
-                Trainer::from_config(t.clone())
-                    .unwrap()
-                    .run(&mut Quiet)
-                    .unwrap();
-                let path = t.run_dir().join("best.safetensors");
-                teachers.insert(m.clone(), toml::Value::String(path.display().to_string()));
-            }
+            let mut t = c.clone();
+            t.epochs = 1;
+            let teachers = mmbal_train::train_teachers(&t).unwrap();
             c.method
                 .options
                 .insert("teachers".into(), toml::Value::Table(teachers));
