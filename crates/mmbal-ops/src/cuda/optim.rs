@@ -25,6 +25,16 @@ struct TensorList {
 // SAFETY: plain old data with the C layout of the kernel's struct.
 unsafe impl DeviceRepr for TensorList {}
 
+/// The launch over a `TensorList` of `tensors` tensors, the largest `most` elements: one row of
+/// blocks per tensor (`blockIdx.y`), grid-stride within it.
+fn list_grid(most: usize, tensors: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (most.div_ceil(256).min(264) as u32, tensors as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// The device address of a parameter, gradient or state tensor (`cuda::tensor_ptr`; the
 /// kernels write the parameter and its state in place).
 fn address(t: &Tensor, what: &str) -> Result<u64> {
@@ -81,11 +91,7 @@ where
             list.lr[j] = u.lr as f32;
             most = most.max(n);
         }
-        let cfg = LaunchConfig {
-            grid_dim: (most.div_ceil(256).min(264) as u32, group.len() as u32, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = list_grid(most, group.len());
         launch_group(dev, list, cfg)?;
     }
     Ok(())
@@ -110,11 +116,7 @@ pub(crate) fn non_finite(tensors: &[&Tensor]) -> Result<Vec<bool>> {
             list.len[j] = t.elem_count() as u64;
             most = most.max(t.elem_count());
         }
-        let cfg = LaunchConfig {
-            grid_dim: (most.div_ceil(256).min(264) as u32, group.len() as u32, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = list_grid(most, group.len());
         let at = base + 4 * (g * MAX_TENSORS) as u64;
         launch!(dev, "mmbal_nonfinite", cfg, list, at);
     }
