@@ -126,6 +126,7 @@ fn mmbal_row(row: &Row, steps: usize, warmup: usize) -> Result<(f64, f64)> {
                 labels: &labels,
                 keep: &keep,
                 rows: &[],
+                frozen_encoders: &[],
             },
             StepIndex::default(),
         )?;

@@ -174,6 +174,7 @@ fn measure(row: &Row, mode: &str, a: &TrainArgs, dev: &Device) -> Result<Measure
                 labels: &labels_t,
                 keep: &keep,
                 rows: &[],
+                frozen_encoders: &[],
             },
             StepIndex::default(),
         )?;
@@ -748,6 +749,7 @@ fn model_check(checks: &mut Checks, dev: &Device) -> Result<()> {
                     labels: &y,
                     keep: &keep,
                     rows: &[],
+                    frozen_encoders: &[],
                 },
                 StepIndex::default(),
             )?;

@@ -12,8 +12,9 @@
 //! `cargo xtask results --config FILE [--config FILE ...] [--seeds N] [--epochs N] [--set METHOD:KEY=VALUE ...]
 //! [--out FILE]`: joint training and every registered method on each config, N seeds each; the epoch with the
 //! best val accuracy is reported on test (mean +- std of accuracy and macro-F1, per-modality
-//! accuracy) as a Markdown table. A method that reads teachers (UMT) gets, for each seed, one
-//! teacher per modality trained first (joint training on that modality alone).
+//! accuracy) as a Markdown table. A method that reads teachers (UMT, UME) gets, for each seed, one
+//! teacher per modality trained first (joint training on that modality alone); UME, which trains
+//! nothing, then runs one epoch.
 //! `cargo xtask reproduce table1 [--datasets A,B] [--methods A,B] [--seeds N] [--profile
 //! quick|paper] [--epochs N] [--device D] [--out DIR]`: the valuation paper's Table 1 as a
 //! resumable matrix of runs, written to DIR/table1.md, DIR/table1.csv and figures
@@ -230,7 +231,7 @@ fn parse_set(text: &str) -> Result<(String, String, toml::Value)> {
 
 /// Methods that read other runs' models (`BalanceMethod::teachers`): unless `--set
 /// METHOD:teachers=...` names them, each seed's run gets its own (`mmbal_train::train_teachers`).
-const NEEDS_TEACHERS: [&str; 1] = ["umt"];
+const NEEDS_TEACHERS: [&str; 2] = ["umt", "ume"];
 
 fn results(a: ResultsArgs) -> Result<()> {
     let ResultsArgs {
@@ -286,6 +287,10 @@ fn results(a: ResultsArgs) -> Result<()> {
                     c.method
                         .options
                         .insert("teachers".into(), toml::Value::Table(teachers));
+                }
+                // UME trains nothing: one epoch evaluates its members' ensemble.
+                if method == "ume" {
+                    c.epochs = 1;
                 }
                 let mut t = Trainer::from_config(c)?;
                 // The table is made anew: an earlier run of the same row is replaced.

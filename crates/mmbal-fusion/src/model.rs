@@ -221,11 +221,20 @@ impl MultimodalModel {
 
     /// Pooled features of every modality, stage by stage so a mixer can see all maps.
     pub fn encode(&self, inputs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        if inputs.len() != self.encoders.len() {
+        self.encode_modes(inputs, &vec![train; self.encoders.len()])
+    }
+
+    /// [`MultimodalModel::encode`] with a mode per encoder: `train[m]` false runs encoder `m`
+    /// in eval mode (running statistics used and left alone) while the others train, as
+    /// PyTorch's `encoder.eval()` on one branch (a frozen stage). A mixer trains when any
+    /// encoder does.
+    pub fn encode_modes(&self, inputs: &[Tensor], train: &[bool]) -> Result<Vec<Tensor>> {
+        if inputs.len() != self.encoders.len() || train.len() != self.encoders.len() {
             bail!(
-                "model has {} modalities, got {} inputs",
+                "model has {} modalities, got {} inputs and {} modes",
                 self.encoders.len(),
-                inputs.len()
+                inputs.len(),
+                train.len()
             );
         }
         let Some(mixer) = &self.mixer else {
@@ -233,9 +242,11 @@ impl MultimodalModel {
                 .encoders
                 .iter()
                 .zip(inputs)
-                .map(|(e, x)| e.features(x, train))
+                .zip(train)
+                .map(|((e, x), &t)| e.features(x, t))
                 .collect();
         };
+        let mixer_train = train.iter().any(|&t| t);
         let mut maps = Vec::new();
         let mut frames = Vec::new();
         for x in inputs {
@@ -253,11 +264,11 @@ impl MultimodalModel {
         for s in 0..stages {
             for (m, e) in self.encoders.iter().enumerate() {
                 if s < e.num_stages() {
-                    maps[m] = e.stage(s, &maps[m], train)?;
+                    maps[m] = e.stage(s, &maps[m], train[m])?;
                 }
             }
             if mix_after.contains(&s) {
-                maps = mixer.mix(s, &maps, &frames, train)?;
+                maps = mixer.mix(s, &maps, &frames, mixer_train)?;
             }
         }
         maps.iter()
@@ -273,7 +284,18 @@ impl MultimodalModel {
         keep: Option<&Tensor>,
         train: bool,
     ) -> Result<ForwardOut> {
-        let features = self.encode(inputs, train)?;
+        self.forward_modes(inputs, keep, &vec![train; self.encoders.len()])
+    }
+
+    /// [`MultimodalModel::forward`] with a mode per encoder (see
+    /// [`MultimodalModel::encode_modes`]).
+    pub fn forward_modes(
+        &self,
+        inputs: &[Tensor],
+        keep: Option<&Tensor>,
+        train: &[bool],
+    ) -> Result<ForwardOut> {
+        let features = self.encode_modes(inputs, train)?;
         let out = self.head.forward(&features, keep)?;
         Ok(ForwardOut {
             features,
@@ -367,6 +389,42 @@ impl MultimodalModel {
             }
         }
         Ok(out)
+    }
+
+    /// A copy of every variable, parameters and buffers, under the given paths
+    /// (`encoders.audio`, `head.fc.0`), by name: a snapshot for [`MultimodalModel::restore`]
+    /// (a branch put back to its best epoch).
+    pub fn snapshot(&self, paths: &[String]) -> Result<Vec<(String, Tensor)>> {
+        let prefixes: Vec<String> = paths.iter().map(|p| format!("{p}.")).collect();
+        let mut out = Vec::new();
+        for (n, v) in self.vars.named() {
+            if prefixes.iter().any(|p| n.starts_with(p)) {
+                out.push((n, v.as_tensor().detach().copy()?));
+            }
+        }
+        if out.is_empty() {
+            bail!("the model has no variable under {paths:?}");
+        }
+        Ok(out)
+    }
+
+    /// Puts back what [`MultimodalModel::snapshot`] copied; every name must be a variable of
+    /// the model with the snapshot's shape.
+    pub fn restore(&self, snapshot: &[(String, Tensor)]) -> Result<()> {
+        for (name, value) in snapshot {
+            let Some(v) = self.vars.get(name) else {
+                bail!("the snapshot holds `{name}`, which the model does not have");
+            };
+            if value.dims() != v.dims() {
+                bail!(
+                    "`{name}`: the snapshot's shape is {:?}, the model's {:?}",
+                    value.dims(),
+                    v.dims()
+                );
+            }
+            v.set(&value.to_device(v.device())?.to_dtype(v.dtype())?)?;
+        }
+        Ok(())
     }
 
     /// Restores a buffer by its checkpoint name (encoder running statistics, mixer state).

@@ -37,6 +37,7 @@ mod agm;
 mod amco;
 mod cml;
 mod collect;
+mod dimml;
 mod gblending;
 mod greedy;
 mod inforeg;
@@ -48,21 +49,25 @@ mod mla;
 mod mmcosine;
 mod mmpareto;
 mod modality_level;
+mod mses;
 mod mslr;
 mod ogm;
 mod opm;
 mod pmr;
 mod qmf;
 mod ratio;
+mod reconboost;
 mod registry;
 mod relearning;
 mod sample_level;
+mod ume;
 mod umt;
 mod valuation_pass;
 pub use agm::{agm_coefficients, agm_responses, agm_score};
 pub use amco::{amco_dominant, amco_forward, AmcoOut};
 pub use cml::{cml_loss, ConfidenceRule};
 pub use collect::{collect_outputs, Collected};
+pub use dimml::{dimml_contrast, dimml_fuse, dimml_top_dimensions};
 pub use gblending::{blend_weights, gain_and_overfitting};
 pub use greedy::Utilisation;
 pub use inforeg::inforeg_window;
@@ -70,16 +75,18 @@ pub use joint::Joint;
 pub use lfm::{lfm_alignment, lfm_alpha};
 pub use mbsd::{mbsd_terms, MbsdDistance};
 pub use method::{
-    BalanceMethod, EpochCtx, Grads, Prediction, Requirements, StepCtx, StepIndex, StepPlan,
+    BalanceMethod, EpochCtx, Grads, Phase, Prediction, Requirements, StepCtx, StepIndex, StepPlan,
 };
 pub use mla::{batch_entropy_weights, entropy_weights, update_projector};
 pub use mmcosine::{cosine_logits, nce_loss};
 pub use mmpareto::min_norm_weight;
+pub use mses::mses_loss;
 pub use ogm::ogm_coefficients;
 pub use opm::{opm_drop, opm_drop_probabilities, opm_theta_term, OpmDrop};
 pub use pmr::{prototype_logits, prototypes_from};
 pub use qmf::{qmf_confidences, qmf_fuse, qmf_rank_loss};
 pub use ratio::{ratios_against_others, true_class_score};
+pub use reconboost::{reconboost_boost_loss, reconboost_ensemble, reconboost_ga, SharedMlp};
 pub use registry::{
     build_method, no_options, options_table, parse_options, register, Builder, METHODS,
 };
@@ -87,5 +94,6 @@ pub use relearning::{
     relearning_blend, relearning_kmeans, relearning_min_max_scale, relearning_purity,
     relearning_weight,
 };
+pub use ume::ume_logits;
 pub use umt::umt_loss;
 pub use valuation_pass::{valuation_pass, ValuationOptions};

@@ -179,6 +179,22 @@ impl EpochCtx<'_> {
     }
 }
 
+/// What an epoch trains, for methods that train in stages ([`BalanceMethod::phase`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Phase {
+    /// Encoders held fixed this epoch: the trainer's forward runs them in eval mode (running
+    /// statistics used and left alone, PyTorch's `encoder.eval()`) and their parameters take no
+    /// step.
+    pub frozen_encoders: Vec<usize>,
+    /// The optimizer's state (momentum buffers, Adam's moments and step counts) starts afresh
+    /// with this epoch, as a new `torch.optim` object at the start of a stage.
+    pub fresh_optimizer: bool,
+    /// The 0-based epoch the learning-rate schedule counts from: 0 for the run's schedule; a
+    /// phase whose reference builds a new scheduler gives its first epoch (the schedule then
+    /// runs as in a run of `epochs - schedule_from` epochs).
+    pub schedule_from: usize,
+}
+
 /// What a method needs of the model and the data. The trainer checks it before anything is
 /// trained (one error naming the method and the config key to change), and the xtasks read it to
 /// configure each method's runs.
@@ -335,6 +351,15 @@ pub trait BalanceMethod: Send {
     /// gradients in [`BalanceMethod::edit_gradients`] instead. Default: none.
     fn lr_scales(&mut self, _ctx: &EpochCtx) -> Result<Vec<(ParamGroup, f64)>> {
         Ok(Vec::new())
+    }
+
+    /// What the next epoch trains (called after [`BalanceMethod::lr_scales`]): encoders held fixed,
+    /// whether the optimizer starts afresh and where the learning-rate schedule counts from. A
+    /// resumed run asks again for the epoch it goes on with, so the answer must follow from the
+    /// epoch and the method's checkpointed state. Default: everything trains, the optimizer goes
+    /// on.
+    fn phase(&mut self, _ctx: &EpochCtx) -> Result<Phase> {
+        Ok(Phase::default())
     }
 
     /// How many backward passes and steps a batch gets.

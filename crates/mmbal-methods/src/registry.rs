@@ -31,6 +31,10 @@ pub const METHODS: &[(&str, Builder)] = &[
     ("mslr", crate::mslr::build),
     ("relearning", crate::relearning::build),
     ("umt", crate::umt::build),
+    ("mses", crate::mses::build),
+    ("reconboost", crate::reconboost::build),
+    ("ume", crate::ume::build),
+    ("di-mml", crate::dimml::build),
 ];
 
 /// Methods registered at run time by code outside this crate ([`register`]).

@@ -162,6 +162,7 @@ impl Trainer {
             lock,
             overwrite: false,
             score_ratio,
+            frozen_encoders: Vec::new(),
         })
     }
 

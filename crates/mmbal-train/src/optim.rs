@@ -28,6 +28,9 @@ pub trait Optimizer: Send {
     fn state(&self) -> Vec<(String, Tensor)>;
     /// Restores what [`Optimizer::state`] wrote.
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()>;
+    /// Drops every per-parameter state, as a new PyTorch optimizer over the same parameters
+    /// (a staged method's new stage); the learning rate and its factors stay.
+    fn reset(&mut self);
 }
 
 /// An optimizer as a config names it.
@@ -279,6 +282,9 @@ impl Optimizer for Sgd {
         }
         Ok(())
     }
+    fn reset(&mut self) {
+        self.buffers.iter_mut().for_each(|b| *b = None);
+    }
 }
 
 /// PyTorch's Adam, or AdamW when `decoupled`; moments and step counts kept per parameter.
@@ -441,6 +447,10 @@ impl Optimizer for Adam {
             };
         }
         Ok(())
+    }
+    fn reset(&mut self) {
+        self.moments.iter_mut().for_each(|m| *m = None);
+        self.steps.iter_mut().for_each(|t| *t = 0);
     }
 }
 

@@ -6,7 +6,7 @@ use crate::optim::Optimizer;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use mmbal_data::{Batch, Row};
-use mmbal_fusion::{ForwardOut, MultimodalModel};
+use mmbal_fusion::{ForwardOut, MultimodalModel, ParamGroup};
 use mmbal_methods::{BalanceMethod, Grads, StepCtx, StepIndex, StepPlan};
 
 /// What one step trains on, on the model's device.
@@ -20,13 +20,16 @@ pub struct StepInputs<'a> {
     pub keep: &'a Tensor,
     /// The batch's rows (sample index, zeroed modalities); empty when there are none.
     pub rows: &'a [Row],
+    /// Encoders held fixed (the method's [`mmbal_methods::Phase`]): eval mode in the forward,
+    /// no step; empty when everything trains.
+    pub frozen_encoders: &'a [usize],
 }
 
-/// One training step: a train-mode forward with `keep` masking the features, then for each
-/// backward pass of the method's [`StepPlan`]: the method's loss and one backward (or the
-/// gradients the method computes itself, `step_gradients`), the method's read-only look and
-/// edits, the finite check (the model's and the method's own parameters) and an optimizer step.
-/// Returns the summed loss and the forward output.
+/// One training step: a train-mode forward (frozen encoders in eval mode) with `keep` masking the
+/// features, then for each backward pass of the method's [`StepPlan`]: the method's loss and one
+/// backward (or the gradients the method computes itself, `step_gradients`), the method's read-only
+/// look and edits, the finite check (the model's and the method's own parameters) and an optimizer
+/// step. Returns the summed loss and the forward output.
 pub fn train_step(
     model: &MultimodalModel,
     method: &mut dyn BalanceMethod,
@@ -39,8 +42,17 @@ pub fn train_step(
         labels,
         keep,
         rows,
+        frozen_encoders,
     } = batch;
-    let out = model.forward(inputs, Some(keep), true)?;
+    let modes: Vec<bool> = (0..model.num_modalities())
+        .map(|m| !frozen_encoders.contains(&m))
+        .collect();
+    let out = model.forward_modes(inputs, Some(keep), &modes)?;
+    let frozen_params = frozen_encoders
+        .iter()
+        .map(|&m| model.group(ParamGroup::Encoder(m)))
+        .collect::<Result<Vec<_>, _>>()?
+        .concat();
     let turns: Vec<Option<usize>> = match method.step_plan() {
         StepPlan::Joint => vec![None],
         StepPlan::PerModality => (0..model.num_modalities()).map(Some).collect(),
@@ -92,6 +104,9 @@ pub fn train_step(
         };
         method.observe_gradients(&ctx, &out, &grads)?;
         method.edit_gradients(&ctx, &out, &mut grads)?;
+        for v in &frozen_params {
+            grads.remove(v);
+        }
         if let Some(name) = first_non_finite_gradient(model, &*method, &grads)? {
             bail!(
                 "{}: the gradient of `{name}` is not finite (loss {value}); no step was taken",
@@ -132,7 +147,7 @@ pub(crate) fn all_finite(t: &Tensor) -> Result<bool> {
     Ok(mmbal_ops::first_non_finite(&[t])?.is_none())
 }
 
-/// What one training step of [`Trainer::train_step`] reports.
+/// What one training step of [`crate::Trainer::train_step`] reports.
 pub struct StepReport {
     /// Summed loss of the step's backward passes.
     pub loss: f64,

@@ -1,4 +1,4 @@
-//! Teachers for the methods that read other runs' models (UMT): one run per modality of a
+//! Teachers for the methods that read other runs' models (UMT, UME): one run per modality of a
 //! config, on that modality alone.
 
 use crate::{Quiet, TrainConfig, Trainer};

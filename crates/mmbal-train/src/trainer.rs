@@ -1,6 +1,8 @@
 //! The training loop. Per epoch: the method's row plan (or every training sample once), shuffled
-//! with `(seed, epoch)`; per batch: [`crate::train_step`]; then the method's epoch-end hook,
-//! evaluation on val (and test), one record in the run log, and checkpoints. The reported model
+//! with `(seed, epoch)`, its learning-rate factors and its phase (encoders held in eval mode, a
+//! fresh optimizer, where the schedule counts from); per batch: [`crate::train_step`]; then the
+//! method's epoch-end hook, evaluation on val (and test), one record in the run log, and
+//! checkpoints. The reported model
 //! is the selected epoch's (best val accuracy); the last epoch is reported too. Test never
 //! selects anything.
 //!
@@ -47,6 +49,8 @@ pub struct Trainer {
     pub(crate) overwrite: bool,
     /// The per-epoch score ratio, when the config asks for it.
     pub(crate) score_ratio: Option<ScoreRatio>,
+    /// Encoders the method holds fixed this epoch ([`mmbal_methods::Phase`]).
+    pub(crate) frozen_encoders: Vec<usize>,
 }
 
 impl Trainer {
@@ -74,6 +78,7 @@ impl Trainer {
                 labels: &labels,
                 keep: &keep,
                 rows: &batch.rows,
+                frozen_encoders: &self.frozen_encoders,
             },
             StepIndex {
                 epoch,
@@ -185,17 +190,38 @@ impl Trainer {
 
     /// Trains one epoch (0-based `epoch`) and evaluates; returns its record.
     pub fn run_epoch(&mut self, epoch: usize, events: &mut dyn Events) -> Result<EpochRecord> {
-        let cfg = &self.config;
-        let lr = cfg.schedule.lr(cfg.optimizer.lr(), epoch, cfg.epochs);
-        self.optimizer.set_learning_rate(lr);
-        let (seed, bs, prefetch) = (cfg.seed, cfg.batch_size, cfg.prefetch);
-        let (plan, lr_scales) = {
+        let (plan, lr_scales, phase) = {
             let (ctx, method) = self.epoch_ctx(epoch);
             let plan = method.epoch_plan(&ctx)?;
-            (plan, method.lr_scales(&ctx)?)
+            let scales = method.lr_scales(&ctx)?;
+            (plan, scales, method.phase(&ctx)?)
         };
         let scales = self.lr_scale_per_param(&lr_scales)?;
         self.optimizer.set_lr_scales(scales)?;
+        if let Some(&m) = phase
+            .frozen_encoders
+            .iter()
+            .find(|&&m| m >= self.model.num_modalities())
+        {
+            bail!(
+                "epoch {}: method `{}` freezes encoder {m} of {}",
+                epoch + 1,
+                self.method.name(),
+                self.model.num_modalities()
+            );
+        }
+        self.frozen_encoders = phase.frozen_encoders;
+        if phase.fresh_optimizer {
+            self.optimizer.reset();
+        }
+        let cfg = &self.config;
+        // A phase with its own scheduler counts the schedule's epochs from its start.
+        let from = phase.schedule_from.min(epoch);
+        let lr = cfg
+            .schedule
+            .lr(cfg.optimizer.lr(), epoch - from, cfg.epochs - from);
+        self.optimizer.set_learning_rate(lr);
+        let (seed, bs, prefetch) = (cfg.seed, cfg.batch_size, cfg.prefetch);
         let mut rows = plan.unwrap_or_else(|| self.dataset.rows(Split::Train));
         if rows.is_empty() {
             bail!("epoch {}: no training rows", epoch + 1);

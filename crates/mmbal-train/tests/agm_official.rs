@@ -49,6 +49,7 @@ fn agm_three_epochs_match_official_train() {
             labels: &labels,
             keep: &keep,
             rows: &[],
+            frozen_encoders: &[],
         };
         let at = StepIndex {
             epoch: e - 1,

@@ -170,6 +170,7 @@ fn ten_adam_steps_match_pytorch() {
                 labels: &labels,
                 keep: &keep,
                 rows: &[],
+                frozen_encoders: &[],
             },
             at,
         )

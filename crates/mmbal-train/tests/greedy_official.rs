@@ -112,6 +112,7 @@ fn run_schedule(options: &str) {
                     labels: &labels,
                     keep: &keep,
                     rows: &[],
+                    frozen_encoders: &[],
                 },
                 StepIndex {
                     epoch,

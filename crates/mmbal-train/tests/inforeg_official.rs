@@ -73,6 +73,7 @@ fn inforeg_three_epochs_match_official_train_epoch() {
                 labels: &labels,
                 keep: &keep,
                 rows: &[],
+                frozen_encoders: &[],
             };
             let at = StepIndex {
                 epoch: e,

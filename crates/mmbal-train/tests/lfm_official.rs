@@ -59,6 +59,7 @@ fn lfm_three_epochs_match_official_train_audio_video() {
             labels: &labels,
             keep: &keep,
             rows: &[],
+            frozen_encoders: &[],
         };
         let at = StepIndex {
             epoch: e,

@@ -159,6 +159,7 @@ fn run(f: &HashMap<String, Tensor>, options: &str) -> (MultimodalModel, Recorder
                 labels: &labels,
                 keep: &keep,
                 rows: &[],
+                frozen_encoders: &[],
             },
             at,
         )

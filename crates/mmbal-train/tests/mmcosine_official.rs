@@ -92,6 +92,7 @@ fn run_and_check(f: &HashMap<String, Tensor>, run: &str, options: &str) -> Multi
             labels: &labels,
             keep: &keep,
             rows: &[],
+            frozen_encoders: &[],
         };
         let (loss, _) = train_step(&model, &mut rec, &mut sgd, step, at).unwrap();
         let p = format!("{run}.e{e}");

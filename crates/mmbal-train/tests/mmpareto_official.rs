@@ -69,6 +69,7 @@ fn mmpareto_three_steps_match_official_train_epoch() {
             labels: &labels,
             keep: &keep,
             rows: &[],
+            frozen_encoders: &[],
         };
         let at = StepIndex {
             epoch: e,

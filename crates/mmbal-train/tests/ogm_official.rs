@@ -135,6 +135,7 @@ fn run(
                 labels: &labels,
                 keep: &keep,
                 rows: &[],
+                frozen_encoders: &[],
             },
             at,
         )

@@ -93,6 +93,7 @@ fn step(
             labels: &labels,
             keep: &keep,
             rows: &[],
+            frozen_encoders: &[],
         },
         at,
     )

@@ -144,6 +144,7 @@ fn qmf_two_epochs_match_official_model_forward() {
                 labels: &labels,
                 keep: &keep,
                 rows: &rows,
+                frozen_encoders: &[],
             };
             let at = StepIndex {
                 epoch: e,

@@ -138,6 +138,7 @@ fn joint_step_matches_pytorch() {
             labels: &labels,
             keep: &keep,
             rows: &[],
+            frozen_encoders: &[],
         },
         StepIndex::default(),
     )
@@ -240,6 +241,7 @@ fn ogm_step_matches_pytorch() {
             labels: &labels,
             keep: &keep,
             rows: &[],
+            frozen_encoders: &[],
         },
         StepIndex::default(),
     )
@@ -381,6 +383,7 @@ fn pmr_steps_match_pytorch() {
                 labels: &labels,
                 keep: &keep,
                 rows: &[],
+                frozen_encoders: &[],
             },
             StepIndex::default(),
         )
@@ -480,6 +483,7 @@ fn mla_steps_match_pytorch() {
             labels: &labels,
             keep: &keep,
             rows: &[],
+            frozen_encoders: &[],
         },
         at,
     )

@@ -5,7 +5,7 @@
 use mmbal_train::checkpoint::Checkpoint;
 use mmbal_train::optim::OptimizerConfig;
 use mmbal_train::{Quiet, TrainConfig, Trainer};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("mmbal-trainer-{}-{name}", std::process::id()));
@@ -44,6 +44,21 @@ fn set_method(c: &mut TrainConfig, name: &str) {
         "mla" => c.model.fusion = mmbal_fusion::FusionKind::Shared,
         "qmf" | "lfm" => c.model.fusion = mmbal_fusion::FusionKind::Sum,
         "g-blending" | "mmpareto" => c.model.fusion = mmbal_fusion::FusionKind::Blend,
+        // Short stages: two boosting epochs and one correction; a small shared head.
+        "reconboost" => {
+            c.method.options =
+                toml::from_str("epochs_per_stage = 2\ncorrect_epochs = 1\nhidden = 16").unwrap();
+        }
+        // Stage 1 (contrastive from its first epoch) for one epoch, then stage 2.
+        "di-mml" => {
+            c.model.fusion = mmbal_fusion::FusionKind::Blend;
+            c.method.options = toml::from_str("stage1_epochs = 1\ncontrast_start = 0").unwrap();
+        }
+        // Stops a branch after one epoch without a new best.
+        "mses" => {
+            c.model.fusion = mmbal_fusion::FusionKind::Blend;
+            c.method.options = toml::from_str("patience = 1").unwrap();
+        }
         // A diagnosis after epoch 1, so the re-initialisation happens as epoch 2 (the third)
         // starts.
         "relearning" => {
@@ -51,8 +66,9 @@ fn set_method(c: &mut TrainConfig, name: &str) {
             c.method.options = t;
             c.epochs = c.epochs.max(3);
         }
-        // One teacher per modality: a one-epoch run of this config on that modality alone.
-        "umt" => {
+        // One teacher (UME: member) per modality: a one-epoch run of this config on that
+        // modality alone.
+        "umt" | "ume" => {
             let mut t = c.clone();
             t.epochs = 1;
             let teachers = mmbal_train::train_teachers(&t).unwrap();
@@ -127,6 +143,11 @@ fn resumed_run_equals_uninterrupted_run() {
         ("amco", adam.clone(), "amco"),
         ("agm", adam.clone(), "agm"),
         ("mslr", adam.clone(), "mslr"),
+        ("mses", adam.clone(), "mses"),
+        ("reconboost", adam.clone(), "reconboost"),
+        ("ume", adam.clone(), "ume"),
+        // Split at the stage boundary.
+        ("di-mml", adam.clone(), "di-mml"),
         ("umt", adam, "umt"),
     ] {
         let mut whole = small(&out, &format!("{tag}-whole"), opt.clone());
@@ -150,7 +171,12 @@ fn resumed_run_equals_uninterrupted_run() {
         let a = Checkpoint::load(&whole.run_dir().join("last.safetensors")).unwrap();
         let b = Checkpoint::load(&first.run_dir().join("last.safetensors")).unwrap();
         assert_eq!(a.tensors.len(), b.tensors.len());
-        assert!(a.tensors.keys().any(|k| k.starts_with("optim.")));
+        // UME trains nothing, so it has no optimizer state.
+        assert_eq!(
+            a.tensors.keys().any(|k| k.starts_with("optim.")),
+            method != "ume",
+            "{tag}"
+        );
         for (k, ta) in &a.tensors {
             let tb = &b.tensors[k];
             let d = (ta - tb).unwrap().abs().unwrap().max_all().unwrap();
@@ -368,7 +394,7 @@ fn methods_train_with_three_modalities_where_defined() {
         }
         let t = Trainer::from_config(c);
         // Defined for two modalities only: refused up front, naming the requirement.
-        if method == "greedy" || method == "agm" {
+        if method == "greedy" || method == "agm" || method == "di-mml" {
             let err = t.err().expect("refuses three modalities");
             assert!(
                 format!("{err:#}").contains("exactly 2 modalities"),
@@ -1319,5 +1345,451 @@ fn mslr_factors_follow_the_logged_val_accuracies() {
         }
     }
     assert!(moved, "the val accuracies changed, so a factor moved");
+    let _ = std::fs::remove_dir_all(out);
+}
+
+/// Every tensor of checkpoint `a` equals `b`'s bitwise (those named by `only`, when given), and
+/// `b` holds no other.
+fn assert_checkpoints_equal(a: &Path, b: &Path, only: Option<&dyn Fn(&str) -> bool>, tag: &str) {
+    let (a, b) = (Checkpoint::load(a).unwrap(), Checkpoint::load(b).unwrap());
+    let keep = |k: &str| only.is_none_or(|f| f(k));
+    let keys: Vec<&String> = a.tensors.keys().filter(|k| keep(k)).collect();
+    assert!(!keys.is_empty(), "{tag}: nothing to compare");
+    assert_eq!(
+        keys.len(),
+        b.tensors.keys().filter(|k| keep(k)).count(),
+        "{tag}"
+    );
+    for k in keys {
+        let tb = b
+            .tensors
+            .get(k)
+            .unwrap_or_else(|| panic!("{tag}: {k} missing"));
+        let d = (&a.tensors[k] - tb)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_dtype(candle_core::DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert_eq!(d, 0.0, "{tag}: {k} differs");
+    }
+}
+
+/// MSES (patience 1): a branch whose own val accuracy stops improving is put back to its best
+/// epoch and frozen, encoder running statistics included, so at the end of the run it equals
+/// the branch of a run stopped at that best epoch; the other parts go on training. A run split
+/// just before the restore and resumed equals the whole run, bitwise.
+#[test]
+fn mses_stops_each_branch_at_its_best_epoch_and_resumes_across_the_stop() {
+    let out = tmp("mses");
+    let config = |name: &str, epochs: usize| {
+        let mut c = small(&out, name, OptimizerConfig::default());
+        set_method(&mut c, "mses");
+        c.epochs = epochs;
+        c
+    };
+    let epochs = 6;
+    let whole = config("whole", epochs);
+    Trainer::from_config(whole.clone())
+        .unwrap()
+        .run(&mut Quiet)
+        .unwrap();
+    let log = std::fs::read_to_string(whole.run_dir().join("metrics.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = &records[epochs - 1]["method"];
+    let mut stopped = Vec::new();
+    for (m, name) in ["audio", "visual"].iter().enumerate() {
+        // 1-based first frozen epoch, 0 when the branch never stopped.
+        let from = last[format!("mses_stopped_from_{m}")].as_f64().unwrap() as usize;
+        if from == 0 || from > epochs {
+            continue;
+        }
+        // Its best: the first epoch with the highest own val accuracy before the stop.
+        let acc: Vec<f64> = records[..from - 1]
+            .iter()
+            .map(|r| r["val"]["modality_acc"][name].as_f64().unwrap())
+            .collect();
+        let top = acc.iter().cloned().fold(f64::MIN, f64::max);
+        let best = acc.iter().position(|&a| a == top).unwrap() + 1;
+        assert_eq!(
+            from,
+            best + 2,
+            "{name}: patience 1 stops the epoch after the first one without a new best"
+        );
+        stopped.push((m, *name, from, best));
+    }
+    assert!(
+        !stopped.is_empty(),
+        "no branch stopped: the test checks nothing"
+    );
+    for &(m, name, _, best) in &stopped {
+        let until = config(&format!("until-{name}"), best);
+        Trainer::from_config(until.clone())
+            .unwrap()
+            .run(&mut Quiet)
+            .unwrap();
+        // Parameters and running statistics of the encoder, and its own classifier.
+        let branch = |k: &str| {
+            let k = k
+                .strip_prefix("model.")
+                .or_else(|| k.strip_prefix("buffer."))
+                .unwrap_or("");
+            k.starts_with(&format!("encoders.{name}.")) || k.starts_with(&format!("head.fc.{m}."))
+        };
+        assert_checkpoints_equal(
+            &whole.run_dir().join("last.safetensors"),
+            &until.run_dir().join("last.safetensors"),
+            Some(&branch),
+            name,
+        );
+    }
+    // The fused classifier kept training after the stops.
+    let a = Checkpoint::load(&whole.run_dir().join("last.safetensors")).unwrap();
+    let first_stop = stopped.iter().map(|s| s.2).min().unwrap();
+    let before = config("before-stop", first_stop - 1);
+    Trainer::from_config(before.clone())
+        .unwrap()
+        .run(&mut Quiet)
+        .unwrap();
+    let b = Checkpoint::load(&before.run_dir().join("last.safetensors")).unwrap();
+    let moved = (&a.tensors["model.head.fc.weight"] - &b.tensors["model.head.fc.weight"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(moved > 0.0, "the fused classifier stopped too");
+    // Resumed from the checkpoint taken just before the first restore.
+    let mut resumed = Trainer::resume(
+        &before.run_dir().join("last.safetensors"),
+        Some(epochs),
+        None,
+    )
+    .unwrap();
+    resumed.run(&mut Quiet).unwrap();
+    assert_checkpoints_equal(
+        &whole.run_dir().join("last.safetensors"),
+        &before.run_dir().join("last.safetensors"),
+        None,
+        "resumed",
+    );
+    let split_log = std::fs::read_to_string(before.run_dir().join("metrics.jsonl")).unwrap();
+    assert_eq!(comparable(&log), comparable(&split_log));
+    let _ = std::fs::remove_dir_all(out);
+}
+
+/// A copy of a run folder's files in `to` whose `last.safetensors` has no optimizer state.
+fn copy_without_optimizer_state(from: &Path, to: &Path) -> PathBuf {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let ck = Checkpoint::load(&from.join("last.safetensors")).unwrap();
+    let tensors: Vec<(String, candle_core::Tensor)> = ck
+        .tensors
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("optim."))
+        .collect();
+    let path = to.join("last.safetensors");
+    mmbal_train::checkpoint::save(&path, tensors, ck.meta).unwrap();
+    path
+}
+
+/// ReconBoost with two boosting epochs and one correction epoch per stage, over five epochs
+/// (audio boosting, audio boosting, correction of {audio}, visual boosting, visual boosting):
+/// each phase trains only its parts, the visual encoder is held (eval mode, running statistics
+/// included) until it is picked, the model's own fusion head never trains, each phase starts a
+/// fresh optimizer (a checkpoint without optimizer state resumes to the same run at a phase
+/// start and not in the middle of one), and a run stopped in the middle of the second stage
+/// resumes to the whole run, bitwise.
+#[test]
+fn reconboost_trains_in_stages_with_fresh_optimizers_and_resumes_mid_stage() {
+    let out = tmp("reconboost");
+    let config = |name: &str, epochs: usize| {
+        let mut c = small(&out, name, OptimizerConfig::default());
+        set_method(&mut c, "reconboost");
+        c.epochs = epochs;
+        c
+    };
+    let whole = config("whole", 5);
+    let initial = Trainer::from_config(whole.clone()).unwrap();
+    let init: std::collections::HashMap<String, candle_core::Tensor> = initial
+        .model
+        .named_params()
+        .into_iter()
+        .map(|(n, v)| (format!("model.{n}"), v.as_tensor().copy().unwrap()))
+        .chain(
+            initial
+                .model
+                .buffers()
+                .unwrap()
+                .into_iter()
+                .map(|(n, t)| (format!("buffer.{n}"), t)),
+        )
+        .collect();
+    drop(initial);
+    Trainer::from_config(whole.clone())
+        .unwrap()
+        .run(&mut Quiet)
+        .unwrap();
+    let after: Vec<Checkpoint> = (1..=4)
+        .map(|e| {
+            let c = config(&format!("e{e}"), e);
+            Trainer::from_config(c.clone())
+                .unwrap()
+                .run(&mut Quiet)
+                .unwrap();
+            Checkpoint::load(&c.run_dir().join("last.safetensors")).unwrap()
+        })
+        .collect();
+    let last = Checkpoint::load(&whole.run_dir().join("last.safetensors")).unwrap();
+    let same = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            == 0.0
+    };
+    // Whether every tensor whose name starts with `prefix` is the same in both.
+    let part_same = |a: &std::collections::HashMap<String, candle_core::Tensor>,
+                     b: &std::collections::HashMap<String, candle_core::Tensor>,
+                     prefix: &str| {
+        let keys: Vec<&String> = a.keys().filter(|k| k.starts_with(prefix)).collect();
+        assert!(!keys.is_empty(), "nothing under {prefix}");
+        keys.iter().all(|k| same(&a[*k], &b[*k]))
+    };
+    let beta = |c: &Checkpoint| c.tensors["method_param.boost_rate"].clone();
+    let enc = |m: &str| format!("model.encoders.{m}.");
+    let stats = |m: &str| format!("buffer.encoders.{m}.");
+    // Stage 0: the visual encoder is held, parameters and running statistics.
+    for c in &after[..3] {
+        assert!(part_same(&c.tensors, &init, &enc("visual")));
+        assert!(part_same(&c.tensors, &init, &stats("visual")));
+    }
+    assert!(!part_same(&after[0].tensors, &init, &enc("audio")));
+    // Boosting leaves the boost rate; the correction trains it.
+    assert_eq!(beta(&after[1]).to_vec1::<f32>().unwrap(), vec![1.0]);
+    assert_ne!(beta(&after[2]).to_vec1::<f32>().unwrap(), vec![1.0]);
+    // Stage 1 boosts visual: audio's parameters and the boost rate stay.
+    assert!(part_same(
+        &after[3].tensors,
+        &after[2].tensors,
+        &enc("audio")
+    ));
+    assert!(same(&beta(&after[3]), &beta(&after[2])));
+    assert!(!part_same(
+        &after[3].tensors,
+        &after[2].tensors,
+        &enc("visual")
+    ));
+    // The model's own fusion head is never trained: the method's shared head predicts.
+    assert!(part_same(&last.tensors, &init, "model.head."));
+    let log = std::fs::read_to_string(whole.run_dir().join("metrics.jsonl")).unwrap();
+    let recs: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let column = |k: &str| -> Vec<f64> {
+        recs.iter()
+            .map(|r| r["method"][k].as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(column("reconboost_stage"), [0.0, 0.0, 0.0, 1.0, 1.0]);
+    assert_eq!(column("reconboost_active"), [0.0, 0.0, 0.0, 1.0, 1.0]);
+    assert_eq!(column("reconboost_boosting"), [1.0, 1.0, 0.0, 1.0, 1.0]);
+    assert_eq!(column("reconboost_members"), [1.0, 1.0, 1.0, 2.0, 2.0]);
+
+    // Stopped in the middle of stage 1's boosting, resumed: the whole run.
+    let mut resumed = Trainer::resume(
+        &config("e4", 4).run_dir().join("last.safetensors"),
+        Some(5),
+        None,
+    )
+    .unwrap();
+    resumed.run(&mut Quiet).unwrap();
+    let whole_ck = whole.run_dir().join("last.safetensors");
+    assert_checkpoints_equal(
+        &whole_ck,
+        &config("e4", 4).run_dir().join("last.safetensors"),
+        None,
+        "resumed mid-stage",
+    );
+    // Without optimizer state: the same run from a phase start (epoch 4 starts afresh), not
+    // from the middle of a phase (epoch 5 goes on with epoch 4's momentum).
+    let model_only = |k: &str| k.starts_with("model.") || k.starts_with("method_param.");
+    // (The e4 folder went on to epoch 5 above: epoch 4's checkpoint comes from a fresh run.)
+    let again = config("e4-again", 4);
+    Trainer::from_config(again.clone())
+        .unwrap()
+        .run(&mut Quiet)
+        .unwrap();
+    for (from, src, equal) in [
+        (3, config("e3", 3).run_dir(), true),
+        (4, again.run_dir(), false),
+    ] {
+        let ck = copy_without_optimizer_state(&src, &out.join(format!("bare{from}")));
+        let mut t = Trainer::resume(&ck, Some(5), None).unwrap();
+        t.run(&mut Quiet).unwrap();
+        let (a, b) = (
+            Checkpoint::load(&whole_ck).unwrap(),
+            Checkpoint::load(&ck).unwrap(),
+        );
+        let all_same = a
+            .tensors
+            .iter()
+            .filter(|(k, _)| model_only(k))
+            .all(|(k, t)| same(t, &b.tensors[k]));
+        assert_eq!(
+            all_same, equal,
+            "resumed without optimizer state from epoch {from}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(out);
+}
+
+/// UME: the ensemble's numbers are its members': each modality's val accuracy is its member
+/// run's (at that run's best epoch), the fused val accuracy that of the mean of the members'
+/// val logits, and the student's encoders are the members', untouched by the epoch.
+#[test]
+fn ume_predicts_with_its_members_and_trains_nothing() {
+    use mmbal_train::metrics::{accuracy, argmax};
+    let out = tmp("ume");
+    let mut c = small(&out, "ume", OptimizerConfig::default());
+    set_method(&mut c, "ume");
+    c.epochs = 1;
+    Trainer::from_config(c.clone())
+        .unwrap()
+        .run(&mut Quiet)
+        .unwrap();
+    let log = std::fs::read_to_string(c.run_dir().join("metrics.jsonl")).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    let ume = Checkpoint::load(&c.run_dir().join("last.safetensors")).unwrap();
+    let mut logits = Vec::new();
+    let mut labels = Vec::new();
+    for (m, path) in c.method.options["teachers"].as_table().unwrap() {
+        let path = PathBuf::from(path.as_str().unwrap());
+        let t = Trainer::open(&path, None).unwrap();
+        let rows = t.dataset.rows(mmbal_data::Split::Val);
+        let col =
+            mmbal_methods::collect_outputs(&t.model, &t.dataset, &rows, c.batch_size).unwrap();
+        let acc = accuracy(&argmax(&col.fused).unwrap(), &col.labels);
+        assert_eq!(rec["val"]["modality_acc"][m].as_f64().unwrap(), acc, "{m}");
+        logits.push(col.fused);
+        labels = col.labels;
+        let member = Checkpoint::load(&path).unwrap();
+        let encoder = |k: &str| {
+            k.starts_with(&format!("model.encoders.{m}."))
+                || k.starts_with(&format!("buffer.encoders.{m}."))
+        };
+        for (k, want) in member.tensors.iter().filter(|(k, _)| encoder(k)) {
+            let got = &ume.tensors[k];
+            let d = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(d, 0.0, "{k}");
+        }
+    }
+    let mean = mmbal_methods::ume_logits(&logits).unwrap();
+    let acc = accuracy(&argmax(&mean).unwrap(), &labels);
+    assert_eq!(rec["val"]["acc"].as_f64().unwrap(), acc);
+    let _ = std::fs::remove_dir_all(out);
+}
+
+/// DI-MML with two stage-1 epochs (the contrastive term from the second) and one stage-2 epoch,
+/// under a halving step schedule: stage 2 holds the encoders (parameters and running
+/// statistics), the modalities' own classifiers and the shared one, trains the fused classifier
+/// alone, and restarts the schedule (the reference's new optimizer and scheduler).
+#[test]
+fn dimml_stage_two_trains_the_fused_classifier_alone() {
+    let out = tmp("dimml");
+    let config = |name: &str, epochs: usize| {
+        let mut c = small(&out, name, OptimizerConfig::default());
+        set_method(&mut c, "di-mml");
+        c.method.options = toml::from_str("stage1_epochs = 2\ncontrast_start = 1").unwrap();
+        c.schedule = mmbal_train::schedule::Schedule::Step {
+            step_size: 1,
+            gamma: 0.5,
+        };
+        c.epochs = epochs;
+        c
+    };
+    let (whole, stage1) = (config("whole", 3), config("stage1", 2));
+    for c in [&whole, &stage1] {
+        Trainer::from_config(c.clone())
+            .unwrap()
+            .run(&mut Quiet)
+            .unwrap();
+    }
+    let a = Checkpoint::load(&whole.run_dir().join("last.safetensors")).unwrap();
+    let b = Checkpoint::load(&stage1.run_dir().join("last.safetensors")).unwrap();
+    let moved = |k: &str| {
+        (&a.tensors[k] - &b.tensors[k])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
+    };
+    let mut fused = 0;
+    for k in a.tensors.keys() {
+        let held = k.starts_with("model.encoders.")
+            || k.starts_with("buffer.encoders.")
+            || k.starts_with("model.head.fc.0.")
+            || k.starts_with("model.head.fc.1.")
+            || k.starts_with("method_param.shared.");
+        if held {
+            assert!(!moved(k), "{k} moved in stage 2");
+        } else if k == "model.head.fc.weight" || k == "model.head.fc.bias" {
+            assert!(moved(k), "{k} did not move in stage 2");
+            fused += 1;
+        }
+    }
+    assert_eq!(fused, 2);
+    let log = std::fs::read_to_string(whole.run_dir().join("metrics.jsonl")).unwrap();
+    let recs: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let lr: Vec<f64> = recs.iter().map(|r| r["lr"].as_f64().unwrap()).collect();
+    assert_eq!(lr, [1e-3, 5e-4, 1e-3], "stage 2 restarts the schedule");
+    let stage: Vec<f64> = recs
+        .iter()
+        .map(|r| r["method"]["dimml_stage"].as_f64().unwrap())
+        .collect();
+    assert_eq!(stage, [1.0, 1.0, 2.0]);
+    assert!(recs[0]["method"].get("dimml_dims_0").is_none());
+    assert!(recs[1]["method"]["dimml_dims_0"].as_f64().is_some());
     let _ = std::fs::remove_dir_all(out);
 }

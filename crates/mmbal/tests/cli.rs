@@ -584,7 +584,7 @@ fn set_overrides_any_config_field_and_rejects_unknown_keys() {
 
 /// Each registered method's head and options for a two-epoch run (the resampling methods with
 /// one warm-up epoch, OPM dropping from the second, Greedy curating from the first).
-const METHOD_SETTINGS: [(&str, &str, &str); 22] = [
+const METHOD_SETTINGS: [(&str, &str, &str); 26] = [
     ("joint", "concat", ""),
     ("sample-level", "concat", "warmup = 1\n"),
     ("modality-level", "concat", "warmup = 1\n"),
@@ -609,16 +609,32 @@ const METHOD_SETTINGS: [(&str, &str, &str); 22] = [
     ("relearning", "concat", "reinit_epoch = 1\n"),
     // Its teachers (one-modality runs of joint's config) are trained first, in the loop.
     ("umt", "concat", ""),
+    ("mses", "blend", "patience = 1\n"),
+    // One-epoch phases: boosting audio, then the correction.
+    (
+        "reconboost",
+        "concat",
+        "epochs_per_stage = 1\ncorrect_epochs = 1\nhidden = 16\n",
+    ),
+    // The same one-modality runs as UMT's teachers.
+    ("ume", "concat", ""),
+    // Stage 1 with the contrastive term for one epoch, then stage 2.
+    ("di-mml", "blend", "stage1_epochs = 1\ncontrast_start = 0\n"),
 ];
 
-/// UMT's `teachers` option after training them: for each modality of the `joint` run already
-/// in `dir`, its config on that modality alone through `mmbal train --set`.
+/// UMT's and UME's `teachers` option after training them (once per `dir`): for each modality
+/// of the `joint` run already in `dir`, its config on that modality alone through `mmbal train
+/// --set`.
 fn umt_teachers(dir: &Path) -> String {
     let log = std::fs::read_to_string(dir.join("runs/joint/metrics.jsonl")).unwrap();
     let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
     let mut lines = String::from("[method.teachers]\n");
     for m in first["train"]["modality_acc"].as_object().unwrap().keys() {
         let name = format!("teacher-{m}");
+        lines += &format!("{m} = \"runs/{name}/best.safetensors\"\n");
+        if dir.join(format!("runs/{name}/best.safetensors")).is_file() {
+            continue;
+        }
         let o = mmbal(
             dir,
             &[
@@ -638,7 +654,6 @@ fn umt_teachers(dir: &Path) -> String {
             ],
         );
         assert!(o.status.success(), "teacher {m}: {}", text(&o));
-        lines += &format!("{m} = \"runs/{name}/best.safetensors\"\n");
     }
     lines
 }
@@ -658,7 +673,7 @@ fn train_every_method(dir: &Path, base: &str) {
         .expect("a name line")
         .to_string();
     for (method, fusion, options) in METHOD_SETTINGS {
-        let options = if method == "umt" {
+        let options = if method == "umt" || method == "ume" {
             umt_teachers(dir)
         } else {
             options.to_string()
