@@ -37,7 +37,7 @@ pub mod npy;
 pub mod overrides;
 pub mod recipe;
 
-pub use loader::{batches, shuffle_rows, Batch, Dataset, Row};
+pub use loader::{batches, drop_modalities, shuffle_rows, Batch, Dataset, Row};
 // The loader's own signatures name these.
 pub use mmbal_dataset::{Manifest, Split};
 pub use recipe::Recipe;

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use mmbal_dataset::manifest::{Manifest, Split};
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use std::path::Path;
@@ -212,6 +212,46 @@ pub fn shuffle_rows(rows: &mut [Row], seed: u64, epoch: u64) {
     rows.shuffle(&mut stream(seed, epoch, u64::MAX));
 }
 
+/// Missing modalities: each row loses modality `m` with probability `rates[m]` (zeroed, on top
+/// of what it already lacks), drawn from the stream of `(seed, epoch)` kept for this (one draw
+/// per row and modality, in row order, whatever the rates, so the rows that lose a modality at
+/// one rate also lose it at every higher rate). A row left with no modality keeps the one of
+/// those just dropped whose draw was highest, so the rate a row sees is a little below the
+/// asked one when several modalities are dropped. Returns how many modality slots were zeroed.
+pub fn drop_modalities(rows: &mut [Row], rates: &[f64], seed: u64, epoch: u64) -> Result<usize> {
+    if let Some(r) = rates.iter().find(|r| !(0.0..=1.0).contains(*r)) {
+        bail!("a missing rate is {r}; rates are between 0 and 1");
+    }
+    let mut rng = stream(seed, epoch, u64::MAX - 1);
+    let mut dropped = 0;
+    for row in rows.iter_mut() {
+        if row.zeroed.len() != rates.len() {
+            anyhow::bail!(
+                "{} missing rates for rows of {} modalities",
+                rates.len(),
+                row.zeroed.len()
+            );
+        }
+        let draws: Vec<f64> = rates.iter().map(|_| rng.random::<f64>()).collect();
+        let newly: Vec<usize> = (0..rates.len())
+            .filter(|&m| !row.zeroed[m] && draws[m] < rates[m])
+            .collect();
+        for &m in &newly {
+            row.zeroed[m] = true;
+        }
+        if row.zeroed.iter().all(|&z| z) {
+            if let Some(&m) = newly
+                .iter()
+                .max_by(|&&a, &&b| draws[a].total_cmp(&draws[b]))
+            {
+                row.zeroed[m] = false;
+            }
+        }
+        dropped += row.zeroed.iter().filter(|&&z| z).count();
+    }
+    Ok(dropped)
+}
+
 /// Iterates over the batches of `rows`, built `prefetch` batches ahead on a background thread.
 /// Every row is served exactly once; the last batch may be smaller.
 pub fn batches(
@@ -233,4 +273,56 @@ pub fn batches(
         }
     });
     rx.into_iter()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(n: usize, m: usize) -> Vec<Row> {
+        (0..n).map(|i| Row::full(i, m)).collect()
+    }
+
+    fn lost(rows: &[Row], m: usize) -> Vec<usize> {
+        rows.iter()
+            .filter(|r| r.zeroed[m])
+            .map(|r| r.sample)
+            .collect()
+    }
+
+    #[test]
+    fn dropped_modalities_follow_the_rates_nest_and_never_empty_a_row() {
+        let mut a = rows(4000, 2);
+        drop_modalities(&mut a, &[0.3, 0.0], 1, 2).unwrap();
+        let share = lost(&a, 0).len() as f64 / 4000.0;
+        assert!((share - 0.3).abs() < 0.03, "{share}");
+        assert!(lost(&a, 1).is_empty());
+        // The same seed and epoch: the same rows; a higher rate: a superset of them.
+        let mut again = rows(4000, 2);
+        drop_modalities(&mut again, &[0.3, 0.0], 1, 2).unwrap();
+        assert_eq!(a, again);
+        let mut more = rows(4000, 2);
+        drop_modalities(&mut more, &[0.6, 0.0], 1, 2).unwrap();
+        let (low, high) = (lost(&a, 0), lost(&more, 0));
+        assert!(low.iter().all(|s| high.contains(s)) && high.len() > low.len());
+        // Another epoch: other rows.
+        let mut other = rows(4000, 2);
+        drop_modalities(&mut other, &[0.3, 0.0], 1, 3).unwrap();
+        assert_ne!(lost(&other, 0), low);
+        // Everything asked missing: each row keeps one modality.
+        let mut all = rows(200, 3);
+        drop_modalities(&mut all, &[1.0, 1.0, 1.0], 1, 0).unwrap();
+        assert!(all
+            .iter()
+            .all(|r| r.zeroed.iter().filter(|&&z| !z).count() == 1));
+        // A modality the plan already zeroed stays zeroed, and the row keeps another.
+        let mut planned = vec![Row {
+            sample: 0,
+            zeroed: vec![true, false],
+        }];
+        drop_modalities(&mut planned, &[0.0, 1.0], 1, 0).unwrap();
+        assert_eq!(planned[0].zeroed, vec![true, false]);
+        assert!(drop_modalities(&mut rows(2, 2), &[1.5, 0.0], 1, 0).is_err());
+        assert!(drop_modalities(&mut rows(2, 2), &[0.5], 1, 0).is_err());
+    }
 }

@@ -19,7 +19,8 @@ pub struct Collected {
 }
 
 /// Runs the model in eval mode over `rows` (deterministic transforms; each row's zeroed
-/// modalities masked at the features), without building a graph for gradients.
+/// modalities masked at the features, and at the inputs when the model has a mixer), without
+/// building a graph for gradients.
 pub fn collect_outputs(
     model: &MultimodalModel,
     dataset: &Arc<Dataset>,
@@ -53,6 +54,13 @@ pub fn collect_outputs_with(
             .map(|x| x.to_device(&dev))
             .collect::<candle_core::Result<_>>()?;
         let keep = batch.keep.to_device(&dev)?;
+        // Zeroed modalities of a model that mixes them inside its encoders are zeroed at the
+        // inputs too (as in training).
+        let inputs = if model.has_mixer() && batch.rows.iter().any(|r| r.zeroed.contains(&true)) {
+            MultimodalModel::mask_inputs(&inputs, &keep)?
+        } else {
+            inputs
+        };
         let out = model.forward(&inputs, Some(&keep), false)?;
         labels.extend(batch.labels.to_vec1::<u32>()?);
         fused.push(out.fused_logits.detach().to_device(&Device::Cpu)?);

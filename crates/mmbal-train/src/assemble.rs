@@ -122,6 +122,18 @@ impl Trainer {
     ) -> Result<Trainer> {
         // The run's config (saved, and in every checkpoint) shows every option in use.
         config.record_method_options(method.options());
+        for (name, rate) in &config.data.missing {
+            if !model.modalities.contains(name) {
+                bail!(
+                    "[data] missing names `{name}`, which the run does not have (its modalities: \
+                     {:?})",
+                    model.modalities
+                );
+            }
+            if !(0.0..=1.0).contains(rate) {
+                bail!("[data] missing: {name} = {rate}; a rate is between 0 and 1");
+            }
+        }
         if config.monitor_score_ratio && model.num_modalities() < 2 {
             bail!(
                 "monitor_score_ratio compares each modality with the others, so it needs at \

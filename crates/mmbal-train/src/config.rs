@@ -120,6 +120,12 @@ pub struct DataConfig {
     /// training, the "Unimodal" rows of the field's tables); absent: every modality of the card.
     /// Recipes and encoders of the card's other modalities may stay in the config.
     pub modalities: Option<Vec<String>>,
+    /// Training with missing modalities: per modality name, the share of the training rows
+    /// that lose it, drawn anew each epoch from the run's seed and the epoch
+    /// (`mmbal_data::drop_modalities`; a row never loses every modality). A lost modality is
+    /// zeroed at the features, and at the inputs too when the model mixes modalities inside
+    /// its encoders. Evaluation sees every modality unless asked (`mmbal eval --missing`).
+    pub missing: BTreeMap<String, f64>,
 }
 
 impl Default for DataConfig {
@@ -160,6 +166,7 @@ impl Default for DataConfig {
             synthetic: SyntheticConfig::default(),
             recipes: [("audio".to_string(), audio), ("visual".to_string(), visual)].into(),
             modalities: None,
+            missing: BTreeMap::new(),
         }
     }
 }

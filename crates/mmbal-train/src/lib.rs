@@ -29,6 +29,7 @@ mod monitor;
 pub mod optim;
 pub mod plots;
 pub mod probe;
+pub mod robustness;
 mod run_folder;
 mod run_log;
 pub mod schedule;

@@ -1,6 +1,6 @@
 //! Plots. [`plot_run`] writes the SVG plots of a run next to its results: accuracy per epoch (fused and per modality,
 //! val), the method's diagnostics and every run's OGM score ratio per epoch, the mean contribution of each modality per epoch (the valuation paper's Fig. 2(d)) and
-//! the histogram of per-sample contributions of the last valued epoch. [`line_figure`] and
+//! the histogram of per-sample contributions of the last valued epoch. [`line_figure`], [`xy_figure`] and
 //! [`bar_figure`] write a figure as SVG and PNG (summaries over many runs).
 
 use anyhow::{anyhow, Context, Result};
@@ -30,7 +30,7 @@ fn line_chart(
     draw_lines(
         SVGBackend::new(path, SIZE).into_drawing_area(),
         title,
-        y_label,
+        ("epoch", y_label),
         lines,
     )
 }
@@ -58,12 +58,28 @@ pub fn line_figure(
     y_label: &str,
     lines: &[(String, Vec<(f64, f64)>)],
 ) -> Result<Vec<PathBuf>> {
+    xy_figure(stem, title, ("epoch", y_label), lines)
+}
+
+/// `stem.svg` and `stem.png` of lines over any x (`labels`: x and y axis names).
+pub fn xy_figure(
+    stem: &Path,
+    title: &str,
+    labels: (&str, &str),
+    lines: &[(String, Vec<(f64, f64)>)],
+) -> Result<Vec<PathBuf>> {
     let (svg, png) = (stem.with_extension("svg"), stem.with_extension("png"));
-    line_chart(&svg, title, y_label, lines)?;
+    draw_lines(
+        SVGBackend::new(&svg, SIZE).into_drawing_area(),
+        title,
+        labels,
+        lines,
+    )
+    .with_context(|| format!("{}: cannot draw", svg.display()))?;
     draw_lines(
         BitMapBackend::new(&png, SIZE).into_drawing_area(),
         title,
-        y_label,
+        labels,
         lines,
     )
     .with_context(|| format!("{}: cannot draw", png.display()))?;
@@ -149,13 +165,15 @@ fn draw_bars<DB: DrawingBackend>(
 fn draw_lines<DB: DrawingBackend>(
     root: DrawingArea<DB, plotters::coord::Shift>,
     title: &str,
-    y_label: &str,
+    (x_label, y_label): (&str, &str),
     lines: &[(String, Vec<(f64, f64)>)],
 ) -> Result<()> {
     register_font()?;
-    let xs = lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
+    let xs = || lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
     let ys = lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.1));
-    let x_max = xs.fold(1.0, f64::max);
+    // Epochs start at 1; other axes (missing rates) where their points start.
+    let x_min = xs().fold(f64::INFINITY, f64::min).min(1.0);
+    let x_max = xs().fold(1.0, f64::max);
     let (y_min, y_max) = ys.fold((0.0f64, 1.0f64), |(a, b), y| (a.min(y), b.max(y)));
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
@@ -163,11 +181,14 @@ fn draw_lines<DB: DrawingBackend>(
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(48)
-        .build_cartesian_2d(1.0..x_max.max(2.0), (y_min - 0.05)..(y_max + 0.05))
+        .build_cartesian_2d(
+            x_min..x_max.max(x_min + 1.0),
+            (y_min - 0.05)..(y_max + 0.05),
+        )
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc("epoch")
+        .x_desc(x_label)
         .y_desc(y_label)
         .draw()
         .map_err(err)?;

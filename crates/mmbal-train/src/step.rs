@@ -44,6 +44,15 @@ pub fn train_step(
         rows,
         frozen_encoders,
     } = batch;
+    // A model that mixes modalities inside its encoders (MMTM) would pass a zeroed modality's
+    // information on before the features are masked: its inputs are zeroed too.
+    let masked;
+    let inputs = if model.has_mixer() && keep.min_all()?.to_scalar::<f32>()? < 1.0 {
+        masked = MultimodalModel::mask_inputs(inputs, keep)?;
+        &masked[..]
+    } else {
+        inputs
+    };
     let modes: Vec<bool> = (0..model.num_modalities())
         .map(|m| !frozen_encoders.contains(&m))
         .collect();

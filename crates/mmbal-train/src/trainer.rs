@@ -20,7 +20,7 @@ use crate::run_log::{EpochRecord, Events, RunLog, RunSummary, SplitMetrics};
 use crate::step::{to_device, train_step, StepInputs, StepReport};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use mmbal_data::{batches, shuffle_rows, Batch, Dataset, Split};
+use mmbal_data::{batches, shuffle_rows, Batch, Dataset, Row, Split};
 use mmbal_fusion::{ForwardOut, MultimodalModel};
 use mmbal_methods::{collect_outputs, BalanceMethod, EpochCtx, StepIndex};
 use std::collections::BTreeMap;
@@ -107,8 +107,14 @@ impl Trainer {
         if rows.is_empty() {
             return Ok(None);
         }
+        self.evaluate_rows(&rows).map(Some)
+    }
+
+    /// Eval-mode metrics of `rows` (each with its zeroed modalities masked, as in training):
+    /// the prediction is the method's, batch by batch.
+    pub fn evaluate_rows(&self, rows: &[Row]) -> Result<SplitMetrics> {
         let bs = self.config.batch_size.max(1);
-        let c = collect_outputs(&self.model, &self.dataset, &rows, bs)?;
+        let c = collect_outputs(&self.model, &self.dataset, rows, bs)?;
         // Predicted batch by batch: the same batches the loader served.
         let mut fused = Vec::with_capacity(rows.len().div_ceil(bs));
         let mut unimodal = vec![Vec::new(); c.unimodal.len()];
@@ -148,13 +154,13 @@ impl Trainer {
                 accuracy(&argmax(u)?, &c.labels),
             );
         }
-        Ok(Some(SplitMetrics {
+        Ok(SplitMetrics {
             samples: c.labels.len(),
             loss,
             acc: accuracy(&pred, &c.labels),
             macro_f1: macro_f1(&pred, &c.labels),
             modality_acc,
-        }))
+        })
     }
 
     /// One learning-rate factor per parameter (in `model.params()` order, the optimizer's),
@@ -172,6 +178,16 @@ impl Trainer {
             }
         }
         Ok(scales)
+    }
+
+    /// The config's missing rates (`[data] missing`) in the model's modality order, 0 where
+    /// it names none.
+    pub fn missing_rates(&self) -> Vec<f64> {
+        self.model
+            .modalities
+            .iter()
+            .map(|m| self.config.data.missing.get(m).copied().unwrap_or(0.0))
+            .collect()
     }
 
     /// The epoch context and the method, borrowed together.
@@ -225,6 +241,10 @@ impl Trainer {
         let mut rows = plan.unwrap_or_else(|| self.dataset.rows(Split::Train));
         if rows.is_empty() {
             bail!("epoch {}: no training rows", epoch + 1);
+        }
+        if !cfg.data.missing.is_empty() {
+            let rates = self.missing_rates();
+            mmbal_data::drop_modalities(&mut rows, &rates, seed, epoch as u64)?;
         }
         shuffle_rows(&mut rows, seed, epoch as u64);
         events.epoch_start(epoch, rows.len().div_ceil(bs));

@@ -1,7 +1,7 @@
 //! `mmbal`: train, evaluate, value modalities, preprocess and check datasets from the command line.
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use mmbal_data::{Dataset, Manifest, Split};
 use mmbal_preprocess::preprocess::{
@@ -111,23 +111,43 @@ struct TrainArgs {
     overwrite: bool,
 }
 
+#[derive(Args)]
+struct EvalArgs {
+    /// A checkpoint written by training (`best.safetensors` or `last.safetensors` in a run
+    /// folder); repeat it to evaluate several runs (their robustness curves share one plot).
+    #[arg(long, required = true)]
+    checkpoint: Vec<PathBuf>,
+    /// The split evaluated.
+    #[arg(long, value_enum, default_value_t = SplitArg::Test)]
+    split: SplitArg,
+    /// Missing rates per modality, e.g. `audio=0.5,visual=0`: that share of the rows lose the
+    /// modality (drawn from the run's seed; the same rows on every call), as `[data] missing`
+    /// does in training.
+    #[arg(long)]
+    missing: Option<String>,
+    /// The accuracy with every non-empty subset of the modalities present, the others zeroed.
+    #[arg(long)]
+    subsets: bool,
+    /// Robustness curves: accuracy and macro-F1 with each modality missing from 0, 10, ...,
+    /// 100% of the rows (the others present), written as `robustness.json`, `robustness.md` and
+    /// `robustness.svg`/`.png` into --out.
+    #[arg(long)]
+    robustness: bool,
+    /// Where --robustness writes (default: the first checkpoint's run folder).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Device to run on (`cpu`, `cuda` or `cuda:N`), overriding the run's.
+    #[arg(long)]
+    device: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Train a model. Without --config: joint training on the generated synthetic dataset.
     Train(TrainArgs),
-    /// Evaluate a checkpoint on a split.
-    Eval {
-        /// A checkpoint written by training (`best.safetensors` or `last.safetensors` in a run
-        /// folder).
-        #[arg(long)]
-        checkpoint: PathBuf,
-        /// The split evaluated.
-        #[arg(long, value_enum, default_value_t = SplitArg::Test)]
-        split: SplitArg,
-        /// Device to run on (`cpu`, `cuda` or `cuda:N`), overriding the run's.
-        #[arg(long)]
-        device: Option<String>,
-    },
+    /// Evaluate checkpoints on a split: its metrics as JSON, with modalities missing when asked,
+    /// per subset of the modalities present, or as robustness curves.
+    Eval(EvalArgs),
     /// Shapley contribution of every modality to every sample of a split, for a checkpoint.
     /// Writes `<out>/valuation_<split>.npy` (samples x modalities) and `.samples.npy` (indices).
     Valuate {
@@ -421,15 +441,145 @@ fn train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn eval(checkpoint: &Path, split: SplitArg, device: Option<String>) -> Result<()> {
-    let split = split.split();
-    let trainer = Trainer::open(checkpoint, device.as_deref())?;
-    match trainer.evaluate(split)? {
-        Some(m) => println!("{}", serde_json::to_string_pretty(&m)?),
-        None => bail!(
-            "split {split:?} of {} is empty",
-            trainer.dataset.manifest.name
-        ),
+/// `audio=0.5,visual=0` as rates in `modalities`' order (0 for a modality not named); a name the
+/// run does not have, or a rate outside [0, 1], is an error.
+fn parse_missing(text: &str, modalities: &[String]) -> Result<Vec<f64>> {
+    let mut rates = vec![0.0; modalities.len()];
+    for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+        let (name, value) = part
+            .split_once('=')
+            .with_context(|| format!("--missing {text}: expected MODALITY=RATE, got `{part}`"))?;
+        let Some(m) = modalities.iter().position(|n| n == name.trim()) else {
+            bail!(
+                "--missing {text}: no modality `{}` (the run has {modalities:?})",
+                name.trim()
+            );
+        };
+        let rate: f64 = value
+            .trim()
+            .parse()
+            .with_context(|| format!("--missing {text}: `{value}` is not a number"))?;
+        if !(0.0..=1.0).contains(&rate) {
+            bail!(
+                "--missing {text}: {} = {rate}; a rate is between 0 and 1",
+                name.trim()
+            );
+        }
+        rates[m] = rate;
+    }
+    Ok(rates)
+}
+
+/// The run's name for a checkpoint: its folder's name.
+fn run_label(checkpoint: &Path) -> String {
+    checkpoint.parent().and_then(|p| p.file_name()).map_or_else(
+        || checkpoint.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let split = a.split.split();
+    let mut curves = Vec::new();
+    let several = a.checkpoint.len() > 1;
+    for checkpoint in &a.checkpoint {
+        let trainer = Trainer::open(checkpoint, a.device.as_deref())?;
+        let metrics = match &a.missing {
+            Some(text) => {
+                let rates = parse_missing(text, &trainer.model.modalities)?;
+                Some(mmbal_train::robustness::evaluate_missing(
+                    &trainer, split, &rates,
+                )?)
+            }
+            None => trainer.evaluate(split)?,
+        };
+        let Some(metrics) = metrics else {
+            bail!(
+                "split {split:?} of {} is empty",
+                trainer.dataset.manifest.name
+            );
+        };
+        let subsets = if a.subsets {
+            Some(mmbal_train::robustness::subset_metrics(&trainer, split)?)
+        } else {
+            None
+        };
+        if several || subsets.is_some() {
+            let mut v = serde_json::json!({
+                "checkpoint": checkpoint.display().to_string(),
+                "metrics": metrics,
+            });
+            if let Some(s) = &subsets {
+                v["subsets"] = serde_json::to_value(s)?;
+            }
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            println!("{}", serde_json::to_string_pretty(&metrics)?);
+        }
+        if let Some(s) = &subsets {
+            println!("| present | acc | macro-F1 |\n|---|---|---|");
+            for x in s {
+                println!(
+                    "| {} | {:.1} | {:.3} |",
+                    x.present.join(" + "),
+                    x.acc * 100.0,
+                    x.macro_f1
+                );
+            }
+        }
+        if a.robustness {
+            let c = mmbal_train::robustness::robustness(&trainer, split, 10)?;
+            curves.push((run_label(checkpoint), c));
+        }
+    }
+    if a.robustness {
+        let out = match &a.out {
+            Some(o) => o.clone(),
+            None => a.checkpoint[0]
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+        };
+        std::fs::create_dir_all(&out)
+            .with_context(|| format!("{}: cannot create the folder", out.display()))?;
+        let json: Vec<serde_json::Value> = curves
+            .iter()
+            .map(|(run, c)| serde_json::json!({ "run": run, "split": format!("{split:?}").to_lowercase(), "curves": c }))
+            .collect();
+        std::fs::write(
+            out.join("robustness.json"),
+            serde_json::to_string_pretty(&json)?,
+        )?;
+        let table = mmbal_train::robustness::curves_table(&curves);
+        std::fs::write(out.join("robustness.md"), &table)?;
+        let lines: Vec<(String, Vec<(f64, f64)>)> = curves
+            .iter()
+            .flat_map(|(run, cs)| {
+                cs.iter().map(move |c| {
+                    let name = if several {
+                        format!("{run}: {} missing", c.modality)
+                    } else {
+                        format!("{} missing", c.modality)
+                    };
+                    (
+                        name,
+                        c.points.iter().map(|p| (p.rate * 100.0, p.acc)).collect(),
+                    )
+                })
+            })
+            .collect();
+        mmbal_train::plots::xy_figure(
+            &out.join("robustness"),
+            &format!("Accuracy as a modality goes missing ({split:?})"),
+            ("missing rate (%)", "accuracy"),
+            &lines,
+        )?;
+        print!("{table}");
+        println!(
+            "robustness curves written to {} (robustness.json, .md, .svg, .png)",
+            out.display()
+        );
     }
     Ok(())
 }
@@ -625,11 +775,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Train(args) => train(args),
-        Command::Eval {
-            checkpoint,
-            split,
-            device,
-        } => eval(&checkpoint, split, device),
+        Command::Eval(args) => eval(args),
         Command::Valuate {
             checkpoint,
             split,

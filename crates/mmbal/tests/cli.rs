@@ -65,6 +65,59 @@ fn train_then_eval_then_resume() {
     let m: serde_json::Value = serde_json::from_str(&out[json_start..]).unwrap();
     assert_eq!(m["samples"], 6);
     assert!(m["acc"].as_f64().unwrap() >= 0.0);
+    // Missing modalities: every row without audio is the visual-only subset; curves on disk.
+    let eval = |args: &[&str]| {
+        let mut all = vec![
+            "eval",
+            "--checkpoint",
+            "runs/tiny/best.safetensors",
+            "--split",
+            "val",
+        ];
+        all.extend_from_slice(args);
+        let o = mmbal(&dir, &all);
+        let out = text(&o);
+        assert!(o.status.success(), "{out}");
+        out
+    };
+    let out = eval(&["--missing", "audio=1", "--subsets"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&out[..out.find("\n| present").unwrap()]).unwrap();
+    let subsets = v["subsets"].as_array().unwrap();
+    assert_eq!(subsets.len(), 3);
+    assert_eq!(subsets[1]["present"], serde_json::json!(["visual"]));
+    assert_eq!(v["metrics"]["acc"], subsets[1]["acc"]);
+    assert_eq!(subsets[2]["acc"], m["acc"]);
+    let out = eval(&["--robustness", "--out", "rob"]);
+    assert!(out.contains("| tiny | audio |"), "{out}");
+    for f in [
+        "robustness.json",
+        "robustness.md",
+        "robustness.svg",
+        "robustness.png",
+    ] {
+        assert!(dir.join("rob").join(f).is_file(), "{f}");
+    }
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("rob/robustness.json")).unwrap()).unwrap();
+    let points = r[0]["curves"][0]["points"].as_array().unwrap();
+    assert_eq!(points.len(), 11);
+    assert_eq!(points[0]["acc"], m["acc"]);
+    let o = mmbal(
+        &dir,
+        &[
+            "eval",
+            "--checkpoint",
+            "runs/tiny/best.safetensors",
+            "--missing",
+            "video=0.5",
+        ],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("no modality `video`"),
+        "{}",
+        text(&o)
+    );
     // Linear probes of the checkpoint: one per modality, deterministic.
     let probe = |dir: &Path| {
         let o = mmbal(
