@@ -177,6 +177,23 @@ impl FusionHead {
         self.classes
     }
 
+    /// Multiply-accumulates of the fused prediction for one sample: each linear layer's
+    /// `in x out` as often as the fused forward applies it (the shared head once per modality).
+    pub fn macs(&self) -> u64 {
+        let layer = |i: usize| {
+            let w = self.layers[i].1.weight().dims();
+            (w[0] * w[1]) as u64
+        };
+        match self.kind {
+            FusionKind::Shared => layer(0) * self.dims.len() as u64,
+            // The fused logits read the concat classifier only.
+            FusionKind::Blend | FusionKind::Concat => layer(0),
+            FusionKind::Sum | FusionKind::Film | FusionKind::Gated => {
+                (0..self.layers.len()).map(layer).sum()
+            }
+        }
+    }
+
     /// The classifier that reads modality `m`'s features alone (sum and blend heads: `fc.{m}`);
     /// empty for the other heads.
     pub fn modality_params(&self, m: usize) -> Result<Vec<Var>> {

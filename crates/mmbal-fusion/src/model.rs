@@ -391,6 +391,60 @@ impl MultimodalModel {
         Ok(out)
     }
 
+    /// Multiply-accumulates of each encoder's convolutions for one sample (`inputs[m]`: one
+    /// sample's input with its batch dimension, `(1, ...)`), counted while the encoders run in
+    /// eval mode on it (`mmbal_ops::count_conv_macs`; buffers are left as they were). A mixer's
+    /// layers between the stages are not counted.
+    pub fn encoder_macs(&self, inputs: &[Tensor]) -> Result<Vec<u64>> {
+        if inputs.len() != self.encoders.len() {
+            bail!(
+                "model has {} modalities, got {} inputs",
+                self.encoders.len(),
+                inputs.len()
+            );
+        }
+        self.keeping_buffers(|| {
+            self.encoders
+                .iter()
+                .zip(inputs)
+                .map(|(e, x)| {
+                    if x.dim(0)? != 1 {
+                        bail!(
+                            "encoder_macs takes one sample per modality, got {:?}",
+                            x.dims()
+                        );
+                    }
+                    let (out, macs) = mmbal_ops::count_conv_macs(|| e.features(x, false));
+                    out?;
+                    Ok(macs)
+                })
+                .collect()
+        })
+    }
+
+    /// Trainable parameters per part: each encoder (`encoders.<modality>`), `head`, and `mixer`
+    /// when there is one, with their element counts.
+    pub fn param_counts(&self) -> Vec<(String, usize)> {
+        let mut parts: Vec<(String, usize)> = self
+            .modalities
+            .iter()
+            .map(|m| (encoder_path(m), 0))
+            .collect();
+        parts.push(("head".into(), 0));
+        if self.mixer.is_some() {
+            parts.push(("mixer".into(), 0));
+        }
+        for (name, v) in self.named_params() {
+            if let Some(p) = parts
+                .iter_mut()
+                .find(|(p, _)| name.starts_with(&format!("{p}.")))
+            {
+                p.1 += v.elem_count();
+            }
+        }
+        parts
+    }
+
     /// A copy of every variable, parameters and buffers, under the given paths
     /// (`encoders.audio`, `head.fc.0`), by name: a snapshot for [`MultimodalModel::restore`]
     /// (a branch put back to its best epoch).

@@ -33,8 +33,8 @@ const FILTER_GROUPS: usize = 8;
 /// `conv2d(x, w)` with square stride and padding, no dilation, one group. `x`: (N, C, H, W),
 /// `w`: (O, C, KH, KW); output (N, O, OH, OW) with `OH = (H + 2 padding - KH) / stride + 1`.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    let (_, c, h, wd) = x.dims4()?;
-    let (_, wc, kh, kw) = w.dims4()?;
+    let (n, c, h, wd) = x.dims4()?;
+    let (o, wc, kh, kw) = w.dims4()?;
     if wc != c {
         bail!("conv2d: input has {c} channels, the filter expects {wc}");
     }
@@ -46,12 +46,39 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
             bail!("conv2d: input {n} + 2 * padding {padding} is smaller than kernel {k}");
         }
     }
+    MACS.with(|m| {
+        if let Some(count) = m.get() {
+            let (ho, wo) = (
+                (h + 2 * padding - kh) / stride + 1,
+                (wd + 2 * padding - kw) / stride + 1,
+            );
+            m.set(Some(count + (n * o * ho * wo * c * kh * kw) as u64));
+        }
+    });
     if crate::own_kernels(x.device()) && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
         return x
             .contiguous()?
             .apply_op2(&w.contiguous()?, Conv2dOp { stride, padding });
     }
     conv2d_candle(x, w, stride, padding)
+}
+
+thread_local! {
+    /// The multiply-accumulates of the convolutions run on this thread, while counting.
+    static MACS: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` and counts the multiply-accumulates of every [`conv2d`] it calls on this thread
+/// (each call: output elements times input channels times kernel area, the convention of
+/// ResNet-18's "1.8 GFLOPs"); returns `f`'s result and the count. Counting nests.
+pub fn count_conv_macs<R>(f: impl FnOnce() -> R) -> (R, u64) {
+    let outer = MACS.with(|m| m.replace(Some(0)));
+    let out = f();
+    let counted = MACS.with(|m| m.replace(outer)).unwrap_or(0);
+    if let Some(o) = outer {
+        MACS.with(|m| m.set(Some(o + counted)));
+    }
+    (out, counted)
 }
 
 /// The convolution through candle's own op (any device), with explicit padding so that its

@@ -44,7 +44,7 @@ mod window;
 
 pub use batch_norm::{batch_norm_eval, batch_norm_train, batch_norm_train_running};
 pub use channel::{add_channel_bias, channel_affine};
-pub use conv::conv2d;
+pub use conv::{conv2d, count_conv_macs};
 pub use max_pool::{max_pool2d, max_pool2d_composite};
 pub use memory::retain_freed_memory;
 pub use relu::relu;

@@ -175,6 +175,7 @@ impl Trainer {
             overwrite: false,
             score_ratio,
             frozen_encoders: Vec::new(),
+            events: None,
         })
     }
 

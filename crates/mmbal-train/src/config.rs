@@ -51,6 +51,12 @@ pub struct TrainConfig {
     /// each modality's summed true-class probability on the training batches over the mean of
     /// the others'. Costs a softmax per modality per step.
     pub monitor_score_ratio: bool,
+    /// Write a TensorBoard event file into the run folder (`tensorboard --logdir runs`): every
+    /// number of each epoch's record, at the epoch (1-based) as the step.
+    pub tensorboard: bool,
+    /// Also every this many training steps (0: never), the step's loss and the method's
+    /// diagnostics at the global step.
+    pub tensorboard_every_steps: usize,
     /// Which epoch's model the run reports as its result: `val` (the best val accuracy, first
     /// on ties; needs a val split) or `last` (the last epoch, for data without a val split).
     /// Test never selects.
@@ -81,6 +87,8 @@ impl Default for TrainConfig {
             eval_test: true,
             track_contributions: false,
             monitor_score_ratio: false,
+            tensorboard: true,
+            tensorboard_every_steps: 0,
             select: Selection::Val,
             data: DataConfig::default(),
             model: ModelConfig::default(),

@@ -47,11 +47,21 @@ pub(crate) fn lock_run_dir(dir: &Path) -> Result<std::fs::File> {
 /// Before a fresh run's first epoch: refuses a folder holding an earlier run's results unless
 /// `overwrite`, and then removes them.
 pub(crate) fn clear_earlier_results(dir: &Path, overwrite: bool) -> Result<()> {
-    let earlier: Vec<&str> = RUN_OUTPUTS
+    let mut earlier: Vec<String> = RUN_OUTPUTS
         .iter()
-        .copied()
         .filter(|f| dir.join(f).exists())
+        .map(|f| f.to_string())
         .collect();
+    // TensorBoard event files (one per training session of the run).
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut events: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("events.out.tfevents."))
+            .collect();
+        events.sort();
+        earlier.extend(events);
+    }
     if !earlier.is_empty() && !overwrite {
         bail!(
             "{}: holds the results of an earlier run ({}); resume it with --resume \
@@ -62,7 +72,7 @@ pub(crate) fn clear_earlier_results(dir: &Path, overwrite: bool) -> Result<()> {
         );
     }
     for f in earlier {
-        let p = dir.join(f);
+        let p = dir.join(&f);
         let removed = if p.is_dir() {
             std::fs::remove_dir_all(&p)
         } else {

@@ -53,6 +53,58 @@ pub struct EpochRecord {
     pub train_seconds: f64,
     /// Training rows per second over `train_seconds`.
     pub train_samples_per_s: f64,
+    /// How unequally the modalities are learned (`cost::imbalance`); absent with one modality.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imbalance: Option<crate::cost::Imbalance>,
+    /// Peak memory so far in MiB (`cost::peak_memory_mib`: the process's peak resident set on
+    /// the CPU, the memory pool's peak on CUDA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_mib: Option<f64>,
+}
+
+impl EpochRecord {
+    /// Every number of the record by a TensorBoard tag: `train/loss`, `val/acc`,
+    /// `val/acc_<modality>`, `test/macro_f1`, `lr`, `method/<name>`, `score_ratio/<modality>`,
+    /// `contribution/<modality>`, `imbalance/unimodal_gap`, `time/train_seconds`,
+    /// `memory/peak_mib`, ...
+    pub fn scalars(&self) -> Vec<(String, f64)> {
+        let mut out = vec![("lr".to_string(), self.lr)];
+        let splits = [
+            ("train", Some(&self.train)),
+            ("val", self.val.as_ref()),
+            ("test", self.test.as_ref()),
+        ];
+        for (name, m) in splits {
+            let Some(m) = m else { continue };
+            out.push((format!("{name}/loss"), m.loss));
+            out.push((format!("{name}/acc"), m.acc));
+            out.push((format!("{name}/macro_f1"), m.macro_f1));
+            for (modality, a) in &m.modality_acc {
+                out.push((format!("{name}/acc_{modality}"), *a));
+            }
+        }
+        for (k, v) in &self.method {
+            out.push((format!("method/{k}"), *v));
+        }
+        for (k, v) in &self.score_ratio {
+            out.push((format!("score_ratio/{k}"), *v));
+        }
+        for (k, v) in &self.contributions {
+            out.push((format!("contribution/{k}"), *v));
+        }
+        if let Some(i) = &self.imbalance {
+            out.push(("imbalance/unimodal_gap".into(), i.unimodal_gap));
+            if let Some(r) = i.contribution_ratio {
+                out.push(("imbalance/contribution_ratio".into(), r));
+            }
+        }
+        out.push(("time/train_seconds".into(), self.train_seconds));
+        out.push(("time/train_samples_per_s".into(), self.train_samples_per_s));
+        if let Some(m) = self.peak_memory_mib {
+            out.push(("memory/peak_mib".into(), m));
+        }
+        out
+    }
 }
 
 /// Reads a run's `metrics.jsonl`: one record per line, each error naming file and line.
@@ -96,6 +148,9 @@ pub struct RunSummary {
     pub best: Option<EpochRecord>,
     /// The last epoch trained.
     pub last: Option<EpochRecord>,
+    /// Parameters and compute of the model (summaries written before this field: absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<crate::cost::Cost>,
 }
 
 /// `metrics.jsonl` of a run being trained, with the selected and the last epoch so far.
@@ -154,13 +209,20 @@ impl RunLog {
 
     /// `summary.json` in `dir`, written whole (temporary file, then rename): call it after the
     /// checkpoints it names are written.
-    pub fn write_summary(&self, dir: &Path, method: &str, dataset: &str) -> Result<RunSummary> {
+    pub fn write_summary(
+        &self,
+        dir: &Path,
+        method: &str,
+        dataset: &str,
+        cost: Option<&crate::cost::Cost>,
+    ) -> Result<RunSummary> {
         let summary = RunSummary {
             method: method.to_string(),
             dataset: dataset.to_string(),
             selection: self.select,
             best: self.best.clone(),
             last: self.last.clone(),
+            cost: cost.cloned(),
         };
         let (tmp, path) = (dir.join("summary.json.tmp"), dir.join("summary.json"));
         std::fs::write(&tmp, serde_json::to_string_pretty(&summary)?)

@@ -51,6 +51,8 @@ pub struct Trainer {
     pub(crate) score_ratio: Option<ScoreRatio>,
     /// Encoders the method holds fixed this epoch ([`mmbal_methods::Phase`]).
     pub(crate) frozen_encoders: Vec<usize>,
+    /// The TensorBoard event file of this training session, while `run` trains.
+    pub(crate) events: Option<crate::tensorboard::EventWriter>,
 }
 
 impl Trainer {
@@ -276,6 +278,16 @@ impl Trainer {
                 acc.extend(p);
             }
             events.batch_end(loss);
+            let every = self.config.tensorboard_every_steps;
+            if let Some(tb) = &mut self.events {
+                if every > 0 && self.step.is_multiple_of(every) {
+                    let mut values = vec![("step/loss".to_string(), loss)];
+                    for (k, v) in self.method.diagnostics() {
+                        values.push((format!("step/method/{k}"), v));
+                    }
+                    tb.scalars(self.step as i64, &values)?;
+                }
+            }
         }
         let train_seconds = started.elapsed().as_secs_f64();
         {
@@ -340,6 +352,7 @@ impl Trainer {
         } else {
             None
         };
+        let imbalance = crate::cost::imbalance(&train, val.as_ref(), &contributions);
         Ok(EpochRecord {
             epoch: epoch + 1,
             lr,
@@ -355,6 +368,8 @@ impl Trainer {
             contributions,
             train_seconds,
             train_samples_per_s: n_rows as f64 / train_seconds.max(1e-9),
+            imbalance,
+            peak_memory_mib: crate::cost::peak_memory_mib(self.model.device()),
         })
     }
 
@@ -392,6 +407,13 @@ impl Trainer {
             self.dataset.manifest.name.clone(),
         );
         let mut summary = None;
+        let cost =
+            crate::cost::run_cost(self).context("counting the model's parameters and compute")?;
+        self.events = if self.config.tensorboard {
+            Some(crate::tensorboard::EventWriter::create(&dir)?)
+        } else {
+            None
+        };
         for epoch in self.epochs_done..self.config.epochs {
             let record = self
                 .run_epoch(epoch, events)
@@ -413,7 +435,10 @@ impl Trainer {
             if selected {
                 promote_last_to_best(&dir)?;
             }
-            summary = Some(log.write_summary(&dir, &method, &dataset)?);
+            summary = Some(log.write_summary(&dir, &method, &dataset, Some(&cost))?);
+            if let Some(tb) = &mut self.events {
+                tb.scalars(record.epoch as i64, &record.scalars())?;
+            }
             events.epoch_end(&record);
         }
         crate::plots::plot_run(&dir, &self.model.modalities)?;

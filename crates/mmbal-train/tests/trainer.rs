@@ -97,6 +97,7 @@ fn comparable(log: &str) -> Vec<serde_json::Value> {
             let o = v.as_object_mut().unwrap();
             o.remove("train_seconds");
             o.remove("train_samples_per_s");
+            o.remove("peak_memory_mib");
             if let Some(m) = o.get_mut("method").and_then(|m| m.as_object_mut()) {
                 m.remove("valuation_seconds");
                 if i + 1 < n {
@@ -264,6 +265,36 @@ fn run_writes_logs_and_selects_on_val() {
     assert_eq!(r["train"]["samples"], 18);
     assert!(r["train"]["modality_acc"]["audio"].is_number());
     assert!(r["val"]["macro_f1"].is_number());
+    // Imbalance and memory per epoch; parameters and compute in the summary.
+    let (a, v) = (
+        r["val"]["modality_acc"]["audio"].as_f64().unwrap(),
+        r["val"]["modality_acc"]["visual"].as_f64().unwrap(),
+    );
+    assert_eq!(
+        r["imbalance"]["unimodal_gap"].as_f64().unwrap(),
+        (a - v).abs()
+    );
+    assert!(
+        r["imbalance"].get("contribution_ratio").is_none(),
+        "not tracked"
+    );
+    assert!(r["peak_memory_mib"].as_f64().unwrap() > 0.0);
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let cost = &s["cost"];
+    let params: usize = t.model.params().iter().map(|p| p.elem_count()).sum();
+    let counted: u64 = cost["params"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|x| x.as_u64().unwrap())
+        .sum();
+    assert_eq!(counted as usize, params);
+    assert!(cost["macs_per_sample"]["encoders.audio"].as_u64().unwrap() > 0);
+    assert_eq!(
+        cost["macs_per_sample"]["head"].as_u64().unwrap(),
+        t.model.head.macs()
+    );
     // The saved config reads back to the same config.
     let saved = TrainConfig::load(&dir.join("config.toml")).unwrap();
     assert_eq!(saved, cfg);
