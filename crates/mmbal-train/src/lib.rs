@@ -25,6 +25,7 @@ pub mod checkpoint;
 mod checkpointer;
 pub mod config;
 pub mod cost;
+pub mod features;
 pub mod metrics;
 mod monitor;
 pub mod optim;

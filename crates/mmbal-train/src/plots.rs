@@ -1,7 +1,8 @@
 //! Plots. [`plot_run`] writes the SVG plots of a run next to its results: accuracy per epoch (fused and per modality,
 //! val), the method's diagnostics and every run's OGM score ratio per epoch, the mean contribution of each modality per epoch (the valuation paper's Fig. 2(d)) and
-//! the histogram of per-sample contributions of the last valued epoch. [`line_figure`], [`xy_figure`] and
-//! [`bar_figure`] write a figure as SVG and PNG (summaries over many runs).
+//! the histogram of per-sample contributions of the last valued epoch. [`line_figure`], [`xy_figure`],
+//! [`scatter_figure`] and [`bar_figure`] write a figure as SVG and PNG (summaries over many runs,
+//! feature embeddings).
 
 use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
@@ -201,6 +202,100 @@ fn draw_lines<DB: DrawingBackend>(
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
             });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// `stem.svg` and `stem.png`: points `(x, y, class)`, one colour per class (`classes` names
+/// them, in the legend).
+pub fn scatter_figure(
+    stem: &Path,
+    title: &str,
+    points: &[(f64, f64, usize)],
+    classes: &[String],
+) -> Result<Vec<PathBuf>> {
+    let (svg, png) = (stem.with_extension("svg"), stem.with_extension("png"));
+    draw_scatter(
+        SVGBackend::new(&svg, SIZE).into_drawing_area(),
+        title,
+        points,
+        classes,
+    )
+    .with_context(|| format!("{}: cannot draw", svg.display()))?;
+    draw_scatter(
+        BitMapBackend::new(&png, SIZE).into_drawing_area(),
+        title,
+        points,
+        classes,
+    )
+    .with_context(|| format!("{}: cannot draw", png.display()))?;
+    Ok(vec![svg, png])
+}
+
+/// Ten colours for classes (more classes repeat them).
+const CLASS_COLOURS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+fn draw_scatter<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    points: &[(f64, f64, usize)],
+    classes: &[String],
+) -> Result<()> {
+    register_font()?;
+    let bounds = |f: fn(&(f64, f64, usize)) -> f64| {
+        let (lo, hi) = points
+            .iter()
+            .map(f)
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+                (a.min(v), b.max(v))
+            });
+        if lo.is_finite() && hi > lo {
+            let pad = (hi - lo) * 0.05;
+            (lo - pad, hi + pad)
+        } else {
+            (-1.0, 1.0)
+        }
+    };
+    let (x, y) = (bounds(|p| p.0), bounds(|p| p.1));
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(40)
+        .build_cartesian_2d(x.0..x.1, y.0..y.1)
+        .map_err(err)?;
+    chart.configure_mesh().draw().map_err(err)?;
+    for (c, name) in classes.iter().enumerate() {
+        let colour = CLASS_COLOURS[c % CLASS_COLOURS.len()];
+        chart
+            .draw_series(
+                points
+                    .iter()
+                    .filter(|p| p.2 == c)
+                    .map(|p| Circle::new((p.0, p.1), 3, colour.filled())),
+            )
+            .map_err(err)?
+            .label(name.clone())
+            .legend(move |(x, y)| Circle::new((x + 6, y), 3, colour.filled()));
     }
     chart
         .configure_series_labels()

@@ -148,6 +148,31 @@ enum Command {
     /// Evaluate checkpoints on a split: its metrics as JSON, with modalities missing when asked,
     /// per subset of the modalities present, or as robustness curves.
     Eval(EvalArgs),
+    /// Each modality's pooled features of a split as `.npy` (with the labels), their 2-D t-SNE
+    /// and its plot by class, for a checkpoint (any method, MMTM included).
+    Features {
+        /// A checkpoint written by training.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The split.
+        #[arg(long, value_enum, default_value_t = SplitArg::Test)]
+        split: SplitArg,
+        /// Where the files go (default: `features/` in the checkpoint's run folder).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Seed of t-SNE's initial embedding.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// t-SNE's perplexity (lowered to (N - 1) / 3 for small splits).
+        #[arg(long, default_value_t = 30.0)]
+        perplexity: f64,
+        /// Only the `.npy` features and labels, no t-SNE.
+        #[arg(long)]
+        no_tsne: bool,
+        /// Device to run on (`cpu`, `cuda` or `cuda:N`), overriding the run's.
+        #[arg(long)]
+        device: Option<String>,
+    },
     /// Shapley contribution of every modality to every sample of a split, for a checkpoint.
     /// Writes `<out>/valuation_<split>.npy` (samples x modalities) and `.samples.npy` (indices).
     Valuate {
@@ -776,6 +801,35 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
+        Command::Features {
+            checkpoint,
+            split,
+            out,
+            seed,
+            perplexity,
+            no_tsne,
+            device,
+        } => {
+            let trainer = Trainer::open(&checkpoint, device.as_deref())?;
+            let out = out.unwrap_or_else(|| {
+                checkpoint
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."))
+                    .join("features")
+            });
+            let tsne = (!no_tsne).then_some(mmbal_train::features::TsneOptions {
+                seed,
+                perplexity,
+                ..Default::default()
+            });
+            let files =
+                mmbal_train::features::export_features(&trainer, split.split(), &out, tsne)?;
+            for f in files {
+                println!("{}", f.display());
+            }
+            Ok(())
+        }
         Command::Valuate {
             checkpoint,
             split,

@@ -118,6 +118,25 @@ fn train_then_eval_then_resume() {
         "{}",
         text(&o)
     );
+    // Features and their t-SNE, into the run folder.
+    let o = mmbal(
+        &dir,
+        &[
+            "features",
+            "--checkpoint",
+            "runs/tiny/best.safetensors",
+            "--split",
+            "test",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    for f in [
+        "labels_test.npy",
+        "features_test_audio.npy",
+        "tsne_test_visual.svg",
+    ] {
+        assert!(dir.join("runs/tiny/features").join(f).is_file(), "{f}");
+    }
     // Linear probes of the checkpoint: one per modality, deterministic.
     let probe = |dir: &Path| {
         let o = mmbal(
