@@ -36,7 +36,7 @@ pub use batch_norm::BatchNorm2d;
 pub use encoder::{fold_frames, init_batch_norm_weights, pool_map, Encoder};
 pub use pretrained::{
     load_resnet18_weights, load_torchvision_weights, read_weights, resolve_weights,
-    torchvision_name, LoadReport,
+    resolve_weights_from, torchvision_name, Hub, LoadReport,
 };
 pub use resnet::ResNet18;
 pub use seeded::ModelVars;

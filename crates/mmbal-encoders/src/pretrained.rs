@@ -7,8 +7,9 @@
 //! adapted to 1 or 2 input channels as timm does (summed for 1; repeated, cut and scaled by
 //! `3 / C` otherwise).
 //!
-//! Files come from a plain path or from hf-hub's local cache (`hf:owner/name[/file]`); nothing is
-//! downloaded here, so offline machines work and the error says where the file was looked for.
+//! Files come from a plain path or from the Hugging Face cache (`hf:owner/name[/file]`), which
+//! hf-hub fills from the Hub when the file is not there yet; offline machines use the cache,
+//! and an error says what was looked for, where, and why the download failed.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor, Var};
@@ -151,9 +152,26 @@ pub fn read_weights(path: &Path) -> Result<HashMap<String, Tensor>> {
 }
 
 /// Where a weights file is: an existing path, or `hf:owner/name[/file]` in hf-hub's local cache
-/// (`HF_HOME` / `~/.cache/huggingface/hub`, or `cache_dir` when given). The file defaults to
-/// `model.safetensors`.
+/// (`HF_HOME` / `~/.cache/huggingface/hub`, or `cache_dir` when given), downloaded into it from
+/// the Hub (`HF_ENDPOINT`, default huggingface.co) when missing, unless `HF_HUB_OFFLINE=1`. The
+/// file defaults to `model.safetensors`.
 pub fn resolve_weights(spec: &str, cache_dir: Option<&Path>) -> Result<PathBuf> {
+    resolve_weights_from(spec, cache_dir, &Hub::FromEnv)
+}
+
+/// Where a missing `hf:` file is downloaded from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hub {
+    /// `HF_ENDPOINT` (default huggingface.co); nothing when `HF_HUB_OFFLINE=1`.
+    FromEnv,
+    /// Never download: the cache only.
+    Offline,
+    /// This endpoint (a mirror, a test server).
+    Endpoint(String),
+}
+
+/// [`resolve_weights`] with the hub to download a missing `hf:` file from.
+pub fn resolve_weights_from(spec: &str, cache_dir: Option<&Path>, hub: &Hub) -> Result<PathBuf> {
     let Some(repo_spec) = spec.strip_prefix("hf:") else {
         let p = PathBuf::from(spec);
         if !p.is_file() {
@@ -171,14 +189,40 @@ pub fn resolve_weights(spec: &str, cache_dir: Option<&Path>) -> Result<PathBuf> 
         Some(d) => hf_hub::Cache::new(d.to_path_buf()),
         None => hf_hub::Cache::from_env(),
     };
-    match cache.model(repo.clone()).get(file) {
-        Some(p) => Ok(p),
-        None => bail!(
-            "{file} of {repo} is not in the hf-hub cache at {} (this machine is offline: download it elsewhere, \
-             e.g. `huggingface-cli download {repo} {file}`, and copy the cache, or pass a path)",
-            cache.path().display()
-        ),
+    if let Some(p) = cache.model(repo.clone()).get(file) {
+        return Ok(p);
     }
+    let where_ = cache.path().display().to_string();
+    let by_hand = format!(
+        "on a machine with a network, `huggingface-cli download {repo} {file}`, then copy its \
+         Hugging Face cache folder to {where_}; or give the weights file's path instead"
+    );
+    let offline = match hub {
+        Hub::Offline => true,
+        _ => std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1"),
+    };
+    if offline {
+        bail!(
+            "{file} of {repo} is not in the Hugging Face cache at {where_}, and downloads are off \
+             (HF_HUB_OFFLINE=1); {by_hand}"
+        );
+    }
+    // Not cached: hf-hub downloads it into the same cache.
+    let builder = match hub {
+        Hub::Endpoint(e) => hf_hub::api::sync::ApiBuilder::new().with_endpoint(e.clone()),
+        _ => hf_hub::api::sync::ApiBuilder::from_env(),
+    };
+    let api = builder
+        .with_cache_dir(cache.path().clone())
+        .with_progress(false)
+        .build()
+        .with_context(|| format!("{file} of {repo}: cannot set up the download"))?;
+    api.model(repo.clone()).get(file).map_err(|e| {
+        anyhow::anyhow!(
+            "{file} of {repo} is not in the Hugging Face cache at {where_}, and downloading it \
+             failed ({e}); {by_hand}"
+        )
+    })
 }
 
 /// Loads ImageNet weights from `spec` (see [`resolve_weights`]) into a ResNet-18's `vars`

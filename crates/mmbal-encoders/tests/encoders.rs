@@ -1,6 +1,7 @@
 use candle_core::{DType, Device, Tensor};
 use mmbal_encoders::{
-    load_torchvision_weights, read_weights, resolve_weights, Encoder, ModelVars, ResNet18, SmallCnn,
+    load_torchvision_weights, read_weights, resolve_weights, resolve_weights_from, Encoder, Hub,
+    ModelVars, ResNet18, SmallCnn,
 };
 use std::collections::HashMap;
 
@@ -132,10 +133,13 @@ fn imagenet_weights_load_from_torchvision_timm_and_transformers_names() {
     candle_core::safetensors::save(&hf, snap.join("model.safetensors")).unwrap();
     let hf_path = resolve_weights("hf:acme/resnet-18", Some(&tmp.join("hub"))).unwrap();
     assert_eq!(hf_path, snap.join("model.safetensors"));
-    let missing = resolve_weights("hf:acme/absent", Some(&tmp.join("hub"))).unwrap_err();
+    // Not cached: offline, the error says so and where it looked.
+    let missing =
+        resolve_weights_from("hf:acme/absent", Some(&tmp.join("hub")), &Hub::Offline).unwrap_err();
+    let msg = format!("{missing:#}");
     assert!(
-        format!("{missing:#}").contains("acme/absent"),
-        "{missing:#}"
+        msg.contains("acme/absent") && msg.contains("downloads are off") && msg.contains("hub"),
+        "{msg}"
     );
 
     let load = |net: &ResNet18, vars: &ModelVars, path: &std::path::Path| {
@@ -187,4 +191,66 @@ fn pytorch_state_dicts_read_by_name() {
         }
         assert_eq!(w["conv1.weight"].dims(), &[4, 3, 3, 3]);
     }
+}
+
+/// A one-file Hugging Face Hub on localhost: every request gets `x-repo-commit`, an `etag`, and
+/// the asked `Range` of `body` with its `content-range`, as the Hub answers hf-hub.
+fn fake_hub(body: Vec<u8>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut a, mut b) = (0usize, body.len() - 1);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(r) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    let (x, y) = r.trim().split_once('-').unwrap();
+                    a = x.parse().unwrap();
+                    if !y.is_empty() {
+                        b = y.parse().unwrap();
+                    }
+                }
+            }
+            let part = &body[a..=b];
+            let head = format!(
+                "HTTP/1.1 206 Partial Content\r\nx-repo-commit: c0ffee\r\netag: \"e7a9\"\r\n\
+                 content-range: bytes {a}-{b}/{}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len(),
+                part.len()
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            stream.write_all(part).unwrap();
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn a_missing_hf_file_is_downloaded_into_the_cache_or_the_error_says_why() {
+    let tmp = std::env::temp_dir().join(format!("mmbal-hf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let body: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let hub = Hub::Endpoint(fake_hub(body.clone()));
+    let path = resolve_weights_from("hf:acme/tiny/weights.bin", Some(&tmp), &hub).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), body);
+    assert!(path.starts_with(&tmp), "{}", path.display());
+    // Now cached: found without any hub.
+    let again =
+        resolve_weights_from("hf:acme/tiny/weights.bin", Some(&tmp), &Hub::Offline).unwrap();
+    assert_eq!(again, path);
+    // A hub that does not answer: the error names the cache and the failed download.
+    let closed = Hub::Endpoint("http://127.0.0.1:1".into());
+    let err = resolve_weights_from("hf:acme/other", Some(&tmp), &closed).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("downloading it failed") && msg.contains(&tmp.display().to_string()),
+        "{msg}"
+    );
+    let _ = std::fs::remove_dir_all(tmp);
 }

@@ -51,6 +51,11 @@ pub struct TrainConfig {
     /// each modality's summed true-class probability on the training batches over the mean of
     /// the others'. Costs a softmax per modality per step.
     pub monitor_score_ratio: bool,
+    /// After every epoch, fit a linear probe per modality on the frozen features
+    /// (`probe::linear_probe` with its defaults and the run's seed) and log its val and test
+    /// accuracy (`linear_probe` in the record): how well each encoder has learned as training
+    /// goes. Costs a feature pass over every split and 100 epochs of a linear classifier.
+    pub track_linear_probe: bool,
     /// Write a TensorBoard event file into the run folder (`tensorboard --logdir runs`): every
     /// number of each epoch's record, at the epoch (1-based) as the step.
     pub tensorboard: bool,
@@ -87,6 +92,7 @@ impl Default for TrainConfig {
             eval_test: true,
             track_contributions: false,
             monitor_score_ratio: false,
+            track_linear_probe: false,
             tensorboard: true,
             tensorboard_every_steps: 0,
             select: Selection::Val,

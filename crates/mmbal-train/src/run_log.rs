@@ -56,6 +56,10 @@ pub struct EpochRecord {
     /// How unequally the modalities are learned (`cost::imbalance`); absent with one modality.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imbalance: Option<crate::cost::Imbalance>,
+    /// Per modality, the val and test accuracy of a linear probe on its frozen features, when
+    /// the config's `track_linear_probe` is on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub linear_probe: BTreeMap<String, ProbeAcc>,
     /// Peak memory so far in MiB (`cost::peak_memory_mib`: the process's peak resident set on
     /// the CPU, the memory pool's peak on CUDA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -92,6 +96,10 @@ impl EpochRecord {
         for (k, v) in &self.contributions {
             out.push((format!("contribution/{k}"), *v));
         }
+        for (k, p) in &self.linear_probe {
+            out.push((format!("probe/val_acc_{k}"), p.val_acc));
+            out.push((format!("probe/test_acc_{k}"), p.test_acc));
+        }
         if let Some(i) = &self.imbalance {
             out.push(("imbalance/unimodal_gap".into(), i.unimodal_gap));
             if let Some(r) = i.contribution_ratio {
@@ -105,6 +113,15 @@ impl EpochRecord {
         }
         out
     }
+}
+
+/// A linear probe's accuracies (`EpochRecord::linear_probe`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeAcc {
+    /// Val accuracy of the selected probe epoch.
+    pub val_acc: f64,
+    /// Test accuracy there.
+    pub test_acc: f64,
 }
 
 /// Reads a run's `metrics.jsonl`: one record per line, each error naming file and line.

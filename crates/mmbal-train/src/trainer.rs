@@ -353,6 +353,28 @@ impl Trainer {
             None
         };
         let imbalance = crate::cost::imbalance(&train, val.as_ref(), &contributions);
+        let linear_probe = if self.config.track_linear_probe {
+            let opts = crate::probe::ProbeOptions {
+                seed: self.config.seed,
+                ..Default::default()
+            };
+            // Eval-mode passes; state every forward feeds (MMTM means) is put back.
+            self.model
+                .keeping_buffers(|| crate::probe::linear_probe(&self.model, &self.dataset, &opts))?
+                .into_iter()
+                .map(|p| {
+                    (
+                        p.modality,
+                        crate::run_log::ProbeAcc {
+                            val_acc: p.val_acc,
+                            test_acc: p.test_acc,
+                        },
+                    )
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
         Ok(EpochRecord {
             epoch: epoch + 1,
             lr,
@@ -369,6 +391,7 @@ impl Trainer {
             train_seconds,
             train_samples_per_s: n_rows as f64 / train_seconds.max(1e-9),
             imbalance,
+            linear_probe,
             peak_memory_mib: crate::cost::peak_memory_mib(self.model.device()),
         })
     }

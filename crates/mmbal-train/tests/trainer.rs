@@ -1325,6 +1325,24 @@ fn linear_probes_select_on_val() {
             (b.best_epoch, b.val_acc, b.test_acc)
         );
     }
+    // Tracked every epoch: the record holds what the probe (its defaults, the run's seed) gives
+    // on that epoch's model.
+    let mut c = small(&out, "probe-tracked", OptimizerConfig::default());
+    c.epochs = 1;
+    c.track_linear_probe = true;
+    let mut t = Trainer::from_config(c.clone()).unwrap();
+    t.run(&mut Quiet).unwrap();
+    let log = std::fs::read_to_string(c.run_dir().join("metrics.jsonl")).unwrap();
+    let r: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    let opts = mmbal_train::probe::ProbeOptions {
+        seed: c.seed,
+        ..Default::default()
+    };
+    for p in mmbal_train::probe::linear_probe(&t.model, &t.dataset, &opts).unwrap() {
+        let logged = &r["linear_probe"][&p.modality];
+        assert_eq!(logged["val_acc"].as_f64(), Some(p.val_acc), "{r}");
+        assert_eq!(logged["test_acc"].as_f64(), Some(p.test_acc), "{r}");
+    }
     let _ = std::fs::remove_dir_all(out);
 }
 
