@@ -242,17 +242,21 @@ impl PackedCache {
     pub fn build(path: &Path, manifest: &Manifest, recipes: &[Recipe]) -> Result<()> {
         // Stamped before decoding: a file changed while the build runs shows as changed later.
         let sources = stamp_sources(manifest, SystemTime::now())?;
+        let progress = crate::progress::task("building the input cache", manifest.samples.len());
         let items: Vec<Vec<Decoded>> = manifest
             .samples
             .par_iter()
             .map(|s| {
-                recipes
+                let decoded = recipes
                     .iter()
                     .zip(&s.sources)
                     .map(|(r, src)| r.decode(src).with_context(|| format!("sample `{}`", s.id)))
-                    .collect()
+                    .collect();
+                progress.advance(1);
+                decoded
             })
             .collect::<Result<_>>()?;
+        drop(progress);
         let mut offset = 0u64;
         let entries: Vec<Vec<Entry>> = items
             .iter()

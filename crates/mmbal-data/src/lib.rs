@@ -35,6 +35,7 @@ pub mod datasets;
 pub mod loader;
 pub mod npy;
 pub mod overrides;
+pub mod progress;
 pub mod recipe;
 
 pub use loader::{batches, drop_modalities, shuffle_rows, Batch, Dataset, Row};

@@ -46,7 +46,9 @@ pub fn collect_outputs_with(
     let mut labels = Vec::with_capacity(rows.len());
     let (mut fused, mut unimodal, mut features) =
         (Vec::new(), vec![Vec::new(); m], vec![Vec::new(); m]);
+    let progress = mmbal_data::progress::task("evaluating", rows.len().div_ceil(batch_size.max(1)));
     for batch in batches(dataset.clone(), rows.to_vec(), batch_size, augment, 2) {
+        progress.advance(1);
         let batch = batch?;
         let inputs: Vec<Tensor> = batch
             .inputs

@@ -505,14 +505,17 @@ pub fn preprocess_folder(
         );
     }
     let removed = prepare_output(out, recipe)?;
+    let progress = mmbal_data::progress::task("preprocessing videos", videos.len());
     let results: Vec<(String, Result<usize>)> = videos
         .par_iter()
         .map(|f| {
             let id = id_of(f);
             let r = preprocess_video(f, out, &id, recipe);
+            progress.advance(1);
             (id, r)
         })
         .collect();
+    drop(progress);
     let mut report = FolderReport {
         ignored,
         removed,

@@ -149,6 +149,8 @@ pub fn valuate(
     let dev = model.device().clone();
     let plain: Vec<Row> = rows.iter().map(|r| Row::full(r.sample, m)).collect();
     let mut values = Vec::with_capacity(rows.len() * m);
+    let progress =
+        mmbal_data::progress::task("valuing modalities", rows.len().div_ceil(batch_size.max(1)));
     for batch in batches(dataset.clone(), plain, batch_size, augment, 2) {
         let batch = batch?;
         let inputs: Vec<Tensor> = batch
@@ -158,6 +160,7 @@ pub fn valuate(
             .collect::<candle_core::Result<_>>()?;
         let labels = batch.labels.to_vec1::<u32>()?;
         values.extend(value_batch(model, &inputs, &labels, route, benefit)?);
+        progress.advance(1);
     }
     Ok(Valuation {
         samples: rows.iter().map(|r| r.sample).collect(),

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use mmbal_data::{Dataset, Manifest, Split};
 use mmbal_preprocess::preprocess::{
     prepare_output, preprocess_folder, preprocess_video, read_labels, write_lists, FolderReport,
@@ -280,6 +280,42 @@ enum DataCommand {
     },
 }
 
+/// Every bar the command line draws, so that they stack instead of overwriting each other.
+fn bars() -> &'static MultiProgress {
+    static BARS: std::sync::OnceLock<MultiProgress> = std::sync::OnceLock::new();
+    BARS.get_or_init(MultiProgress::new)
+}
+
+/// Bars for the library's long passes (`mmbal_data::progress`): the input cache build,
+/// valuation, evaluation, preprocessing. Drawn on stderr when it is a terminal.
+#[derive(Default)]
+struct PassBars {
+    open: std::sync::Mutex<std::collections::HashMap<u64, ProgressBar>>,
+}
+
+impl mmbal_data::progress::ProgressSink for PassBars {
+    fn start(&self, id: u64, name: &str, total: usize) {
+        let bar = bars().add(ProgressBar::new(total as u64));
+        bar.set_style(
+            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed})")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_message(name.to_string());
+        self.open.lock().unwrap().insert(id, bar);
+    }
+    fn advance(&self, id: u64, n: usize) {
+        if let Some(b) = self.open.lock().unwrap().get(&id) {
+            b.inc(n as u64);
+        }
+    }
+    fn finish(&self, id: u64) {
+        if let Some(b) = self.open.lock().unwrap().remove(&id) {
+            b.finish_and_clear();
+        }
+    }
+}
+
 /// Progress bar per epoch and one summary line per epoch.
 struct Progress {
     bar: Option<ProgressBar>,
@@ -292,7 +328,7 @@ impl Events for Progress {
         if self.quiet {
             return;
         }
-        let bar = ProgressBar::new(batches as u64);
+        let bar = bars().add(ProgressBar::new(batches as u64));
         bar.set_style(
             ProgressStyle::with_template(
                 "epoch {prefix} [{bar:30}] {pos}/{len} batches, loss {msg} ({elapsed})",
@@ -798,6 +834,9 @@ fn main() -> Result<()> {
     // A speed setting of the allocator (glibc); without it runs are slower, not different.
     mmbal_ops::retain_freed_memory();
     let cli = Cli::parse();
+    if !matches!(&cli.command, Command::Train(a) if a.quiet) {
+        mmbal_data::progress::set_sink(Some(std::sync::Arc::new(PassBars::default())));
+    }
     match cli.command {
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
