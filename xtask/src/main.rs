@@ -23,6 +23,7 @@
 mod bench_cpu;
 mod gpu;
 mod reproduce;
+mod stats;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -97,8 +98,9 @@ struct ResultsArgs {
     /// A training config (TOML); give several for several datasets.
     #[arg(long = "config", required = true)]
     configs: Vec<PathBuf>,
-    /// Seeds per method, 0..N.
-    #[arg(long, default_value_t = 3)]
+    /// Seeds per method, 0..N; every method runs the same seeds (paired: same initial weights
+    /// and data order under one seed).
+    #[arg(long, default_value_t = 5)]
     seeds: u64,
     /// Epochs, overriding each config's.
     #[arg(long)]
@@ -258,10 +260,13 @@ fn results(a: ResultsArgs) -> Result<()> {
         None => registered.iter().map(|m| m.to_string()).collect(),
     };
     let mut table = String::from(
-        "| dataset | method | test acc | test macro-F1 | per-modality test acc | best val epoch |\n|---|---|---|---|---|---|\n",
+        "| dataset | method | test acc | vs joint, paired [95% CI] | test macro-F1 | per-modality test acc | best val epoch |\n|---|---|---|---|---|---|---|\n",
     );
     for path in &configs {
         let base = TrainConfig::load(path)?;
+        // Joint training's per-seed test accuracy, the baseline each row is paired with: from
+        // this call, or from the run folders of an earlier one.
+        let mut joint: Option<Vec<f64>> = joint_from_run_folders(&base, seeds, epochs);
         for method in methods.iter().map(String::as_str) {
             let (mut acc, mut f1, mut epochs_best) = (Vec::new(), Vec::new(), Vec::new());
             let mut per: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
@@ -309,6 +314,15 @@ fn results(a: ResultsArgs) -> Result<()> {
                     base.name, test.acc
                 );
             }
+            if method == "joint" {
+                joint = Some(acc.clone());
+            }
+            let paired = match &joint {
+                Some(j) if method != "joint" => {
+                    stats::paired_difference(&acc, j).map_or("-".to_string(), |d| d.display(100.0))
+                }
+                _ => "-".to_string(),
+            };
             let (am, asd) = mean_std(&acc);
             let (fm, fsd) = mean_std(&f1);
             let per_txt: Vec<String> = per
@@ -320,7 +334,7 @@ fn results(a: ResultsArgs) -> Result<()> {
                 .collect();
             let ep: Vec<String> = epochs_best.iter().map(|e| format!("{e}")).collect();
             table.push_str(&format!(
-                "| {} | {method} | {:.1} +- {:.1} | {:.3} +- {:.3} | {} | {} |\n",
+                "| {} | {method} | {:.1} +- {:.1} | {paired} | {:.3} +- {:.3} | {} | {} |\n",
                 base.name,
                 100.0 * am,
                 100.0 * asd,
@@ -333,12 +347,40 @@ fn results(a: ResultsArgs) -> Result<()> {
     }
     let command = command_line();
     let doc = format!(
-        "# Results\n\nMade by `{command}` ({seeds} seeds per row; the epoch with the best val accuracy is \
-         reported on test; per-modality accuracy is each modality's unimodal logits).\n\n{table}"
+        "# Results\n\nMade by `{command}` ({seeds} seeds per row, the same seeds for every method; the \
+         epoch with the best val accuracy is reported on test; per-modality accuracy is each \
+         modality's unimodal logits; \"vs joint\" is the mean of the per-seed differences from joint \
+         training in accuracy points with its 95% confidence interval (Student's t), * where the \
+         interval excludes zero).\n\n{table}"
     );
     std::fs::write(&out, doc).with_context(|| format!("{}: cannot write", out.display()))?;
     println!("{}", out.display());
     Ok(())
+}
+
+/// Joint training's per-seed test accuracies from the run folders `cargo xtask results` left
+/// for `base` (seeds 0..n, the epochs asked), when all of them are there.
+fn joint_from_run_folders(
+    base: &TrainConfig,
+    seeds: u64,
+    epochs: Option<usize>,
+) -> Option<Vec<f64>> {
+    (0..seeds)
+        .map(|seed| {
+            let dir = base
+                .out_dir
+                .join(format!("results-{}-joint-s{seed}", base.name));
+            let s: mmbal_train::RunSummary =
+                serde_json::from_slice(&std::fs::read(dir.join("summary.json")).ok()?).ok()?;
+            let best = s.best?;
+            let last = s.last?;
+            // A run of another length is not this table's baseline.
+            if last.epoch != epochs.unwrap_or(base.epochs) {
+                return None;
+            }
+            Some(best.test?.acc)
+        })
+        .collect()
 }
 
 fn main() -> Result<()> {

@@ -419,6 +419,7 @@ fn write_outputs(
     let mut md = format!(
         "# Table 1, reproduced\n\nMade by `{command}` at git revision {revision}, profile `{}`, {} seed(s) per row; run folders under `{}`.\n\
          Accuracy and macro-F1 on test, mean +- std over seeds, at the epoch with the best val accuracy (val-selected) and at the last epoch; per-modality accuracy is each modality's unimodal logits (val-selected epoch); contribution is the mean Shapley value per modality on the training split after the last epoch; train time is the sum of the epochs' training seconds.\n\
+         The paired gain is the mean of the per-seed differences from joint training (every method runs the same seeds: the same initial weights and data order) with its 95% confidence interval (Student's t), * where the interval excludes zero.\n\
          The last column is **reported elsewhere** (the valuation paper's Fig. 1, its own datasets and protocol), not measured here.\n",
         o.profile,
         o.seeds,
@@ -438,17 +439,18 @@ fn write_outputs(
         "f1_last_mean",
         "f1_last_std",
         "gain_over_joint",
+        "paired_gain_ci_lo",
+        "paired_gain_ci_hi",
         "modality_acc",
         "contribution",
         "train_seconds_mean",
         "reported_gain_elsewhere",
     ])?;
     for dataset in datasets {
-        let joint = cells
-            .get(&(dataset.clone(), "joint".to_string()))
-            .map(|c| crate::mean_std(&c.acc_best).0);
+        let joint_cell = cells.get(&(dataset.clone(), "joint".to_string()));
+        let joint = joint_cell.map(|c| crate::mean_std(&c.acc_best).0);
         md.push_str(&format!(
-            "\n## {dataset}\n\n| method | acc (val-selected) | macro-F1 (val-selected) | acc (last) | macro-F1 (last) | gain over joint | per-modality acc | contribution | train time (s) | reported gain elsewhere |\n|---|---|---|---|---|---|---|---|---|---|\n"
+            "\n## {dataset}\n\n| method | acc (val-selected) | macro-F1 (val-selected) | acc (last) | macro-F1 (last) | gain over joint | paired gain [95% CI] | per-modality acc | contribution | train time (s) | reported gain elsewhere |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
         ));
         let mut gains = Vec::new();
         let mut curves = Vec::new();
@@ -458,6 +460,13 @@ fn write_outputs(
             };
             let acc = crate::mean_std(&c.acc_best).0;
             let gain = joint.map(|j| 100.0 * (acc - j));
+            // Seeds are run in order for every method: index i is seed i in both.
+            let paired = match joint_cell {
+                Some(j) if method != "joint" => {
+                    crate::stats::paired_difference(&c.acc_best, &j.acc_best)
+                }
+                _ => None,
+            };
             let reported = REPORTED_GAINS
                 .iter()
                 .find(|(d, m, _)| d == dataset && m == method)
@@ -469,12 +478,13 @@ fn write_outputs(
                     .join(", ")
             };
             md.push_str(&format!(
-                "| {method} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |\n",
+                "| {method} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |\n",
                 pm(&c.acc_best, 100.0, 1),
                 pm(&c.f1_best, 1.0, 3),
                 pm(&c.acc_last, 100.0, 1),
                 pm(&c.f1_last, 1.0, 3),
                 gain.map(|g| format!("{g:+.1}")).unwrap_or("-".into()),
+                paired.map_or("-".into(), |d| d.display(100.0)),
                 modal(&c.modality_acc, 100.0, 1),
                 modal(&c.contribution, 1.0, 2),
                 crate::mean_std(&c.train_seconds).0,
@@ -504,6 +514,8 @@ fn write_outputs(
                 f4(lfm),
                 f4(lfsd),
                 gain.map(|g| f4(g / 100.0)).unwrap_or_default(),
+                paired.map(|d| f4(d.lo)).unwrap_or_default(),
+                paired.map(|d| f4(d.hi)).unwrap_or_default(),
                 kv(&c.modality_acc),
                 kv(&c.contribution),
                 format!("{:.1}", crate::mean_std(&c.train_seconds).0),

@@ -90,9 +90,12 @@ fn matrix_runs_then_reruns_without_work() {
     let row: Vec<&str> = csv.lines().nth(2).unwrap().split(',').collect();
     assert_eq!(&row[..3], &["synthetic", "ogm-ge", "1"]);
     assert!(
-        row[13].contains("audio=") && row[13].contains("visual="),
+        row[15].contains("audio=") && row[15].contains("visual="),
         "contributions: {csv}"
     );
+    // One seed: no interval for the paired gain.
+    assert_eq!((row[12], row[13]), ("", ""), "{csv}");
+    assert!(md.contains("paired gain [95% CI]"), "{md}");
     let log_before = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
 
     let o = matrix(&out, "2");

@@ -94,7 +94,7 @@ fn list_changes<'a>(changes: impl IntoIterator<Item = &'a SourceChange>) -> Stri
 /// decoding lists), as absolute paths, so that a cache built from one working directory is
 /// checked the same from another (a resumed run). Files that do not exist are left out
 /// (decoding reports them).
-fn source_files(manifest: &Manifest) -> BTreeSet<PathBuf> {
+fn source_files(manifest: &Manifest, recipes: &[Recipe]) -> BTreeSet<PathBuf> {
     manifest
         .samples
         .par_iter()
@@ -105,6 +105,16 @@ fn source_files(manifest: &Manifest) -> BTreeSet<PathBuf> {
                     files.extend(mmbal_transforms::video::list_frames(p).unwrap_or_default());
                 } else if p.exists() {
                     files.push(p.to_path_buf());
+                }
+            }
+            // A recipe cut to a word of the clip's alignment reads that file too.
+            for (src, r) in s.sources.iter().zip(recipes) {
+                if let Some(w) = r.word_window() {
+                    if let Ok(a) = w.alignment_path(src.path()) {
+                        if a.exists() {
+                            files.push(a);
+                        }
+                    }
                 }
             }
             files
@@ -163,8 +173,12 @@ fn stamp_file(path: &Path, built_at: Option<SystemTime>) -> Result<Option<FileSt
 }
 
 /// Stamps every source file of the manifest, in parallel, sorted by path.
-fn stamp_sources(manifest: &Manifest, built_at: SystemTime) -> Result<Vec<FileStamp>> {
-    let files: Vec<PathBuf> = source_files(manifest).into_iter().collect();
+fn stamp_sources(
+    manifest: &Manifest,
+    recipes: &[Recipe],
+    built_at: SystemTime,
+) -> Result<Vec<FileStamp>> {
+    let files: Vec<PathBuf> = source_files(manifest, recipes).into_iter().collect();
     let stamps: Vec<Option<FileStamp>> = files
         .par_iter()
         .map(|p| stamp_file(p, Some(built_at)))
@@ -173,8 +187,12 @@ fn stamp_sources(manifest: &Manifest, built_at: SystemTime) -> Result<Vec<FileSt
 }
 
 /// How the sources of `manifest` differ from `stamped`, in path order.
-fn source_changes(stamped: &[FileStamp], manifest: &Manifest) -> Result<Vec<SourceChange>> {
-    let now = source_files(manifest);
+fn source_changes(
+    stamped: &[FileStamp],
+    manifest: &Manifest,
+    recipes: &[Recipe],
+) -> Result<Vec<SourceChange>> {
+    let now = source_files(manifest, recipes);
     let old: BTreeMap<&Path, &FileStamp> = stamped.iter().map(|s| (s.path.as_path(), s)).collect();
     let mut changes: Vec<SourceChange> = stamped
         .par_iter()
@@ -241,7 +259,7 @@ impl PackedCache {
     /// with the sample's id and file.
     pub fn build(path: &Path, manifest: &Manifest, recipes: &[Recipe]) -> Result<()> {
         // Stamped before decoding: a file changed while the build runs shows as changed later.
-        let sources = stamp_sources(manifest, SystemTime::now())?;
+        let sources = stamp_sources(manifest, recipes, SystemTime::now())?;
         let progress = crate::progress::task("building the input cache", manifest.samples.len());
         let items: Vec<Vec<Decoded>> = manifest
             .samples
@@ -316,7 +334,7 @@ impl PackedCache {
     /// with the list ([`PackedCache::open_or_rebuild`] rebuilds it instead).
     pub fn open(path: &Path, manifest: &Manifest, recipes: &[Recipe]) -> Result<PackedCache> {
         let cache = PackedCache::open_unchecked_sources(path, manifest, recipes)?;
-        let changes = cache.source_changes(manifest)?;
+        let changes = cache.source_changes(manifest, recipes)?;
         if !changes.is_empty() {
             bail!(
                 "{}: {} source file(s) changed since the cache was built; delete the cache to rebuild it:{}",
@@ -343,7 +361,7 @@ impl PackedCache {
             return Ok((PackedCache::open(path, manifest, recipes)?, None));
         }
         let cache = PackedCache::open_unchecked_sources(path, manifest, recipes)?;
-        let changes = cache.source_changes(manifest)?;
+        let changes = cache.source_changes(manifest, recipes)?;
         if changes.is_empty() {
             return Ok((cache, None));
         }
@@ -382,9 +400,14 @@ impl PackedCache {
         ))
     }
 
-    /// How this cache's sources differ from the files of `manifest` as they are now.
-    pub fn source_changes(&self, manifest: &Manifest) -> Result<Vec<SourceChange>> {
-        source_changes(&self.sources, manifest)
+    /// How this cache's sources differ from the files of `manifest` (and the word alignments
+    /// the `recipes` read) as they are now.
+    pub fn source_changes(
+        &self,
+        manifest: &Manifest,
+        recipes: &[Recipe],
+    ) -> Result<Vec<SourceChange>> {
+        source_changes(&self.sources, manifest, recipes)
     }
 
     /// Opens a cache, checking its format and recipe stamp but not its sources.

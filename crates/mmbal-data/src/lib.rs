@@ -15,11 +15,12 @@
 //! let audio = Recipe::Audio(AudioRecipe {
 //!     sample_rate: 8000, offset_seconds: 0.0, clip_seconds: None, remove_mean: true,
 //!     bin_mean_norm: false, front_end: FrontEnd::Fbank(Default::default()), frames: 48,
-//!     norm_mean: 0.0, norm_std: 1.0,
+//!     norm_mean: 0.0, norm_std: 1.0, word_window: None,
 //! });
 //! let frames = Recipe::Frames(FramesRecipe {
 //!     count: 2, height: 16, width: 16, crop: None, cache_height: None, cache_width: None,
-//!     span: None, grey: false, flow: false, crop_scale: (0.5, 1.0), flip: true, augment: true,
+//!     span: None, word_window: None, grey: false, flow: false, crop_scale: (0.5, 1.0), flip: true,
+//!     augment: true,
 //! });
 //! let manifest = Manifest::load(&dir, &dir).unwrap();
 //! let data = std::sync::Arc::new(Dataset::new(manifest, vec![audio, frames]).unwrap());

@@ -12,7 +12,7 @@ use mmbal_transforms::video::{self, Image, Rect};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A decoded item, what the cache stores. Frames are kept as bytes (0..255) to keep the cache small.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +73,76 @@ pub struct AudioRecipe {
     /// The `std` of that normalisation (default 1).
     #[serde(default = "one")]
     pub norm_std: f32,
+    /// A window around one word of each clip's alignment instead of the fixed
+    /// `offset_seconds` / `clip_seconds` window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub word_window: Option<WordWindow>,
+}
+
+/// A time window around one word of each clip's word alignment (GRID's `.align` files, read with
+/// `mmbal_dataset::alignment`): the recipe keeps `seconds` centred on the middle of the `word`-th
+/// spoken word, moved to stay inside the clip.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WordWindow {
+    /// Folder of the alignments, one `<id>.align` per clip, `<id>` being the source's file name
+    /// without its extension (or its folder's name, for frames); `${VAR}` is read from the
+    /// environment (`${MMBAL_SHARED_DATA}/grid-s1-align`).
+    pub alignments: String,
+    /// Which word, 1-based among those that are not silence (GRID's digit: 5).
+    pub word: usize,
+    /// The window's length in seconds.
+    pub seconds: f64,
+}
+
+impl WordWindow {
+    /// The alignment file of `source` (a clip's WAV or frame folder).
+    pub fn alignment_path(&self, source: &Path) -> Result<PathBuf> {
+        let id = source
+            .file_stem()
+            .with_context(|| {
+                format!(
+                    "{}: no file name to find its alignment by",
+                    source.display()
+                )
+            })?
+            .to_string_lossy()
+            .into_owned();
+        Ok(PathBuf::from(expand_env(&self.alignments)?).join(format!("{id}.align")))
+    }
+
+    /// `(start, end, length)` in seconds: the window around the word, and the clip's length as
+    /// the alignment gives it.
+    pub fn window(&self, source: &Path) -> Result<(f64, f64, f64)> {
+        use mmbal_dataset::alignment::{nth_word, read_alignment, window_around};
+        if !(self.seconds.is_finite() && self.seconds > 0.0) {
+            bail!("word_window: seconds = {} must be positive", self.seconds);
+        }
+        let path = self.alignment_path(source)?;
+        let words = read_alignment(&path)?;
+        let (word, length) = nth_word(&words, self.word, &path)?;
+        let (a, b) = window_around(&word, length, self.seconds);
+        Ok((a, b, length))
+    }
+}
+
+/// `${VAR}` replaced from the environment; an unset variable is an error naming it.
+fn expand_env(text: &str) -> Result<String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let Some(j) = rest[i..].find('}') else {
+            bail!("`{text}`: an unclosed ${{");
+        };
+        let var = &rest[i + 2..i + j];
+        out.push_str(
+            &std::env::var(var).with_context(|| format!("`{text}`: ${{{var}}} is not set"))?,
+        );
+        rest = &rest[i + j + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 fn one() -> f32 {
@@ -105,6 +175,10 @@ pub struct FramesRecipe {
     /// count (a fixed time window, e.g. around a spoken word); the whole clip when absent.
     #[serde(default)]
     pub span: Option<[f64; 2]>,
+    /// Keep the frames of a window around one word of each clip's alignment instead of the
+    /// fixed `span` (the frames taken to cover the clip's length evenly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub word_window: Option<WordWindow>,
     /// Use one grey channel instead of RGB.
     #[serde(default)]
     pub grey: bool,
@@ -209,6 +283,15 @@ impl Recipe {
             }
             Recipe::Frames(f) => vec![f.count, f.channels(), f.height, f.width],
             Recipe::Image(i) => vec![1, i.height, i.width],
+        }
+    }
+
+    /// The word window the recipe cuts to, if any (audio and frames recipes).
+    pub fn word_window(&self) -> Option<&WordWindow> {
+        match self {
+            Recipe::Audio(a) => a.word_window.as_ref(),
+            Recipe::Frames(f) => f.word_window.as_ref(),
+            _ => None,
         }
     }
 
@@ -410,7 +493,20 @@ fn decode_audio(a: &AudioRecipe, path: &Path) -> Result<Decoded> {
         bail!("{}: WAV file holds no samples", path.display());
     }
     let x = audio::resample(&wave.samples, wave.sample_rate, a.sample_rate);
-    Ok(normalised(a, audio_spectrogram(a, x, path)?))
+    let Some(w) = &a.word_window else {
+        return Ok(normalised(a, audio_spectrogram(a, x, path)?));
+    };
+    if a.offset_seconds > 0.0 || a.clip_seconds.is_some() {
+        bail!("{}: the audio recipe has both a word_window and a fixed window (offset_seconds / clip_seconds); keep one", path.display());
+    }
+    // The fixed window's machinery, placed on the word.
+    let (start, end, _) = w.window(path)?;
+    let placed = AudioRecipe {
+        offset_seconds: start,
+        clip_seconds: Some(end - start),
+        ..a.clone()
+    };
+    Ok(normalised(a, audio_spectrogram(&placed, x, path)?))
 }
 
 /// Removes each frequency bin's mean over time; time runs along rows (fbank) or columns (STFT).
@@ -438,6 +534,25 @@ fn subtract_bin_means(s: &mut Spectrogram, time_along_rows: bool) {
 
 fn decode_frames(f: &FramesRecipe, dir: &Path) -> Result<Decoded> {
     let mut files = video::list_frames(dir)?;
+    let placed;
+    let f = match &f.word_window {
+        None => f,
+        Some(w) => {
+            if f.span.is_some() {
+                bail!(
+                    "{}: the frames recipe has both a word_window and a span; keep one",
+                    dir.display()
+                );
+            }
+            // The window as a span of the clip, its frames covering the clip evenly.
+            let (start, end, length) = w.window(dir)?;
+            placed = FramesRecipe {
+                span: Some([start / length, end / length]),
+                ..f.clone()
+            };
+            &placed
+        }
+    };
     match f.span_range(files.len()) {
         Some(r) => files = files[r].to_vec(),
         None => bail!(

@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod alignment;
 pub mod csv_line;
 pub mod layouts;
 pub mod manifest;

@@ -86,6 +86,21 @@ pub fn examine(manifest: &Manifest, recipes: &[Recipe], root: &Path) -> Examinat
     for (m, recipe) in recipes.iter().enumerate() {
         let name = &manifest.modalities[m];
         let sources: Vec<&Source> = manifest.samples.iter().map(|s| &s.sources[m]).collect();
+        // A recipe cut to a word: every clip needs its alignment, with that word.
+        if let Some(w) = recipe.word_window() {
+            let failed: Vec<String> = sources
+                .par_iter()
+                .filter_map(|s| w.window(s.path()).err().map(|e| format!("[{name}] {e:#}")))
+                .collect();
+            ex.lines.push(format!(
+                "[{name}] word alignments: {} of {} clip(s) have word {} ({})",
+                sources.len() - failed.len(),
+                sources.len(),
+                w.word,
+                w.alignments
+            ));
+            ex.problems.extend(failed);
+        }
         match recipe {
             Recipe::Frames(f) => {
                 let folders: Vec<FolderCheck> = sources

@@ -95,6 +95,7 @@ impl PreprocessRecipe {
             frames,
             norm_mean: 0.0,
             norm_std: 1.0,
+            word_window: None,
         };
         let base = PreprocessRecipe {
             name: name.to_string(),
@@ -115,6 +116,7 @@ impl PreprocessRecipe {
                     frames: 1024,
                     norm_mean: 0.0,
                     norm_std: 1.0,
+                    word_window: None,
                 }),
                 ..base
             },

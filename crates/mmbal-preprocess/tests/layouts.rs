@@ -82,6 +82,7 @@ fn frames_recipe(count: usize) -> FramesRecipe {
         crop_scale: (0.5, 1.0),
         flip: true,
         augment: true,
+        word_window: None,
     }
 }
 

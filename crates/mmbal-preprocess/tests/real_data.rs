@@ -41,6 +41,7 @@ fn recipes() -> Vec<Recipe> {
             crop_scale: (0.5, 1.0),
             flip: true,
             augment: true,
+            word_window: None,
         }),
     ]
 }

@@ -36,6 +36,7 @@ fn frames_recipe(count: usize, span: Option<[f64; 2]>) -> FramesRecipe {
         crop_scale: (0.5, 1.0),
         flip: true,
         augment: true,
+        word_window: None,
     }
 }
 

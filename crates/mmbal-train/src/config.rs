@@ -157,6 +157,7 @@ impl Default for DataConfig {
             frames: 48,
             norm_mean: -6.0,
             norm_std: 4.0,
+            word_window: None,
         });
         let visual = Recipe::Frames(FramesRecipe {
             count: 3,
@@ -171,6 +172,7 @@ impl Default for DataConfig {
             crop_scale: (0.08, 1.0),
             flip: false,
             augment: false,
+            word_window: None,
         });
         DataConfig {
             card: None,

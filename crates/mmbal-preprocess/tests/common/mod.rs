@@ -40,5 +40,6 @@ pub fn fbank_recipe(sample_rate: u32, frames: usize) -> Recipe {
         frames,
         norm_mean: 0.0,
         norm_std: 1.0,
+        word_window: None,
     })
 }
