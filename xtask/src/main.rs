@@ -9,10 +9,12 @@
 //! augmentation, batch assembly) in samples/s, without a model.
 //! Speed goals are checked with these, never with timed tests. Each prints one JSON line.
 //! `cargo xtask --help`, and `--help` after any task, lists every option with its default.
-//! `cargo xtask results --config FILE [--config FILE ...] [--seeds N] [--epochs N] [--set METHOD:KEY=VALUE ...]
+//! `cargo xtask results --config FILE [--config FILE ...] [--seeds N] [--epochs N] [--set METHOD:KEY=VALUE ...] [--unimodal]
 //! [--out FILE]`: joint training and every registered method on each config, N seeds each; the epoch with the
 //! best val accuracy is reported on test (mean +- std of accuracy and macro-F1, per-modality
-//! accuracy) as a Markdown table. A method that reads teachers (UMT, UME) gets, for each seed, one
+//! accuracy) as a Markdown table, each method paired with joint training by seed (mean difference
+//! and 95% interval); `--unimodal` adds a row per modality trained alone. A method that reads
+//! teachers (UMT, UME) gets, for each seed, one
 //! teacher per modality trained first (joint training on that modality alone); UME, which trains
 //! nothing, then runs one epoch.
 //! `cargo xtask reproduce table1 [--datasets A,B] [--methods A,B] [--seeds N] [--profile
@@ -114,6 +116,11 @@ struct ResultsArgs {
     /// Methods, comma-separated (registered names); every registered method when absent.
     #[arg(long, value_delimiter = ',')]
     methods: Option<Vec<String>>,
+    /// Also a row per modality trained alone (joint training on that modality, the same seeds,
+    /// epochs, encoders and optimizer): the field's "Unimodal" rows, paired with joint training
+    /// like the methods.
+    #[arg(long)]
+    unimodal: bool,
 }
 
 /// The command line as typed, for provenance in what the tasks write.
@@ -243,6 +250,7 @@ fn results(a: ResultsArgs) -> Result<()> {
         sets,
         out,
         methods,
+        unimodal,
     } = a;
     let registered: Vec<&str> = mmbal_methods::METHODS.iter().map(|(n, _)| *n).collect();
     let methods: Vec<String> = match methods {
@@ -344,6 +352,9 @@ fn results(a: ResultsArgs) -> Result<()> {
                 ep.join(", ")
             ));
         }
+        if unimodal {
+            table.push_str(&unimodal_rows(&base, seeds, epochs, joint.as_deref())?);
+        }
     }
     let command = command_line();
     let doc = format!(
@@ -356,6 +367,61 @@ fn results(a: ResultsArgs) -> Result<()> {
     std::fs::write(&out, doc).with_context(|| format!("{}: cannot write", out.display()))?;
     println!("{}", out.display());
     Ok(())
+}
+
+/// The "Unimodal" rows of a results table: for each seed, joint training of `base` on each
+/// modality alone (`mmbal_train::train_teachers`), and per modality its test accuracy at the best
+/// val epoch, paired with `joint` (per seed) when given.
+fn unimodal_rows(
+    base: &TrainConfig,
+    seeds: u64,
+    epochs: Option<usize>,
+    joint: Option<&[f64]>,
+) -> Result<String> {
+    let mut per: std::collections::BTreeMap<String, (Vec<f64>, Vec<f64>, Vec<String>)> =
+        Default::default();
+    for seed in 0..seeds {
+        let mut c = base.clone();
+        c.seed = seed;
+        c.name = format!("results-{}-unimodal-s{seed}", base.name);
+        if let Some(e) = epochs {
+            c.epochs = e;
+        }
+        c.method = Default::default();
+        for (m, path) in mmbal_train::train_teachers(&c)? {
+            let path = PathBuf::from(path.as_str().context("a checkpoint path")?);
+            let dir = path.parent().context("a run folder")?;
+            let s: mmbal_train::RunSummary = serde_json::from_slice(
+                &std::fs::read(dir.join("summary.json"))
+                    .with_context(|| format!("{}: no summary", dir.display()))?,
+            )?;
+            let best = s.best.context("a run without epochs")?;
+            let test = best.test.context("test split not evaluated")?;
+            eprintln!("{} unimodal {m} seed {seed}: test acc {:.3}", base.name, test.acc);
+            let e = per.entry(m).or_default();
+            e.0.push(test.acc);
+            e.1.push(test.macro_f1);
+            e.2.push(best.epoch.to_string());
+        }
+    }
+    let mut rows = String::new();
+    for (m, (acc, f1, ep)) in per {
+        let paired = joint
+            .and_then(|j| stats::paired_difference(&acc, j))
+            .map_or("-".to_string(), |d| d.display(100.0));
+        let (am, asd) = mean_std(&acc);
+        let (fm, fsd) = mean_std(&f1);
+        rows.push_str(&format!(
+            "| {} | unimodal: {m} | {:.1} +- {:.1} | {paired} | {:.3} +- {:.3} | {m} alone | {} |\n",
+            base.name,
+            100.0 * am,
+            100.0 * asd,
+            fm,
+            fsd,
+            ep.join(", ")
+        ));
+    }
+    Ok(rows)
 }
 
 /// Joint training's per-seed test accuracies from the run folders `cargo xtask results` left
