@@ -397,7 +397,10 @@ fn unimodal_rows(
             )?;
             let best = s.best.context("a run without epochs")?;
             let test = best.test.context("test split not evaluated")?;
-            eprintln!("{} unimodal {m} seed {seed}: test acc {:.3}", base.name, test.acc);
+            eprintln!(
+                "{} unimodal {m} seed {seed}: test acc {:.3}",
+                base.name, test.acc
+            );
             let e = per.entry(m).or_default();
             e.0.push(test.acc);
             e.1.push(test.macro_f1);
