@@ -378,8 +378,14 @@ fn unimodal_rows(
     epochs: Option<usize>,
     joint: Option<&[f64]>,
 ) -> Result<String> {
-    let mut per: std::collections::BTreeMap<String, (Vec<f64>, Vec<f64>, Vec<String>)> =
-        Default::default();
+    /// One modality's runs: test accuracy, macro-F1 and best val epoch per seed.
+    #[derive(Default)]
+    struct Runs {
+        acc: Vec<f64>,
+        f1: Vec<f64>,
+        epochs: Vec<String>,
+    }
+    let mut per: std::collections::BTreeMap<String, Runs> = Default::default();
     for seed in 0..seeds {
         let mut c = base.clone();
         c.seed = seed;
@@ -401,14 +407,22 @@ fn unimodal_rows(
                 "{} unimodal {m} seed {seed}: test acc {:.3}",
                 base.name, test.acc
             );
-            let e = per.entry(m).or_default();
-            e.0.push(test.acc);
-            e.1.push(test.macro_f1);
-            e.2.push(best.epoch.to_string());
+            let r = per.entry(m).or_default();
+            r.acc.push(test.acc);
+            r.f1.push(test.macro_f1);
+            r.epochs.push(best.epoch.to_string());
         }
     }
     let mut rows = String::new();
-    for (m, (acc, f1, ep)) in per {
+    for (
+        m,
+        Runs {
+            acc,
+            f1,
+            epochs: ep,
+        },
+    ) in per
+    {
         let paired = joint
             .and_then(|j| stats::paired_difference(&acc, j))
             .map_or("-".to_string(), |d| d.display(100.0));
