@@ -397,10 +397,7 @@ fn unimodal_rows(
         for (m, path) in mmbal_train::train_teachers(&c)? {
             let path = PathBuf::from(path.as_str().context("a checkpoint path")?);
             let dir = path.parent().context("a run folder")?;
-            let s: mmbal_train::RunSummary = serde_json::from_slice(
-                &std::fs::read(dir.join("summary.json"))
-                    .with_context(|| format!("{}: no summary", dir.display()))?,
-            )?;
+            let s = mmbal_train::read_summary(&dir.join("summary.json"))?;
             let best = s.best.context("a run without epochs")?;
             let test = best.test.context("test split not evaluated")?;
             eprintln!(
@@ -453,8 +450,7 @@ fn joint_from_run_folders(
             let dir = base
                 .out_dir
                 .join(format!("results-{}-joint-s{seed}", base.name));
-            let s: mmbal_train::RunSummary =
-                serde_json::from_slice(&std::fs::read(dir.join("summary.json")).ok()?).ok()?;
+            let s = mmbal_train::read_summary(&dir.join("summary.json")).ok()?;
             let best = s.best?;
             let last = s.last?;
             // A run of another length is not this table's baseline.

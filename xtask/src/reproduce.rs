@@ -258,13 +258,7 @@ fn run_one(
 ) -> Result<(RunSummary, Vec<EpochRecord>, bool)> {
     let dir = cfg.run_dir();
     let summary_path = dir.join("summary.json");
-    let read_summary = || -> Result<RunSummary> {
-        serde_json::from_str(
-            &std::fs::read_to_string(&summary_path)
-                .with_context(|| format!("{}: cannot read", summary_path.display()))?,
-        )
-        .with_context(|| format!("{}: not a run summary", summary_path.display()))
-    };
+    let read_summary = || mmbal_train::read_summary(&summary_path);
     // Finished: a summary at the asked number of epochs. Fewer: extended from its checkpoint.
     let epochs_done = if summary_path.is_file() {
         read_summary()?.last.map(|r| r.epoch).unwrap_or(0)

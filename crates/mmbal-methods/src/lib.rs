@@ -60,6 +60,7 @@ mod reconboost;
 mod registry;
 mod relearning;
 mod sample_level;
+mod teachers;
 mod ume;
 mod umt;
 mod valuation_pass;

@@ -73,12 +73,7 @@ impl BalanceMethod for Ume {
     }
 
     fn prepare_model(&mut self, model: &mut MultimodalModel) -> Result<()> {
-        if self.opts.teachers.is_empty() {
-            bail!(
-                "ume: `teachers` names no checkpoint; give one per modality, e.g. teachers = {{ \
-                 audio = \"runs/audio-only/best.safetensors\", visual = \"runs/visual-only/best.safetensors\" }}"
-            );
-        }
+        crate::teachers::require_named("ume", &self.opts.teachers)?;
         if model.has_mixer() {
             bail!("ume: the student has a mixer between its encoders; UME's members are separate models");
         }
@@ -96,34 +91,22 @@ impl BalanceMethod for Ume {
         student: &MultimodalModel,
         teachers: Vec<MultimodalModel>,
     ) -> Result<()> {
-        let mut by_modality: BTreeMap<String, MultimodalModel> = BTreeMap::new();
-        for ((named, path), t) in self.opts.teachers.iter().zip(teachers) {
-            if t.modalities.len() != 1 || &t.modalities[0] != named {
-                bail!(
-                    "ume: the model for `{named}` ({path}) was trained on {:?}; a member is a run \
-                     on its modality alone",
-                    t.modalities
-                );
-            }
-            by_modality.insert(named.clone(), t);
-        }
+        let members = crate::teachers::per_student_modality(
+            "ume",
+            "member",
+            &self.opts.teachers,
+            student,
+            teachers,
+        )?;
         let mut heads = Vec::new();
-        for m in &student.modalities {
-            let t = by_modality.remove(m).with_context(|| {
-                format!(
-                    "ume: no model for the modality `{m}` (teachers = {{ {m} = \"runs/...\" }})"
-                )
-            })?;
-            let path = self.opts.teachers[m].clone();
+        for (m, t) in student.modalities.iter().zip(members) {
+            let path = &self.opts.teachers[m];
             student
                 .restore(&t.snapshot(&[encoder_path(m)])?)
                 .with_context(|| {
                     format!("ume: the encoder of {path} does not fit the student's `{m}` encoder (build both from the same [model.encoders.{m}])")
                 })?;
             heads.push(t.head);
-        }
-        if let Some(extra) = by_modality.keys().next() {
-            bail!("ume: a model for `{extra}`, which the student does not have");
         }
         self.heads = heads;
         Ok(())

@@ -13,7 +13,7 @@
 //! student's batches. docs/methods/umt.md has the details.
 
 use crate::{BalanceMethod, Requirements, StepCtx};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::Tensor;
 use mmbal_fusion::{ForwardOut, MultimodalModel};
 use serde::{Deserialize, Serialize};
@@ -104,13 +104,7 @@ impl BalanceMethod for Umt {
     /// A run needs its teachers (checked here, when the trainer prepares the model, so that
     /// the method can be built and its options listed without them).
     fn prepare_model(&mut self, _model: &mut MultimodalModel) -> Result<()> {
-        if self.opts.teachers.is_empty() {
-            bail!(
-                "umt: `teachers` names no checkpoint; give one per modality, e.g. teachers = {{ \
-                 audio = \"runs/audio-only/best.safetensors\", visual = \"runs/visual-only/best.safetensors\" }}"
-            );
-        }
-        Ok(())
+        crate::teachers::require_named("umt", &self.opts.teachers)
     }
 
     fn teachers(&self) -> Vec<PathBuf> {
@@ -124,29 +118,13 @@ impl BalanceMethod for Umt {
         student: &MultimodalModel,
         teachers: Vec<MultimodalModel>,
     ) -> Result<()> {
-        let mut by_modality: BTreeMap<String, MultimodalModel> = BTreeMap::new();
-        for ((named, path), t) in self.opts.teachers.iter().zip(teachers) {
-            if t.modalities.len() != 1 || &t.modalities[0] != named {
-                bail!(
-                    "umt: the teacher for `{named}` ({path}) was trained on {:?}; a teacher is a \
-                     run on its modality alone",
-                    t.modalities
-                );
-            }
-            by_modality.insert(named.clone(), t);
-        }
-        self.teachers = student
-            .modalities
-            .iter()
-            .map(|m| {
-                by_modality
-                    .remove(m)
-                    .with_context(|| format!("umt: no teacher for the modality `{m}` (teachers = {{ {m} = \"runs/...\" }})"))
-            })
-            .collect::<Result<_>>()?;
-        if let Some(extra) = by_modality.keys().next() {
-            bail!("umt: a teacher for `{extra}`, which the student does not have");
-        }
+        self.teachers = crate::teachers::per_student_modality(
+            "umt",
+            "teacher",
+            &self.opts.teachers,
+            student,
+            teachers,
+        )?;
         Ok(())
     }
 

@@ -84,13 +84,7 @@ pub fn export_features(
     out: &Path,
     tsne: Option<TsneOptions>,
 ) -> Result<Vec<PathBuf>> {
-    let rows = trainer.dataset.rows(split);
-    if rows.is_empty() {
-        bail!(
-            "split {split:?} of {} is empty",
-            trainer.dataset.manifest.name
-        );
-    }
+    let rows = trainer.split_rows(split)?;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
     let c = mmbal_methods::collect_outputs(
         &trainer.model,

@@ -38,6 +38,19 @@ fn line_chart(
 
 const SIZE: (u32, u32) = (720, 420);
 
+/// One figure drawn twice by `$draw(area, args..)`, as `stem.svg` and `stem.png`; evaluates to
+/// both paths (a macro: the drawing functions are generic over the backend).
+macro_rules! svg_and_png {
+    ($stem:expr, $draw:ident($($arg:expr),* $(,)?)) => {{
+        let (svg, png) = ($stem.with_extension("svg"), $stem.with_extension("png"));
+        $draw(SVGBackend::new(&svg, SIZE).into_drawing_area(), $($arg),*)
+            .with_context(|| format!("{}: cannot draw", svg.display()))?;
+        $draw(BitMapBackend::new(&png, SIZE).into_drawing_area(), $($arg),*)
+            .with_context(|| format!("{}: cannot draw", png.display()))?;
+        Ok(vec![svg, png])
+    }};
+}
+
 /// Registers the embedded font (DejaVu Sans Mono, assets/) once: plotters lays out text with
 /// it for SVG and draws it into PNG, so plots need no system fonts.
 fn register_font() -> Result<()> {
@@ -69,22 +82,7 @@ pub fn xy_figure(
     labels: (&str, &str),
     lines: &[(String, Vec<(f64, f64)>)],
 ) -> Result<Vec<PathBuf>> {
-    let (svg, png) = (stem.with_extension("svg"), stem.with_extension("png"));
-    draw_lines(
-        SVGBackend::new(&svg, SIZE).into_drawing_area(),
-        title,
-        labels,
-        lines,
-    )
-    .with_context(|| format!("{}: cannot draw", svg.display()))?;
-    draw_lines(
-        BitMapBackend::new(&png, SIZE).into_drawing_area(),
-        title,
-        labels,
-        lines,
-    )
-    .with_context(|| format!("{}: cannot draw", png.display()))?;
-    Ok(vec![svg, png])
+    svg_and_png!(stem, draw_lines(title, labels, lines))
 }
 
 /// `stem.svg` and `stem.png`: one bar per `(name, value, std)` with a +-std whisker.
@@ -94,21 +92,7 @@ pub fn bar_figure(
     y_label: &str,
     bars: &[(String, f64, f64)],
 ) -> Result<Vec<PathBuf>> {
-    let (svg, png) = (stem.with_extension("svg"), stem.with_extension("png"));
-    draw_bars(
-        SVGBackend::new(&svg, SIZE).into_drawing_area(),
-        title,
-        y_label,
-        bars,
-    )?;
-    draw_bars(
-        BitMapBackend::new(&png, SIZE).into_drawing_area(),
-        title,
-        y_label,
-        bars,
-    )
-    .with_context(|| format!("{}: cannot draw", png.display()))?;
-    Ok(vec![svg, png])
+    svg_and_png!(stem, draw_bars(title, y_label, bars))
 }
 
 fn draw_bars<DB: DrawingBackend>(
@@ -221,22 +205,7 @@ pub fn scatter_figure(
     points: &[(f64, f64, usize)],
     classes: &[String],
 ) -> Result<Vec<PathBuf>> {
-    let (svg, png) = (stem.with_extension("svg"), stem.with_extension("png"));
-    draw_scatter(
-        SVGBackend::new(&svg, SIZE).into_drawing_area(),
-        title,
-        points,
-        classes,
-    )
-    .with_context(|| format!("{}: cannot draw", svg.display()))?;
-    draw_scatter(
-        BitMapBackend::new(&png, SIZE).into_drawing_area(),
-        title,
-        points,
-        classes,
-    )
-    .with_context(|| format!("{}: cannot draw", png.display()))?;
-    Ok(vec![svg, png])
+    svg_and_png!(stem, draw_scatter(title, points, classes))
 }
 
 /// Ten colours for classes (more classes repeat them).

@@ -24,13 +24,7 @@ pub fn evaluate_missing(trainer: &Trainer, split: Split, rates: &[f64]) -> Resul
     if rates.len() != m {
         bail!("{} missing rates for {m} modalities", rates.len());
     }
-    let mut rows = trainer.dataset.rows(split);
-    if rows.is_empty() {
-        bail!(
-            "split {split:?} of {} is empty",
-            trainer.dataset.manifest.name
-        );
-    }
+    let mut rows = trainer.split_rows(split)?;
     drop_modalities(&mut rows, rates, trainer.config.seed, EVAL_DRAWS)?;
     trainer.evaluate_rows(&rows)
 }
@@ -106,13 +100,7 @@ pub fn subset_metrics(trainer: &Trainer, split: Split) -> Result<Vec<SubsetMetri
             (1u64 << m_count) - 1
         );
     }
-    let base = trainer.dataset.rows(split);
-    if base.is_empty() {
-        bail!(
-            "split {split:?} of {} is empty",
-            trainer.dataset.manifest.name
-        );
-    }
+    let base = trainer.split_rows(split)?;
     let mut out = Vec::new();
     for mask in 1..(1usize << m_count) {
         let present: Vec<bool> = (0..m_count).map(|m| mask & (1 << m) != 0).collect();

@@ -137,6 +137,15 @@ pub fn read_log(path: &Path) -> Result<Vec<EpochRecord>> {
         .collect()
 }
 
+/// Reads a run's `summary.json` (at `path`), errors naming the file.
+pub fn read_summary(path: &Path) -> Result<RunSummary> {
+    serde_json::from_str(
+        &std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?,
+    )
+    .with_context(|| format!("{}: not a run summary", path.display()))
+}
+
 /// Progress callbacks (the CLI draws a progress bar with them).
 pub trait Events {
     /// Called as an epoch starts, with its 0-based index and number of batches.

@@ -103,6 +103,16 @@ impl Trainer {
         })
     }
 
+    /// The plain rows of a split (every sample once, nothing zeroed); an error naming the
+    /// dataset when the split has none.
+    pub fn split_rows(&self, split: Split) -> Result<Vec<Row>> {
+        let rows = self.dataset.rows(split);
+        if rows.is_empty() {
+            bail!("split {split:?} of {} is empty", self.dataset.manifest.name);
+        }
+        Ok(rows)
+    }
+
     /// Eval-mode metrics of a split; `None` when the split is empty.
     pub fn evaluate(&self, split: Split) -> Result<Option<SplitMetrics>> {
         let rows = self.dataset.rows(split);
