@@ -74,16 +74,7 @@ fn blend_matches_official_reinit() {
         relearning_blend(&vars, &init, w).unwrap();
         for (n, v) in names.iter().zip(&vars) {
             let want = &f[&format!("after.{n}")];
-            let diff = (v.as_tensor() - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = common::max_abs_diff(v.as_tensor(), want);
             assert!(diff < 1e-6, "{n}: blend differs by {diff}");
         }
     }

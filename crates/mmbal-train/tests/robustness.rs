@@ -4,6 +4,8 @@
 //! visual's stays near the full accuracy; per-subset accuracy and the 0% points agree with the
 //! plain evaluation.
 
+mod common;
+
 use mmbal_data::Split;
 use mmbal_train::checkpoint::Checkpoint;
 use mmbal_train::optim::OptimizerConfig;
@@ -118,21 +120,7 @@ fn training_with_missing_modalities_zeroes_the_asked_share_and_resumes() {
         .unwrap();
     let a = Checkpoint::load(&whole.run_dir().join("last.safetensors")).unwrap();
     let b = Checkpoint::load(&first.run_dir().join("last.safetensors")).unwrap();
-    for (k, t) in &a.tensors {
-        let d = (t - &b.tensors[k])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_dtype(candle_core::DType::F64)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
-        assert_eq!(d, 0.0, "{k}");
-    }
+    common::assert_checkpoints_equal(&a, &b, None, "resumed");
     // A modality the run does not have, or a rate above 1, is refused before training.
     let mut bad = config(&out, "bad", 1);
     bad.data.missing.insert("video".into(), 0.2);

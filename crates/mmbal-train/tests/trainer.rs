@@ -2,6 +2,9 @@
 //! resumed from its checkpoint ends exactly where an uninterrupted run does; configs reject
 //! unknown keys; selection uses val.
 
+mod common;
+
+use common::{assert_checkpoints_equal, max_abs_diff};
 use mmbal_train::checkpoint::Checkpoint;
 use mmbal_train::optim::OptimizerConfig;
 use mmbal_train::{Quiet, TrainConfig, Trainer};
@@ -25,6 +28,11 @@ fn small(out: &std::path::Path, name: &str, optimizer: OptimizerConfig) -> Train
     c.data.synthetic.classes = 3;
     c.data.synthetic.per_class = 10;
     c
+}
+
+/// The run's `last.safetensors`.
+fn last_checkpoint(c: &TrainConfig) -> Checkpoint {
+    Checkpoint::load(&c.run_dir().join("last.safetensors")).unwrap()
 }
 
 fn set_method(c: &mut TrainConfig, name: &str) {
@@ -171,25 +179,13 @@ fn resumed_run_equals_uninterrupted_run() {
 
         let a = Checkpoint::load(&whole.run_dir().join("last.safetensors")).unwrap();
         let b = Checkpoint::load(&first.run_dir().join("last.safetensors")).unwrap();
-        assert_eq!(a.tensors.len(), b.tensors.len());
         // UME trains nothing, so it has no optimizer state.
         assert_eq!(
             a.tensors.keys().any(|k| k.starts_with("optim.")),
             method != "ume",
             "{tag}"
         );
-        for (k, ta) in &a.tensors {
-            let tb = &b.tensors[k];
-            let d = (ta - tb).unwrap().abs().unwrap().max_all().unwrap();
-            assert_eq!(
-                d.to_dtype(candle_core::DType::F64)
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap(),
-                0.0,
-                "{tag}: {k} differs after resume"
-            );
-        }
+        assert_checkpoints_equal(&a, &b, None, &format!("{tag}, after resume"));
         let la = std::fs::read_to_string(whole.run_dir().join("metrics.jsonl")).unwrap();
         let lb = std::fs::read_to_string(first.run_dir().join("metrics.jsonl")).unwrap();
         assert_eq!(
@@ -500,23 +496,7 @@ fn relearning_reinitialises_between_epochs_and_resumes_across_it() {
     resumed.run(&mut Quiet).unwrap();
     let a = Checkpoint::load(&whole.run_dir().join("last.safetensors")).unwrap();
     let b = Checkpoint::load(&first.run_dir().join("last.safetensors")).unwrap();
-    assert_eq!(a.tensors.len(), b.tensors.len());
-    for (k, ta) in &a.tensors {
-        let d = (ta - &b.tensors[k])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap();
-        assert_eq!(
-            d.to_dtype(candle_core::DType::F64)
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap(),
-            0.0,
-            "{k}"
-        );
-    }
+    assert_checkpoints_equal(&a, &b, None, "relearning, resumed");
     let split_log = std::fs::read_to_string(first.run_dir().join("metrics.jsonl")).unwrap();
     assert_eq!(comparable(&log), comparable(&split_log));
     let _ = std::fs::remove_dir_all(out);
@@ -915,20 +895,7 @@ fn contribution_tracking_leaves_greedys_training_unchanged() {
             .unwrap();
         runs.push(Checkpoint::load(&cfg.run_dir().join("last.safetensors")).unwrap());
     }
-    for (k, a) in &runs[0].tensors {
-        let b = &runs[1].tensors[k];
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_dtype(candle_core::DType::F64)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
-        assert_eq!(d, 0.0, "{k} differs when contributions are tracked");
-    }
+    assert_checkpoints_equal(&runs[0], &runs[1], None, "contributions tracked");
 }
 
 #[test]
@@ -1397,39 +1364,6 @@ fn mslr_factors_follow_the_logged_val_accuracies() {
     let _ = std::fs::remove_dir_all(out);
 }
 
-/// Every tensor of checkpoint `a` equals `b`'s bitwise (those named by `only`, when given), and
-/// `b` holds no other.
-fn assert_checkpoints_equal(a: &Path, b: &Path, only: Option<&dyn Fn(&str) -> bool>, tag: &str) {
-    let (a, b) = (Checkpoint::load(a).unwrap(), Checkpoint::load(b).unwrap());
-    let keep = |k: &str| only.is_none_or(|f| f(k));
-    let keys: Vec<&String> = a.tensors.keys().filter(|k| keep(k)).collect();
-    assert!(!keys.is_empty(), "{tag}: nothing to compare");
-    assert_eq!(
-        keys.len(),
-        b.tensors.keys().filter(|k| keep(k)).count(),
-        "{tag}"
-    );
-    for k in keys {
-        let tb = b
-            .tensors
-            .get(k)
-            .unwrap_or_else(|| panic!("{tag}: {k} missing"));
-        let d = (&a.tensors[k] - tb)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_dtype(candle_core::DType::F64)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
-        assert_eq!(d, 0.0, "{tag}: {k} differs");
-    }
-}
-
 /// MSES (patience 1): a branch whose own val accuracy stops improving is put back to its best
 /// epoch and frozen, encoder running statistics included, so at the end of the run it equals
 /// the branch of a run stopped at that best epoch; the other parts go on training. A run split
@@ -1480,6 +1414,7 @@ fn mses_stops_each_branch_at_its_best_epoch_and_resumes_across_the_stop() {
         !stopped.is_empty(),
         "no branch stopped: the test checks nothing"
     );
+    let whole_ck = last_checkpoint(&whole);
     for &(m, name, _, best) in &stopped {
         let until = config(&format!("until-{name}"), best);
         Trainer::from_config(until.clone())
@@ -1494,31 +1429,20 @@ fn mses_stops_each_branch_at_its_best_epoch_and_resumes_across_the_stop() {
                 .unwrap_or("");
             k.starts_with(&format!("encoders.{name}.")) || k.starts_with(&format!("head.fc.{m}."))
         };
-        assert_checkpoints_equal(
-            &whole.run_dir().join("last.safetensors"),
-            &until.run_dir().join("last.safetensors"),
-            Some(&branch),
-            name,
-        );
+        assert_checkpoints_equal(&whole_ck, &last_checkpoint(&until), Some(&branch), name);
     }
     // The fused classifier kept training after the stops.
-    let a = Checkpoint::load(&whole.run_dir().join("last.safetensors")).unwrap();
     let first_stop = stopped.iter().map(|s| s.2).min().unwrap();
     let before = config("before-stop", first_stop - 1);
     Trainer::from_config(before.clone())
         .unwrap()
         .run(&mut Quiet)
         .unwrap();
-    let b = Checkpoint::load(&before.run_dir().join("last.safetensors")).unwrap();
-    let moved = (&a.tensors["model.head.fc.weight"] - &b.tensors["model.head.fc.weight"])
-        .unwrap()
-        .abs()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert!(moved > 0.0, "the fused classifier stopped too");
+    let fc = "model.head.fc.weight";
+    assert!(
+        max_abs_diff(&whole_ck.tensors[fc], &last_checkpoint(&before).tensors[fc]) > 0.0,
+        "the fused classifier stopped too"
+    );
     // Resumed from the checkpoint taken just before the first restore.
     let mut resumed = Trainer::resume(
         &before.run_dir().join("last.safetensors"),
@@ -1527,12 +1451,7 @@ fn mses_stops_each_branch_at_its_best_epoch_and_resumes_across_the_stop() {
     )
     .unwrap();
     resumed.run(&mut Quiet).unwrap();
-    assert_checkpoints_equal(
-        &whole.run_dir().join("last.safetensors"),
-        &before.run_dir().join("last.safetensors"),
-        None,
-        "resumed",
-    );
+    assert_checkpoints_equal(&whole_ck, &last_checkpoint(&before), None, "resumed");
     let split_log = std::fs::read_to_string(before.run_dir().join("metrics.jsonl")).unwrap();
     assert_eq!(comparable(&log), comparable(&split_log));
     let _ = std::fs::remove_dir_all(out);
@@ -1602,23 +1521,11 @@ fn reconboost_trains_in_stages_with_fresh_optimizers_and_resumes_mid_stage() {
                 .unwrap()
                 .run(&mut Quiet)
                 .unwrap();
-            Checkpoint::load(&c.run_dir().join("last.safetensors")).unwrap()
+            last_checkpoint(&c)
         })
         .collect();
-    let last = Checkpoint::load(&whole.run_dir().join("last.safetensors")).unwrap();
-    let same = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            == 0.0
-    };
+    let last = last_checkpoint(&whole);
+    let same = |a: &candle_core::Tensor, b: &candle_core::Tensor| max_abs_diff(a, b) == 0.0;
     // Whether every tensor whose name starts with `prefix` is the same in both.
     let part_same = |a: &std::collections::HashMap<String, candle_core::Tensor>,
                      b: &std::collections::HashMap<String, candle_core::Tensor>,
@@ -1676,10 +1583,9 @@ fn reconboost_trains_in_stages_with_fresh_optimizers_and_resumes_mid_stage() {
     )
     .unwrap();
     resumed.run(&mut Quiet).unwrap();
-    let whole_ck = whole.run_dir().join("last.safetensors");
     assert_checkpoints_equal(
-        &whole_ck,
-        &config("e4", 4).run_dir().join("last.safetensors"),
+        &last,
+        &last_checkpoint(&config("e4", 4)),
         None,
         "resumed mid-stage",
     );
@@ -1699,11 +1605,8 @@ fn reconboost_trains_in_stages_with_fresh_optimizers_and_resumes_mid_stage() {
         let ck = copy_without_optimizer_state(&src, &out.join(format!("bare{from}")));
         let mut t = Trainer::resume(&ck, Some(5), None).unwrap();
         t.run(&mut Quiet).unwrap();
-        let (a, b) = (
-            Checkpoint::load(&whole_ck).unwrap(),
-            Checkpoint::load(&ck).unwrap(),
-        );
-        let all_same = a
+        let b = Checkpoint::load(&ck).unwrap();
+        let all_same = last
             .tensors
             .iter()
             .filter(|(k, _)| model_only(k))
@@ -1732,7 +1635,7 @@ fn ume_predicts_with_its_members_and_trains_nothing() {
         .unwrap();
     let log = std::fs::read_to_string(c.run_dir().join("metrics.jsonl")).unwrap();
     let rec: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
-    let ume = Checkpoint::load(&c.run_dir().join("last.safetensors")).unwrap();
+    let ume = last_checkpoint(&c);
     let mut logits = Vec::new();
     let mut labels = Vec::new();
     for (m, path) in c.method.options["teachers"].as_table().unwrap() {
@@ -1750,20 +1653,7 @@ fn ume_predicts_with_its_members_and_trains_nothing() {
             k.starts_with(&format!("model.encoders.{m}."))
                 || k.starts_with(&format!("buffer.encoders.{m}."))
         };
-        for (k, want) in member.tensors.iter().filter(|(k, _)| encoder(k)) {
-            let got = &ume.tensors[k];
-            let d = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert_eq!(d, 0.0, "{k}");
-        }
+        assert_checkpoints_equal(&member, &ume, Some(&encoder), m);
     }
     let mean = mmbal_methods::ume_logits(&logits).unwrap();
     let acc = accuracy(&argmax(&mean).unwrap(), &labels);
@@ -1796,21 +1686,8 @@ fn dimml_stage_two_trains_the_fused_classifier_alone() {
             .run(&mut Quiet)
             .unwrap();
     }
-    let a = Checkpoint::load(&whole.run_dir().join("last.safetensors")).unwrap();
-    let b = Checkpoint::load(&stage1.run_dir().join("last.safetensors")).unwrap();
-    let moved = |k: &str| {
-        (&a.tensors[k] - &b.tensors[k])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            > 0.0
-    };
+    let (a, b) = (last_checkpoint(&whole), last_checkpoint(&stage1));
+    let moved = |k: &str| max_abs_diff(&a.tensors[k], &b.tensors[k]) > 0.0;
     let mut fused = 0;
     for k in a.tensors.keys() {
         let held = k.starts_with("model.encoders.")

@@ -247,6 +247,48 @@ pub fn max_abs(t: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// `max |a - b|` in f64: 0 exactly when the tensors are equal element for element (f64 method
+/// state included).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+/// Every tensor of checkpoint `a` equals `b`'s bitwise (those whose name `only` accepts, when
+/// given), and `b` holds no other.
+pub fn assert_checkpoints_equal(
+    a: &mmbal_train::checkpoint::Checkpoint,
+    b: &mmbal_train::checkpoint::Checkpoint,
+    only: Option<&dyn Fn(&str) -> bool>,
+    tag: &str,
+) {
+    let keep = |k: &str| only.is_none_or(|f| f(k));
+    let keys: Vec<&String> = a.tensors.keys().filter(|k| keep(k)).collect();
+    assert!(!keys.is_empty(), "{tag}: nothing to compare");
+    assert_eq!(
+        keys.len(),
+        b.tensors.keys().filter(|k| keep(k)).count(),
+        "{tag}"
+    );
+    for k in keys {
+        let tb = b
+            .tensors
+            .get(k)
+            .unwrap_or_else(|| panic!("{tag}: {k} missing"));
+        assert_eq!(max_abs_diff(&a.tensors[k], tb), 0.0, "{tag}: {k} differs");
+    }
+}
+
 /// `(max |got - want|, max(max |want|, 1e-3))`, in f32.
 pub fn diff_and_scale(got: &Tensor, want: &Tensor) -> (f32, f32) {
     let got = got.to_dtype(DType::F32).unwrap();
