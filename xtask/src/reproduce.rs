@@ -3,10 +3,11 @@
 //!
 //! Every run lives in `<out>/table1/<profile>/<dataset>/<method>-s<seed>/` with its resolved
 //! `config.toml`, `provenance.json` (git revision, seed, dataset, profile, command),
-//! `data-recipe.toml` when the data was made by `mmbal preprocess`, and `metrics.jsonl`. A run
-//! whose `summary.json` reaches the asked epochs is finished and never redone; a run with
+//! `data-recipe.toml` when the data was made by `mmbal preprocess`, `requested-config.toml` (the
+//! config asked for, its length aside) and `metrics.jsonl`. A run of the same requested config
+//! whose `summary.json` reaches the asked epochs is finished and never redone; one with
 //! `last.safetensors` and no summary (interrupted), or a summary of fewer epochs, resumes from
-//! its checkpoint. The tables and figures are rebuilt from the
+//! its checkpoint; a folder of another config is trained anew, with a line saying so. The tables and figures are rebuilt from the
 //! run folders each time.
 
 use anyhow::{bail, Context, Result};
@@ -51,15 +52,15 @@ const TABLE1_METHODS: [&str; 6] = [
 /// `cargo xtask reproduce table1` options.
 #[derive(clap::Args)]
 pub struct Table1Args {
-    /// Datasets, comma-separated; the profile's own when absent (quick: grid-s1 and avmnist
-    /// with the shared data, else synthetic).
+    /// Datasets, comma-separated; the profile's own when absent (quick: grid-800 and avmnist
+    /// with the shared data, else synthetic; grid-s1, the 200-clip GRID, on request).
     #[arg(long, value_delimiter = ',')]
     datasets: Option<Vec<String>>,
     /// Methods, comma-separated; joint is always added (gains are over it).
     #[arg(long, value_delimiter = ',', default_values_t = TABLE1_METHODS.map(String::from))]
     methods: Vec<String>,
     /// Seeds per method, 0..N, paired across methods.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     seeds: u64,
     /// Schedule and sizes: quick (this machine) or paper (the paper's, for a GPU).
     #[arg(long, default_value = "quick", value_parser = ["quick", "paper"])]
@@ -133,29 +134,20 @@ fn dataset_config(profile: &str, dataset: &str) -> Result<(TrainConfig, i64)> {
         ),
         ("quick", "grid-s1") => {
             let data = ws.join("data/grid-s1");
-            if !data.join("visual").is_dir() {
-                let shared = shared_data().context(
-                    "grid-s1 needs MMBAL_SHARED_DATA (the shared data folder) to preprocess its videos",
-                )?;
-                eprintln!("preprocessing GRID s1 into {} (25 fps)", data.display());
-                let recipe = mmbal_preprocess::preprocess::PreprocessRecipe {
-                    fps: 25.0,
-                    ..Default::default()
-                };
-                let r = mmbal_preprocess::preprocess::preprocess_folder(
-                    &shared.join("grid-s1"),
-                    &data,
-                    &recipe,
-                )?;
-                if !r.failed.is_empty() {
-                    bail!("GRID preprocessing failed:\n  {}", r.failed.join("\n  "));
-                }
-            }
+            preprocess_grid(&data, &["grid-s1"])?;
             let mut c = TrainConfig::load(&ws.join("configs/grid-results.toml"))?;
             c.data.card = Some(ws.join("datasets/grid-s1"));
             c.data.root = Some(data.to_string_lossy().into_owned());
             c.data.cache_path = Some(ws.join("runs/grid-joint/inputs.mmbc"));
             c.epochs = 5;
+            (c, 2)
+        }
+        ("quick", "grid-800") => {
+            let data = ws.join("data/grid-s1-800");
+            preprocess_grid(&data, &["grid-s1", "grid-s1-more"])?;
+            let mut c = TrainConfig::load(&ws.join("configs/grid-800.toml"))?;
+            c.data.card = Some(ws.join("datasets/grid-s1-800"));
+            c.data.root = Some(data.to_string_lossy().into_owned());
             (c, 2)
         }
         ("quick", "avmnist") => {
@@ -164,9 +156,7 @@ fn dataset_config(profile: &str, dataset: &str) -> Result<(TrainConfig, i64)> {
             }
             let mut c = TrainConfig::load(&ws.join("configs/avmnist.toml"))?;
             c.data.card = Some(ws.join("datasets/avmnist"));
-            c.epochs = 2;
-            c.batch_size = 64;
-            (c, 1)
+            (c, 2)
         }
         ("paper", d @ ("kinetics-sounds" | "ucf-101" | "mm-debiased")) => {
             let var = paper_root_var(d);
@@ -178,10 +168,43 @@ fn dataset_config(profile: &str, dataset: &str) -> Result<(TrainConfig, i64)> {
             carve_val_once(&c)?;
             (c, 5)
         }
-        (p, d) => bail!("profile {p} has no dataset {d} (quick: grid-s1, avmnist, synthetic; paper: kinetics-sounds, ucf-101, mm-debiased)"),
+        (p, d) => bail!("profile {p} has no dataset {d} (quick: grid-800, avmnist, grid-s1, synthetic; paper: kinetics-sounds, ucf-101, mm-debiased)"),
     };
     c.0.track_contributions = true;
     Ok(c)
+}
+
+/// Decodes each of the shared data's GRID `folders` into `data` (25 fps) unless every video of
+/// it already has its audio and frames there.
+fn preprocess_grid(data: &Path, folders: &[&str]) -> Result<()> {
+    let shared = shared_data().context(
+        "GRID needs MMBAL_SHARED_DATA (the shared data folder) to preprocess its videos",
+    )?;
+    let recipe = mmbal_preprocess::preprocess::PreprocessRecipe {
+        fps: 25.0,
+        ..Default::default()
+    };
+    for f in folders {
+        let videos = std::fs::read_dir(shared.join(f))
+            .with_context(|| format!("{}: cannot read", shared.join(f).display()))?;
+        let mut done = true;
+        for v in videos {
+            let v = v?.path();
+            if let Some(id) = v.file_stem().map(|s| s.to_string_lossy().into_owned()) {
+                let wav = data.join("audio").join(format!("{id}.wav"));
+                done &= wav.is_file() && data.join("visual").join(&id).is_dir();
+            }
+        }
+        if done {
+            continue;
+        }
+        eprintln!("preprocessing {f} into {} (25 fps)", data.display());
+        let r = mmbal_preprocess::preprocess::preprocess_folder(&shared.join(f), data, &recipe)?;
+        if !r.failed.is_empty() {
+            bail!("GRID preprocessing failed:\n  {}", r.failed.join("\n  "));
+        }
+    }
+    Ok(())
 }
 
 fn paper_root_var(dataset: &str) -> &'static str {
@@ -194,7 +217,7 @@ fn paper_root_var(dataset: &str) -> &'static str {
 
 fn default_datasets(profile: &str) -> Result<Vec<String>> {
     Ok(match profile {
-        "quick" if shared_data().is_some() => vec!["grid-s1".into(), "avmnist".into()],
+        "quick" if shared_data().is_some() => vec!["grid-800".into(), "avmnist".into()],
         "quick" => {
             eprintln!(
                 "MMBAL_SHARED_DATA is not set: the quick profile runs on the embedded synthetic dataset"
@@ -228,7 +251,7 @@ fn method_config(base: &TrainConfig, warmup: i64, method: &str) -> Result<TrainC
     Ok(c)
 }
 
-fn git_revision() -> String {
+pub(crate) fn git_revision() -> String {
     let run = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
@@ -259,8 +282,23 @@ fn run_one(
     let dir = cfg.run_dir();
     let summary_path = dir.join("summary.json");
     let read_summary = || mmbal_train::read_summary(&summary_path);
+    // The config the run was asked for, its length aside (a run may be extended): a folder
+    // made with another config (or before this was recorded) is not this run.
+    let request_path = dir.join("requested-config.toml");
+    let requested = {
+        let mut r = cfg.clone();
+        r.epochs = 0;
+        r.to_toml()
+    };
+    let same_config = std::fs::read_to_string(&request_path).is_ok_and(|t| t == requested);
+    if !same_config && dir.is_dir() {
+        eprintln!(
+            "  {}: made with another config (or before configs were recorded); trained anew",
+            dir.display()
+        );
+    }
     // Finished: a summary at the asked number of epochs. Fewer: extended from its checkpoint.
-    let epochs_done = if summary_path.is_file() {
+    let epochs_done = if same_config && summary_path.is_file() {
         read_summary()?.last.map(|r| r.epoch).unwrap_or(0)
     } else {
         0
@@ -279,8 +317,10 @@ fn run_one(
             dir.join("provenance.json"),
             serde_json::to_string_pretty(provenance)?,
         )?;
+        std::fs::write(&request_path, &requested)
+            .with_context(|| format!("{}: cannot write", request_path.display()))?;
         let last = dir.join("last.safetensors");
-        let mut t = if last.is_file() {
+        let mut t = if same_config && last.is_file() {
             eprintln!("  resuming {}", dir.display());
             Trainer::resume(&last, Some(cfg.epochs), None)?
         } else {

@@ -107,6 +107,17 @@ fn matrix_runs_then_reruns_without_work() {
         log_before,
         "a finished run is not touched"
     );
+
+    // A folder made with another config is not reused (nor extended): it is trained anew.
+    let request = run.join("requested-config.toml");
+    let text_before = std::fs::read_to_string(&request).unwrap();
+    std::fs::write(&request, text_before.replace("seed = 0", "seed = 7")).unwrap();
+    let o = matrix(&out, "2");
+    let log = text(&o);
+    assert!(o.status.success(), "{log}");
+    assert!(log.contains("made with another config"), "{log}");
+    assert!(log.contains("1 run(s) trained now"), "{log}");
+    assert_eq!(std::fs::read_to_string(&request).unwrap(), text_before);
     let _ = std::fs::remove_dir_all(out);
 }
 

@@ -43,5 +43,5 @@ pub use assemble::parse_device;
 pub use config::{Selection, TrainConfig};
 pub use run_log::{read_log, read_summary, EpochRecord, Events, Quiet, RunSummary, SplitMetrics};
 pub use step::{train_step, StepInputs, StepReport};
-pub use teachers::train_teachers;
+pub use teachers::{teacher_configs, train_teachers};
 pub use trainer::Trainer;

@@ -4,29 +4,39 @@
 use crate::{Quiet, TrainConfig, Trainer};
 use anyhow::Result;
 
-/// One teacher per modality of `c`: joint training of `c` (same seed, epochs, encoders and
-/// optimizer) on that modality alone, named `<name>-teacher-<modality>`, with its own input
-/// cache (an earlier run of that name is replaced); the `teachers` table of their best
-/// checkpoints, for `[method] teachers`.
-pub fn train_teachers(c: &TrainConfig) -> Result<toml::Table> {
+/// The config of each of `c`'s teachers, by modality: joint training of `c` (same seed, epochs,
+/// encoders and optimizer) on that modality alone, named `<name>-teacher-<modality>`, with its
+/// own input cache.
+pub fn teacher_configs(c: &TrainConfig) -> Vec<(String, TrainConfig)> {
     let names: Vec<String> = match &c.data.modalities {
         Some(m) => m.clone(),
         None => c.data.recipes.keys().cloned().collect(),
     };
+    names
+        .into_iter()
+        .map(|m| {
+            let mut t = c.clone();
+            t.name = format!("{}-teacher-{m}", c.name);
+            t.method = Default::default();
+            t.data.modalities = Some(vec![m.clone()]);
+            // A ratio against the other modalities needs some.
+            t.monitor_score_ratio = false;
+            if let Some(p) = &c.data.cache_path {
+                let stem = p
+                    .file_stem()
+                    .map_or("inputs".into(), |s| s.to_string_lossy().into_owned());
+                t.data.cache_path = Some(p.with_file_name(format!("{stem}-only-{m}.mmbc")));
+            }
+            (m, t)
+        })
+        .collect()
+}
+
+/// Trains `c`'s teachers ([`teacher_configs`]; an earlier run of the same name is replaced) and
+/// returns the `teachers` table of their best checkpoints, for `[method] teachers`.
+pub fn train_teachers(c: &TrainConfig) -> Result<toml::Table> {
     let mut teachers = toml::Table::new();
-    for m in names {
-        let mut t = c.clone();
-        t.name = format!("{}-teacher-{m}", c.name);
-        t.method = Default::default();
-        t.data.modalities = Some(vec![m.clone()]);
-        // A ratio against the other modalities needs some.
-        t.monitor_score_ratio = false;
-        if let Some(p) = &c.data.cache_path {
-            let stem = p
-                .file_stem()
-                .map_or("inputs".into(), |s| s.to_string_lossy().into_owned());
-            t.data.cache_path = Some(p.with_file_name(format!("{stem}-only-{m}.mmbc")));
-        }
+    for (m, t) in teacher_configs(c) {
         let mut run = Trainer::from_config(t.clone())?;
         run.set_overwrite(true);
         run.run(&mut Quiet)?;

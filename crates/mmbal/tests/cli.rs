@@ -407,7 +407,7 @@ fn every_method_trains_two_epochs_on_avmnist() {
     let dir = tmp("avmnist-methods");
     let base = std::fs::read_to_string(root.join("configs/avmnist.toml")).unwrap();
     let card = root.join("datasets/avmnist");
-    let base = base.replace("epochs = 5", "epochs = 2").replace(
+    let base = base.replace("epochs = 12", "epochs = 2").replace(
         "card = \"datasets/avmnist\"",
         &format!(
             "card = \"{}\"\ncache_path = \"avmnist.mmbc\"",
