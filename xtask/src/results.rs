@@ -53,6 +53,8 @@ struct RunNumbers {
     macro_f1: f64,
     best_epoch: usize,
     modality_acc: BTreeMap<String, f64>,
+    /// Val accuracy of every epoch, in order (the learning curve).
+    val_curve: Vec<f64>,
 }
 
 /// One row's runs, seed i at index i.
@@ -62,10 +64,12 @@ struct Row {
     f1: Vec<f64>,
     epochs: Vec<String>,
     modality_acc: BTreeMap<String, Vec<f64>>,
+    val_curves: Vec<Vec<f64>>,
 }
 
 impl Row {
     fn push(&mut self, r: RunNumbers) {
+        self.val_curves.push(r.val_curve);
         self.acc.push(r.acc);
         self.f1.push(r.macro_f1);
         self.epochs.push(r.best_epoch.to_string());
@@ -140,11 +144,16 @@ fn run_or_reuse(c: TrainConfig, tally: &mut Tally) -> Result<RunNumbers> {
     let test: SplitMetrics = best
         .test
         .with_context(|| format!("{}: test split not evaluated", dir.display()))?;
+    let val_curve = mmbal_train::read_log(&dir.join("metrics.jsonl"))?
+        .iter()
+        .map(|r| r.val.as_ref().map_or(f64::NAN, |v| v.acc))
+        .collect();
     Ok(RunNumbers {
         acc: test.acc,
         macro_f1: test.macro_f1,
         best_epoch: best.epoch,
         modality_acc: test.modality_acc,
+        val_curve,
     })
 }
 
@@ -222,6 +231,26 @@ fn table_line(
     )
 }
 
+/// One line of the learning-curve table: the row's val accuracy per epoch, mean over seeds.
+fn curve_line(dataset: &str, label: &str, row: &Row, epochs: usize) -> String {
+    let cells: Vec<String> = (0..epochs)
+        .map(|e| {
+            let v: Vec<f64> = row
+                .val_curves
+                .iter()
+                .filter_map(|c| c.get(e))
+                .copied()
+                .collect();
+            if v.is_empty() {
+                "".into()
+            } else {
+                format!("{:.1}", 100.0 * crate::mean_std(&v).0)
+            }
+        })
+        .collect();
+    format!("| {dataset} | {label} | {} |\n", cells.join(" | "))
+}
+
 pub fn results(a: ResultsArgs) -> Result<()> {
     let started = Instant::now();
     let ResultsArgs {
@@ -255,8 +284,18 @@ pub fn results(a: ResultsArgs) -> Result<()> {
     let mut table = String::from(
         "| dataset | method | test acc | vs joint, paired [95% CI] | test macro-F1 | per-modality test acc (vs joint's branch, paired) | best val epoch |\n|---|---|---|---|---|---|---|\n",
     );
+    let mut curves = String::new();
     for path in &configs {
         let base = TrainConfig::load(path)?;
+        let n_epochs = epochs.unwrap_or(base.epochs);
+        curves.push_str(&format!(
+            "\n| dataset | method | {} |\n|---|---|{}\n",
+            (1..=n_epochs)
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(" | "),
+            "---|".repeat(n_epochs)
+        ));
         let mut joint: Option<Row> = None;
         for method in methods.iter().map(String::as_str) {
             let mut row = Row::default();
@@ -290,6 +329,7 @@ pub fn results(a: ResultsArgs) -> Result<()> {
                 row.push(r);
             }
             table.push_str(&table_line(&base.name, method, &row, joint.as_ref(), None));
+            curves.push_str(&curve_line(&base.name, method, &row, n_epochs));
             if method == "joint" {
                 joint = Some(row);
             }
@@ -311,6 +351,7 @@ pub fn results(a: ResultsArgs) -> Result<()> {
                 let branches = format!("{m} alone");
                 let line = table_line(&base.name, &label, &row, joint.as_ref(), Some(&branches));
                 table.push_str(&line);
+                curves.push_str(&curve_line(&base.name, &label, &row, n_epochs));
             }
         }
     }
@@ -322,7 +363,8 @@ pub fn results(a: ResultsArgs) -> Result<()> {
          modality's unimodal logits; \"vs joint\" is the mean of the per-seed differences from joint \
          training in accuracy points with its 95% confidence interval (Student's t), * where the \
          interval excludes zero). {} runs trained by this call and {} reused from earlier calls \
-         (same config), at git revision(s) {}; this call took {:.0} s.\n\n{table}",
+         (same config), at git revision(s) {}; this call took {:.0} s.\n\n{table}\nLearning curves: val accuracy (percent) by epoch, mean over the seeds; the \
+         table above reports each run at its best val epoch.\n{curves}",
         tally.trained.len(),
         tally.reused.len(),
         revisions.join(", "),

@@ -72,6 +72,14 @@ fn results_pairs_rows_and_reuses_only_identical_runs() {
     // UMT's branches are paired with joint training's: "audio 12.5 +- 0.0 (+0.0 [...])".
     let umt = md.lines().find(|l| l.contains("| umt |")).unwrap();
     assert_eq!(umt.matches(" [").count(), 3, "{umt}");
+    // The learning curves: one line per row, one column per epoch.
+    assert!(md.contains("Learning curves"), "{md}");
+    let joint_lines: Vec<&str> = md
+        .lines()
+        .filter(|l| l.starts_with("| syn | joint |"))
+        .collect();
+    assert_eq!(joint_lines.len(), 2, "{md}");
+    assert_eq!(joint_lines[1].matches('|').count(), 4, "{md}");
     let teacher = dir.join("runs/results-syn-unimodal-s1-teacher-visual");
     assert!(teacher.join("requested-config.toml").is_file());
     let log_before = std::fs::read_to_string(teacher.join("metrics.jsonl")).unwrap();
