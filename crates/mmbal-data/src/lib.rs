@@ -15,7 +15,7 @@
 //! let audio = Recipe::Audio(AudioRecipe {
 //!     sample_rate: 8000, offset_seconds: 0.0, clip_seconds: None, remove_mean: true,
 //!     bin_mean_norm: false, front_end: FrontEnd::Fbank(Default::default()), frames: 48,
-//!     norm_mean: 0.0, norm_std: 1.0, word_window: None,
+//!     norm_mean: 0.0, norm_std: 1.0, word_window: None, noise_snr_db: None,
 //! });
 //! let frames = Recipe::Frames(FramesRecipe {
 //!     count: 2, height: 16, width: 16, crop: None, cache_height: None, cache_width: None,

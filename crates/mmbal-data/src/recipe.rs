@@ -77,6 +77,35 @@ pub struct AudioRecipe {
     /// `offset_seconds` / `clip_seconds` window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub word_window: Option<WordWindow>,
+    /// White Gaussian noise added to the waveform at this signal-to-noise ratio in dB (against
+    /// the clip's mean power at the recipe's rate), before any window; drawn from a generator
+    /// seeded by the clip's file name, so a clip gets the same noise in every run: a degraded
+    /// dataset (a weaker audio modality), not an augmentation. See [`add_noise`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_snr_db: Option<f64>,
+}
+
+/// Adds white Gaussian noise to `x` at `snr_db` dB below its mean power, from a generator seeded
+/// by `key` (FNV-1a of its bytes): the same `x` and `key` always get the same noise. Silence
+/// (zero power) is left as it is.
+pub fn add_noise(x: &mut [f32], snr_db: f64, key: &str) {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let power = x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / x.len().max(1) as f64;
+    let sigma = (power / 10f64.powf(snr_db / 10.0)).sqrt();
+    let Ok(normal) = rand_distr::Normal::new(0.0, sigma) else {
+        return;
+    };
+    if sigma == 0.0 {
+        return;
+    }
+    let seed = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for v in x.iter_mut() {
+        *v += normal.sample(&mut rng) as f32;
+    }
 }
 
 /// A time window around one word of each clip's word alignment (GRID's `.align` files, read with
@@ -383,6 +412,12 @@ fn to_bytes(v: &[f32]) -> Vec<u8> {
 /// A precomputed spectrogram (`.npy`, as the layout stores it: fbank `(frames, bins)`, STFT
 /// `(bins, frames)`): only `frames`, `bin_mean_norm` and the normalisation of the recipe apply.
 fn decode_audio_npy(a: &AudioRecipe, path: &Path) -> Result<Decoded> {
+    if let Some(snr) = a.noise_snr_db {
+        bail!(
+            "{}: noise_snr_db = {snr} needs the waveform, and this source is a precomputed spectrogram",
+            path.display()
+        );
+    }
     let (shape, data) = crate::npy::read_f32(path)?;
     let (rows, cols) = match shape[..] {
         [r, c] | [1, r, c] => (r, c),
@@ -492,7 +527,11 @@ fn decode_audio(a: &AudioRecipe, path: &Path) -> Result<Decoded> {
     if wave.samples.is_empty() {
         bail!("{}: WAV file holds no samples", path.display());
     }
-    let x = audio::resample(&wave.samples, wave.sample_rate, a.sample_rate);
+    let mut x = audio::resample(&wave.samples, wave.sample_rate, a.sample_rate);
+    if let Some(snr) = a.noise_snr_db {
+        let key = path.file_stem().unwrap_or_default().to_string_lossy();
+        add_noise(&mut x, snr, &key);
+    }
     let Some(w) = &a.word_window else {
         return Ok(normalised(a, audio_spectrogram(a, x, path)?));
     };

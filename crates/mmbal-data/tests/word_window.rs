@@ -44,6 +44,7 @@ fn audio(word_window: Option<WordWindow>, offset: f64, clip: Option<f64>) -> Aud
         norm_mean: 0.0,
         norm_std: 1.0,
         word_window,
+        noise_snr_db: None,
     }
 }
 

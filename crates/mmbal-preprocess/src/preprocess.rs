@@ -96,6 +96,7 @@ impl PreprocessRecipe {
             norm_mean: 0.0,
             norm_std: 1.0,
             word_window: None,
+            noise_snr_db: None,
         };
         let base = PreprocessRecipe {
             name: name.to_string(),
@@ -117,6 +118,7 @@ impl PreprocessRecipe {
                     norm_mean: 0.0,
                     norm_std: 1.0,
                     word_window: None,
+                    noise_snr_db: None,
                 }),
                 ..base
             },

@@ -158,6 +158,7 @@ impl Default for DataConfig {
             norm_mean: -6.0,
             norm_std: 4.0,
             word_window: None,
+            noise_snr_db: None,
         });
         let visual = Recipe::Frames(FramesRecipe {
             count: 3,

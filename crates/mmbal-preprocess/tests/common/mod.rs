@@ -41,5 +41,6 @@ pub fn fbank_recipe(sample_rate: u32, frames: usize) -> Recipe {
         norm_mean: 0.0,
         norm_std: 1.0,
         word_window: None,
+        noise_snr_db: None,
     })
 }
