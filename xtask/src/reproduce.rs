@@ -7,8 +7,8 @@
 //! config asked for, its length aside) and `metrics.jsonl`. A run of the same requested config
 //! whose `summary.json` reaches the asked epochs is finished and never redone; one with
 //! `last.safetensors` and no summary (interrupted), or a summary of fewer epochs, resumes from
-//! its checkpoint; a folder of another config is trained anew, with a line saying so. The tables and figures are rebuilt from the
-//! run folders each time.
+//! its checkpoint; a folder of another config is trained anew, with a line saying so. The
+//! tables and figures are rebuilt from the run folders each time.
 
 use anyhow::{bail, Context, Result};
 use mmbal_train::{EpochRecord, RunSummary, TrainConfig, Trainer};
