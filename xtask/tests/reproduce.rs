@@ -95,6 +95,7 @@ fn matrix_runs_then_reruns_without_work() {
     );
     // One seed: no interval for the paired gain.
     assert_eq!((row[12], row[13]), ("", ""), "{csv}");
+    assert_eq!((row[18], row[19]), ("", ""), "{csv}");
     assert!(md.contains("paired gain [95% CI]"), "{md}");
     let log_before = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
 
