@@ -50,6 +50,8 @@ const NEEDS_TEACHERS: [&str; 2] = ["umt", "ume"];
 /// What one run contributes to its row: the numbers at its val-selected epoch.
 struct RunNumbers {
     acc: f64,
+    /// Test accuracy at the last epoch (the whole schedule, no selection).
+    acc_last: f64,
     macro_f1: f64,
     best_epoch: usize,
     modality_acc: BTreeMap<String, f64>,
@@ -61,6 +63,7 @@ struct RunNumbers {
 #[derive(Default)]
 struct Row {
     acc: Vec<f64>,
+    acc_last: Vec<f64>,
     f1: Vec<f64>,
     epochs: Vec<String>,
     modality_acc: BTreeMap<String, Vec<f64>>,
@@ -71,6 +74,7 @@ impl Row {
     fn push(&mut self, r: RunNumbers) {
         self.val_curves.push(r.val_curve);
         self.acc.push(r.acc);
+        self.acc_last.push(r.acc_last);
         self.f1.push(r.macro_f1);
         self.epochs.push(r.best_epoch.to_string());
         for (m, a) in r.modality_acc {
@@ -148,8 +152,15 @@ fn run_or_reuse(c: TrainConfig, tally: &mut Tally) -> Result<RunNumbers> {
         .iter()
         .map(|r| r.val.as_ref().map_or(f64::NAN, |v| v.acc))
         .collect();
+    let acc_last = summary
+        .last
+        .as_ref()
+        .and_then(|l| l.test.as_ref())
+        .with_context(|| format!("{}: test split not evaluated", dir.display()))?
+        .acc;
     Ok(RunNumbers {
         acc: test.acc,
+        acc_last,
         macro_f1: test.macro_f1,
         best_epoch: best.epoch,
         modality_acc: test.modality_acc,
@@ -207,6 +218,8 @@ fn table_line(
 ) -> String {
     let vs = paired(&row.acc, joint.map(|j| j.acc.as_slice()))
         .map_or("-".to_string(), |d| d.display(100.0));
+    let vs_last = paired(&row.acc_last, joint.map(|j| j.acc_last.as_slice()))
+        .map_or("-".to_string(), |d| d.display(100.0));
     let (fm, fsd) = crate::mean_std(&row.f1);
     // Each branch's accuracy, and its paired difference from joint training's same branch.
     let per: Vec<String> = row
@@ -224,8 +237,9 @@ fn table_line(
         })
         .collect();
     format!(
-        "| {dataset} | {label} | {} | {vs} | {fm:.3} +- {fsd:.3} | {} | {} |\n",
+        "| {dataset} | {label} | {} | {vs} | {} | {vs_last} | {fm:.3} +- {fsd:.3} | {} | {} |\n",
         pm(&row.acc),
+        pm(&row.acc_last),
         branches.map_or_else(|| per.join(", "), String::from),
         row.epochs.join(", ")
     )
@@ -282,7 +296,7 @@ pub fn results(a: ResultsArgs) -> Result<()> {
     methods.insert(0, "joint".into());
     let mut tally = Tally::default();
     let mut table = String::from(
-        "| dataset | method | test acc | vs joint, paired [95% CI] | test macro-F1 | per-modality test acc (vs joint's branch, paired) | best val epoch |\n|---|---|---|---|---|---|---|\n",
+        "| dataset | method | test acc | vs joint, paired [95% CI] | test acc, last epoch | vs joint, last epoch | test macro-F1 | per-modality test acc (vs joint's branch, paired) | best val epoch |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut curves = String::new();
     for path in &configs {
@@ -362,7 +376,7 @@ pub fn results(a: ResultsArgs) -> Result<()> {
          epoch with the best val accuracy is reported on test; per-modality accuracy is each \
          modality's unimodal logits; \"vs joint\" is the mean of the per-seed differences from joint \
          training in accuracy points with its 95% confidence interval (Student's t), * where the \
-         interval excludes zero). {} runs trained by this call and {} reused from earlier calls \
+         interval excludes zero; the same at the last epoch, the whole schedule without selection). {} runs trained by this call and {} reused from earlier calls \
          (same config), at git revision(s) {}; this call took {:.0} s.\n\n{table}\nLearning curves: val accuracy (percent) by epoch, mean over the seeds; the \
          table above reports each run at its best val epoch.\n{curves}",
         tally.trained.len(),

@@ -69,9 +69,10 @@ fn results_pairs_rows_and_reuses_only_identical_runs() {
         md.contains("| syn | unimodal: audio |") && md.contains("audio alone"),
         "{md}"
     );
-    // UMT's branches are paired with joint training's: "audio 12.5 +- 0.0 (+0.0 [...])".
+
     let umt = md.lines().find(|l| l.contains("| umt |")).unwrap();
-    assert_eq!(umt.matches(" [").count(), 3, "{umt}");
+    // Fused at the selected and the last epoch, and each branch.
+    assert_eq!(umt.matches(" [").count(), 4, "{umt}");
     // The learning curves: one line per row, one column per epoch.
     assert!(md.contains("Learning curves"), "{md}");
     let joint_lines: Vec<&str> = md
