@@ -369,6 +369,7 @@ pub fn table1(args: Table1Args) -> Result<()> {
     let started = Instant::now();
     let mut cells: BTreeMap<(String, String), Cell> = BTreeMap::new();
     let mut done_now = 0;
+    let mut run_revisions = std::collections::BTreeSet::new();
     for dataset in &datasets {
         let (mut base, warmup) = dataset_config(&o.profile, dataset)?;
         if let Some(e) = o.epochs {
@@ -391,8 +392,16 @@ pub fn table1(args: Table1Args) -> Result<()> {
                     "seed": seed,
                     "command": command,
                 });
+                let dir = c.run_dir();
                 let (summary, records, trained) = run_one(c, &provenance)
                     .with_context(|| format!("{dataset} {method} seed {seed}"))?;
+                // The revision that trained the run (an earlier call's, for a finished one).
+                let made_at = std::fs::read_to_string(dir.join("provenance.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .and_then(|v| v["git_revision"].as_str().map(String::from))
+                    .unwrap_or_else(|| "unknown".into());
+                run_revisions.insert(made_at);
                 if trained {
                     done_now += 1;
                 }
@@ -439,7 +448,8 @@ pub fn table1(args: Table1Args) -> Result<()> {
         "{done_now} run(s) trained now, {:.0} s",
         started.elapsed().as_secs_f64()
     );
-    write_outputs(&o, &datasets, &cells, &command, &revision)
+    let revisions: Vec<String> = run_revisions.into_iter().collect();
+    write_outputs(&o, &datasets, &cells, &command, &revisions.join(", "))
 }
 
 fn write_outputs(
@@ -451,7 +461,7 @@ fn write_outputs(
 ) -> Result<()> {
     std::fs::create_dir_all(&o.out)?;
     let mut md = format!(
-        "# Table 1, reproduced\n\nMade by `{command}` at git revision {revision}, profile `{}`, {} seed(s) per row; run folders under `{}`.\n\
+        "# Table 1, reproduced\n\nMade by `{command}` from runs trained at git revision(s) {revision}, profile `{}`, {} seed(s) per row; run folders under `{}`.\n\
          Accuracy and macro-F1 on test, mean +- std over seeds, at the epoch with the best val accuracy (val-selected) and at the last epoch; per-modality accuracy is each modality's unimodal logits (val-selected epoch); contribution is the mean Shapley value per modality on the training split after the last epoch; train time is the sum of the epochs' training seconds.\n\
          The paired gain is the mean of the per-seed differences from joint training (every method runs the same seeds: the same initial weights and data order) with its 95% confidence interval (Student's t), * where the interval excludes zero; at the val-selected epoch, and at the last epoch (the whole schedule, no selection).\n\
          The last column is **reported elsewhere** (the valuation paper's Fig. 1, its own datasets and protocol), not measured here.\n",
