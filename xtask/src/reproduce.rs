@@ -263,7 +263,9 @@ pub(crate) fn git_revision() -> String {
     };
     match run(&["rev-parse", "HEAD"]) {
         Some(rev) => {
-            let dirty = run(&["status", "--porcelain"]).is_some_and(|s| !s.is_empty());
+            // Without the index lock a status may take, so a commit made meanwhile never fails.
+            let dirty = run(&["--no-optional-locks", "status", "--porcelain"])
+                .is_some_and(|s| !s.is_empty());
             if dirty {
                 format!("{rev}-dirty")
             } else {
