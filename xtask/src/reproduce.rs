@@ -575,8 +575,9 @@ fn write_outputs(
             ])?;
             if method != "joint" {
                 if let Some(g) = gain {
-                    let sd = 100.0 * crate::mean_std(&c.acc_best).1;
-                    gains.push((method.clone(), g, sd));
+                    // The whisker is the paired 95% interval (none with one seed).
+                    let half = paired.map_or(0.0, |d| 100.0 * (d.hi - d.lo) / 2.0);
+                    gains.push((method.clone(), g, half));
                 }
             }
             for (m, by_epoch) in &c.curves {
@@ -590,7 +591,7 @@ fn write_outputs(
         let stem = o.out.join(format!("table1-{dataset}-gain"));
         let mut files = mmbal_train::plots::bar_figure(
             &stem,
-            &format!("{dataset}: test accuracy gain over joint training (points)"),
+            &format!("{dataset}: test accuracy gain over joint training, paired 95% CI"),
             "gain (accuracy points)",
             &gains,
         )?;

@@ -85,7 +85,8 @@ pub fn xy_figure(
     svg_and_png!(stem, draw_lines(title, labels, lines))
 }
 
-/// `stem.svg` and `stem.png`: one bar per `(name, value, std)` with a +-std whisker.
+/// `stem.svg` and `stem.png`: one bar per `(name, value, whisker)` with a +-whisker line (a
+/// standard deviation or an interval's half-width, as the caller says in the title).
 pub fn bar_figure(
     stem: &Path,
     title: &str,
