@@ -251,6 +251,15 @@ fn method_config(base: &TrainConfig, warmup: i64, method: &str) -> Result<TrainC
     Ok(c)
 }
 
+/// The git revision a run folder's `provenance.json` records ("unknown" without one).
+pub(crate) fn run_revision(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("provenance.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["git_revision"].as_str().map(String::from))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 pub(crate) fn git_revision() -> String {
     let run = |args: &[&str]| {
         std::process::Command::new("git")
@@ -398,12 +407,7 @@ pub fn table1(args: Table1Args) -> Result<()> {
                 let (summary, records, trained) = run_one(c, &provenance)
                     .with_context(|| format!("{dataset} {method} seed {seed}"))?;
                 // The revision that trained the run (an earlier call's, for a finished one).
-                let made_at = std::fs::read_to_string(dir.join("provenance.json"))
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                    .and_then(|v| v["git_revision"].as_str().map(String::from))
-                    .unwrap_or_else(|| "unknown".into());
-                run_revisions.insert(made_at);
+                run_revisions.insert(run_revision(&dir));
                 if trained {
                     done_now += 1;
                 }

@@ -136,12 +136,7 @@ fn run_or_reuse(c: TrainConfig, tally: &mut Tally) -> Result<RunNumbers> {
             s
         }
     };
-    let revision = std::fs::read_to_string(&provenance_path)
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["git_revision"].as_str().map(String::from))
-        .unwrap_or_else(|| "unknown".into());
-    tally.revisions.insert(revision);
+    tally.revisions.insert(crate::reproduce::run_revision(&dir));
     let best = summary
         .best
         .with_context(|| format!("{}: a run without epochs", dir.display()))?;

@@ -1,25 +1,11 @@
 //! `cargo xtask reproduce table1` on the embedded dataset: a two-method, one-seed matrix runs,
 //! a rerun does no work, and a killed matrix resumes.
 
+mod common;
+
+use common::{text, xtask};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        // The embedded dataset: no shared data needed.
-        .env_remove("MMBAL_SHARED_DATA")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("mmbal-xtask-{name}-{}", std::process::id()));

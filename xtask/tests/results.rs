@@ -2,23 +2,9 @@
 //! UMT's teachers, and a second call that reuses finished runs of the same config and retrains
 //! those whose config changed.
 
-use std::process::{Command, Output};
+mod common;
 
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .env_remove("MMBAL_SHARED_DATA")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{text, xtask};
 
 #[test]
 fn results_pairs_rows_and_reuses_only_identical_runs() {

@@ -2,9 +2,11 @@
 //! differs between clips; a recipe with it decodes a WAV to another spectrogram, the same one
 //! twice; a precomputed spectrogram cannot take it.
 
-use mmbal_data::recipe::{add_noise, AudioRecipe, DecodedData, FrontEnd, Recipe};
+mod common;
+
+use mmbal_data::recipe::{add_noise, AudioRecipe, DecodedData, Recipe};
 use mmbal_dataset::manifest::Source;
-use mmbal_transforms::audio::{write_wav, Fbank, Waveform};
+use mmbal_transforms::audio::{write_wav, Waveform};
 
 fn tone() -> Vec<f32> {
     (0..16000)
@@ -42,20 +44,8 @@ fn noise_has_the_asked_power_and_depends_on_the_key_only() {
 
 fn recipe(noise_snr_db: Option<f64>) -> Recipe {
     Recipe::Audio(AudioRecipe {
-        sample_rate: 16000,
-        offset_seconds: 0.0,
-        clip_seconds: None,
-        remove_mean: false,
-        bin_mean_norm: false,
-        front_end: FrontEnd::Fbank(Fbank {
-            num_mel_bins: 40,
-            ..Fbank::default()
-        }),
-        frames: 60,
-        norm_mean: 0.0,
-        norm_std: 1.0,
-        word_window: None,
         noise_snr_db,
+        ..common::fbank_recipe()
     })
 }
 

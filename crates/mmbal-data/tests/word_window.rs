@@ -3,10 +3,12 @@
 //! are those of the word's time; a recipe with both kinds of window, or a clip without its
 //! alignment, is refused with the file named; and a changed alignment makes a cache stale.
 
+mod common;
+
 use mmbal_data::cache::PackedCache;
-use mmbal_data::recipe::{AudioRecipe, DecodedData, FramesRecipe, FrontEnd, Recipe, WordWindow};
+use mmbal_data::recipe::{AudioRecipe, DecodedData, FramesRecipe, Recipe, WordWindow};
 use mmbal_dataset::manifest::Source;
-use mmbal_transforms::audio::{write_wav, Fbank, Waveform};
+use mmbal_transforms::audio::{write_wav, Waveform};
 use std::path::{Path, PathBuf};
 
 /// GRID's bbaf2n.align: the digit ("twoe") from 1.64 to 1.89 s, the clip 2.98 s long.
@@ -31,20 +33,10 @@ fn window(dir: &Path) -> WordWindow {
 
 fn audio(word_window: Option<WordWindow>, offset: f64, clip: Option<f64>) -> AudioRecipe {
     AudioRecipe {
-        sample_rate: 16000,
         offset_seconds: offset,
         clip_seconds: clip,
-        remove_mean: false,
-        bin_mean_norm: false,
-        front_end: FrontEnd::Fbank(Fbank {
-            num_mel_bins: 40,
-            ..Fbank::default()
-        }),
-        frames: 60,
-        norm_mean: 0.0,
-        norm_std: 1.0,
         word_window,
-        noise_snr_db: None,
+        ..common::fbank_recipe()
     }
 }
 

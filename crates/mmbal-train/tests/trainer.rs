@@ -518,16 +518,7 @@ fn relearning_blend_moves_encoders_toward_their_initial_weights() {
     mmbal_methods::relearning_blend(&enc, &initial, 0.25).unwrap();
     for (v, t0) in enc.iter().zip(&initial) {
         // 0.25 * t0 + 0.75 * (t0 + 1) = t0 + 0.75
-        let d = ((v.as_tensor() - t0).unwrap() - 0.75)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(v.as_tensor(), &(t0 + 0.75).unwrap());
         assert!(d < 1e-6, "{d}");
     }
     let _ = std::fs::remove_dir_all(out);
