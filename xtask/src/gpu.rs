@@ -7,14 +7,16 @@
 //!   with the peak of the CUDA memory pool; then the PyTorch reference,
 //!   `xtask/bench/torch_av_bench.py` (a copy of the project's `shared/bench/torch_av_bench.py`),
 //!   in the same command, and the ratio per row. In `fp32` mode convolutions may use TF32 (both
-//!   sides, PyTorch's default), `fp32_notf32` is strict fp32. Each row also times the
+//!   sides, PyTorch's default), `fp32_notf32` is strict fp32, `bf16` mixed precision (mmbal:
+//!   `precision = "bf16"`, loss scaling included; PyTorch: bf16 autocast, NCHW, no scaler;
+//!   asked for explicitly). Each row also times the
 //!   sample-level valuation of a batch (encoders once, the head per modality subset) against a
 //!   training step on it: over an epoch the two scale alike, so the ratio is the valuation
 //!   pass's share of an epoch.
 //! * `cargo xtask gpu-check [--out DIR] [--steps N] [--no-torch]`: every CUDA op against the
 //!   CPU kernels (themselves tested against PyTorch) on fresh random inputs, forward and
-//!   gradients, strict fp32 and TF32; the fused optimizers against the composed CPU ones; a whole
-//!   model's training steps on both devices; then `bench train`. Writes DIR/gpu-check.md and
+//!   gradients, strict fp32, TF32 and bf16 activations; the fused optimizers against the composed CPU ones; a whole
+//!   model's training steps on both devices, in f32 and in bf16; then `bench train`. Writes DIR/gpu-check.md and
 //!   DIR/gpu-check.json (DIR: `--out`, else `$OUT`, else `gpu-check`) and fails when a check
 //!   fails.
 
@@ -22,6 +24,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use mmbal_fusion::{BnInit, EncoderSpec, FusionKind, LinearInit, MultimodalModel, Resnet18Options};
 use mmbal_methods::StepIndex;
+use mmbal_train::loss_scale::LossScaler;
 use mmbal_train::optim::{Adam, Optimizer, Sgd};
 use std::path::PathBuf;
 use std::process::Command;
@@ -70,9 +73,9 @@ pub struct TrainArgs {
     /// Rows, comma-separated (ks, cremad-t1, cremad-t3); all when absent.
     #[arg(long, value_delimiter = ',')]
     rows: Option<Vec<String>>,
-    /// Precision modes, comma-separated: fp32 (TF32 convolutions, PyTorch's default) and
-    /// fp32_notf32 (strict fp32).
-    #[arg(long, value_delimiter = ',', default_value = "fp32,fp32_notf32")]
+    /// Precision modes, comma-separated: fp32 (TF32 convolutions, PyTorch's default),
+    /// fp32_notf32 (strict fp32) and bf16 (mixed precision; PyTorch: bf16 autocast, NCHW).
+    #[arg(long, value_delimiter = ',', default_value = "fp32,fp32_notf32,bf16")]
     modes: Vec<String>,
     /// Timed steps per measurement.
     #[arg(long, default_value_t = 30)]
@@ -145,14 +148,25 @@ fn set_mode(mode: &str) -> Result<()> {
     match mode {
         "fp32" => mmbal_ops::set_cuda_tf32(true),
         "fp32_notf32" => mmbal_ops::set_cuda_tf32(false),
-        other => bail!("--modes: unknown mode {other} (fp32, fp32_notf32; bf16 is not built yet)"),
+        "bf16" => mmbal_ops::set_cuda_tf32(true),
+        other => bail!(
+            "--modes: unknown mode {other} (fp32, fp32_notf32, bf16; channels-last, PyTorch's \
+             cl_bf16, is not built)"
+        ),
     }
     Ok(())
 }
 
 fn measure(row: &Row, mode: &str, a: &TrainArgs, dev: &Device) -> Result<Measured> {
     set_mode(mode)?;
-    let model = av_model(row.classes, 1.0, dev)?;
+    let mut model = av_model(row.classes, 1.0, dev)?;
+    // bf16: what `precision = "bf16"` trains with, loss scaling included (PyTorch's bf16 row
+    // runs autocast without a scaler).
+    let mut scaler = None;
+    if mode == "bf16" {
+        model.set_compute_dtype(DType::BF16)?;
+        scaler = Some(LossScaler::default());
+    }
     let mut method = mmbal_methods::build_method("joint", &toml::Table::new())?;
     let mut opt = Sgd::new(model.params(), 1e-3, 0.9, 1e-4);
     let b = row.batch;
@@ -165,7 +179,7 @@ fn measure(row: &Row, mode: &str, a: &TrainArgs, dev: &Device) -> Result<Measure
     let labels_t = Tensor::new(labels.as_slice(), dev)?;
     let keep = Tensor::ones((b, 2), DType::F32, dev)?;
     let mut step = || -> Result<()> {
-        mmbal_train::train_step(
+        mmbal_train::train_step_scaled(
             &model,
             method.as_mut(),
             &mut opt as &mut dyn Optimizer,
@@ -177,6 +191,7 @@ fn measure(row: &Row, mode: &str, a: &TrainArgs, dev: &Device) -> Result<Measure
                 frozen_encoders: &[],
             },
             StepIndex::default(),
+            scaler.as_mut(),
         )?;
         Ok(())
     };
@@ -257,8 +272,10 @@ fn torch_rows(modes: &[String]) -> Result<Vec<serde_json::Value>> {
         .collect())
 }
 
-/// `cargo xtask bench train`: prints one JSON line per row and mode; returns them.
-pub fn bench_train(a: &TrainArgs) -> Result<Vec<Measured>> {
+/// `cargo xtask bench train`: prints one JSON line per row and mode; returns them and the
+/// errors of the rows and modes that failed (the others still run, so one failing mode does not
+/// cost a GPU lease the rest of its measurements).
+pub fn bench_train(a: &TrainArgs) -> Result<(Vec<Measured>, Vec<String>)> {
     let dev = mmbal_train::parse_device(&a.device)?;
     if !dev.is_cuda() {
         bail!("bench train runs on a CUDA device (got {})", a.device);
@@ -273,6 +290,7 @@ pub fn bench_train(a: &TrainArgs) -> Result<Vec<Measured>> {
         set_mode(m)?;
     }
     let mut all = Vec::new();
+    let mut failed = Vec::new();
     for row in ROWS.iter() {
         if a.rows
             .as_ref()
@@ -281,10 +299,17 @@ pub fn bench_train(a: &TrainArgs) -> Result<Vec<Measured>> {
             continue;
         }
         for mode in &a.modes {
-            let m = measure(row, mode, a, &dev)
-                .with_context(|| format!("bench train, row {} mode {mode}", row.name))?;
-            eprintln!("{}", serde_json::to_string(&m)?);
-            all.push(m);
+            match measure(row, mode, a, &dev) {
+                Ok(m) => {
+                    eprintln!("{}", serde_json::to_string(&m)?);
+                    all.push(m);
+                }
+                Err(e) => {
+                    let e = format!("bench train, row {} mode {mode}: {e:#}", row.name);
+                    eprintln!("FAIL {e}");
+                    failed.push(e);
+                }
+            }
         }
     }
     mmbal_ops::set_cuda_tf32(true);
@@ -313,7 +338,7 @@ pub fn bench_train(a: &TrainArgs) -> Result<Vec<Measured>> {
     for m in &all {
         println!("{}", serde_json::to_string(m)?);
     }
-    Ok(all)
+    Ok((all, failed))
 }
 
 /// `‖a - b‖ / ‖b‖` in f64 on the host; infinite when either holds a non-finite value.
@@ -412,7 +437,8 @@ fn op_case(
     };
     let (cpu_out, cpu_vars) = run(&Device::Cpu)?;
     let (gpu_out, gpu_vars) = run(dev)?;
-    let r = Tensor::randn(0f32, 1.0, cpu_out[0].shape(), &Device::Cpu)?;
+    let r =
+        Tensor::randn(0f32, 1.0, cpu_out[0].shape(), &Device::Cpu)?.to_dtype(cpu_out[0].dtype())?;
     let cpu_grads = (&cpu_out[0] * &r)?.sum_all()?.backward()?;
     let gpu_grads = (&gpu_out[0] * &r.to_device(dev)?)?.sum_all()?.backward()?;
     for (i, (c, g)) in cpu_out.iter().zip(&gpu_out).enumerate() {
@@ -595,6 +621,7 @@ fn op_checks(checks: &mut Checks, dev: &Device) -> Result<()> {
         )?;
     }
     mmbal_ops::set_cuda_conv_benchmark(true);
+    bf16_op_checks(checks, dev, &convs)?;
     optimizer_checks(checks, dev)?;
     // The finite check: a NaN in the 27th of 30 tensors.
     let mut ts: Vec<Tensor> = (0..30)
@@ -614,6 +641,54 @@ fn op_checks(checks: &mut Checks, dev: &Device) -> Result<()> {
         if ok { 0.0 } else { f64::INFINITY },
         0.0,
     );
+    Ok(())
+}
+
+/// Mixed precision: the ops on bf16 activations (f32 parameters, gradients back to f32), CUDA's
+/// native bf16 convolution against the CPU's f32 arithmetic on the same bf16 operands. Both
+/// round their outputs to bf16, so they may differ by an ulp of bf16 (2^-8) where their
+/// summation orders round differently; the other ops widen to f32 on both devices.
+fn bf16_op_checks(checks: &mut Checks, dev: &Device, convs: &[ConvCase]) -> Result<()> {
+    let bf16 = |t: &Tensor| t.to_dtype(DType::BF16);
+    for (name, x, w, s, p, xg) in convs {
+        let scale = (1.0 / (w[1] * w[2] * w[3]) as f64).sqrt();
+        let (s, p) = (*s, *p);
+        op_case(
+            checks,
+            &format!("{name} (bf16)"),
+            1e-2,
+            dev,
+            vec![(randn(x)?, *xg), ((randn(w)? * scale)?, true)],
+            &|v| Ok(vec![mmbal_ops::conv2d(&bf16(&v[0])?, &v[1], s, p)?]),
+        )?;
+    }
+    let bn = [8, 64, 28, 22];
+    op_case(
+        checks,
+        "batch norm (train, bf16 input)",
+        1e-2,
+        dev,
+        vec![
+            (((randn(&bn)? * 2.0)? + 0.5)?, true),
+            (((randn(&[64])? * 0.1)? + 1.0)?, true),
+            ((randn(&[64])? * 0.1)?, true),
+        ],
+        &|v| {
+            let (y, m, var) = mmbal_ops::batch_norm_train(&bf16(&v[0])?, &v[1], &v[2], 1e-5)?;
+            Ok(vec![y, m, var])
+        },
+    )?;
+    op_case(
+        checks,
+        "max-pool 3x3/2/1 and ReLU (bf16)",
+        0.0,
+        dev,
+        vec![(randn(&[8, 64, 57, 44])?, true)],
+        &|v| {
+            let y = mmbal_ops::relu(&bf16(&v[0])?)?;
+            Ok(vec![mmbal_ops::max_pool2d(&y, 3, 2, 1)?])
+        },
+    )?;
     Ok(())
 }
 
@@ -786,6 +861,89 @@ fn model_check(checks: &mut Checks, dev: &Device) -> Result<()> {
     Ok(())
 }
 
+/// The reduced-width model in bf16 mixed precision on both devices, same weights and inputs:
+/// the losses of three training steps under loss scaling, and the parameters' change. The GPU's
+/// bf16 convolutions sum in another order than the CPU's, so the tolerances are bf16's.
+fn model_check_bf16(checks: &mut Checks, dev: &Device) -> Result<()> {
+    let name = "model: ResNet-18 x2 width 1/4, bf16 mixed precision";
+    let inputs = [randn(&[6, 1, 65, 48])?, randn(&[6, 2, 3, 32, 32])?];
+    let labels = [0u32, 1, 2, 3, 4, 5];
+    // Losses, parameters before and after, the final loss scale.
+    type Run = (Vec<f64>, Vec<Tensor>, Vec<Tensor>, f64);
+    let run = |d: &Device| -> Result<Run> {
+        let mut model = av_model(6, 0.25, d)?;
+        model.set_compute_dtype(DType::BF16)?;
+        let xs: Vec<Tensor> = inputs
+            .iter()
+            .map(|t| t.to_device(d))
+            .collect::<candle_core::Result<_>>()?;
+        let (y, keep) = (
+            Tensor::new(&labels, d)?,
+            Tensor::ones((6, 2), DType::F32, d)?,
+        );
+        let before: Vec<Tensor> = model
+            .params()
+            .iter()
+            .map(|v| v.as_tensor().copy())
+            .collect::<candle_core::Result<_>>()?;
+        let mut method = mmbal_methods::build_method("joint", &toml::Table::new())?;
+        let mut opt = Sgd::new(model.params(), 0.01, 0.9, 1e-4);
+        let mut scaler = LossScaler::default();
+        let mut losses = Vec::new();
+        for _ in 0..3 {
+            let (loss, _) = mmbal_train::train_step_scaled(
+                &model,
+                method.as_mut(),
+                &mut opt as &mut dyn Optimizer,
+                mmbal_train::StepInputs {
+                    inputs: &xs,
+                    labels: &y,
+                    keep: &keep,
+                    rows: &[],
+                    frozen_encoders: &[],
+                },
+                StepIndex::default(),
+                Some(&mut scaler),
+            )?;
+            losses.push(loss);
+        }
+        let after = model
+            .params()
+            .iter()
+            .map(|v| v.as_tensor().clone())
+            .collect();
+        Ok((losses, before, after, scaler.scale()))
+    };
+    let (lc, bc, ac, sc) = run(&Device::Cpu)?;
+    let (lg, bg, ag, sg) = run(dev)?;
+    let loss_err = lc
+        .iter()
+        .zip(&lg)
+        .map(|(c, g)| (c - g).abs() / c.abs())
+        .fold(0.0, f64::max);
+    checks.push(name, "losses of three training steps", loss_err, 2e-2);
+    checks.push(
+        name,
+        &format!("loss scale after three steps (CPU {sc}, GPU {sg})"),
+        if sc == sg { 0.0 } else { f64::INFINITY },
+        0.0,
+    );
+    let (mut num, mut den) = (0f64, 0f64);
+    for (((b0, a0), b1), a1) in bc.iter().zip(&ac).zip(&bg).zip(&ag) {
+        let dc = (a0 - b0)?;
+        let dg = (a1.to_device(&Device::Cpu)? - b1.to_device(&Device::Cpu)?)?;
+        num += (&dg - &dc)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        den += dc.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+    }
+    checks.push(
+        name,
+        "parameter change over three steps",
+        (num / den).sqrt(),
+        5e-2,
+    );
+    Ok(())
+}
+
 /// `cargo xtask gpu-check`.
 pub fn gpu_check(a: CheckArgs) -> Result<()> {
     let dev = mmbal_train::parse_device(&a.bench.device)?;
@@ -802,11 +960,15 @@ pub fn gpu_check(a: CheckArgs) -> Result<()> {
     let mut checks = Checks(Vec::new());
     op_checks(&mut checks, &dev)?;
     model_check(&mut checks, &dev)?;
+    model_check_bf16(&mut checks, &dev)?;
     let checks_s = started.elapsed().as_secs_f64();
+    let mut bench_failures = Vec::new();
     let bench = if a.no_bench {
         Vec::new()
     } else {
-        bench_train(&a.bench)?
+        let (bench, failed) = bench_train(&a.bench)?;
+        bench_failures = failed;
+        bench
     };
     let failed = checks.0.iter().filter(|c| !c.pass).count();
     let mut md = format!(
@@ -846,15 +1008,19 @@ pub fn gpu_check(a: CheckArgs) -> Result<()> {
             );
         }
     }
+    for f in &bench_failures {
+        md += &format!("\nFAILED: {f}\n");
+    }
     std::fs::write(out.join("gpu-check.md"), &md)?;
     std::fs::write(
         out.join("gpu-check.json"),
         serde_json::to_string_pretty(&serde_json::json!({ "checks": checks.0, "bench": bench }))?,
     )?;
     println!("{md}");
-    if failed > 0 {
+    if failed > 0 || !bench_failures.is_empty() {
         bail!(
-            "{failed} check(s) failed; see {}",
+            "{failed} check(s) and {} bench measurement(s) failed; see {}",
+            bench_failures.len(),
             out.join("gpu-check.md").display()
         );
     }

@@ -214,7 +214,17 @@ fn main() -> Result<()> {
         Task::Bench(Bench::Step(a)) => bench_step(&a),
         Task::Bench(Bench::Loader(a)) => bench_loader(&a),
         Task::Bench(Bench::Cpu(a)) => bench_cpu::bench_cpu(a, retained),
-        Task::Bench(Bench::Train(a)) => gpu::bench_train(&a).map(|_| ()),
+        Task::Bench(Bench::Train(a)) => {
+            let (_, failed) = gpu::bench_train(&a)?;
+            if !failed.is_empty() {
+                bail!(
+                    "{} measurement(s) failed:\n{}",
+                    failed.len(),
+                    failed.join("\n")
+                );
+            }
+            Ok(())
+        }
         Task::GpuCheck(a) => gpu::gpu_check(a),
         Task::Results(a) => results::results(a),
         Task::Reproduce(Reproduce::Table1(a)) => reproduce::table1(a),

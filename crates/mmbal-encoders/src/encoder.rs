@@ -52,9 +52,17 @@ pub fn fold_frames(x: &Tensor) -> Result<(Tensor, usize)> {
 }
 
 /// Mean over space, then over the `frames` that were folded into the batch: `(N*T, C, h, w)` ->
-/// `(N, C)`.
+/// `(N, C)`, always f32 (a bf16 map of mixed precision is widened first, so the mean sums in
+/// f32).
 pub fn pool_map(map: &Tensor, frames: usize) -> Result<Tensor> {
     let (nt, c, _, _) = map.dims4()?;
+    let wide;
+    let map = if map.dtype() == candle_core::DType::F32 {
+        map
+    } else {
+        wide = map.to_dtype(candle_core::DType::F32)?;
+        &wide
+    };
     let f = map.mean(3)?.mean(2)?;
     if frames == 1 {
         return Ok(f);

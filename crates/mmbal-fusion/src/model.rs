@@ -9,7 +9,7 @@
 
 use crate::encoders::{EncoderSlot, EncoderSpec};
 use crate::head::{FusionHead, FusionKind, LinearInit};
-use candle_core::{bail, Device, Result, Tensor, TensorId, Var};
+use candle_core::{bail, DType, Device, Result, Tensor, TensorId, Var};
 use candle_nn::VarBuilder;
 use mmbal_encoders::{fold_frames, pool_map, Encoder, ModelVars};
 use std::collections::HashSet;
@@ -79,6 +79,8 @@ pub struct MultimodalModel {
     /// optimizer.
     buffer_ids: HashSet<TensorId>,
     device: Device,
+    /// The element type the encoders compute in (f32, or bf16 for mixed precision).
+    compute: DType,
 }
 
 /// The prefix of modality `name`'s encoder among the model's variables.
@@ -180,6 +182,7 @@ impl MultimodalModel {
             vars,
             buffer_ids,
             device: device.clone(),
+            compute: DType::F32,
         })
     }
 
@@ -207,6 +210,34 @@ impl MultimodalModel {
     /// Where the parameters live.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Sets the element type the encoders compute in: f32 (the default) or bf16, mixed precision
+    /// as PyTorch's autocast does it for these layers. Under bf16 the inputs are rounded to bf16
+    /// and every encoder layer works on bf16 maps (convolutions in bf16 with their f32 weights
+    /// rounded, BatchNorm statistics and arithmetic in f32; see `mmbal_ops`); the maps are
+    /// widened to f32 for pooling, the blocks between stages and the head. Parameters, their
+    /// gradients and the optimizer stay f32 (the master weights).
+    pub fn set_compute_dtype(&mut self, dtype: DType) -> Result<()> {
+        if !matches!(dtype, DType::F32 | DType::BF16) {
+            bail!("the encoders compute in f32 or bf16, not {dtype:?}");
+        }
+        self.compute = dtype;
+        Ok(())
+    }
+
+    /// The element type the encoders compute in ([`MultimodalModel::set_compute_dtype`]).
+    pub fn compute_dtype(&self) -> DType {
+        self.compute
+    }
+
+    /// An input in the encoders' element type.
+    fn to_compute(&self, x: &Tensor) -> Result<Tensor> {
+        if x.dtype() == self.compute {
+            Ok(x.clone())
+        } else {
+            x.to_dtype(self.compute)
+        }
     }
 
     /// Modalities (and encoders).
@@ -243,14 +274,14 @@ impl MultimodalModel {
                 .iter()
                 .zip(inputs)
                 .zip(train)
-                .map(|((e, x), &t)| e.features(x, t))
+                .map(|((e, x), &t)| e.features(&self.to_compute(x)?, t))
                 .collect();
         };
         let mixer_train = train.iter().any(|&t| t);
         let mut maps = Vec::new();
         let mut frames = Vec::new();
         for x in inputs {
-            let (y, t) = fold_frames(x)?;
+            let (y, t) = fold_frames(&self.to_compute(x)?)?;
             maps.push(y);
             frames.push(t);
         }
@@ -268,7 +299,20 @@ impl MultimodalModel {
                 }
             }
             if mix_after.contains(&s) {
-                maps = mixer.mix(s, &maps, &frames, mixer_train)?;
+                if self.compute == DType::F32 {
+                    maps = mixer.mix(s, &maps, &frames, mixer_train)?;
+                } else {
+                    // The blocks between stages run in f32, as the head does.
+                    let wide = maps
+                        .iter()
+                        .map(|y| y.to_dtype(DType::F32))
+                        .collect::<Result<Vec<_>>>()?;
+                    maps = mixer
+                        .mix(s, &wide, &frames, mixer_train)?
+                        .iter()
+                        .map(|y| self.to_compute(y))
+                        .collect::<Result<_>>()?;
+                }
             }
         }
         maps.iter()

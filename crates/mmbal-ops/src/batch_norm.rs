@@ -28,6 +28,11 @@ pub fn batch_norm_train(
     bias: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    if x.dtype() == DType::BF16 {
+        // Statistics and arithmetic in f32, the output rounded to bf16 (see the crate docs).
+        let (y, mean, var) = batch_norm_train(&x.to_dtype(DType::F32)?, weight, bias, eps)?;
+        return Ok((y.to_dtype(DType::BF16)?, mean, var));
+    }
     let (n, c, h, w) = x.dims4()?;
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() && x.dtype() == DType::F32 {
@@ -94,6 +99,12 @@ pub fn batch_norm_train_running(
     momentum: f64,
     eps: f64,
 ) -> Result<Tensor> {
+    let moved = |x: &Tensor| {
+        batch_norm_train_running(x, weight, bias, (running_mean, running_var), momentum, eps)
+    };
+    if let Some(y) = crate::through_f32(x, moved)? {
+        return Ok(y);
+    }
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() && x.dtype() == DType::F32 {
         let address = |v: &candle_core::Var| -> Result<u64> {
@@ -147,6 +158,7 @@ pub fn batch_norm_eval(
     var: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
+    // A bf16 `x` is handled by `channel_affine`; the statistics stay f32.
     let scale = weight.div(&(var + eps)?.sqrt()?)?;
     let shift = bias.sub(&mean.mul(&scale)?)?;
     crate::channel::channel_affine(x, &scale, &shift)

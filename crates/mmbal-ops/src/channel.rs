@@ -90,6 +90,9 @@ impl CustomOp1 for SumPerChannel {
 /// `x + bias[c]` over channel c of an `(N, C, H, W)` map; the custom op on the CPU in f32,
 /// candle's `broadcast_add` elsewhere.
 pub fn add_channel_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if let Some(y) = crate::through_f32(x, |x| add_channel_bias(x, bias))? {
+        return Ok(y);
+    }
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && x.rank() == 4 {
         return x
             .contiguous()?
@@ -173,6 +176,9 @@ impl CustomOp3 for ChannelAffine {
 /// `x * scale[c] + shift[c]` over channel c of an `(N, C, H, W)` map; the custom op on the CPU
 /// and CUDA in f32, candle's broadcast ops elsewhere.
 pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    if let Some(y) = crate::through_f32(x, |x| channel_affine(x, scale, shift))? {
+        return Ok(y);
+    }
     if crate::own_kernels(x.device()) && x.dtype() == candle_core::DType::F32 && x.rank() == 4 {
         return x.contiguous()?.apply_op3(
             &scale.contiguous()?,

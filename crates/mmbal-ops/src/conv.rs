@@ -32,6 +32,7 @@ const FILTER_GROUPS: usize = 8;
 
 /// `conv2d(x, w)` with square stride and padding, no dilation, one group. `x`: (N, C, H, W),
 /// `w`: (O, C, KH, KW); output (N, O, OH, OW) with `OH = (H + 2 padding - KH) / stride + 1`.
+/// A bf16 `x` gives a bf16 output (mixed precision, see the crate docs).
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     let (n, c, h, wd) = x.dims4()?;
     let (o, wc, kh, kw) = w.dims4()?;
@@ -55,6 +56,25 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
             m.set(Some(count + (n * o * ho * wo * c * kh * kw) as u64));
         }
     });
+    if x.dtype() == DType::BF16 {
+        // Mixed precision: the f32 master filter rounded to bf16 (its gradient comes back f32
+        // through the cast); cuDNN runs bf16 natively, other devices widen to f32.
+        let w = w.to_dtype(DType::BF16)?;
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            return x
+                .contiguous()?
+                .apply_op2(&w.contiguous()?, Conv2dOp { stride, padding });
+        }
+        let (x, w) = (x.to_dtype(DType::F32)?, w.to_dtype(DType::F32)?);
+        return conv2d_f32(&x, &w, stride, padding)?.to_dtype(DType::BF16);
+    }
+    conv2d_f32(x, w, stride, padding)
+}
+
+/// The convolution of f32 operands: this crate's kernels where they serve the device, candle's
+/// op elsewhere.
+fn conv2d_f32(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     if crate::own_kernels(x.device()) && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
         return x
             .contiguous()?

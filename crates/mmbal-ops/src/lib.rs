@@ -18,6 +18,13 @@
 //!
 //! [`retain_freed_memory`] is the one process-wide setting: binaries that train call it first.
 //!
+//! Mixed precision: every op also takes bf16 activations (parameters stay f32, the master
+//! weights). The convolution rounds its filter to bf16; on CUDA it runs natively in bf16 (cuDNN,
+//! f32 accumulation), elsewhere, like every other op, it widens its bf16 operands to f32, runs
+//! the f32 kernel and rounds the result back to bf16: bf16 storage with f32 arithmetic, what
+//! tensor cores do with bf16 operands. Gradients follow the same casts (candle's `to_dtype`
+//! backward), so a parameter's gradient arrives in f32.
+//!
 //! ```
 //! use candle_core::{DType, Device, Var};
 //! let x = Var::ones((1, 1, 257, 188), DType::F32, &Device::Cpu).unwrap();
@@ -171,6 +178,21 @@ pub fn fused_adam(
         let _ = (updates, betas, eps, weight_decay, decoupled, step);
         candle_core::bail!("fused_adam needs mmbal-ops built with the `cuda` feature")
     }
+}
+
+/// `op` run on `x` widened to f32 when `x` is bf16, its result rounded back to bf16 (see the crate
+/// docs); `None` when `x` is not bf16.
+fn through_f32(
+    x: &candle_core::Tensor,
+    op: impl FnOnce(&candle_core::Tensor) -> candle_core::Result<candle_core::Tensor>,
+) -> candle_core::Result<Option<candle_core::Tensor>> {
+    use candle_core::DType;
+    if x.dtype() != DType::BF16 {
+        return Ok(None);
+    }
+    op(&x.to_dtype(DType::F32)?)?
+        .to_dtype(DType::BF16)
+        .map(Some)
 }
 
 /// Whether this crate's own kernels serve `dev`: the CPU always, CUDA with the `cuda` feature

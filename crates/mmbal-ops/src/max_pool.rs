@@ -187,10 +187,13 @@ impl CustomOp3 for MaxPoolBackward {
     }
 }
 
-/// Max-pool over `(N, C, H, W)` f32 with a square kernel, stride and padding (padding < kernel).
+/// Max-pool over `(N, C, H, W)` f32 (or bf16, see the crate docs) with a square kernel, stride and padding (padding < kernel).
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
     if kernel == 0 || stride == 0 || 2 * padding > kernel {
         bail!("max_pool2d: need kernel >= 1, stride >= 1 and padding <= kernel / 2");
+    }
+    if let Some(y) = crate::through_f32(x, |x| max_pool2d(x, kernel, stride, padding))? {
+        return Ok(y);
     }
     let pool = MaxPool {
         kernel,

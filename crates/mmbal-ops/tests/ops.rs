@@ -406,3 +406,60 @@ fn fused_updates_refuse_cpu_parameters() {
     assert!(err.contains("cuda") || err.contains("CUDA"), "{err}");
     assert_eq!(p.to_vec1::<f32>().unwrap(), vec![0.0; 4]);
 }
+
+/// `‖a - b‖ / ‖b‖` of two tensors of any float type.
+fn rel_norm(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_dtype(DType::F64).unwrap();
+    let b = b.to_dtype(DType::F64).unwrap();
+    let d = (&a - &b).unwrap().sqr().unwrap().sum_all().unwrap();
+    let n = b.sqr().unwrap().sum_all().unwrap();
+    (d.to_scalar::<f64>().unwrap() / n.to_scalar::<f64>().unwrap()).sqrt()
+}
+
+#[test]
+fn bf16_activations_give_bf16_maps_and_f32_parameter_gradients_near_f32() {
+    // Mixed precision: each op on a bf16 map answers in bf16, its f32 parameters get f32
+    // gradients, and both stay within bf16's rounding (2^-8 relative per value) of the f32 op.
+    let x32 = Var::from_tensor(&randn(&[4, 3, 13, 10], 1)).unwrap();
+    let w = Var::from_tensor(&(randn(&[8, 3, 3, 3], 2) * 0.3).unwrap()).unwrap();
+    let gamma = Var::from_tensor(&((randn(&[8], 3) * 0.1).unwrap() + 1.0).unwrap()).unwrap();
+    let beta = Var::from_tensor(&(randn(&[8], 4) * 0.1).unwrap()).unwrap();
+    let bias = Var::from_tensor(&(randn(&[8], 5) * 0.1).unwrap()).unwrap();
+    let upstream = randn(&[4, 8, 7, 5], 6);
+    let net = |x: &Tensor| -> Tensor {
+        let y = conv2d(x, w.as_tensor(), 2, 1).unwrap();
+        let y = mmbal_ops::add_channel_bias(&y, bias.as_tensor()).unwrap();
+        let (y, mean, var) =
+            mmbal_ops::batch_norm_train(&y, gamma.as_tensor(), beta.as_tensor(), 1e-5).unwrap();
+        assert_eq!((mean.dtype(), var.dtype()), (DType::F32, DType::F32));
+        let y = mmbal_ops::relu(&y).unwrap();
+        mmbal_ops::channel_affine(&y, gamma.as_tensor(), beta.as_tensor()).unwrap()
+    };
+    let y32 = net(x32.as_tensor());
+    let g32 = backward_against(&y32, &upstream);
+    let y16 = net(&x32.as_tensor().to_dtype(DType::BF16).unwrap());
+    assert_eq!(y16.dtype(), DType::BF16);
+    let g16 = backward_against(&y16, &upstream.to_dtype(DType::BF16).unwrap());
+    let err = rel_norm(&y16, &y32);
+    assert!(err > 0.0 && err < 1e-2, "output: relative error {err}");
+    // The conv bias feeds a training BatchNorm, which removes it: its gradient is about 0 in
+    // both, so only its type is compared.
+    assert_eq!(g16.get(&bias).unwrap().dtype(), DType::F32);
+    for (name, v) in [
+        ("input", &x32),
+        ("filter", &w),
+        ("gamma", &gamma),
+        ("beta", &beta),
+    ] {
+        let (a, b) = (g16.get(v).unwrap(), g32.get(v).unwrap());
+        assert_eq!(a.dtype(), DType::F32, "{name}'s gradient");
+        let err = rel_norm(a, b);
+        assert!(err < 2e-2, "{name}'s gradient: relative error {err}");
+    }
+    // The pool picks among bf16 values: the same bf16 maximum as the f32 pool rounded (values
+    // that differ in f32 may tie in bf16, so which input gets the gradient may differ).
+    let p16 = max_pool2d(&y16, 3, 2, 1).unwrap();
+    assert_eq!(p16.dtype(), DType::BF16);
+    let p32 = max_pool2d(&y16.to_dtype(DType::F32).unwrap(), 3, 2, 1).unwrap();
+    assert_eq!(max_abs_diff(&p16.to_dtype(DType::F32).unwrap(), &p32), 0.0);
+}

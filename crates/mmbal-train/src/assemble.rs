@@ -4,7 +4,8 @@
 //! teachers (other runs' models it reads) are opened here.
 
 use crate::checkpoint::Checkpoint;
-use crate::config::{Selection, TrainConfig};
+use crate::config::{Precision, Selection, TrainConfig};
+use crate::loss_scale::LossScaler;
 use crate::monitor::ScoreRatio;
 use crate::run_folder::lock_run_dir;
 use crate::Trainer;
@@ -162,12 +163,21 @@ impl Trainer {
         let score_ratio = config
             .monitor_score_ratio
             .then(|| ScoreRatio::new(model.num_modalities()));
+        // A process-wide cuDNN setting: the last trainer built sets it.
+        mmbal_ops::set_cuda_tf32(config.precision != Precision::Fp32Strict);
+        let scaler = if config.precision == Precision::Bf16 {
+            model.set_compute_dtype(candle_core::DType::BF16)?;
+            Some(LossScaler::default())
+        } else {
+            None
+        };
         Ok(Trainer {
             config,
             dataset,
             model,
             method,
             optimizer,
+            scaler,
             epochs_done: 0,
             step: 0,
             run_dir,

@@ -94,6 +94,9 @@ impl Trainer {
         self.step = ck.meta("step")?.parse()?;
         let lr: f64 = ck.meta("lr")?.parse()?;
         self.optimizer.set_learning_rate(lr);
+        if let Some(scaler) = &mut self.scaler {
+            scaler.load_meta(ck.meta("loss_scale")?)?;
+        }
         Ok(())
     }
 
@@ -117,7 +120,7 @@ impl Trainer {
         for (n, t) in self.method.state()? {
             tensors.push((format!("method.{n}"), t));
         }
-        let meta: HashMap<String, String> = [
+        let mut meta: HashMap<String, String> = [
             ("config", self.config.to_toml()),
             ("epochs_done", self.epochs_done.to_string()),
             ("step", self.step.to_string()),
@@ -127,6 +130,9 @@ impl Trainer {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        if let Some(scaler) = &self.scaler {
+            meta.insert("loss_scale".into(), scaler.to_meta());
+        }
         checkpoint::save(path, tensors, meta)
     }
 }

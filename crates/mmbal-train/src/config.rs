@@ -62,6 +62,13 @@ pub struct TrainConfig {
     /// Also every this many training steps (0: never), the step's loss and the method's
     /// diagnostics at the global step.
     pub tensorboard_every_steps: usize,
+    /// The arithmetic of training and evaluation (default `fp32`): `fp32` (on CUDA convolutions
+    /// may use TF32 tensor cores, PyTorch's default), `fp32-strict` (no TF32), or `bf16` (mixed
+    /// precision: f32 master weights, gradients and optimizer; the encoders compute in bf16;
+    /// dynamic loss scaling that skips a step with non-finite gradients, with PyTorch
+    /// `GradScaler`'s defaults: `mmbal_train::loss_scale`).
+    #[serde(skip_serializing_if = "Precision::is_default")]
+    pub precision: Precision,
     /// Which epoch's model the run reports as its result: `val` (the best val accuracy, first
     /// on ties; needs a val split) or `last` (the last epoch, for data without a val split).
     /// Test never selects.
@@ -95,6 +102,7 @@ impl Default for TrainConfig {
             track_linear_probe: false,
             tensorboard: true,
             tensorboard_every_steps: 0,
+            precision: Precision::Fp32,
             select: Selection::Val,
             data: DataConfig::default(),
             model: ModelConfig::default(),
@@ -215,6 +223,27 @@ impl Default for SyntheticConfig {
             seed: 7,
             modalities: 2,
         }
+    }
+}
+
+/// The arithmetic a run trains and evaluates in (see [`TrainConfig::precision`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// f32; TF32 convolutions allowed on CUDA.
+    #[default]
+    Fp32,
+    /// f32 with TF32 refused on CUDA (the CPU is always strict).
+    Fp32Strict,
+    /// bf16 mixed precision with dynamic loss scaling.
+    Bf16,
+}
+
+impl Precision {
+    /// Whether this is the default (left out of a written config, so configs written before the
+    /// key existed stay the same text).
+    pub fn is_default(&self) -> bool {
+        *self == Precision::Fp32
     }
 }
 

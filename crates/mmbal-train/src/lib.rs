@@ -26,6 +26,7 @@ mod checkpointer;
 pub mod config;
 pub mod cost;
 pub mod features;
+pub mod loss_scale;
 pub mod metrics;
 mod monitor;
 pub mod optim;
@@ -40,8 +41,10 @@ mod teachers;
 pub mod tensorboard;
 mod trainer;
 pub use assemble::parse_device;
-pub use config::{Selection, TrainConfig};
-pub use run_log::{read_log, read_summary, EpochRecord, Events, Quiet, RunSummary, SplitMetrics};
-pub use step::{train_step, StepInputs, StepReport};
+pub use config::{Precision, Selection, TrainConfig};
+pub use run_log::{
+    read_log, read_summary, EpochRecord, Events, LossScaleRecord, Quiet, RunSummary, SplitMetrics,
+};
+pub use step::{train_step, train_step_scaled, StepInputs, StepReport};
 pub use teachers::{teacher_configs, train_teachers};
 pub use trainer::Trainer;

@@ -64,6 +64,19 @@ pub struct EpochRecord {
     /// the CPU, the memory pool's peak on CUDA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_memory_mib: Option<f64>,
+    /// Under bf16 mixed precision, the loss scale at the epoch's end and the steps skipped in
+    /// the epoch for non-finite gradients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<LossScaleRecord>,
+}
+
+/// The dynamic loss scale of an epoch ([`EpochRecord::loss_scale`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LossScaleRecord {
+    /// The scale at the epoch's end.
+    pub scale: f64,
+    /// Steps skipped in the epoch because a gradient was not finite.
+    pub skipped_steps: usize,
 }
 
 impl EpochRecord {
@@ -105,6 +118,10 @@ impl EpochRecord {
             if let Some(r) = i.contribution_ratio {
                 out.push(("imbalance/contribution_ratio".into(), r));
             }
+        }
+        if let Some(l) = &self.loss_scale {
+            out.push(("precision/loss_scale".into(), l.scale));
+            out.push(("precision/skipped_steps".into(), l.skipped_steps as f64));
         }
         out.push(("time/train_seconds".into(), self.train_seconds));
         out.push(("time/train_samples_per_s".into(), self.train_samples_per_s));

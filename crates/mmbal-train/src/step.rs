@@ -2,6 +2,7 @@
 //! per backward pass of the method's [`StepPlan`] its loss, backward, the method's read-only look
 //! and edits, a finite check, and the optimizer step.
 
+use crate::loss_scale::LossScaler;
 use crate::optim::Optimizer;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
@@ -36,6 +37,22 @@ pub fn train_step(
     optimizer: &mut dyn Optimizer,
     batch: StepInputs,
     at: StepIndex,
+) -> Result<(f64, ForwardOut)> {
+    train_step_scaled(model, method, optimizer, batch, at, None)
+}
+
+/// [`train_step`] under dynamic loss scaling (bf16 mixed precision): the loss is scaled before
+/// backward and the gradients unscaled before the method sees them; a backward pass whose
+/// gradients are not finite takes no step (the method neither sees nor edits them) and halves
+/// the scale. Gradients a method computes itself (`step_gradients`) are not scaled, but skip
+/// the same way. Without a scaler, non-finite gradients stop the run.
+pub fn train_step_scaled(
+    model: &MultimodalModel,
+    method: &mut dyn BalanceMethod,
+    optimizer: &mut dyn Optimizer,
+    batch: StepInputs,
+    at: StepIndex,
+    mut scaler: Option<&mut LossScaler>,
 ) -> Result<(f64, ForwardOut)> {
     let StepInputs {
         inputs,
@@ -105,33 +122,49 @@ pub fn train_step(
             bail!("{}: the loss is {value}; no step was taken", at_step());
         }
         total += value;
-        let mut grads = match custom {
-            Some((_, grads)) => grads,
-            None => Grads {
+        let mut grads = match (custom, scaler.as_deref()) {
+            (Some((_, grads)), _) => grads,
+            (None, None) => Grads {
                 store: loss.backward()?,
             },
+            (None, Some(scaler)) => {
+                let mut store = scaler.scaled(&loss)?.backward()?;
+                scaler.unscale(&mut store)?;
+                Grads { store }
+            }
         };
+        if let Some(scaler) = scaler.as_deref_mut() {
+            if let Some(name) = first_non_finite_gradient(model, &*method, &grads, &frozen_params)?
+            {
+                scaler.skip(&format!("`{name}` ({})", at_step()))?;
+                continue;
+            }
+        }
         method.observe_gradients(&ctx, &out, &grads)?;
         method.edit_gradients(&ctx, &out, &mut grads)?;
         for v in &frozen_params {
             grads.remove(v);
         }
-        if let Some(name) = first_non_finite_gradient(model, &*method, &grads)? {
+        if let Some(name) = first_non_finite_gradient(model, &*method, &grads, &[])? {
             bail!(
                 "{}: the gradient of `{name}` is not finite (loss {value}); no step was taken",
                 at_step()
             );
         }
         optimizer.step(&grads.store)?;
+        if let Some(scaler) = scaler.as_deref_mut() {
+            scaler.stepped();
+        }
     }
     Ok((total, out))
 }
 
-/// The name of the first parameter whose gradient holds a NaN or an infinity.
+/// The name of the first parameter (outside `except`) whose gradient holds a NaN or an infinity.
 fn first_non_finite_gradient(
     model: &MultimodalModel,
     method: &dyn BalanceMethod,
     grads: &Grads,
+    except: &[candle_core::Var],
 ) -> Result<Option<String>> {
     let own = method
         .params()
@@ -140,6 +173,9 @@ fn first_non_finite_gradient(
     let mut names = Vec::new();
     let mut tensors = Vec::new();
     for (name, v) in model.named_params().into_iter().chain(own) {
+        if except.iter().any(|e| e.id() == v.id()) {
+            continue;
+        }
         if let Some(g) = grads.get(&v) {
             names.push(name);
             tensors.push(g.clone());

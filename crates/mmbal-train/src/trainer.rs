@@ -12,12 +12,13 @@
 
 use crate::checkpointer::promote_last_to_best;
 use crate::config::TrainConfig;
+use crate::loss_scale::LossScaler;
 use crate::metrics::{accuracy, argmax, macro_f1};
 use crate::monitor::ScoreRatio;
 use crate::optim::Optimizer;
 use crate::run_folder::{clear_earlier_results, write_run_files};
 use crate::run_log::{EpochRecord, Events, RunLog, RunSummary, SplitMetrics};
-use crate::step::{to_device, train_step, StepInputs, StepReport};
+use crate::step::{to_device, train_step_scaled, StepInputs, StepReport};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use mmbal_data::{batches, shuffle_rows, Batch, Dataset, Row, Split};
@@ -40,6 +41,8 @@ pub struct Trainer {
     /// The balancing method (`joint` for plain joint training).
     pub method: Box<dyn BalanceMethod>,
     pub(crate) optimizer: Box<dyn Optimizer>,
+    /// The dynamic loss scale of bf16 mixed precision (`None` in f32).
+    pub(crate) scaler: Option<LossScaler>,
     pub(crate) epochs_done: usize,
     pub(crate) step: usize,
     pub(crate) run_dir: PathBuf,
@@ -61,6 +64,12 @@ impl Trainer {
         self.epochs_done
     }
 
+    /// The dynamic loss scale of a bf16 run (`precision = "bf16"`), to read or to start elsewhere
+    /// than PyTorch's 2^16; `None` in f32.
+    pub fn loss_scaler(&mut self) -> Option<&mut LossScaler> {
+        self.scaler.as_mut()
+    }
+
     /// One training step on `batch`, the `batch_index`-th of `batches` in `epoch` (see
     /// [`train_step`]).
     pub fn train_step(
@@ -71,7 +80,7 @@ impl Trainer {
         batches: usize,
     ) -> Result<StepReport> {
         let (inputs, labels, keep) = to_device(batch, self.model.device())?;
-        let (loss, out) = train_step(
+        let (loss, out) = train_step_scaled(
             &self.model,
             self.method.as_mut(),
             self.optimizer.as_mut(),
@@ -88,6 +97,7 @@ impl Trainer {
                 batch: batch_index,
                 batches,
             },
+            self.scaler.as_mut(),
         )?;
         self.step += 1;
         let scored = self.method.predict(&self.model, &out)?;
@@ -403,6 +413,13 @@ impl Trainer {
             imbalance,
             linear_probe,
             peak_memory_mib: crate::cost::peak_memory_mib(self.model.device()),
+            loss_scale: self
+                .scaler
+                .as_mut()
+                .map(|s| crate::run_log::LossScaleRecord {
+                    scale: s.scale(),
+                    skipped_steps: s.take_skipped(),
+                }),
         })
     }
 

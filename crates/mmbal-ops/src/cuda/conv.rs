@@ -3,10 +3,11 @@
 //! `cudnn.benchmark = True`, the default) or the one its heuristics rank first
 //! (`set_cuda_conv_benchmark(false)`, PyTorch's default), TF32 allowed unless strict fp32 is asked
 //! for (`set_cuda_tf32(false)`).
+//! bf16 operands (mixed precision) run in bf16 with f32 accumulation, tensor cores allowed.
 //! cuDNN handles every stride and parity, so candle's stride-2 backward failure on inputs whose
 //! height and width differ in parity does not arise here.
 
-use super::{check, ptr, with_context, Context};
+use super::{check, ptr_typed, with_context, Context};
 use candle_core::cuda_backend::cudarc::cudnn::sys as dnn;
 use candle_core::{bail, CudaStorage, Layout, Result, Shape};
 
@@ -19,6 +20,8 @@ pub(crate) struct Key {
     pub pad: usize,
     pub tf32: bool,
     pub benchmark: bool,
+    /// bf16 operands (mixed precision), f32 accumulation; tensor cores always allowed.
+    pub bf16: bool,
 }
 
 impl Key {
@@ -54,9 +57,10 @@ pub(crate) struct Plan {
 
 const STRICT: dnn::cudnnMathType_t = dnn::cudnnMathType_t::CUDNN_FMA_MATH;
 
-/// Whether an algorithm's math type is allowed under the key's mode.
-fn allowed(tf32: bool, math: dnn::cudnnMathType_t) -> bool {
-    tf32 || math == STRICT || math == dnn::cudnnMathType_t::CUDNN_DEFAULT_MATH
+/// Whether an algorithm's math type is allowed under the key's mode (`tensor_cores`: TF32
+/// allowed, or bf16 operands).
+fn allowed(tensor_cores: bool, math: dnn::cudnnMathType_t) -> bool {
+    tensor_cores || math == STRICT || math == dnn::cudnnMathType_t::CUDNN_DEFAULT_MATH
 }
 
 /// The first heuristic result that succeeded and whose math type the mode allows.
@@ -79,8 +83,9 @@ macro_rules! pick {
 impl Plan {
     fn new(ctx: &Context, key: &Key) -> Result<Plan> {
         let h = ctx.handle;
-        let x = super::tensor_desc(key.x)?;
-        let y = super::tensor_desc(key.out())?;
+        let x = super::tensor_desc_of(key.x, key.bf16)?;
+        let y = super::tensor_desc_of(key.out(), key.bf16)?;
+        let tensor_cores = key.tf32 || key.bf16;
         let mut w = std::ptr::null_mut();
         let mut conv = std::ptr::null_mut();
         let p = key.pad as i32;
@@ -94,7 +99,7 @@ impl Plan {
             check(
                 dnn::cudnnSetFilter4dDescriptor(
                     w,
-                    dnn::cudnnDataType_t::CUDNN_DATA_FLOAT,
+                    super::data_type(key.bf16),
                     dnn::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
                     key.w[0] as i32,
                     key.w[1] as i32,
@@ -121,7 +126,7 @@ impl Plan {
                 ),
                 "set convolution",
             )?;
-            let math = if key.tf32 {
+            let math = if tensor_cores {
                 dnn::cudnnMathType_t::CUDNN_DEFAULT_MATH
             } else {
                 STRICT
@@ -163,7 +168,7 @@ impl Plan {
                     )
                 };
                 check(status, "forward algorithm search")?;
-                pick!(fr, count, key.tf32, "forward")
+                pick!(fr, count, tensor_cores, "forward")
             };
             let (da, dm) = {
                 let status = if key.benchmark {
@@ -190,7 +195,7 @@ impl Plan {
                     )
                 };
                 check(status, "backward-data algorithm search")?;
-                pick!(dr, count, key.tf32, "backward-data")
+                pick!(dr, count, tensor_cores, "backward-data")
             };
             let (wa, wm) = {
                 let status = if key.benchmark {
@@ -217,7 +222,7 @@ impl Plan {
                     )
                 };
                 check(status, "backward-filter algorithm search")?;
-                pick!(wr, count, key.tf32, "backward-filter")
+                pick!(wr, count, tensor_cores, "backward-filter")
             };
 
             // Workspace sizes under each algorithm's own math type.
@@ -283,7 +288,13 @@ fn run_pass(
     })
 }
 
-pub(crate) fn key(x: &Shape, w: &Shape, stride: usize, pad: usize) -> Result<Key> {
+pub(crate) fn key(
+    x: &Shape,
+    w: &Shape,
+    stride: usize,
+    pad: usize,
+    dtype: candle_core::DType,
+) -> Result<Key> {
     Ok(Key {
         x: super::dims4(x)?,
         w: super::dims4(w)?,
@@ -291,7 +302,16 @@ pub(crate) fn key(x: &Shape, w: &Shape, stride: usize, pad: usize) -> Result<Key
         pad,
         tf32: super::tf32(),
         benchmark: super::benchmark(),
+        bf16: dtype == candle_core::DType::BF16,
     })
+}
+
+/// Refuses operands of different element types (the mixed-precision path casts both).
+fn same_dtype(op: &str, a: candle_core::DType, b: candle_core::DType) -> Result<()> {
+    if a != b {
+        bail!("{op}: operands of {a:?} and {b:?}; both must be f32 or both bf16");
+    }
+    Ok(())
 }
 
 /// Refuses an output gradient whose shape is not the convolution's output.
@@ -319,14 +339,12 @@ pub(crate) fn forward(
     wl: &Layout,
 ) -> Result<(CudaStorage, Shape)> {
     let dev = super::device(xs).clone();
-    let key = key(xl.shape(), wl.shape(), stride, pad)?;
+    let (xp, dt) = ptr_typed("conv2d", xs, xl, "input")?;
+    let (wp, wdt) = ptr_typed("conv2d", ws, wl, "filter")?;
+    same_dtype("conv2d", dt, wdt)?;
+    let key = key(xl.shape(), wl.shape(), stride, pad, dt)?;
     let out = key.out();
-    let y = super::alloc::<f32>(&dev, out.iter().product())?;
-    let (xp, wp, yp) = (
-        ptr("conv2d", xs, xl, "input")?,
-        ptr("conv2d", ws, wl, "filter")?,
-        super::slice_ptr(&y),
-    );
+    let (y, yp) = super::alloc_storage(&dev, dt, out.iter().product())?;
     run_pass(
         &dev,
         key,
@@ -352,10 +370,7 @@ pub(crate) fn forward(
             )
         },
     )?;
-    Ok((
-        CudaStorage::wrap_cuda_slice(y, dev),
-        Shape::from(out.to_vec()),
-    ))
+    Ok((y, Shape::from(out.to_vec())))
 }
 
 /// `dx` from `dy` and `w`.
@@ -369,14 +384,12 @@ pub(crate) fn backward_data(
     wl: &Layout,
 ) -> Result<(CudaStorage, Shape)> {
     let dev = super::device(gs).clone();
-    let key = key(input, wl.shape(), stride, pad)?;
+    let (gp, dt) = ptr_typed("conv2d backward", gs, gl, "gradient")?;
+    let (wp, wdt) = ptr_typed("conv2d backward", ws, wl, "filter")?;
+    same_dtype("conv2d backward", dt, wdt)?;
+    let key = key(input, wl.shape(), stride, pad, dt)?;
     check_output_grad(gl, &key)?;
-    let dx = super::alloc::<f32>(&dev, input.elem_count())?;
-    let (gp, wp, dxp) = (
-        ptr("conv2d backward", gs, gl, "gradient")?,
-        ptr("conv2d backward", ws, wl, "filter")?,
-        super::slice_ptr(&dx),
-    );
+    let (dx, dxp) = super::alloc_storage(&dev, dt, input.elem_count())?;
     run_pass(
         &dev,
         key,
@@ -402,7 +415,7 @@ pub(crate) fn backward_data(
             )
         },
     )?;
-    Ok((CudaStorage::wrap_cuda_slice(dx, dev), input.clone()))
+    Ok((dx, input.clone()))
 }
 
 /// `dw` from `x` and `dy`.
@@ -416,14 +429,12 @@ pub(crate) fn backward_filter(
     gl: &Layout,
 ) -> Result<(CudaStorage, Shape)> {
     let dev = super::device(xs).clone();
-    let key = key(xl.shape(), filter, stride, pad)?;
+    let (xp, dt) = ptr_typed("conv2d backward", xs, xl, "input")?;
+    let (gp, gdt) = ptr_typed("conv2d backward", gs, gl, "gradient")?;
+    same_dtype("conv2d backward", dt, gdt)?;
+    let key = key(xl.shape(), filter, stride, pad, dt)?;
     check_output_grad(gl, &key)?;
-    let dw = super::alloc::<f32>(&dev, filter.elem_count())?;
-    let (xp, gp, dwp) = (
-        ptr("conv2d backward", xs, xl, "input")?,
-        ptr("conv2d backward", gs, gl, "gradient")?,
-        super::slice_ptr(&dw),
-    );
+    let (dw, dwp) = super::alloc_storage(&dev, dt, filter.elem_count())?;
     run_pass(
         &dev,
         key,
@@ -449,5 +460,5 @@ pub(crate) fn backward_filter(
             )
         },
     )?;
-    Ok((CudaStorage::wrap_cuda_slice(dw, dev), filter.clone()))
+    Ok((dw, filter.clone()))
 }

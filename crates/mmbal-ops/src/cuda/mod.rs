@@ -83,6 +83,50 @@ pub(crate) fn ptr(op: &str, s: &CudaStorage, l: &Layout, what: &str) -> Result<u
     Ok(p + (start * 4) as u64)
 }
 
+/// The device address of a contiguous f32 or bf16 operand (the convolution's mixed-precision
+/// path) and its element type.
+pub(crate) fn ptr_typed(
+    op: &str,
+    s: &CudaStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<(u64, candle_core::DType)> {
+    let Some((start, _)) = l.contiguous_offsets() else {
+        bail!("{op}: {what} must be contiguous")
+    };
+    match candle_core::backend::BackendStorage::dtype(s) {
+        candle_core::DType::F32 => Ok((ptr(op, s, l, what)?, candle_core::DType::F32)),
+        candle_core::DType::BF16 => {
+            let slice = s.as_cuda_slice::<half::bf16>()?;
+            let (p, _sync) = slice.device_ptr(slice.stream());
+            Ok((p + (start * 2) as u64, candle_core::DType::BF16))
+        }
+        d => bail!("{op}: {what} is {d:?}, expected f32 or bf16"),
+    }
+}
+
+/// Uninitialised storage for `n` values of `dtype` (f32 or bf16) and its address; the op writes
+/// every element before candle reads it.
+pub(crate) fn alloc_storage(
+    dev: &CudaDevice,
+    dtype: candle_core::DType,
+    n: usize,
+) -> Result<(CudaStorage, u64)> {
+    match dtype {
+        candle_core::DType::F32 => {
+            let s = alloc::<f32>(dev, n)?;
+            let p = slice_ptr(&s);
+            Ok((CudaStorage::wrap_cuda_slice(s, dev.clone()), p))
+        }
+        candle_core::DType::BF16 => {
+            let s = alloc::<half::bf16>(dev, n)?;
+            let p = slice_ptr(&s);
+            Ok((CudaStorage::wrap_cuda_slice(s, dev.clone()), p))
+        }
+        d => bail!("no CUDA storage of {d:?} here (f32 or bf16)"),
+    }
+}
+
 /// The device address of a contiguous f32 CUDA tensor, for ops that write a tensor candle
 /// hands out read-only (an optimizer's parameters and state, a layer's running statistics):
 /// those tensors belong to the caller, no graph holds them, and the write happens on candle's
@@ -184,6 +228,20 @@ pub(crate) fn dims4(s: &candle_core::Shape) -> Result<[usize; 4]> {
 
 /// An NCHW f32 tensor descriptor.
 pub(crate) fn tensor_desc(dims: [usize; 4]) -> Result<dnn::cudnnTensorDescriptor_t> {
+    tensor_desc_of(dims, false)
+}
+
+/// cuDNN's name of the element type: bf16 or f32.
+pub(crate) fn data_type(bf16: bool) -> dnn::cudnnDataType_t {
+    if bf16 {
+        dnn::cudnnDataType_t::CUDNN_DATA_BFLOAT16
+    } else {
+        dnn::cudnnDataType_t::CUDNN_DATA_FLOAT
+    }
+}
+
+/// An NCHW tensor descriptor of bf16 or f32 elements.
+pub(crate) fn tensor_desc_of(dims: [usize; 4], bf16: bool) -> Result<dnn::cudnnTensorDescriptor_t> {
     let mut d = std::ptr::null_mut();
     // SAFETY: plain descriptor calls.
     unsafe {
@@ -195,7 +253,7 @@ pub(crate) fn tensor_desc(dims: [usize; 4]) -> Result<dnn::cudnnTensorDescriptor
             dnn::cudnnSetTensor4dDescriptor(
                 d,
                 dnn::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
-                dnn::cudnnDataType_t::CUDNN_DATA_FLOAT,
+                data_type(bf16),
                 dims[0] as i32,
                 dims[1] as i32,
                 dims[2] as i32,
