@@ -192,23 +192,29 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
     if kernel == 0 || stride == 0 || 2 * padding > kernel {
         bail!("max_pool2d: need kernel >= 1, stride >= 1 and padding <= kernel / 2");
     }
-    if let Some(y) = crate::through_f32(x, |x| max_pool2d(x, kernel, stride, padding))? {
-        return Ok(y);
-    }
     let pool = MaxPool {
         kernel,
         stride,
         padding,
     };
-    if x.device().is_cpu() {
-        return x.contiguous()?.apply_op1(pool);
-    }
+    // bf16 natively on CUDA (compared in f32, exactly), through f32 elsewhere.
     #[cfg(feature = "cuda")]
-    if x.device().is_cuda() && x.dtype() == candle_core::DType::F32 {
+    if x.device().is_cuda()
+        && matches!(
+            x.dtype(),
+            candle_core::DType::F32 | candle_core::DType::BF16
+        )
+    {
         return x.contiguous()?.apply_op1(cuda_pool::MaxPoolCuda {
             pool,
             indices: Default::default(),
         });
+    }
+    if let Some(y) = crate::through_f32(x, |x| max_pool2d(x, kernel, stride, padding))? {
+        return Ok(y);
+    }
+    if x.device().is_cpu() {
+        return x.contiguous()?.apply_op1(pool);
     }
     max_pool2d_composite(x, kernel, stride, padding)
 }

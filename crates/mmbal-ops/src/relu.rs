@@ -96,6 +96,10 @@ impl CustomOp2 for ReluBackward {
 
 /// `max(x, 0)` whose gradient is zero where the output is not positive (PyTorch's rule).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
+    // bf16 natively on CUDA (the kernel widens each value, exactly), through f32 elsewhere.
+    if cfg!(feature = "cuda") && x.device().is_cuda() && x.dtype() == candle_core::DType::BF16 {
+        return x.contiguous()?.apply_op1(Relu);
+    }
     if let Some(y) = crate::through_f32(x, relu)? {
         return Ok(y);
     }

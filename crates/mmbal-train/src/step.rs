@@ -103,10 +103,6 @@ pub fn train_step_scaled(
             Some((loss, _)) => loss.clone(),
             None => method.loss(&ctx, &out)?,
         };
-        let value = loss
-            .sum_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_scalar::<f32>()? as f64;
         let at_step = || {
             let turn = turn
                 .map(|m| format!(" ({} turn)", model.modalities[m]))
@@ -118,10 +114,6 @@ pub fn train_step_scaled(
                 at.batches
             )
         };
-        if !value.is_finite() {
-            bail!("{}: the loss is {value}; no step was taken", at_step());
-        }
-        total += value;
         let mut grads = match (custom, scaler.as_deref()) {
             (Some((_, grads)), _) => grads,
             (None, None) => Grads {
@@ -133,6 +125,16 @@ pub fn train_step_scaled(
                 Grads { store }
             }
         };
+        // Read after the backward is queued: on a GPU the host then waits for the forward
+        // while the backward's kernels are already launched. Nothing has been stepped yet.
+        let value = loss
+            .sum_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_scalar::<f32>()? as f64;
+        if !value.is_finite() {
+            bail!("{}: the loss is {value}; no step was taken", at_step());
+        }
+        total += value;
         if let Some(scaler) = scaler.as_deref_mut() {
             if let Some(name) = first_non_finite_gradient(model, &*method, &grads, &frozen_params)?
             {

@@ -1,22 +1,43 @@
-//! ReLU and max-pool on the GPU with this crate's kernels (`kernels.cu`).
+//! ReLU and max-pool on the GPU with this crate's kernels (`kernels.cu`), on f32 or bf16 maps
+//! (mixed precision: bf16 in and out, f32 inside); the per-channel affine map and sums in f32.
 
-use super::{alloc, grid, launch, ptr, slice_ptr};
+use super::{alloc, alloc_storage, grid, launch, ptr, ptr_typed, slice_ptr};
 use candle_core::cuda_backend::cudarc::driver::CudaSlice;
-use candle_core::{bail, CudaStorage, Layout, Result, Shape};
+use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape};
+
+/// The kernel `name` for the element type: f32 as named, bf16 with `_bf16` appended.
+fn kernel(name: &'static str, dtype: DType) -> &'static str {
+    match (name, dtype) {
+        (_, DType::F32) => name,
+        ("mmbal_relu_fwd", _) => "mmbal_relu_fwd_bf16",
+        ("mmbal_relu_bwd", _) => "mmbal_relu_bwd_bf16",
+        ("mmbal_max_pool_fwd", _) => "mmbal_max_pool_fwd_bf16",
+        _ => "mmbal_max_pool_bwd_bf16",
+    }
+}
+
+/// Refuses operands of different element types.
+fn same(op: &str, a: DType, b: DType) -> Result<()> {
+    if a != b {
+        bail!("{op}: operands of {a:?} and {b:?}");
+    }
+    Ok(())
+}
 
 pub(crate) fn relu_fwd(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
     let dev = super::device(s).clone();
     let n = l.shape().elem_count();
-    let y = alloc::<f32>(&dev, n)?;
+    let (xp, dt) = ptr_typed("relu", s, l, "input")?;
+    let (y, yp) = alloc_storage(&dev, dt, n)?;
     launch!(
         &dev,
-        "mmbal_relu_fwd",
+        kernel("mmbal_relu_fwd", dt),
         grid(n),
-        ptr("relu", s, l, "input")?,
-        slice_ptr(&y),
+        xp,
+        yp,
         n as u64
     );
-    Ok((CudaStorage::wrap_cuda_slice(y, dev), l.shape().clone()))
+    Ok((y, l.shape().clone()))
 }
 
 pub(crate) fn relu_bwd(
@@ -34,17 +55,20 @@ pub(crate) fn relu_bwd(
     }
     let dev = super::device(ys).clone();
     let n = yl.shape().elem_count();
-    let dx = alloc::<f32>(&dev, n)?;
+    let (yp, dt) = ptr_typed("relu backward", ys, yl, "output")?;
+    let (gp, gdt) = ptr_typed("relu backward", gs, gl, "gradient")?;
+    same("relu backward", dt, gdt)?;
+    let (dx, dxp) = alloc_storage(&dev, dt, n)?;
     launch!(
         &dev,
-        "mmbal_relu_bwd",
+        kernel("mmbal_relu_bwd", dt),
         grid(n),
-        ptr("relu backward", ys, yl, "output")?,
-        ptr("relu backward", gs, gl, "gradient")?,
-        slice_ptr(&dx),
+        yp,
+        gp,
+        dxp,
         n as u64
     );
-    Ok((CudaStorage::wrap_cuda_slice(dx, dev), yl.shape().clone()))
+    Ok((dx, yl.shape().clone()))
 }
 
 /// Pool geometry: kernel, stride, padding, and the output size.
@@ -66,14 +90,15 @@ pub(crate) fn max_pool_fwd(
     let (oh, ow) = pool.out;
     let dev = super::device(s).clone();
     let len = n * c * oh * ow;
-    let y = alloc::<f32>(&dev, len)?;
+    let (xp, dt) = ptr_typed("max_pool2d", s, l, "input")?;
+    let (y, yp) = alloc_storage(&dev, dt, len)?;
     let idx = alloc::<i32>(&dev, len)?;
     launch!(
         &dev,
-        "mmbal_max_pool_fwd",
+        kernel("mmbal_max_pool_fwd", dt),
         grid(len),
-        ptr("max_pool2d", s, l, "input")?,
-        slice_ptr(&y),
+        xp,
+        yp,
         slice_ptr(&idx),
         (n * c) as u64,
         h as i32,
@@ -84,11 +109,7 @@ pub(crate) fn max_pool_fwd(
         pool.stride as i32,
         pool.padding as i32
     );
-    Ok((
-        CudaStorage::wrap_cuda_slice(y, dev),
-        Shape::from((n, c, oh, ow)),
-        idx,
-    ))
+    Ok((y, Shape::from((n, c, oh, ow)), idx))
 }
 
 /// `dx` of the input shape `input` from `dy` and the forward's indices.
@@ -110,14 +131,15 @@ pub(crate) fn max_pool_bwd(
     }
     let dev = super::device(gs).clone();
     let len = n * c * h * w;
-    let dx = alloc::<f32>(&dev, len)?;
+    let (gp, dt) = ptr_typed("max_pool2d backward", gs, gl, "gradient")?;
+    let (dx, dxp) = alloc_storage(&dev, dt, len)?;
     launch!(
         &dev,
-        "mmbal_max_pool_bwd",
+        kernel("mmbal_max_pool_bwd", dt),
         grid(len),
-        ptr("max_pool2d backward", gs, gl, "gradient")?,
+        gp,
         slice_ptr(idx),
-        slice_ptr(&dx),
+        dxp,
         (n * c) as u64,
         h as i32,
         w as i32,
@@ -127,7 +149,7 @@ pub(crate) fn max_pool_bwd(
         pool.stride as i32,
         pool.padding as i32
     );
-    Ok((CudaStorage::wrap_cuda_slice(dx, dev), input.clone()))
+    Ok((dx, input.clone()))
 }
 
 /// `x * a[c] + b[c]` over channel c of an `(N, C, H, W)` map.

@@ -4,29 +4,42 @@
 // maximum in scan order (a NaN wins, the last NaN) and its backward gathers per input, so no
 // atomics and a fixed summation order; the optimizer updates are PyTorch's SGD and Adam formulas,
 // one thread per element, many parameters per launch.
+#include <cuda_bf16.h>
 #include <stdint.h>
 
-extern "C" __global__ void mmbal_relu_fwd(const float *x, float *y, uint64_t n) {
+// Element access in f32 for f32 and bf16 maps (mixed precision): a bf16 value widens exactly,
+// and a result is rounded to bf16 to nearest even, as the CPU's `to_dtype` does.
+__device__ __forceinline__ float load(const float *p, uint64_t i) { return p[i]; }
+__device__ __forceinline__ float load(const __nv_bfloat16 *p, uint64_t i) {
+  return __bfloat162float(p[i]);
+}
+__device__ __forceinline__ void store(float *p, uint64_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void store(__nv_bfloat16 *p, uint64_t i, float v) {
+  p[i] = __float2bfloat16_rn(v);
+}
+
+template <typename T>
+__device__ void relu_fwd(const T *x, T *y, uint64_t n) {
   for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
        i += (uint64_t)blockDim.x * gridDim.x) {
-    float v = x[i];
-    y[i] = (v > 0.0f || isnan(v)) ? v : 0.0f;
+    float v = load(x, i);
+    store(y, i, (v > 0.0f || isnan(v)) ? v : 0.0f);
   }
 }
 
-extern "C" __global__ void mmbal_relu_bwd(const float *y, const float *dy, float *dx,
-                                          uint64_t n) {
+template <typename T>
+__device__ void relu_bwd(const T *y, const T *dy, T *dx, uint64_t n) {
   for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
        i += (uint64_t)blockDim.x * gridDim.x) {
-    dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+    store(dx, i, load(y, i) > 0.0f ? load(dy, i) : 0.0f);
   }
 }
 
 // One thread per output element of (planes, oh, ow); idx holds the within-plane input index of
 // the chosen maximum.
-extern "C" __global__ void mmbal_max_pool_fwd(const float *x, float *y, int32_t *idx,
-                                              uint64_t planes, int h, int w, int oh, int ow,
-                                              int k, int s, int p) {
+template <typename T>
+__device__ void max_pool_fwd(const T *x, T *y, int32_t *idx, uint64_t planes, int h, int w,
+                             int oh, int ow, int k, int s, int p) {
   uint64_t total = planes * (uint64_t)oh * ow;
   for (uint64_t o = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; o < total;
        o += (uint64_t)blockDim.x * gridDim.x) {
@@ -37,28 +50,28 @@ extern "C" __global__ void mmbal_max_pool_fwd(const float *x, float *y, int32_t 
     int he = min(hs + k, h), we = min(ws + k, w);
     hs = max(hs, 0);
     ws = max(ws, 0);
-    const float *xp = x + plane * (uint64_t)h * w;
+    const T *xp = x + plane * (uint64_t)h * w;
     float best = -INFINITY;
     int bi = hs * w + ws;
     for (int r = hs; r < he; ++r) {
       for (int c = ws; c < we; ++c) {
-        float v = xp[r * w + c];
+        float v = load(xp, r * w + c);
         if (v > best || isnan(v)) {
           best = v;
           bi = r * w + c;
         }
       }
     }
-    y[o] = best;
+    store(y, o, best);
     idx[o] = bi;
   }
 }
 
 // One thread per input element: sums, in output order, the gradients of the windows whose
-// maximum it is.
-extern "C" __global__ void mmbal_max_pool_bwd(const float *dy, const int32_t *idx, float *dx,
-                                              uint64_t planes, int h, int w, int oh, int ow,
-                                              int k, int s, int p) {
+// maximum it is (in f32, rounded once).
+template <typename T>
+__device__ void max_pool_bwd(const T *dy, const int32_t *idx, T *dx, uint64_t planes, int h,
+                             int w, int oh, int ow, int k, int s, int p) {
   uint64_t total = planes * (uint64_t)h * w;
   for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < total;
        i += (uint64_t)blockDim.x * gridDim.x) {
@@ -70,18 +83,41 @@ extern "C" __global__ void mmbal_max_pool_bwd(const float *dy, const int32_t *id
     int oy1 = min((r + p) / s + 1, oh);
     int ox0 = (c + p < k) ? 0 : (c + p - k) / s + 1;
     int ox1 = min((c + p) / s + 1, ow);
-    const float *g = dy + plane * (uint64_t)oh * ow;
+    const T *g = dy + plane * (uint64_t)oh * ow;
     const int32_t *ix = idx + plane * (uint64_t)oh * ow;
     int me = r * w + c;
     float acc = 0.0f;
     for (int oy = oy0; oy < oy1; ++oy) {
       for (int ox = ox0; ox < ox1; ++ox) {
-        if (ix[oy * ow + ox] == me) acc += g[oy * ow + ox];
+        if (ix[oy * ow + ox] == me) acc += load(g, oy * ow + ox);
       }
     }
-    dx[i] = acc;
+    store(dx, i, acc);
   }
 }
+
+// The entry points, one per element type.
+#define MMBAL_ELEMENTWISE(SUFFIX, T)                                                          \
+  extern "C" __global__ void mmbal_relu_fwd##SUFFIX(const T *x, T *y, uint64_t n) {          \
+    relu_fwd(x, y, n);                                                                        \
+  }                                                                                           \
+  extern "C" __global__ void mmbal_relu_bwd##SUFFIX(const T *y, const T *dy, T *dx,          \
+                                                    uint64_t n) {                             \
+    relu_bwd(y, dy, dx, n);                                                                   \
+  }                                                                                           \
+  extern "C" __global__ void mmbal_max_pool_fwd##SUFFIX(const T *x, T *y, int32_t *idx,      \
+                                                        uint64_t planes, int h, int w,       \
+                                                        int oh, int ow, int k, int s, int p) { \
+    max_pool_fwd(x, y, idx, planes, h, w, oh, ow, k, s, p);                                  \
+  }                                                                                           \
+  extern "C" __global__ void mmbal_max_pool_bwd##SUFFIX(const T *dy, const int32_t *idx,     \
+                                                        T *dx, uint64_t planes, int h, int w, \
+                                                        int oh, int ow, int k, int s, int p) { \
+    max_pool_bwd(dy, idx, dx, planes, h, w, oh, ow, k, s, p);                                \
+  }
+
+MMBAL_ELEMENTWISE(, float)
+MMBAL_ELEMENTWISE(_bf16, __nv_bfloat16)
 
 // Up to MMBAL_TENSORS parameters per launch, passed by value (like PyTorch's multi_tensor_apply);
 // blockIdx.y picks the tensor.
