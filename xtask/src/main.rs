@@ -2,11 +2,13 @@
 //! samples/s on the first batches of a config's training split.
 //! `cargo xtask bench cpu [--rows avmnist,grid,cremad] [--repeats N] [--steps N] [--threads N]`:
 //! mmbal against PyTorch, side by side, on the CPU (see bench_cpu.rs).
-//! `cargo xtask bench train [--rows ..] [--modes fp32,fp32_notf32]` and `cargo xtask gpu-check`:
+//! `cargo xtask bench train [--rows ..] [--modes fp32,fp32_notf32,bf16]` and `cargo xtask gpu-check`:
 //! on a CUDA device, the field's audio-visual step against PyTorch, and the CUDA ops' checks
 //! (see gpu.rs).
 //! `cargo xtask bench loader [--config FILE] [--epochs N]`: loader throughput (decoded cache,
 //! augmentation, batch assembly) in samples/s, without a model.
+//! `cargo xtask bench epoch --config FILE [--device D] [--unchecked-cache-sources]`: one epoch
+//! from the loader against the same steps on a batch in memory (see bench_epoch.rs).
 //! Speed goals are checked with these, never with timed tests. Each prints one JSON line.
 //! `cargo xtask --help`, and `--help` after any task, lists every option with its default.
 //! `cargo xtask results --config FILE [--config FILE ...] [--seeds N] [--epochs N] [--methods A,B]
@@ -19,6 +21,7 @@
 //! (see reproduce.rs).
 
 mod bench_cpu;
+mod bench_epoch;
 mod gpu;
 mod reproduce;
 mod results;
@@ -68,6 +71,9 @@ enum Bench {
     Loader(Args),
     /// The audio-visual training step on a CUDA device against PyTorch (see gpu.rs).
     Train(gpu::TrainArgs),
+    /// One training epoch from the loader against the same steps on a batch in memory, and
+    /// the loader alone (see bench_epoch.rs).
+    Epoch(bench_epoch::EpochArgs),
 }
 
 #[derive(Subcommand)]
@@ -225,6 +231,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Task::Bench(Bench::Epoch(a)) => bench_epoch::bench_epoch(&a),
         Task::GpuCheck(a) => gpu::gpu_check(a),
         Task::Results(a) => results::results(a),
         Task::Reproduce(Reproduce::Table1(a)) => reproduce::table1(a),

@@ -333,7 +333,7 @@ impl PackedCache {
     /// sources against the files as they are now: a cache whose sources changed is refused
     /// with the list ([`PackedCache::open_or_rebuild`] rebuilds it instead).
     pub fn open(path: &Path, manifest: &Manifest, recipes: &[Recipe]) -> Result<PackedCache> {
-        let cache = PackedCache::open_unchecked_sources(path, manifest, recipes)?;
+        let cache = PackedCache::open_sources_unchecked(path, manifest, recipes)?;
         let changes = cache.source_changes(manifest, recipes)?;
         if !changes.is_empty() {
             bail!(
@@ -360,7 +360,7 @@ impl PackedCache {
             PackedCache::build(path, manifest, recipes)?;
             return Ok((PackedCache::open(path, manifest, recipes)?, None));
         }
-        let cache = PackedCache::open_unchecked_sources(path, manifest, recipes)?;
+        let cache = PackedCache::open_sources_unchecked(path, manifest, recipes)?;
         let changes = cache.source_changes(manifest, recipes)?;
         if changes.is_empty() {
             return Ok((cache, None));
@@ -410,8 +410,9 @@ impl PackedCache {
         source_changes(&self.sources, manifest, recipes)
     }
 
-    /// Opens a cache, checking its format and recipe stamp but not its sources.
-    fn open_unchecked_sources(
+    /// Opens a cache, checking its format and recipe stamp but not its sources (see
+    /// [`crate::Dataset::with_cache_sources_unchecked`]; [`PackedCache::open`] checks them).
+    pub fn open_sources_unchecked(
         path: &Path,
         manifest: &Manifest,
         recipes: &[Recipe],

@@ -101,6 +101,26 @@ impl Dataset {
         Ok(ds)
     }
 
+    /// Uses the packed cache at `path` without checking its source files against the disk
+    /// (the recipes and samples still must match its stamp): for timing on a machine that
+    /// holds the cache but not the sources (`cargo xtask bench epoch --unchecked-cache-sources`).
+    /// Anything that trains or reports results takes [`Dataset::with_cache`], which refuses
+    /// stale caches. The manifest's notes say the sources were not checked.
+    pub fn with_cache_sources_unchecked(
+        manifest: Manifest,
+        recipes: Vec<Recipe>,
+        path: &Path,
+    ) -> Result<Dataset> {
+        let mut ds = Dataset::new(manifest, recipes)?;
+        let cache = PackedCache::open_sources_unchecked(path, &ds.manifest, &ds.recipes)?;
+        ds.manifest.notes.push(format!(
+            "the input cache {} was opened without checking its source files",
+            path.display()
+        ));
+        ds.cache = Some(cache);
+        Ok(ds)
+    }
+
     /// Number of modalities (one per recipe).
     pub fn num_modalities(&self) -> usize {
         self.recipes.len()

@@ -37,10 +37,21 @@ impl Trainer {
     /// Builds the dataset (generating the synthetic one and the packed cache when needed), the
     /// model, the method and the optimizer from a config.
     pub fn from_config(config: TrainConfig) -> Result<Trainer> {
-        Trainer::build(config, true)
+        Trainer::build(config, true, CacheSources::Checked)
     }
 
-    fn build(config: TrainConfig, lock: bool) -> Result<Trainer> {
+    /// [`Trainer::from_config`] for timing on a machine that holds a config's packed input
+    /// cache but not its source files (`cargo xtask bench epoch`): the cache is opened without
+    /// checking the sources (`Dataset::with_cache_sources_unchecked`), so the config needs
+    /// `[data] cache = true`. Not for runs whose results count: a stale cache goes unnoticed.
+    pub fn for_timing(config: TrainConfig) -> Result<Trainer> {
+        if !config.data.cache {
+            bail!("timing from the input cache needs `[data] cache = true` in the config");
+        }
+        Trainer::build(config, true, CacheSources::Unchecked)
+    }
+
+    fn build(config: TrainConfig, lock: bool, sources: CacheSources) -> Result<Trainer> {
         config.validate()?;
         let device = parse_device(&config.device)?;
         // Locked before anything is written there (the input cache is built below).
@@ -77,7 +88,12 @@ impl Trainer {
                 .cache_path
                 .clone()
                 .unwrap_or_else(|| config.run_dir().join("inputs.mmbc"));
-            Dataset::with_cache(manifest, recipes, &path)?
+            match sources {
+                CacheSources::Checked => Dataset::with_cache(manifest, recipes, &path)?,
+                CacheSources::Unchecked => {
+                    Dataset::with_cache_sources_unchecked(manifest, recipes, &path)?
+                }
+            }
         } else {
             Dataset::new(manifest, recipes)?
         };
@@ -163,7 +179,8 @@ impl Trainer {
         let score_ratio = config
             .monitor_score_ratio
             .then(|| ScoreRatio::new(model.num_modalities()));
-        // A process-wide cuDNN setting: the last trainer built sets it.
+        // A process-wide cuDNN setting: the last trainer built sets it, for every model of the
+        // process (a teacher or an evaluated checkpoint of another precision included).
         mmbal_ops::set_cuda_tf32(config.precision != Precision::Fp32Strict);
         let scaler = if config.precision == Precision::Bf16 {
             model.set_compute_dtype(candle_core::DType::BF16)?;
@@ -233,11 +250,18 @@ impl Trainer {
         if let Some(d) = device {
             config.device = d.to_string();
         }
-        let mut t = Trainer::build(config, lock)?;
+        let mut t = Trainer::build(config, lock, CacheSources::Checked)?;
         t.load_checkpoint(&ck)
             .with_context(|| format!("{}: restoring the run", path.display()))?;
         Ok(t)
     }
+}
+
+/// Whether the packed input cache's source files are checked against the disk when it opens.
+#[derive(Clone, Copy)]
+enum CacheSources {
+    Checked,
+    Unchecked,
 }
 
 /// Selecting on val needs val samples: refused before anything is decoded or written.

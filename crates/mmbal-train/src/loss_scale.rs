@@ -4,13 +4,16 @@
 //! steps in a row with finite gradients the scale doubles. PyTorch's defaults: start 2^16,
 //! factors 2 and 0.5, interval 2000.
 //!
-//! Unlike PyTorch's scaler, which halves forever, a run stops when [`MAX_SKIPS_IN_A_ROW`] steps
-//! in a row were skipped: the scale is then 2^-40 of where the skipping began, so the gradients
-//! are not overflowing but broken, and going on would train nothing without a word.
+//! As PyTorch's scaler, the scale never grows past f32's range (the loss is f32). Unlike it,
+//! which halves forever, a run stops when [`MAX_SKIPS_IN_A_ROW`] steps in a row were skipped:
+//! the scale is then 2^-39 of where the skipping began, so the gradients are not overflowing but
+//! broken, and going on would train nothing without a word. A non-finite loss (which no scale
+//! causes: the loss is computed before scaling) stops the run, as in f32, where PyTorch's scaler
+//! would skip the step.
 
 use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 
 /// Skipped steps in a row after which the run stops.
 pub const MAX_SKIPS_IN_A_ROW: usize = 40;
@@ -55,14 +58,14 @@ impl LossScaler {
         Ok((loss * self.scale)?)
     }
 
-    /// Divides every gradient of `store` by the scale.
-    pub fn unscale(&self, store: &mut GradStore) -> Result<()> {
-        let ids: Vec<_> = store.get_ids().copied().collect();
+    /// Divides the gradients of `params` in `store` by the scale (the store's other entries,
+    /// gradients of intermediate values, are left as they are: nothing reads them).
+    pub fn unscale(&self, store: &mut GradStore, params: &[Var]) -> Result<()> {
         let inv = 1.0 / self.scale;
-        for id in ids {
-            if let Some(g) = store.get_id(id) {
+        for v in params {
+            if let Some(g) = store.get(v) {
                 let g = (g * inv)?;
-                store.insert_id(id, g);
+                store.insert(v, g);
             }
         }
         Ok(())
@@ -91,7 +94,10 @@ impl LossScaler {
         self.skips_in_a_row = 0;
         self.good_in_a_row += 1;
         if self.good_in_a_row >= self.growth_interval {
-            self.scale *= 2.0;
+            // PyTorch keeps the scale when the doubled one is not finite in f32.
+            if ((self.scale * 2.0) as f32).is_finite() {
+                self.scale *= 2.0;
+            }
             self.good_in_a_row = 0;
         }
     }
@@ -101,19 +107,23 @@ impl LossScaler {
         std::mem::take(&mut self.skipped)
     }
 
-    /// The state for a checkpoint's metadata: scale, good steps in a row, skips in a row.
+    /// The state for a checkpoint's metadata: scale, good steps in a row, skips in a row,
+    /// growth interval.
     pub fn to_meta(&self) -> String {
         format!(
-            "{} {} {}",
-            self.scale, self.good_in_a_row, self.skips_in_a_row
+            "{} {} {} {}",
+            self.scale, self.good_in_a_row, self.skips_in_a_row, self.growth_interval
         )
     }
 
     /// Restores [`LossScaler::to_meta`]'s state.
     pub fn load_meta(&mut self, meta: &str) -> Result<()> {
         let parts: Vec<&str> = meta.split_whitespace().collect();
-        let [scale, good, skips] = parts[..] else {
-            bail!("loss scale state `{meta}`: expected `scale good_in_a_row skips_in_a_row`");
+        let [scale, good, skips, interval] = parts[..] else {
+            bail!(
+                "loss scale state `{meta}`: expected `scale good_in_a_row skips_in_a_row \
+                 growth_interval`"
+            );
         };
         let scale: f64 = scale.parse()?;
         if !(scale.is_finite() && scale > 0.0) {
@@ -122,6 +132,7 @@ impl LossScaler {
         self.scale = scale;
         self.good_in_a_row = good.parse()?;
         self.skips_in_a_row = skips.parse()?;
+        self.growth_interval = interval.parse::<usize>()?.max(1);
         Ok(())
     }
 }
@@ -149,9 +160,13 @@ mod tests {
         assert_eq!(s.scale(), 512.0);
         assert_eq!(s.take_skipped(), 2);
         assert_eq!(s.take_skipped(), 0);
-        let mut restored = LossScaler::new(1.0, 3);
+        let mut restored = LossScaler::new(1.0, 2000);
         restored.load_meta(&s.to_meta()).unwrap();
         assert_eq!(restored, s);
+        // The scale stays inside f32's range.
+        let mut top = LossScaler::new(f32::MAX as f64 / 1.5, 1);
+        top.stepped();
+        assert_eq!(top.scale(), f32::MAX as f64 / 1.5);
         for _ in 0..MAX_SKIPS_IN_A_ROW - 1 {
             s.skip("w").unwrap();
         }

@@ -44,8 +44,8 @@ pub fn train_step(
 /// [`train_step`] under dynamic loss scaling (bf16 mixed precision): the loss is scaled before
 /// backward and the gradients unscaled before the method sees them; a backward pass whose
 /// gradients are not finite takes no step (the method neither sees nor edits them) and halves
-/// the scale. Gradients a method computes itself (`step_gradients`) are not scaled, but skip
-/// the same way. Without a scaler, non-finite gradients stop the run.
+/// the scale. Gradients a method computes itself (`step_gradients`: OPM, MMPareto) are not
+/// scaled and leave the scale alone: non-finite ones stop the run, as without a scaler.
 pub fn train_step_scaled(
     model: &MultimodalModel,
     method: &mut dyn BalanceMethod,
@@ -114,14 +114,22 @@ pub fn train_step_scaled(
                 at.batches
             )
         };
-        let mut grads = match (custom, scaler.as_deref()) {
+        // The scaler drives only backward passes it scaled.
+        let mut scaling = if custom.is_none() {
+            scaler.as_deref_mut()
+        } else {
+            None
+        };
+        let mut grads = match (custom, scaling.as_deref()) {
             (Some((_, grads)), _) => grads,
             (None, None) => Grads {
                 store: loss.backward()?,
             },
             (None, Some(scaler)) => {
                 let mut store = scaler.scaled(&loss)?.backward()?;
-                scaler.unscale(&mut store)?;
+                let own = method.params().into_iter().map(|(_, v)| v);
+                let params: Vec<_> = model.params().into_iter().chain(own).collect();
+                scaler.unscale(&mut store, &params)?;
                 Grads { store }
             }
         };
@@ -135,7 +143,7 @@ pub fn train_step_scaled(
             bail!("{}: the loss is {value}; no step was taken", at_step());
         }
         total += value;
-        if let Some(scaler) = scaler.as_deref_mut() {
+        if let Some(scaler) = scaling.as_deref_mut() {
             if let Some(name) = first_non_finite_gradient(model, &*method, &grads, &frozen_params)?
             {
                 scaler.skip(&format!("`{name}` ({})", at_step()))?;
@@ -154,7 +162,7 @@ pub fn train_step_scaled(
             );
         }
         optimizer.step(&grads.store)?;
-        if let Some(scaler) = scaler.as_deref_mut() {
+        if let Some(scaler) = scaling {
             scaler.stepped();
         }
     }

@@ -1759,10 +1759,10 @@ fn bf16_mixed_precision_follows_fp32_and_resumes_its_loss_scale() {
     }
     // 36 good steps in a row (4 epochs of 9 batches), none skipped: kept for a resume.
     let ck = last_checkpoint(&bf16);
-    assert_eq!(ck.meta("loss_scale").unwrap(), "65536 36 0");
+    assert_eq!(ck.meta("loss_scale").unwrap(), "65536 36 0 2000");
     let mut resumed =
         Trainer::resume(&bf16.run_dir().join("last.safetensors"), Some(5), None).unwrap();
-    assert_eq!(resumed.loss_scaler().unwrap().to_meta(), "65536 36 0");
+    assert_eq!(resumed.loss_scaler().unwrap().to_meta(), "65536 36 0 2000");
 }
 
 #[test]
@@ -1802,4 +1802,18 @@ fn bf16_skips_steps_whose_gradients_overflow_and_lowers_the_scale() {
             .is_finite();
         assert!(ok, "{name} is not finite after the skipped steps");
     }
+}
+
+#[test]
+fn bf16_leaves_the_scale_to_the_backward_passes_it_scaled() {
+    // MMPareto computes its gradients itself, unscaled: its steps neither grow nor lower the
+    // scale.
+    let out = tmp("bf16-own");
+    let mut c = small(&out, "mmpareto", OptimizerConfig::default());
+    c.epochs = 1;
+    c.precision = mmbal_train::Precision::Bf16;
+    set_method(&mut c, "mmpareto");
+    let mut t = Trainer::from_config(c).unwrap();
+    t.run(&mut Quiet).unwrap();
+    assert_eq!(t.loss_scaler().unwrap().to_meta(), "65536 0 0 2000");
 }

@@ -58,8 +58,12 @@ pub(crate) struct Plan {
 const STRICT: dnn::cudnnMathType_t = dnn::cudnnMathType_t::CUDNN_FMA_MATH;
 
 /// Whether an algorithm's math type is allowed under the key's mode (`tensor_cores`: TF32
-/// allowed, or bf16 operands).
+/// allowed, or bf16 operands). Never one that converts f32 operands down to f16, which PyTorch
+/// does not choose either.
 fn allowed(tensor_cores: bool, math: dnn::cudnnMathType_t) -> bool {
+    if math == dnn::cudnnMathType_t::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION {
+        return false;
+    }
     tensor_cores || math == STRICT || math == dnn::cudnnMathType_t::CUDNN_DEFAULT_MATH
 }
 
