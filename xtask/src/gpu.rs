@@ -1,6 +1,6 @@
 //! The GPU tasks (a binary built with `--features cuda`, run where a CUDA device is):
 //!
-//! * `cargo xtask bench train [--rows ks,cremad-t1,cremad-t3] [--modes fp32,fp32_notf32]
+//! * `cargo xtask bench train [--rows ks,cremad-t1,cremad-t3] [--modes fp32,fp32_notf32,bf16]
 //!   [--steps 30] [--warmup 8] [--no-torch]`: the training step and evaluation forward of the
 //!   field's audio-visual model (two ResNet-18 trained from scratch, concat head, SGD lr 1e-3,
 //!   momentum 0.9, weight decay 1e-4, batch 64, random inputs already on the GPU) in samples/s,
@@ -8,17 +8,17 @@
 //!   `xtask/bench/torch_av_bench.py` (a copy of the project's `shared/bench/torch_av_bench.py`),
 //!   in the same command, and the ratio per row. In `fp32` mode convolutions may use TF32 (both
 //!   sides, PyTorch's default), `fp32_notf32` is strict fp32, `bf16` mixed precision (mmbal:
-//!   `precision = "bf16"`, loss scaling included; PyTorch: bf16 autocast, NCHW, no scaler;
-//!   asked for explicitly). Each row also times the
-//!   sample-level valuation of a batch (encoders once, the head per modality subset) against a
-//!   training step on it: over an epoch the two scale alike, so the ratio is the valuation
-//!   pass's share of an epoch.
+//!   `precision = "bf16"`, loss scaling included; PyTorch: bf16 autocast, NCHW, no scaler).
+//!   Each row also times the sample-level valuation of a batch (encoders once, the head per
+//!   modality subset) against a training step on it: over an epoch the two scale alike, so the
+//!   ratio is the valuation pass's share of an epoch.
 //! * `cargo xtask gpu-check [--out DIR] [--steps N] [--no-torch]`: every CUDA op against the
 //!   CPU kernels (themselves tested against PyTorch) on fresh random inputs, forward and
-//!   gradients, strict fp32, TF32 and bf16 activations; the fused optimizers against the composed CPU ones; a whole
-//!   model's training steps on both devices, in f32 and in bf16; then `bench train`. Writes DIR/gpu-check.md and
-//!   DIR/gpu-check.json (DIR: `--out`, else `$OUT`, else `gpu-check`) and fails when a check
-//!   fails.
+//!   gradients, strict fp32, TF32 and bf16 activations; the fused optimizers against the
+//!   composed CPU ones; a whole model's training steps on both devices, in f32 and in bf16; then
+//!   `bench train`. A check that errors is a failed line, and the others still run. Writes
+//!   DIR/gpu-check.md and DIR/gpu-check.json (DIR: `--out`, else `$OUT`, else `gpu-check`) and
+//!   fails when a check fails.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
@@ -664,7 +664,8 @@ fn op_checks(checks: &mut Checks, dev: &Device) -> Result<()> {
 /// Mixed precision: the ops on bf16 activations (f32 parameters, gradients back to f32), CUDA's
 /// native bf16 convolution against the CPU's f32 arithmetic on the same bf16 operands. Both
 /// round their outputs to bf16, so they may differ by an ulp of bf16 (2^-8) where their
-/// summation orders round differently; the other ops widen to f32 on both devices.
+/// summation orders round differently. ReLU and max-pool run bf16 kernels on CUDA and must give
+/// the CPU's widened results bit for bit; BatchNorm widens to f32 on both devices.
 fn bf16_op_checks(checks: &mut Checks, dev: &Device, convs: &[ConvCase]) -> Result<()> {
     let bf16 = |t: &Tensor| t.to_dtype(DType::BF16);
     for (name, x, w, s, p, xg) in convs {

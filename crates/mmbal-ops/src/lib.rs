@@ -19,11 +19,12 @@
 //! [`retain_freed_memory`] is the one process-wide setting: binaries that train call it first.
 //!
 //! Mixed precision: every op also takes bf16 activations (parameters stay f32, the master
-//! weights). The convolution rounds its filter to bf16; on CUDA it runs natively in bf16 (cuDNN,
-//! f32 accumulation), elsewhere, like every other op, it widens its bf16 operands to f32, runs
-//! the f32 kernel and rounds the result back to bf16: bf16 storage with f32 arithmetic, what
-//! tensor cores do with bf16 operands. Gradients follow the same casts (candle's `to_dtype`
-//! backward), so a parameter's gradient arrives in f32.
+//! weights). The convolution rounds its filter to bf16. On CUDA the convolution runs natively in
+//! bf16 (cuDNN, f32 accumulation) and ReLU and max-pool have bf16 kernels; the other ops there,
+//! and every op on the CPU, widen their bf16 operands to f32, run the f32 kernel and round the
+//! result back to bf16: bf16 storage with f32 arithmetic, what tensor cores do with bf16
+//! operands. Gradients follow the same casts (candle's `to_dtype` backward), so a parameter's
+//! gradient arrives in f32.
 //!
 //! ```
 //! use candle_core::{DType, Device, Var};
