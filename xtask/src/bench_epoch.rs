@@ -89,16 +89,7 @@ pub fn bench_epoch(a: &EpochArgs) -> Result<()> {
 
     // The loader alone over the same epoch (no model).
     let started = Instant::now();
-    let mut alone = 0;
-    for b in batches(
-        t.dataset.clone(),
-        rows.clone(),
-        bs,
-        Some((cfg.seed, 2)),
-        cfg.prefetch,
-    ) {
-        alone += b?.rows.len();
-    }
+    let alone = crate::loader_pass(&t, &rows, bs, 2)?;
     let loader_s = started.elapsed().as_secs_f64();
 
     let epoch_rate = loaded as f64 / epoch_s;

@@ -527,17 +527,7 @@ fn op_checks(checks: &mut Checks, dev: &Device) -> Result<()> {
     for (tf32, tol) in [(false, 1e-4), (true, 1e-2)] {
         mmbal_ops::set_cuda_tf32(tf32);
         let mode = if tf32 { "tf32" } else { "strict fp32" };
-        for (name, x, w, s, p, xg) in convs {
-            let scale = (1.0 / (w[1] * w[2] * w[3]) as f64).sqrt();
-            op_case(
-                checks,
-                &format!("{name} ({mode})"),
-                tol,
-                dev,
-                vec![(randn(&x)?, xg), ((randn(&w)? * scale)?, true)],
-                &|v| Ok(vec![mmbal_ops::conv2d(&v[0], &v[1], s, p)?]),
-            )?;
-        }
+        conv_checks(checks, dev, &convs, mode, tol, DType::F32)?;
     }
     mmbal_ops::set_cuda_tf32(false);
     let bn = [8, 64, 28, 22];
@@ -625,18 +615,8 @@ fn op_checks(checks: &mut Checks, dev: &Device) -> Result<()> {
         checks.push(name, "running variance", rel(&g.2, &c.2)?, 1e-5);
     }
     mmbal_ops::set_cuda_conv_benchmark(false);
-    for (name, x, w, s, p, xg) in &convs[..3] {
-        let scale = (1.0 / (w[1] * w[2] * w[3]) as f64).sqrt();
-        let (s, p) = (*s, *p);
-        op_case(
-            checks,
-            &format!("{name} (strict fp32, heuristic algorithms)"),
-            1e-4,
-            dev,
-            vec![(randn(x)?, *xg), ((randn(w)? * scale)?, true)],
-            &|v| Ok(vec![mmbal_ops::conv2d(&v[0], &v[1], s, p)?]),
-        )?;
-    }
+    let mode = "strict fp32, heuristic algorithms";
+    conv_checks(checks, dev, &convs[..3], mode, 1e-4, DType::F32)?;
     mmbal_ops::set_cuda_conv_benchmark(true);
     bf16_op_checks(checks, dev, &convs)?;
     optimizer_checks(checks, dev)?;
@@ -661,6 +641,37 @@ fn op_checks(checks: &mut Checks, dev: &Device) -> Result<()> {
     Ok(())
 }
 
+/// One check per convolution case, named `<case> (<mode>)`: fresh input and filter (scaled by
+/// 1/sqrt(fan-in)), the input cast to `input` (bf16 for mixed precision) before the convolution.
+fn conv_checks(
+    checks: &mut Checks,
+    dev: &Device,
+    convs: &[ConvCase],
+    mode: &str,
+    tol: f64,
+    input: DType,
+) -> Result<()> {
+    for &(name, x, w, s, p, xg) in convs {
+        let scale = (1.0 / (w[1] * w[2] * w[3]) as f64).sqrt();
+        op_case(
+            checks,
+            &format!("{name} ({mode})"),
+            tol,
+            dev,
+            vec![(randn(&x)?, xg), ((randn(&w)? * scale)?, true)],
+            &|v| {
+                Ok(vec![mmbal_ops::conv2d(
+                    &v[0].to_dtype(input)?,
+                    &v[1],
+                    s,
+                    p,
+                )?])
+            },
+        )?;
+    }
+    Ok(())
+}
+
 /// Mixed precision: the ops on bf16 activations (f32 parameters, gradients back to f32), CUDA's
 /// native bf16 convolution against the CPU's f32 arithmetic on the same bf16 operands. Both
 /// round their outputs to bf16, so they may differ by an ulp of bf16 (2^-8) where their
@@ -668,18 +679,7 @@ fn op_checks(checks: &mut Checks, dev: &Device) -> Result<()> {
 /// the CPU's widened results bit for bit; BatchNorm widens to f32 on both devices.
 fn bf16_op_checks(checks: &mut Checks, dev: &Device, convs: &[ConvCase]) -> Result<()> {
     let bf16 = |t: &Tensor| t.to_dtype(DType::BF16);
-    for (name, x, w, s, p, xg) in convs {
-        let scale = (1.0 / (w[1] * w[2] * w[3]) as f64).sqrt();
-        let (s, p) = (*s, *p);
-        op_case(
-            checks,
-            &format!("{name} (bf16)"),
-            1e-2,
-            dev,
-            vec![(randn(x)?, *xg), ((randn(w)? * scale)?, true)],
-            &|v| Ok(vec![mmbal_ops::conv2d(&bf16(&v[0])?, &v[1], s, p)?]),
-        )?;
-    }
+    conv_checks(checks, dev, convs, "bf16", 1e-2, DType::BF16)?;
     let bn = [8, 64, 28, 22];
     op_case(
         checks,
@@ -822,61 +822,97 @@ fn model_check(checks: &mut Checks, dev: &Device) -> Result<()> {
         1e-3,
     );
 
-    let run = |d: &Device| -> Result<(Vec<f64>, Vec<Tensor>, Vec<Tensor>)> {
-        let (model, xs, y, keep) = build(d)?;
-        let before: Vec<Tensor> = model
-            .params()
-            .iter()
-            .map(|v| v.as_tensor().copy())
-            .collect::<candle_core::Result<_>>()?;
-        let mut method = mmbal_methods::build_method("joint", &toml::Table::new())?;
-        let mut opt = Sgd::new(model.params(), 0.01, 0.9, 1e-4);
-        let mut losses = Vec::new();
-        for _ in 0..2 {
-            let (loss, _) = mmbal_train::train_step(
-                &model,
-                method.as_mut(),
-                &mut opt as &mut dyn Optimizer,
-                mmbal_train::StepInputs {
-                    inputs: &xs,
-                    labels: &y,
-                    keep: &keep,
-                    rows: &[],
-                    frozen_encoders: &[],
-                },
-                StepIndex::default(),
-            )?;
-            losses.push(loss);
-        }
-        let after = model
-            .params()
-            .iter()
-            .map(|v| v.as_tensor().clone())
-            .collect();
-        Ok((losses, before, after))
-    };
-    let (lc, bc, ac) = run(&Device::Cpu)?;
-    let (lg, bg, ag) = run(dev)?;
-    let loss_err = lc
+    let cpu = reduced_model_steps(&Device::Cpu, &inputs, 2, false)?;
+    let gpu = reduced_model_steps(dev, &inputs, 2, false)?;
+    let (loss_err, change_err) = compare_steps(&cpu, &gpu)?;
+    checks.push(name, "losses of two training steps", loss_err, 1e-5);
+    checks.push(name, "parameter change over two steps", change_err, 1e-4);
+    Ok(())
+}
+
+/// `steps` joint-training steps of the reduced-width audio-visual model (6 classes, SGD lr 0.01,
+/// momentum 0.9, weight decay 1e-4) on `inputs`, one sample per class.
+struct StepsRun {
+    losses: Vec<f64>,
+    before: Vec<Tensor>,
+    after: Vec<Tensor>,
+    /// The loss scale at the end (bf16 mixed precision, under loss scaling); `None` in f32.
+    scale: Option<f64>,
+}
+
+fn reduced_model_steps(
+    d: &Device,
+    inputs: &[Tensor],
+    steps: usize,
+    bf16: bool,
+) -> Result<StepsRun> {
+    let mut model = av_model(6, 0.25, d)?;
+    if bf16 {
+        model.set_compute_dtype(DType::BF16)?;
+    }
+    let xs: Vec<Tensor> = inputs
         .iter()
-        .zip(&lg)
+        .map(|t| t.to_device(d))
+        .collect::<candle_core::Result<_>>()?;
+    let y = Tensor::new(&[0u32, 1, 2, 3, 4, 5], d)?;
+    let keep = Tensor::ones((6, 2), DType::F32, d)?;
+    let before: Vec<Tensor> = model
+        .params()
+        .iter()
+        .map(|v| v.as_tensor().copy())
+        .collect::<candle_core::Result<_>>()?;
+    let mut method = mmbal_methods::build_method("joint", &toml::Table::new())?;
+    let mut opt = Sgd::new(model.params(), 0.01, 0.9, 1e-4);
+    let mut scaler = bf16.then(LossScaler::default);
+    let mut losses = Vec::new();
+    for _ in 0..steps {
+        let (loss, _) = mmbal_train::train_step_scaled(
+            &model,
+            method.as_mut(),
+            &mut opt as &mut dyn Optimizer,
+            mmbal_train::StepInputs {
+                inputs: &xs,
+                labels: &y,
+                keep: &keep,
+                rows: &[],
+                frozen_encoders: &[],
+            },
+            StepIndex::default(),
+            scaler.as_mut(),
+        )?;
+        losses.push(loss);
+    }
+    let after = model
+        .params()
+        .iter()
+        .map(|v| v.as_tensor().clone())
+        .collect();
+    Ok(StepsRun {
+        losses,
+        before,
+        after,
+        scale: scaler.map(|s| s.scale()),
+    })
+}
+
+/// The largest relative difference of the two devices' losses, and the relative difference of
+/// their parameter changes over all parameters, `‖Δp_gpu - Δp_cpu‖ / ‖Δp_cpu‖`.
+fn compare_steps(cpu: &StepsRun, gpu: &StepsRun) -> Result<(f64, f64)> {
+    let loss_err = cpu
+        .losses
+        .iter()
+        .zip(&gpu.losses)
         .map(|(c, g)| (c - g).abs() / c.abs())
         .fold(0.0, f64::max);
-    checks.push(name, "losses of two training steps", loss_err, 1e-5);
     let (mut num, mut den) = (0f64, 0f64);
-    for (((b0, a0), b1), a1) in bc.iter().zip(&ac).zip(&bg).zip(&ag) {
+    let pairs = cpu.before.iter().zip(&cpu.after);
+    for ((b0, a0), (b1, a1)) in pairs.zip(gpu.before.iter().zip(&gpu.after)) {
         let dc = (a0 - b0)?;
         let dg = (a1.to_device(&Device::Cpu)? - b1.to_device(&Device::Cpu)?)?;
         num += (&dg - &dc)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
         den += dc.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
     }
-    checks.push(
-        name,
-        "parameter change over two steps",
-        (num / den).sqrt(),
-        1e-4,
-    );
-    Ok(())
+    Ok((loss_err, (num / den).sqrt()))
 }
 
 /// The reduced-width model in bf16 mixed precision on both devices, same weights and inputs:
@@ -885,80 +921,18 @@ fn model_check(checks: &mut Checks, dev: &Device) -> Result<()> {
 fn model_check_bf16(checks: &mut Checks, dev: &Device) -> Result<()> {
     let name = "model: ResNet-18 x2 width 1/4, bf16 mixed precision";
     let inputs = [randn(&[6, 1, 65, 48])?, randn(&[6, 2, 3, 32, 32])?];
-    let labels = [0u32, 1, 2, 3, 4, 5];
-    // Losses, parameters before and after, the final loss scale.
-    type Run = (Vec<f64>, Vec<Tensor>, Vec<Tensor>, f64);
-    let run = |d: &Device| -> Result<Run> {
-        let mut model = av_model(6, 0.25, d)?;
-        model.set_compute_dtype(DType::BF16)?;
-        let xs: Vec<Tensor> = inputs
-            .iter()
-            .map(|t| t.to_device(d))
-            .collect::<candle_core::Result<_>>()?;
-        let (y, keep) = (
-            Tensor::new(&labels, d)?,
-            Tensor::ones((6, 2), DType::F32, d)?,
-        );
-        let before: Vec<Tensor> = model
-            .params()
-            .iter()
-            .map(|v| v.as_tensor().copy())
-            .collect::<candle_core::Result<_>>()?;
-        let mut method = mmbal_methods::build_method("joint", &toml::Table::new())?;
-        let mut opt = Sgd::new(model.params(), 0.01, 0.9, 1e-4);
-        let mut scaler = LossScaler::default();
-        let mut losses = Vec::new();
-        for _ in 0..3 {
-            let (loss, _) = mmbal_train::train_step_scaled(
-                &model,
-                method.as_mut(),
-                &mut opt as &mut dyn Optimizer,
-                mmbal_train::StepInputs {
-                    inputs: &xs,
-                    labels: &y,
-                    keep: &keep,
-                    rows: &[],
-                    frozen_encoders: &[],
-                },
-                StepIndex::default(),
-                Some(&mut scaler),
-            )?;
-            losses.push(loss);
-        }
-        let after = model
-            .params()
-            .iter()
-            .map(|v| v.as_tensor().clone())
-            .collect();
-        Ok((losses, before, after, scaler.scale()))
-    };
-    let (lc, bc, ac, sc) = run(&Device::Cpu)?;
-    let (lg, bg, ag, sg) = run(dev)?;
-    let loss_err = lc
-        .iter()
-        .zip(&lg)
-        .map(|(c, g)| (c - g).abs() / c.abs())
-        .fold(0.0, f64::max);
+    let cpu = reduced_model_steps(&Device::Cpu, &inputs, 3, true)?;
+    let gpu = reduced_model_steps(dev, &inputs, 3, true)?;
+    let (loss_err, change_err) = compare_steps(&cpu, &gpu)?;
     checks.push(name, "losses of three training steps", loss_err, 2e-2);
+    let (sc, sg) = (cpu.scale.unwrap_or(0.0), gpu.scale.unwrap_or(0.0));
     checks.push(
         name,
         &format!("loss scale after three steps (CPU {sc}, GPU {sg})"),
         if sc == sg { 0.0 } else { f64::INFINITY },
         0.0,
     );
-    let (mut num, mut den) = (0f64, 0f64);
-    for (((b0, a0), b1), a1) in bc.iter().zip(&ac).zip(&bg).zip(&ag) {
-        let dc = (a0 - b0)?;
-        let dg = (a1.to_device(&Device::Cpu)? - b1.to_device(&Device::Cpu)?)?;
-        num += (&dg - &dc)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-        den += dc.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-    }
-    checks.push(
-        name,
-        "parameter change over three steps",
-        (num / den).sqrt(),
-        5e-2,
-    );
+    checks.push(name, "parameter change over three steps", change_err, 5e-2);
     Ok(())
 }
 

@@ -147,6 +147,27 @@ fn bench_step(a: &Args) -> Result<()> {
     Ok(())
 }
 
+/// One pass of the loader over `rows`, in their order, in batches of `batch_size` (the
+/// augmentation draws of epoch `epoch` under the run's seed), without a model; the rows loaded.
+fn loader_pass(
+    t: &Trainer,
+    rows: &[mmbal_data::Row],
+    batch_size: usize,
+    epoch: u64,
+) -> Result<usize> {
+    let mut n = 0;
+    for b in batches(
+        t.dataset.clone(),
+        rows.to_vec(),
+        batch_size,
+        Some((t.config.seed, epoch)),
+        t.config.prefetch,
+    ) {
+        n += b?.rows.len();
+    }
+    Ok(n)
+}
+
 fn bench_loader(a: &Args) -> Result<()> {
     let cfg = config(a)?;
     let t = Trainer::from_config(cfg.clone())?;
@@ -154,15 +175,7 @@ fn bench_loader(a: &Args) -> Result<()> {
     let started = Instant::now();
     let mut n = 0;
     for epoch in 0..a.epochs {
-        for b in batches(
-            t.dataset.clone(),
-            rows.clone(),
-            cfg.batch_size,
-            Some((cfg.seed, epoch as u64)),
-            cfg.prefetch,
-        ) {
-            n += b?.rows.len();
-        }
+        n += loader_pass(&t, &rows, cfg.batch_size, epoch as u64)?;
     }
     let secs = started.elapsed().as_secs_f64();
     let threads = std::thread::available_parallelism()
